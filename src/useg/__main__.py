@@ -1,0 +1,5 @@
+import sys
+
+from useg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,303 @@
+"""Overlap-tile prediction of images of any size, for any tile-wise predictor, in 1, 2 or 3-D.
+
+The tiler knows nothing of networks: it takes a callable mapping a batch of input tiles
+``(B, C, *tile)`` to a batch of outputs ``(B, K, *(tile - 2 * halo))`` and three numbers per axis:
+
+- ``halo``: input lost on each side by the callable (92 for the 2D U-Net, 0 for same padding);
+- ``margin``: output discarded on each side of every tile (0 for valid-padding networks; for
+  same-padding networks the part of the output that sees the zero padding of the tile edge);
+- ``step``: tiles start at multiples of it (the product of the network's pooling factors), so
+  every tile sees the same pooling grid as one pass over the whole image would.
+
+Context for a tile comes from the real neighbouring pixels wherever the image has them; only
+beyond the image border is it mirrored (``numpy.pad(mode="reflect")`` convention, the edge pixel
+is not repeated). With a valid-padding network the stitched output is therefore identical to one
+forward pass over the whole mirror-padded image: the paper's seamless overlap-tile strategy.
+
+Same-padding networks (policy): each tile's output loses ``margin`` pixels on every side before
+stitching (default: an eighth of the tile, rounded up to the pooling step), tiles overlap by
+twice the margin and write disjoint regions, no blending. The remaining deviation from the
+whole-image pass is measured in ``tests/test_tiling.py``.
+
+Memory is bounded by a batch of tiles: inputs are read tile by tile from any array-like that
+supports slicing (NumPy, memmap, zarr, h5py) and outputs are written with slice assignment into
+any preallocated array-like.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from useg.errors import ConfigError
+
+__all__ = ["TilePlan", "mirror_indices", "plan_tiles", "predict_tiled", "read_tile"]
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def _per_axis(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, (int, np.integer)):
+        return (int(value),) * ndim
+    value = tuple(int(v) for v in value)
+    if len(value) != ndim:
+        raise ConfigError(f"{name} needs {ndim} values, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles of one image go.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Spatial shape of the image.
+    tile : tuple of int
+        Spatial shape of one input tile.
+    halo, margin : tuple of int
+        Input lost per side by the predictor, and output discarded per side of each tile.
+    stride : tuple of int
+        Distance between consecutive tiles (a multiple of the pooling step).
+    counts : tuple of int
+        Number of tiles per axis.
+    """
+
+    shape: tuple[int, ...]
+    tile: tuple[int, ...]
+    halo: tuple[int, ...]
+    margin: tuple[int, ...]
+    stride: tuple[int, ...]
+    counts: tuple[int, ...]
+
+    @property
+    def context(self) -> tuple[int, ...]:
+        """Input pixels needed on each side of the region a tile writes."""
+        return tuple(h + m for h, m in zip(self.halo, self.margin, strict=True))
+
+    @property
+    def kept(self) -> tuple[int, ...]:
+        """Output pixels a tile keeps per axis."""
+        return tuple(t - 2 * c for t, c in zip(self.tile, self.context, strict=True))
+
+    def __len__(self) -> int:
+        return math.prod(self.counts)
+
+    def padded_shape(self) -> tuple[int, ...]:
+        """Shape of the mirror-padded image that the tiles cover."""
+        return tuple(
+            (n - 1) * s + t for n, s, t in zip(self.counts, self.stride, self.tile, strict=True)
+        )
+
+    def tiles(self) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]:
+        """Yield (input start in image coordinates, region written in the image, same region in
+        the tile's kept output) for every tile, in C order."""
+        ctx, kept = self.context, self.kept
+        for idx in itertools.product(*(range(n) for n in self.counts)):
+            start, dst, src = [], [], []
+            for i, n, s, c, k, size in zip(
+                idx, self.counts, self.stride, ctx, kept, self.shape, strict=True
+            ):
+                lo = i * s
+                # Tiles overlap when the stride is shorter than what they keep; each writes only
+                # up to where the next begins, so every output pixel is written exactly once.
+                hi = min(size, lo + k if i == n - 1 else lo + s)
+                start.append(lo - c)
+                dst.append(slice(lo, hi))
+                src.append(slice(0, hi - lo))
+            yield tuple(start), tuple(dst), tuple(src)
+
+
+def plan_tiles(
+    shape: Sequence[int],
+    tile: Sequence[int] | int,
+    halo: Sequence[int] | int = 0,
+    margin: Sequence[int] | int = 0,
+    step: Sequence[int] | int = 1,
+) -> TilePlan:
+    """Plan the tiles that cover an image.
+
+    Examples
+    --------
+    >>> plan = plan_tiles((1000, 700), tile=572, halo=92, step=16)
+    >>> plan.kept, plan.stride, plan.counts
+    ((388, 388), (384, 384), (3, 2))
+    """
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    tile = _per_axis(tile, ndim, "tile")
+    halo = _per_axis(halo, ndim, "halo")
+    margin = _per_axis(margin, ndim, "margin")
+    step = _per_axis(step, ndim, "step")
+    if any(s < 1 for s in shape):
+        raise ConfigError(f"cannot tile an empty image of shape {shape}")
+    stride, counts = [], []
+    for size, t, h, m, st in zip(shape, tile, halo, margin, step, strict=True):
+        kept = t - 2 * (h + m)
+        if kept < 1:
+            raise ConfigError(
+                f"tile {tile} is too small: it keeps {kept} pixels after the halo {halo} "
+                f"and margin {margin}"
+            )
+        s = (kept // st) * st
+        if s < 1:
+            raise ConfigError(
+                f"tile {tile} keeps {kept} pixels per axis, less than the pooling step {step}; "
+                "use a larger tile"
+            )
+        stride.append(s)
+        counts.append(1 if size <= kept else math.ceil((size - kept) / s) + 1)
+    return TilePlan(shape, tile, halo, margin, tuple(stride), tuple(counts))
+
+
+def mirror_indices(start: int, length: int, size: int) -> np.ndarray:
+    """Source indices of ``length`` positions from ``start`` along an axis of ``size`` pixels,
+    mirrored at the borders without repeating the edge pixel (NumPy's ``reflect``), any number
+    of times for positions far outside.
+
+    Examples
+    --------
+    >>> mirror_indices(-3, 8, 5).tolist()
+    [3, 2, 1, 0, 1, 2, 3, 4]
+    """
+    idx = np.arange(start, start + length)
+    if size == 1:
+        return np.zeros(length, dtype=np.intp)
+    period = 2 * (size - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx < size, idx, period - idx).astype(np.intp)
+
+
+def read_tile(image: Any, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Read one tile ``(C, *shape)`` at spatial ``start`` from a ``(C, *spatial)`` array-like.
+
+    Only the bounding box of the needed pixels is read (one slice per axis), so memmaps and
+    chunked arrays are touched no more than necessary; positions outside the image are mirrored.
+    """
+    spatial = image.shape[1:]
+    box, local = [], []
+    for s, n, size in zip(start, shape, spatial, strict=True):
+        idx = mirror_indices(s, n, size)
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        box.append(slice(lo, hi))
+        local.append(idx - lo)
+    block = np.asarray(image[(slice(None), *box)])
+    inside = all(
+        loc[0] == 0 and np.all(np.diff(loc) == 1) and len(loc) == b.stop - b.start
+        for loc, b in zip(local, box, strict=True)
+    )
+    if inside:
+        return block
+    return block[np.ix_(range(block.shape[0]), *local)]
+
+
+def predict_tiled(
+    predictor: Predictor,
+    image: Any,
+    *,
+    tile: Sequence[int] | int,
+    out_channels: int,
+    halo: Sequence[int] | int = 0,
+    margin: Sequence[int] | int = 0,
+    step: Sequence[int] | int = 1,
+    batch_size: int = 1,
+    out: Any = None,
+    dtype: Any = np.float32,
+    progress: bool | Callable[[int, int], None] = False,
+    prefetch: bool = True,
+) -> Any:
+    """Apply a tile-wise predictor to an image of any size and stitch the outputs.
+
+    Parameters
+    ----------
+    predictor : callable
+        Maps a float32 batch ``(B, C, *tile)`` to ``(B, out_channels, *(tile - 2 * halo))``.
+    image : array-like
+        ``(C, *spatial)``; anything with ``.shape`` and slicing (NumPy, memmap, zarr, h5py).
+    tile : int or tuple
+        Input tile shape; see :func:`useg.nets.valid_input_shape` for a network's valid tiles.
+    out_channels : int
+        Channels of the predictor's output.
+    halo, margin, step : int or tuple
+        See the module docstring.
+    batch_size : int
+        Tiles per call of the predictor.
+    out : array-like, optional
+        Preallocated ``(out_channels, *spatial)`` output with slice assignment (e.g. a memmap or a
+        zarr array); a new NumPy array when omitted.
+    progress : bool or callable
+        A progress bar (tqdm) when True; a callable receives (tiles done, tiles total).
+    prefetch : bool
+        Read the next batch of tiles in a background thread while the predictor runs.
+
+    Returns
+    -------
+    The output array (``out`` when given).
+
+    Examples
+    --------
+    >>> img = np.arange(2 * 50 * 30, dtype=np.float32).reshape(2, 50, 30)
+    >>> crop = lambda x: x[:, :, 4:-4, 4:-4]  # a predictor with a 4-pixel halo
+    >>> res = predict_tiled(crop, img, tile=24, halo=4, out_channels=2)
+    >>> bool(np.array_equal(res, img))
+    True
+    """
+    if image.ndim < 2:
+        raise ConfigError(f"image must be (C, *spatial), got shape {image.shape}")
+    spatial = tuple(image.shape[1:])
+    plan = plan_tiles(spatial, tile, halo, margin, step)
+    if out is None:
+        out = np.empty((out_channels, *spatial), dtype=dtype)
+    elif tuple(out.shape) != (out_channels, *spatial):
+        raise ConfigError(f"out has shape {out.shape}, expected {(out_channels, *spatial)}")
+    tiles = list(plan.tiles())
+    batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
+    margin_t = plan.margin
+
+    def gather(batch):
+        return np.stack(
+            [read_tile(image, start, plan.tile).astype(np.float32, copy=False) for start, _, _ in batch]
+        )
+
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(tiles), unit="tile", desc="predict", leave=False)
+    done = 0
+    pool = ThreadPoolExecutor(1) if prefetch and len(batches) > 1 else None
+    try:
+        pending = pool.submit(gather, batches[0]) if pool else None
+        for bi, batch in enumerate(batches):
+            x = pending.result() if pool else gather(batch)
+            if pool and bi + 1 < len(batches):
+                pending = pool.submit(gather, batches[bi + 1])
+            y = np.asarray(predictor(x))
+            expect = tuple(t - 2 * h for t, h in zip(plan.tile, plan.halo, strict=True))
+            if y.shape[1:] != (out_channels, *expect):
+                raise ConfigError(
+                    f"predictor returned tiles of shape {y.shape[1:]}, expected "
+                    f"{(out_channels, *expect)} for input tiles {plan.tile}"
+                )
+            for k, (_, dst, src) in enumerate(batch):
+                region = tuple(
+                    slice(m + s.start, m + s.stop) for m, s in zip(margin_t, src, strict=True)
+                )
+                out[(slice(None), *dst)] = y[(k, slice(None), *region)].astype(dtype, copy=False)
+            done += len(batch)
+            if bar is not None:
+                bar.update(len(batch))
+            elif callable(progress):
+                progress(done, len(tiles))
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
+    return out

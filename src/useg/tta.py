@@ -1,0 +1,110 @@
+"""Test-time augmentation: flips and 90-degree rotations, their inverses, and averaging.
+
+A transform is a pair ``(flips, k)``: the spatial axes to flip (counted from the first spatial
+axis), then ``k`` quarter turns in the plane of the last two spatial axes (Y, X). In 2D the eight
+transforms are the dihedral group of the square; in 3D the default set is that group acting in
+the (Y, X) plane, where microscopy volumes are usually isotropic, times the flip of Z: 16
+distinct transforms (flipping both Y and X is a half turn, so it is not counted twice).
+
+The functions work on NumPy arrays and torch tensors alike, laid out ``(B, C, *spatial)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Transform", "apply", "invert", "transforms", "with_tta"]
+
+Transform = tuple[tuple[int, ...], int]
+
+
+def transforms(ndim: int, rotations: bool = True, flips: Sequence[int] | None = None) -> list[Transform]:
+    """All transforms of the TTA set for ``ndim`` spatial dimensions.
+
+    Parameters
+    ----------
+    rotations : bool
+        Include quarter turns in the (Y, X) plane (needs ``ndim >= 2`` and square tiles).
+    flips : sequence of int, optional
+        Spatial axes that may be flipped; all by default.
+
+    Examples
+    --------
+    >>> len(transforms(2)), len(transforms(3)), len(transforms(3, rotations=False))
+    (8, 16, 8)
+    """
+    axes = tuple(range(ndim)) if flips is None else tuple(flips)
+    if rotations and ndim >= 2:
+        # With quarter turns, flipping X as well as Y repeats a rotation: flip Y at most.
+        axes = tuple(a for a in axes if a != ndim - 1)
+        ks = range(4)
+    else:
+        ks = range(1)
+    subsets = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+    return [(f, k) for f in subsets for k in ks]
+
+
+def _flip(x: Any, dims: tuple[int, ...]) -> Any:
+    if not dims:
+        return x
+    if isinstance(x, np.ndarray):
+        return np.flip(x, dims)
+    return x.flip(dims)
+
+
+def _rot(x: Any, k: int, dims: tuple[int, int]) -> Any:
+    k %= 4
+    if k == 0:
+        return x
+    if isinstance(x, np.ndarray):
+        return np.rot90(x, k, dims)
+    import torch
+
+    return torch.rot90(x, k, dims)
+
+
+def apply(x: Any, t: Transform) -> Any:
+    """Apply a transform to ``(B, C, *spatial)`` data."""
+    flips, k = t
+    nd = x.ndim - 2
+    x = _flip(x, tuple(2 + a for a in flips))
+    return _rot(x, k, (2 + nd - 2, 2 + nd - 1)) if k else x
+
+
+def invert(x: Any, t: Transform) -> Any:
+    """Undo :func:`apply` on an output laid out like its input."""
+    flips, k = t
+    nd = x.ndim - 2
+    if k:
+        x = _rot(x, -k, (2 + nd - 2, 2 + nd - 1))
+    return _flip(x, tuple(2 + a for a in flips))
+
+
+def with_tta(
+    predictor: Callable[[Any], Any], ts: Sequence[Transform]
+) -> Callable[[Any], Any]:
+    """Wrap a predictor so it returns the mean of its inverse-transformed outputs.
+
+    Average probabilities, not logits, for the usual meaning of TTA: wrap a predictor whose
+    output is already softmax-ed.
+
+    Examples
+    --------
+    >>> f = with_tta(lambda x: x * 2, transforms(2))
+    >>> x = np.random.default_rng(0).random((1, 1, 4, 4))
+    >>> bool(np.allclose(f(x), 2 * x))
+    True
+    """
+
+    def averaged(x: Any) -> Any:
+        total = None
+        for t in ts:
+            y = invert(predictor(apply(x, t)), t)
+            total = y if total is None else total + y
+        return total / len(ts)
+
+    return averaged

@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+import torch
+
+from useg.errors import ConfigError
+from useg.nets import UNet, UNetConfig, halo, pool_step, receptive_radius, valid_input_shape
+from useg.tiling import mirror_indices, plan_tiles, predict_tiled, read_tile
+
+
+def _net_predictor(net):
+    dtype = next(net.parameters()).dtype
+
+    def run(x):
+        with torch.no_grad():
+            return net(torch.from_numpy(np.ascontiguousarray(x)).to(dtype)).numpy()
+
+    return run
+
+
+def _whole_image_pass(net, image, plan):
+    """One forward pass over the image mirror-padded to the area the tiles cover."""
+    ctx = plan.context
+    padded = plan.padded_shape()
+    pads = [(0, 0)] + [(c, p - s - c) for c, p, s in zip(ctx, padded, image.shape[1:])]
+    x = np.pad(image, pads, mode="reflect")
+    with torch.no_grad():
+        y = net(torch.from_numpy(x[None]).to(next(net.parameters()).dtype)).numpy()[0]
+    # Output index 0 is image pixel -margin (the halo is consumed by the valid convolutions).
+    return y[(slice(None),) + tuple(slice(m, m + s) for m, s in zip(plan.margin, image.shape[1:]))]
+
+
+@pytest.mark.parametrize(
+    "cfg, shape, tile",
+    [
+        (UNetConfig(ndim=2, width=4, depth=2, classes=3), (1, 157, 203), 68),
+        (UNetConfig(ndim=2, width=4, depth=3, in_channels=2), (2, 61, 300), (124, 156)),
+        (UNetConfig(ndim=2, width=4, depth=2), (1, 20, 33), 60),  # image smaller than a tile
+        (UNetConfig(ndim=3, width=2, depth=2, classes=2, pool=((1, 2, 2), (2, 2, 2))),
+         (1, 23, 45, 38), (36, 44, 52)),
+        (UNetConfig(ndim=1, width=4, depth=3), (1, 301), 100),
+    ],
+)
+def test_valid_tiling_is_seamless(cfg, shape, tile, rng):
+    torch.manual_seed(0)
+    # Double precision, so that float32 summation order cannot hide or fake a seam.
+    net = UNet(cfg).eval().double()
+    image = rng.standard_normal(shape).astype(np.float32)
+    tile = valid_input_shape(cfg, tile)
+    plan = plan_tiles(shape[1:], tile, halo(cfg), 0, pool_step(cfg))
+    tiled = predict_tiled(
+        _net_predictor(net), image, tile=tile, out_channels=cfg.classes, halo=halo(cfg),
+        step=pool_step(cfg), batch_size=2, dtype=np.float64,
+    )
+    whole = _whole_image_pass(net, image, plan)
+    assert tiled.shape == (cfg.classes, *shape[1:])
+    np.testing.assert_allclose(tiled, whole, atol=1e-10, rtol=0)
+    if len(plan) > 1 and any(k % s for k, s in zip(plan.kept, pool_step(cfg))):
+        # Stepping by the kept size breaks the pooling-grid alignment here, and the tiles then
+        # disagree with the whole-image pass: the oracle can fail.
+        misaligned = predict_tiled(
+            _net_predictor(net), image, tile=tile, out_channels=cfg.classes, halo=halo(cfg),
+            step=1, dtype=np.float64,
+        )
+        assert np.abs(misaligned - whole).max() > 1e-4
+
+
+def test_index_revealing_predictor_places_every_pixel():
+    # Channels hold each pixel's own coordinates; a predictor that returns the centre of its
+    # input (halo h) must give back the coordinates of the pixel it is written to.
+    shape = (67, 129)
+    yy, xx = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
+    image = np.stack([yy, xx])
+    h = 7
+
+    def centre(x):
+        return x[:, :, h:-h, h:-h]
+
+    out = predict_tiled(centre, image, tile=(30, 44), out_channels=2, halo=h, step=4, batch_size=3)
+    np.testing.assert_array_equal(out, image)
+
+    # The leftmost context pixel of each output position is the mirror-padded image's pixel.
+    def corner(x):
+        return x[:, :, : x.shape[2] - 2 * h, : x.shape[3] - 2 * h]
+
+    out = predict_tiled(corner, image, tile=(30, 44), out_channels=2, halo=h, step=4)
+    expected = np.pad(image, [(0, 0), (h, h), (h, h)], mode="reflect")[:, : shape[0], : shape[1]]
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_same_padding_policy_deviation_is_small_and_measured(rng):
+    torch.manual_seed(0)
+    cfg = UNetConfig(ndim=2, width=8, depth=3, padding="same", classes=2)
+    net = UNet(cfg).eval()
+    image = rng.standard_normal((1, 300, 300)).astype(np.float32)
+    radius = receptive_radius(cfg)[0]
+    assert radius == 51
+    deviation = {}
+    for margin in (0, 16, 32, 56):
+        out = predict_tiled(
+            _net_predictor(net), image, tile=160, out_channels=2, margin=margin, step=8
+        )
+        # The reference mirrors the same context at the image border as the tiles do.
+        whole = _whole_image_pass(net, image, plan_tiles((300, 300), 160, 0, margin, 8))
+        deviation[margin] = float(np.abs(out - whole).max() / np.abs(whole).max())
+    print("same-padding max relative deviation from whole-image pass, by margin:", deviation)
+    assert deviation[32] < deviation[16] < deviation[0]
+    # A margin of at least the receptive radius (51, rounded to the pooling grid) is exact.
+    assert deviation[56] < 1e-5 < deviation[32]
+
+
+def test_disk_backed_output_and_progress(tmp_path, rng):
+    image = rng.standard_normal((1, 70, 90)).astype(np.float32)
+    out = np.lib.format.open_memmap(tmp_path / "o.npy", mode="w+", dtype=np.float32,
+                                    shape=(1, 70, 90))
+    calls = []
+    predict_tiled(lambda x: x[:, :, 3:-3, 3:-3], image, tile=26, halo=3, out_channels=1, out=out,
+                  progress=lambda done, total: calls.append((done, total)))
+    out.flush()
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), image)
+    assert calls[-1][0] == calls[-1][1] == len(calls)
+
+
+def test_mirror_and_read_tile():
+    assert mirror_indices(-2, 9, 3).tolist() == [2, 1, 0, 1, 2, 1, 0, 1, 2]
+    assert mirror_indices(0, 3, 1).tolist() == [0, 0, 0]
+    img = np.arange(5 * 6, dtype=np.float32).reshape(1, 5, 6)
+    t = read_tile(img, (-3, 2), (11, 3))
+    np.testing.assert_array_equal(t, np.pad(img, [(0, 0), (3, 3), (0, 0)], mode="reflect")[:, :, 2:5])
+
+
+def test_plan_errors():
+    with pytest.raises(ConfigError):
+        plan_tiles((100, 100), tile=10, halo=5)
+    with pytest.raises(ConfigError):
+        plan_tiles((0, 100), tile=50, halo=5)
+    with pytest.raises(ConfigError, match="returned tiles of shape"):
+        predict_tiled(lambda x: x, np.zeros((1, 30, 30)), tile=20, halo=2, out_channels=1)
