@@ -249,13 +249,14 @@ def predict_file(
     out_dir.mkdir(parents=True, exist_ok=True)
     if write_probabilities:
         target = out_dir / f"{path.stem}_probs.tif"
-        io.write_image(target, probs.astype(np.float32, copy=False), spacing=spacing)
+        axes = "C" + "ZYX"[3 - (probs.ndim - 1):]
+        io.write_image(target, probs.astype(np.float32, copy=False), spacing=spacing, axes=axes)
         written["probabilities"] = target
     if write_labels:
         dtype = np.uint8 if cfg.classes <= 255 else np.uint16
         labels = np.empty(probs.shape[1:], dtype=dtype)
         _labels_from_probabilities(probs, labels)
         target = out_dir / f"{path.stem}_labels.tif"
-        io.write_image(target, labels, spacing=spacing)
+        io.write_image(target, labels, spacing=spacing, axes="ZYX"[3 - labels.ndim:])
         written["labels"] = target
     return written
