@@ -1,0 +1,222 @@
+"""``useg train``: train a U-Net on annotated images or sparsely annotated volumes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from useg.errors import ConfigError, InputError
+
+
+def parse_slices(items: list[str] | None, ndim: int) -> dict[int, list[int]] | None:
+    """``["z=10,40", "y=64"]`` -> {axis: [indices]} for the spatial axes of an ndim volume."""
+    if not items:
+        return None
+    names = "ZYX"[3 - ndim:]
+    result: dict[int, list[int]] = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        name = name.strip().upper()
+        if name not in names or not values:
+            raise ConfigError(f"--slices expects AXIS=i,j with AXIS in {names}, got {item!r}")
+        try:
+            result.setdefault(names.index(name), []).extend(int(v) for v in values.split(","))
+        except ValueError:
+            raise ConfigError(f"--slices: indices must be integers, got {item!r}") from None
+    return result
+
+
+def add_common_training_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``useg train`` and ``useg densify``."""
+    g = p.add_argument_group("network")
+    g.add_argument("--preset", default=None, choices=["ronneberger2015", "cicek2016"],
+                   help="network preset (default: ronneberger2015 for 2D data, cicek2016 for 3D)")
+    g.add_argument("--width", type=int, help="channels of the first level (preset's by default)")
+    g.add_argument("--depth", type=int, help="number of poolings")
+    g.add_argument("--padding", choices=["valid", "same"], help="convolution padding")
+    g.add_argument("--norm", choices=["none", "batch", "instance"], help="normalisation")
+    g.add_argument("--dropout", type=float, help="dropout at the end of the contracting path")
+    g.add_argument("--pool", help="per-level pooling, e.g. 1x2x2,2x2x2,2x2x2 for anisotropic data")
+    g = p.add_argument_group("training")
+    g.add_argument("--tile", type=int, nargs="+", help="input tile size (rounded to a valid one)")
+    g.add_argument("--iterations", type=int, default=2000)
+    g.add_argument("--batch-size", type=int, default=1)
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
+    g.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 0.01 for SGD with momentum 0.99, 1e-3 for Adam)")
+    g.add_argument("--momentum", type=float, default=0.99)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--schedule", choices=["constant", "poly", "cosine"], default="poly")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision (bf16 on CPU, fp16/bf16 AMP on CUDA)")
+    g.add_argument("--grad-clip", type=float, default=None)
+    g.add_argument("--dice", type=float, default=0.0, help="weight of a soft Dice term")
+    g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
+    g.add_argument("--no-elastic", action="store_true", help="no elastic deformation")
+    g.add_argument("--w0", type=float, default=10.0, help="border weight amplitude (0: off)")
+    g.add_argument("--sigma", type=float, default=5.0, help="border weight width in pixels")
+    g.add_argument("--no-class-balance", action="store_true")
+    g.add_argument("--label-mode", choices=["binary", "instances", "boundary", "classes"],
+                   default=None, help="meaning of label values (default: binary in 2D, "
+                   "boundary in 3D)")
+    g.add_argument("--unlabeled", type=int, default=None,
+                   help="label value of unannotated pixels (weight 0)")
+    g.add_argument("--boundary-width", type=int, default=1)
+    g.add_argument("--slices", nargs="+", metavar="AXIS=I,J",
+                   help="only these slices are annotated, e.g. z=10,40 y=64 x=20")
+    g.add_argument("--val-every", type=int, default=200)
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--checkpoint-every", type=int, default=100)
+    g.add_argument("--workers", type=int, default=1, help="data worker processes")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a U-Net",
+        description="Train a U-Net on images and label images matched by file name (PNG or "
+        "TIFF; 2D images or 3D stacks). Writes a run folder with config.json, log.csv, "
+        "curves.png, last.safetensors and best.safetensors; --resume continues it.",
+    )
+    p.add_argument("--images", type=Path, help="folder (or file) of training images")
+    p.add_argument("--labels", type=Path, help="folder (or file) of label images")
+    p.add_argument("--val-images", type=Path, help="validation images")
+    p.add_argument("--val-labels", type=Path, help="validation labels")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_common_training_args(p)
+    p.set_defaults(func=run)
+
+
+def _pool(text: str | None, ndim: int) -> list[list[int]] | None:
+    if not text:
+        return None
+    try:
+        levels = [[int(v) for v in level.lower().split("x")] for level in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--pool expects e.g. 1x2x2,2x2x2, got {text!r}") from None
+    if any(len(level) != ndim for level in levels):
+        raise ConfigError(f"--pool: each level needs {ndim} factors, got {text!r}")
+    return levels
+
+
+def _data_ndim(path: Path) -> int:
+    """Spatial dimensions of the first image under ``path`` (2 for images, 3 for stacks)."""
+    from useg import io
+
+    files = io.list_images(path)
+    if not files:
+        raise InputError(f"{path}: no PNG or TIFF images found")
+    image, _ = io.read_image(files[0])
+    return image.ndim - 1
+
+
+def build_config(args: argparse.Namespace, ndim: int, in_channels: int) -> dict[str, Any]:
+    """Network and training configuration (as TrainConfig keyword arguments) from options."""
+    from useg.nets import PRESETS
+
+    name = args.preset or ("cicek2016" if ndim == 3 else "ronneberger2015")
+    net = dict(PRESETS[name])
+    if net["ndim"] != ndim:
+        raise ConfigError(f"preset {name} is {net['ndim']}D but the data are {ndim}D")
+    label_mode = args.label_mode or ("boundary" if ndim == 3 else "binary")
+    net.update(in_channels=in_channels, classes=2 if label_mode != "classes" else net["classes"])
+    for key in ("width", "depth", "padding", "norm", "dropout"):
+        if getattr(args, key) is not None:
+            net[key] = getattr(args, key)
+    pool = _pool(args.pool, ndim)
+    if pool is not None:
+        net["pool"] = pool
+        net["depth"] = len(pool)
+    from useg.nets import UNetConfig, min_input_shape
+
+    cfg = UNetConfig(**net)
+    tile = args.tile
+    if tile is None:
+        tile = [572] * 2 if ndim == 2 else [116, 132, 132]
+    elif len(tile) == 1:
+        tile = tile * ndim
+    elif len(tile) != ndim:
+        raise ConfigError(f"--tile needs 1 or {ndim} sizes")
+    tile = [max(t, m) for t, m in zip(tile, min_input_shape(cfg), strict=True)]
+    augment = None if args.no_augment else {"elastic": not args.no_elastic}
+    return dict(
+        net=cfg.to_dict(), tile=tile, iterations=args.iterations, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, schedule=args.schedule, precision=args.precision,
+        grad_clip=args.grad_clip, dice_weight=args.dice, augment=augment,
+        label_mode=label_mode, unlabeled=args.unlabeled, w0=args.w0, sigma=args.sigma,
+        class_balance=not args.no_class_balance, val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, workers=args.workers,
+        device=args.device,
+    )
+
+
+def sample_options(cfg: dict[str, Any], slices: dict[int, list[int]] | None) -> dict[str, Any]:
+    return dict(
+        mode=cfg["label_mode"], unlabeled=cfg["unlabeled"], slices=slices, w0=cfg["w0"],
+        sigma=cfg["sigma"], class_balance=cfg["class_balance"],
+        boundary_width=cfg.get("boundary_width", 1),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from useg.data import load_pairs
+    from useg.train import TrainConfig, train
+
+    if args.resume:
+        config_path = args.out / "config.json"
+        if not config_path.exists():
+            raise InputError(f"{args.out}: nothing to resume (no config.json)")
+        saved = json.loads(config_path.read_text())
+        data = saved.get("labels", {}).get("data")
+        if not data:
+            raise InputError(f"{config_path}: no data paths recorded; cannot resume")
+        cfg = TrainConfig.from_dict(saved)
+    else:
+        if args.images is None or args.labels is None:
+            raise ConfigError("--images and --labels are required (or --resume)")
+        for p in (args.images, args.labels, args.val_images, args.val_labels):
+            if p is not None and not p.exists():
+                raise InputError(f"{p}: no such file or folder")
+        if (args.val_images is None) != (args.val_labels is None):
+            raise ConfigError("--val-images and --val-labels go together")
+        from useg import io
+
+        first, _ = io.read_image(io.list_images(args.images)[0]) if io.list_images(
+            args.images) else (None, None)
+        if first is None:
+            raise InputError(f"{args.images}: no PNG or TIFF images found")
+        ndim = first.ndim - 1
+        if ndim == 3 and args.preset == "ronneberger2015":
+            ndim = 2  # a 2D network trained on the slices of stacks
+        kwargs = build_config(args, ndim, first.shape[0])
+        data = {
+            "images": str(args.images), "labels": str(args.labels),
+            "val_images": str(args.val_images) if args.val_images else None,
+            "val_labels": str(args.val_labels) if args.val_labels else None,
+            "slices": parse_slices(args.slices, ndim),
+        }
+        kwargs["labels"] = {"mode": kwargs["label_mode"], "classes": ["background", "foreground"]
+                            if kwargs["label_mode"] != "boundary" else ["interior", "boundary"],
+                            "data": data}
+        cfg = TrainConfig(**kwargs)
+    net = cfg.net
+    slices = data.get("slices")
+    if slices:
+        slices = {int(k): v for k, v in slices.items()}
+    opts = sample_options(cfg.to_dict(), slices)
+    samples = load_pairs(data["images"], data["labels"], ndim=net["ndim"],
+                         in_channels=net["in_channels"], **opts)
+    val = None
+    if data.get("val_images"):
+        val = load_pairs(data["val_images"], data["val_labels"], ndim=net["ndim"],
+                         in_channels=net["in_channels"], **{**opts, "slices": None})
+    best = train(cfg, samples, args.out, val_samples=val, resume=args.resume,
+                 progress=not args.quiet)
+    print(f"model: {best}")
+    return 0
