@@ -254,12 +254,14 @@ def load_pairs(
     *,
     ndim: int,
     in_channels: int | None = None,
+    spacing: Sequence[float] | None = None,
     **sample_options: Any,
 ) -> list[Sample]:
     """Read image/label files matched by name and build samples (see :func:`make_sample`).
 
     A folder of 2D images with a 2D model, a TIFF stack with a 2D model (each slice a sample) or
-    with a 3D model (one volume) are all accepted.
+    with a 3D model (one volume) are all accepted. ``spacing`` ((Z,) Y, X of the files) overrides
+    the voxel size the files state.
     """
     from useg import io
 
@@ -287,17 +289,23 @@ def load_pairs(
                 f"{lab_path}: labels of shape {lab.shape} do not match image {img_path.name} "
                 f"of spatial shape {image.shape[1:]}"
             )
-        spacing = meta.get("spacing")
+        file_spacing = tuple(spacing) if spacing is not None else meta.get("spacing")
+        if file_spacing is not None and len(file_spacing) != image.ndim - 1:
+            raise InputError(
+                f"{img_path}: spacing {file_spacing} does not have one value per spatial axis "
+                f"of the image ({image.ndim - 1})"
+            )
         if image.ndim - 1 == ndim:
             samples.append(
-                make_sample(image, lab, spacing=spacing, name=str(img_path), **sample_options)
+                make_sample(image, lab, spacing=file_spacing, name=str(img_path),
+                            **sample_options)
             )
         elif image.ndim - 1 == ndim + 1:
             for z in range(image.shape[1]):
                 try:
                     samples.append(make_sample(
                         image[:, z], lab[z], name=f"{img_path}[{z}]",
-                        spacing=spacing[1:] if spacing else None, **sample_options,
+                        spacing=file_spacing[1:] if file_spacing else None, **sample_options,
                     ))
                 except InputError as exc:
                     if "no labelled pixel" not in str(exc):
@@ -403,13 +411,32 @@ class TileStream(torch.utils.data.IterableDataset):
                 np.ascontiguousarray(target, dtype=np.int64),
                 np.ascontiguousarray(weight, dtype=np.float32))
 
+    def shard(self, rank: int, world: int, batch_size: int) -> TileStream:
+        """Make this stream yield process ``rank``'s share of a ``world``-process run.
+
+        Step ``k`` of the whole run uses items ``k * B * world ... (k + 1) * B * world - 1`` (B the
+        per-process batch); process ``rank`` takes ``B`` consecutive ones. The union over the
+        processes is exactly what one process with a batch of ``B * world`` would see.
+        """
+        self.rank, self.world, self.batch_size = rank, world, batch_size
+        return self
+
+    def global_index(self, position: int) -> int:
+        """Item index of the ``position``-th item this process yields (counted from ``start``)."""
+        world = getattr(self, "world", 1)
+        if world == 1:
+            return self.start + position
+        b = self.batch_size
+        step, j = divmod(position, b)
+        return self.start * world + step * b * world + self.rank * b + j
+
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        index = self.start + worker
+        position = worker
         while True:
-            yield self.item(index)
-            index += workers
+            yield self.item(self.global_index(position))
+            position += workers
 
 
 def _center(x: np.ndarray, shape: Sequence[int], channels: bool = False) -> np.ndarray:

@@ -141,7 +141,8 @@ def run_demo(
 
     model = load_model(best, device="cpu")
     t0 = time.perf_counter()
-    probs = predict(model, test_image, device=device, progress=progress)
+    # Tiles much smaller than the image, to show the seamless overlap-tile strategy at work.
+    probs = predict(model, test_image, tile=380, device=device, progress=progress)
     predict_seconds = time.perf_counter() - t0
     fg = probs[1]
     segments = postprocess.threshold_components(fg, 0.5)

@@ -14,6 +14,13 @@ runs; Adam/AdamW default to 1e-3 (``bench/isbi2012.py`` states what each bench u
 
 Reproducibility: the tile of step ``k`` and the dropout mask of step ``k`` depend only on
 (seed, k), so a resumed run follows the same trajectory as an uninterrupted one.
+
+Several processes (``torchrun --nproc_per_node N -m useg train ...``; gloo on CPU, NCCL on CUDA):
+each process takes its share of every step's tiles (:meth:`useg.data.TileStream.shard`), the
+loss of each process is scaled so that the averaged gradients equal those of one process with
+an N times larger batch (the weighted cross entropy is normalised by the weight of the whole
+global batch), and only rank 0 validates, writes checkpoints and logs. Batch norm uses
+per-process statistics on CPU and SyncBatchNorm on CUDA; dropout masks differ per rank.
 """
 
 from __future__ import annotations
@@ -67,6 +74,8 @@ class TrainConfig:
     augment: dict[str, Any] | None = field(default_factory=dict)
     label_mode: str = "binary"
     unlabeled: int | None = None
+    boundary_width: int = 1
+    spacing: Sequence[float] | None = None  # voxel size overriding the files' (model header)
     w0: float = 10.0
     sigma: float = 5.0
     class_balance: bool = True
@@ -92,6 +101,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["tile"] = list(self.tile) if not isinstance(self.tile, int) else self.tile
+        if self.spacing is not None:
+            d["spacing"] = [float(v) for v in self.spacing]
         return d
 
     @classmethod
@@ -288,8 +299,46 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 # The loop
 
 
-def _step_seed(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, step, 7]).generate_state(1)[0])
+def _step_seed(seed: int, step: int, rank: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, step, 7, rank]).generate_state(1)[0])
+
+
+@dataclass
+class _Dist:
+    """Where this process stands in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_name: str) -> tuple[_Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(), resolve_device(device_name)
+    import torch.distributed as dist
+
+    d = _Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def _all_reduce_sum(value: torch.Tensor, d: _Dist) -> torch.Tensor:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
 
 
 def train(
@@ -322,11 +371,11 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
 
     net_cfg = UNetConfig.from_dict(cfg.net)
-    device = resolve_device(cfg.device)
+    dist_info, device = _init_distributed(cfg.device)
     tile = valid_input_shape(net_cfg, cfg.tile, mode="nearest")
     out_tile = output_shape(net_cfg, tile)
     cfg.tile = list(tile)
-    if not resume:
+    if not resume and dist_info.main:
         tmp = out / ".config.json.tmp"
         tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
         os.replace(tmp, out / "config.json")
@@ -336,6 +385,12 @@ def train(
     memory_format = {2: torch.channels_last, 3: torch.channels_last_3d}.get(net_cfg.ndim)
     if memory_format is not None and device.type == "cpu":
         model = model.to(memory_format=memory_format)
+    net = model
+    if dist_info.world > 1:
+        if device.type == "cuda":
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
     opt = _optimizer(cfg, model.parameters())
     loss_fn = SegmentationLoss(dice_weight=cfg.dice_weight)
     step, best, rows = 0, None, []
@@ -349,7 +404,9 @@ def train(
 
     scaler = torch.amp.GradScaler("cuda") if (
         cfg.precision == "fp16" and device.type == "cuda") else None
+    spacing = cfg.spacing if cfg.spacing is not None else samples[0].spacing if samples else None
     meta = {
+        "spacing": [float(v) for v in spacing] if spacing is not None else None,
         "normalization": cfg.normalization,
         "labels": cfg.labels or {"mode": cfg.label_mode},
         "provenance": {"trainer": "useg", "config": cfg.to_dict()},
@@ -357,6 +414,7 @@ def train(
 
     stream = TileStream(samples, tile, out_tile, augment=cfg.augment, seed=cfg.seed,
                         start=step * cfg.batch_size)
+    stream.shard(dist_info.rank, dist_info.world, cfg.batch_size)
     workers = max(0, int(cfg.workers))
     loader = torch.utils.data.DataLoader(
         stream, batch_size=cfg.batch_size, num_workers=workers,
@@ -366,12 +424,14 @@ def train(
     )
 
     bar = None
-    if progress:
+    if progress and dist_info.main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.iterations, initial=step, unit="it", desc="train", dynamic_ncols=True)
 
     def checkpoint(current_step: int) -> None:
+        if not dist_info.main:
+            return
         save_model(model, out / "last.safetensors", {**meta, "step": current_step})
         _save_state(state_path, model, opt,
                     {"step": current_step, "best": best, "window": list(window)})
@@ -392,10 +452,17 @@ def train(
             y, w = y.to(device, non_blocking=True), w.to(device, non_blocking=True)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * _lr_factor(cfg, step)
-            torch.manual_seed(_step_seed(cfg.seed, step))  # dropout of step k depends on k only
+            # Dropout of step k depends on (seed, k, rank) only.
+            torch.manual_seed(_step_seed(cfg.seed, step, dist_info.rank))
             with autocast(device, cfg.precision):
-                logits = model(x)
+                logits = net(x)
             loss = loss_fn(logits.float(), y, w)
+            if dist_info.world > 1:
+                # DDP averages gradients over processes; scale each process's loss so that the
+                # average equals the loss normalised by the weight of the whole global batch.
+                local = w.sum() if cfg.dice_weight == 0 else torch.ones((), device=device)
+                total = _all_reduce_sum(local.detach(), dist_info)
+                loss = loss * local * dist_info.world / total.clamp_min(1e-12)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -409,7 +476,7 @@ def train(
                 scaler.update()
             else:
                 opt.step()
-            value = float(loss.detach())
+            value = float(_all_reduce_sum(loss.detach(), dist_info)) / dist_info.world
             if not math.isfinite(value):
                 raise ConfigError(
                     f"training diverged at step {step} (loss {value}); lower --lr or use --grad-clip"
@@ -424,7 +491,8 @@ def train(
                        "lr": opt.param_groups[0]["lr"],
                        "data_wait": data_wait / max(data_wait + compute, 1e-9)}
                 window.clear()
-                if val_samples and (step % cfg.val_every == 0 or step == cfg.iterations):
+                if (val_samples and dist_info.main
+                        and (step % cfg.val_every == 0 or step == cfg.iterations)):
                     row.update(evaluate_samples(model, val_samples, device, tile, cfg.precision))
                     score = row["val_iou"]
                     if best is None or score > best:
@@ -444,6 +512,11 @@ def train(
         if bar is not None:
             bar.close()
         del it
+        if dist_info.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
     if not (out / "best.safetensors").exists():
         return out / "last.safetensors"
     return out / "best.safetensors"
