@@ -94,12 +94,21 @@ def _random_config(r: np.random.Generator) -> UNetConfig:
     ndim = int(r.integers(1, 4))
     depth = int(r.integers(0, 4 if ndim < 3 else 3))
     pool = tuple(tuple(int(r.choice([1, 2, 2, 3])) for _ in range(ndim)) for _ in range(depth))
-    kernel = tuple(tuple(int(r.choice([1, 3, 3, 5])) for _ in range(ndim)) for _ in range(depth + 1))
+    kernel = tuple(
+        tuple(int(r.choice([1, 3, 3, 5])) for _ in range(ndim)) for _ in range(depth + 1)
+    )
     return UNetConfig(
-        ndim=ndim, in_channels=int(r.integers(1, 3)), classes=int(r.integers(1, 4)), width=2,
-        depth=depth, padding=str(r.choice(["valid", "same"])), pool=pool, kernel=kernel,
+        ndim=ndim,
+        in_channels=int(r.integers(1, 3)),
+        classes=int(r.integers(1, 4)),
+        width=2,
+        depth=depth,
+        padding=str(r.choice(["valid", "same"])),
+        pool=pool,
+        kernel=kernel,
         norm=str(r.choice(["none", "batch", "instance"])),
-        up_keep_channels=bool(r.integers(2)), double_within_level=bool(r.integers(2)),
+        up_keep_channels=bool(r.integers(2)),
+        double_within_level=bool(r.integers(2)),
     )
 
 
@@ -119,7 +128,9 @@ def test_shape_algebra_matches_forward(seed):
             y = net(torch.zeros(1, cfg.in_channels, *shape))
         assert tuple(y.shape[2:]) == output_shape(cfg, shape)
         if cfg.padding == "valid":
-            assert tuple(y.shape[2:]) == tuple(s - 2 * h for s, h in zip(shape, halo(cfg)))
+            assert tuple(y.shape[2:]) == tuple(
+                s - 2 * h for s, h in zip(shape, halo(cfg), strict=False)
+            )
         else:
             assert tuple(y.shape[2:]) == shape
 

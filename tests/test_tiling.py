@@ -21,12 +21,17 @@ def _whole_image_pass(net, image, plan):
     """One forward pass over the image mirror-padded to the area the tiles cover."""
     ctx = plan.context
     padded = plan.padded_shape()
-    pads = [(0, 0)] + [(c, p - s - c) for c, p, s in zip(ctx, padded, image.shape[1:])]
+    pads = [(0, 0)] + [
+        (c, p - s - c) for c, p, s in zip(ctx, padded, image.shape[1:], strict=False)
+    ]
     x = np.pad(image, pads, mode="reflect")
     with torch.no_grad():
         y = net(torch.from_numpy(x[None]).to(next(net.parameters()).dtype)).numpy()[0]
     # Output index 0 is image pixel -margin (the halo is consumed by the valid convolutions).
-    return y[(slice(None),) + tuple(slice(m, m + s) for m, s in zip(plan.margin, image.shape[1:]))]
+    return y[
+        (slice(None),)
+        + tuple(slice(m, m + s) for m, s in zip(plan.margin, image.shape[1:], strict=False))
+    ]
 
 
 @pytest.mark.parametrize(
@@ -35,8 +40,11 @@ def _whole_image_pass(net, image, plan):
         (UNetConfig(ndim=2, width=4, depth=2, classes=3), (1, 157, 203), 68),
         (UNetConfig(ndim=2, width=4, depth=3, in_channels=2), (2, 61, 300), (124, 156)),
         (UNetConfig(ndim=2, width=4, depth=2), (1, 20, 33), 60),  # image smaller than a tile
-        (UNetConfig(ndim=3, width=2, depth=2, classes=2, pool=((1, 2, 2), (2, 2, 2))),
-         (1, 23, 45, 38), (36, 44, 52)),
+        (
+            UNetConfig(ndim=3, width=2, depth=2, classes=2, pool=((1, 2, 2), (2, 2, 2))),
+            (1, 23, 45, 38),
+            (36, 44, 52),
+        ),
         (UNetConfig(ndim=1, width=4, depth=3), (1, 301), 100),
     ],
 )
@@ -48,18 +56,29 @@ def test_valid_tiling_is_seamless(cfg, shape, tile, rng):
     tile = valid_input_shape(cfg, tile)
     plan = plan_tiles(shape[1:], tile, halo(cfg), 0, pool_step(cfg))
     tiled = predict_tiled(
-        _net_predictor(net), image, tile=tile, out_channels=cfg.classes, halo=halo(cfg),
-        step=pool_step(cfg), batch_size=2, dtype=np.float64,
+        _net_predictor(net),
+        image,
+        tile=tile,
+        out_channels=cfg.classes,
+        halo=halo(cfg),
+        step=pool_step(cfg),
+        batch_size=2,
+        dtype=np.float64,
     )
     whole = _whole_image_pass(net, image, plan)
     assert tiled.shape == (cfg.classes, *shape[1:])
     np.testing.assert_allclose(tiled, whole, atol=1e-10, rtol=0)
-    if len(plan) > 1 and any(k % s for k, s in zip(plan.kept, pool_step(cfg))):
+    if len(plan) > 1 and any(k % s for k, s in zip(plan.kept, pool_step(cfg), strict=False)):
         # Stepping by the kept size breaks the pooling-grid alignment here, and the tiles then
         # disagree with the whole-image pass: the oracle can fail.
         misaligned = predict_tiled(
-            _net_predictor(net), image, tile=tile, out_channels=cfg.classes, halo=halo(cfg),
-            step=1, dtype=np.float64,
+            _net_predictor(net),
+            image,
+            tile=tile,
+            out_channels=cfg.classes,
+            halo=halo(cfg),
+            step=1,
+            dtype=np.float64,
         )
         assert np.abs(misaligned - whole).max() > 1e-4
 
@@ -110,11 +129,19 @@ def test_same_padding_policy_deviation_is_small_and_measured(rng):
 
 def test_disk_backed_output_and_progress(tmp_path, rng):
     image = rng.standard_normal((1, 70, 90)).astype(np.float32)
-    out = np.lib.format.open_memmap(tmp_path / "o.npy", mode="w+", dtype=np.float32,
-                                    shape=(1, 70, 90))
+    out = np.lib.format.open_memmap(
+        tmp_path / "o.npy", mode="w+", dtype=np.float32, shape=(1, 70, 90)
+    )
     calls = []
-    predict_tiled(lambda x: x[:, :, 3:-3, 3:-3], image, tile=26, halo=3, out_channels=1, out=out,
-                  progress=lambda done, total: calls.append((done, total)))
+    predict_tiled(
+        lambda x: x[:, :, 3:-3, 3:-3],
+        image,
+        tile=26,
+        halo=3,
+        out_channels=1,
+        out=out,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     out.flush()
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), image)
     assert calls[-1][0] == calls[-1][1] == len(calls)
@@ -125,7 +152,9 @@ def test_mirror_and_read_tile():
     assert mirror_indices(0, 3, 1).tolist() == [0, 0, 0]
     img = np.arange(5 * 6, dtype=np.float32).reshape(1, 5, 6)
     t = read_tile(img, (-3, 2), (11, 3))
-    np.testing.assert_array_equal(t, np.pad(img, [(0, 0), (3, 3), (0, 0)], mode="reflect")[:, :, 2:5])
+    np.testing.assert_array_equal(
+        t, np.pad(img, [(0, 0), (3, 3), (0, 0)], mode="reflect")[:, :, 2:5]
+    )
 
 
 def test_plan_errors():

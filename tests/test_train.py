@@ -31,18 +31,43 @@ def _losses(run):
 
 
 def _cmd(dataset, out, iterations=12, extra=()):
-    return ["train", "--images", str(dataset / "train/images"),
-            "--labels", str(dataset / "train/labels"), "--out", str(out),
-            "--iterations", str(iterations), "--checkpoint-every", "4", "--val-every", "6",
-            "--val-images", str(dataset / "val/images"), "--val-labels", str(dataset / "val/labels"),
-            "--quiet", "--log-every", "3", *TINY, *extra]
+    return [
+        "train",
+        "--images",
+        str(dataset / "train/images"),
+        "--labels",
+        str(dataset / "train/labels"),
+        "--out",
+        str(out),
+        "--iterations",
+        str(iterations),
+        "--checkpoint-every",
+        "4",
+        "--val-every",
+        "6",
+        "--val-images",
+        str(dataset / "val/images"),
+        "--val-labels",
+        str(dataset / "val/labels"),
+        "--quiet",
+        "--log-every",
+        "3",
+        *TINY,
+        *extra,
+    ]
 
 
 def test_train_writes_run_folder(dataset, tmp_path):
     out = tmp_path / "run"
     assert main(_cmd(dataset, out)) == 0
-    for name in ("config.json", "log.csv", "curves.png", "last.safetensors", "best.safetensors",
-                 "state.safetensors"):
+    for name in (
+        "config.json",
+        "log.csv",
+        "curves.png",
+        "last.safetensors",
+        "best.safetensors",
+        "state.safetensors",
+    ):
         assert (out / name).exists(), name
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [int(r["step"]) for r in rows][-1] == 12
@@ -61,8 +86,12 @@ def test_kill_and_resume_matches_uninterrupted(dataset, tmp_path):
 
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "useg", *_cmd(dataset, killed, iterations=40,
-                                                extra=("--no-elastic",))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "useg",
+        *_cmd(dataset, killed, iterations=40, extra=("--no-elastic",)),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (killed / "state.safetensors").exists():
@@ -88,8 +117,17 @@ def test_bad_training_inputs(dataset, tmp_path, capsys):
     imgs.mkdir(), labs.mkdir()
     tifffile.imwrite(imgs / "a.tif", np.zeros((64, 64), np.uint8))
     tifffile.imwrite(labs / "a.tif", np.zeros((60, 64), np.uint8))
-    base = ["train", "--images", str(imgs), "--labels", str(labs), "--out", str(tmp_path / "r"),
-            "--quiet", *TINY]
+    base = [
+        "train",
+        "--images",
+        str(imgs),
+        "--labels",
+        str(labs),
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+        *TINY,
+    ]
     assert main(base) == 2
     assert "a.tif" in capsys.readouterr().err
     tifffile.imwrite(imgs / "b.tif", np.zeros((64, 64), np.uint8))

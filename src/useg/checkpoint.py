@@ -74,7 +74,7 @@ def save_model(model: UNet, path: str | os.PathLike, meta: dict[str, Any] | None
 
 
 def resolve_model(name: str | os.PathLike) -> Path:
-    """Path of a model given as a file, a folder holding ``model.safetensors``, or a packaged name."""
+    """Path of a model given as a file, a folder with ``model.safetensors`` or a packaged name."""
     path = Path(name)
     if path.is_dir():
         path = path / "model.safetensors"

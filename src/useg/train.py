@@ -124,8 +124,9 @@ def _lr_factor(cfg: TrainConfig, step: int) -> float:
 
 def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -160,8 +161,9 @@ def _unflatten_optimizer(plain: dict[str, Any], tensors: dict[str, torch.Tensor]
 
 
 def _save_state(path: Path, model: UNet, opt: torch.optim.Optimizer, info: dict[str, Any]) -> None:
-    tensors = {f"model.{k}": v.detach().to("cpu").contiguous()
-               for k, v in model.state_dict().items()}
+    tensors = {
+        f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+    }
     opt_tensors, opt_plain = _flatten_optimizer(opt.state_dict())
     tensors.update(opt_tensors)
     header = {"info": info, "optimizer": opt_plain}
@@ -187,7 +189,10 @@ def _load_state(path: Path, model: UNet, opt: torch.optim.Optimizer) -> dict[str
 
 
 def evaluate_samples(
-    model: UNet, samples: Sequence[Sample], device: torch.device, tile: Sequence[int],
+    model: UNet,
+    samples: Sequence[Sample],
+    device: torch.device,
+    tile: Sequence[int],
     precision: str = "fp32",
 ) -> dict[str, float]:
     """Mean foreground IoU, pixel error and (when objects are meaningful) adapted Rand error of
@@ -228,7 +233,8 @@ def _adapted_rand(probs: np.ndarray, target: np.ndarray, mask: np.ndarray) -> fl
         return None
     from scipy import ndimage as ndi
 
-    seg = threshold_components(probs[1], 0.5)
+    # Every pixel gets a segment (membranes grow into their neighbours), as the ISBI scoring.
+    seg = threshold_components(probs[1], 0.5, fill=True)
     gt = ndi.label(target == 1)[0]
     return float(adapted_rand_error(seg, gt)[0])
 
@@ -390,7 +396,8 @@ def train(
         if device.type == "cuda":
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
     opt = _optimizer(cfg, model.parameters())
     loss_fn = SegmentationLoss(dice_weight=cfg.dice_weight)
     step, best, rows = 0, None, []
@@ -402,8 +409,11 @@ def train(
         # A killed run may have logged past its last checkpoint: drop those rows.
         rows = [r for r in _read_log(out / "log.csv") if int(r["step"]) <= step]
 
-    scaler = torch.amp.GradScaler("cuda") if (
-        cfg.precision == "fp16" and device.type == "cuda") else None
+    scaler = (
+        torch.amp.GradScaler("cuda")
+        if (cfg.precision == "fp16" and device.type == "cuda")
+        else None
+    )
     spacing = cfg.spacing if cfg.spacing is not None else samples[0].spacing if samples else None
     meta = {
         "spacing": [float(v) for v in spacing] if spacing is not None else None,
@@ -412,14 +422,18 @@ def train(
         "provenance": {"trainer": "useg", "config": cfg.to_dict()},
     }
 
-    stream = TileStream(samples, tile, out_tile, augment=cfg.augment, seed=cfg.seed,
-                        start=step * cfg.batch_size)
+    stream = TileStream(
+        samples, tile, out_tile, augment=cfg.augment, seed=cfg.seed, start=step * cfg.batch_size
+    )
     stream.shard(dist_info.rank, dist_info.world, cfg.batch_size)
     workers = max(0, int(cfg.workers))
     loader = torch.utils.data.DataLoader(
-        stream, batch_size=cfg.batch_size, num_workers=workers,
+        stream,
+        batch_size=cfg.batch_size,
+        num_workers=workers,
         worker_init_fn=_worker_init if workers else None,
-        persistent_workers=False, prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
         pin_memory=device.type == "cuda",
     )
 
@@ -433,8 +447,9 @@ def train(
         if not dist_info.main:
             return
         save_model(model, out / "last.safetensors", {**meta, "step": current_step})
-        _save_state(state_path, model, opt,
-                    {"step": current_step, "best": best, "window": list(window)})
+        _save_state(
+            state_path, model, opt, {"step": current_step, "best": best, "window": list(window)}
+        )
         _write_log(out / "log.csv", rows)
         plot_curves(rows, out / "curves.png")
 
@@ -479,7 +494,8 @@ def train(
             value = float(_all_reduce_sum(loss.detach(), dist_info)) / dist_info.world
             if not math.isfinite(value):
                 raise ConfigError(
-                    f"training diverged at step {step} (loss {value}); lower --lr or use --grad-clip"
+                    f"training diverged at step {step} (loss {value}); "
+                    "lower --lr or use --grad-clip"
                 )
             step += 1
             t2 = time.perf_counter()
@@ -487,18 +503,25 @@ def train(
             compute += t2 - t1
             window.append(value)
             if step % cfg.log_every == 0 or step == cfg.iterations:
-                row = {"step": step, "loss": float(np.mean(window)),
-                       "lr": opt.param_groups[0]["lr"],
-                       "data_wait": data_wait / max(data_wait + compute, 1e-9)}
+                row = {
+                    "step": step,
+                    "loss": float(np.mean(window)),
+                    "lr": opt.param_groups[0]["lr"],
+                    "data_wait": data_wait / max(data_wait + compute, 1e-9),
+                }
                 window.clear()
-                if (val_samples and dist_info.main
-                        and (step % cfg.val_every == 0 or step == cfg.iterations)):
+                if (
+                    val_samples
+                    and dist_info.main
+                    and (step % cfg.val_every == 0 or step == cfg.iterations)
+                ):
                     row.update(evaluate_samples(model, val_samples, device, tile, cfg.precision))
                     score = row["val_iou"]
                     if best is None or score > best:
                         best = score
-                        save_model(model, out / "best.safetensors",
-                                   {**meta, "step": step, "val": row})
+                        save_model(
+                            model, out / "best.safetensors", {**meta, "step": step, "val": row}
+                        )
                     model.train()
                 rows.append(row)
                 if callback:
