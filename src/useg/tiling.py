@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import mmap
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -95,11 +96,24 @@ class TilePlan:
             (n - 1) * s + t for n, s, t in zip(self.counts, self.stride, self.tile, strict=True)
         )
 
-    def tiles(self) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]:
+    def boundaries(self) -> tuple[tuple[int, ...], ...]:
+        """Per axis, the positions where one tile's written region ends and the next begins
+        (and the image's two ends): the only places a region of the plan can be cut."""
+        return tuple(
+            (*range(0, n * s, s), size)
+            for n, s, size in zip(self.counts, self.stride, self.shape, strict=True)
+        )
+
+    def tiles(
+        self, ranges: Sequence[range] | None = None
+    ) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]:
         """Yield (input start in image coordinates, region written in the image, same region in
-        the tile's kept output) for every tile, in C order."""
+        the tile's kept output) for every tile, or for the tile indices in ``ranges`` (one range
+        per axis), in C order."""
         ctx, kept = self.context, self.kept
-        for idx in itertools.product(*(range(n) for n in self.counts)):
+        if ranges is None:
+            ranges = [range(n) for n in self.counts]
+        for idx in itertools.product(*ranges):
             start, dst, src = [], [], []
             for i, n, s, c, k, size in zip(
                 idx, self.counts, self.stride, ctx, kept, self.shape, strict=True
@@ -197,6 +211,49 @@ def read_tile(image: Any, start: Sequence[int], shape: Sequence[int]) -> np.ndar
     return block[np.ix_(range(block.shape[0]), *local)]
 
 
+def _region_on_plan(
+    plan: TilePlan, region: Sequence[slice] | None
+) -> tuple[tuple[int, ...], tuple[int, ...], list[range]]:
+    """Origin, extent and tile index ranges of a region cut at the plan's tile boundaries."""
+    if region is None:
+        return (0,) * len(plan.shape), plan.shape, [range(n) for n in plan.counts]
+    if len(region) != len(plan.shape):
+        raise ConfigError(f"region needs {len(plan.shape)} slices, got {len(region)}")
+    origin, extent, ranges = [], [], []
+    for sl, cuts, s, n, size in zip(
+        region, plan.boundaries(), plan.stride, plan.counts, plan.shape, strict=True
+    ):
+        lo, hi, st = sl.indices(size)
+        if st != 1 or hi <= lo or lo not in cuts or hi not in cuts:
+            raise ConfigError(
+                f"region {tuple(region)} must start and end on tile boundaries "
+                f"(multiples of the stride {plan.stride} or the image end {plan.shape})"
+            )
+        origin.append(lo)
+        extent.append(hi - lo)
+        ranges.append(range(lo // s, n if hi == size else hi // s))
+    return tuple(origin), tuple(extent), ranges
+
+
+def _release_pages(array: Any) -> None:
+    """Drop the pages of a file-backed NumPy memmap from this process's resident memory.
+
+    Linux counts every mapped page of a file that has been touched as resident, so reading or
+    writing a huge memmap tile by tile would grow the resident memory to the file's size. The
+    pages stay in the kernel's page cache (dirty ones are still written back: the mapping is
+    shared), so this costs at most a soft page fault when one is touched again. Copy-on-write
+    memmaps (mode ``c``) are left alone: dropping their pages would drop the private changes.
+    """
+    handle = getattr(array, "_mmap", None)  # np.memmap keeps its mmap.mmap here
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if not isinstance(array, np.memmap) or handle is None or advice is None or array.mode == "c":
+        return
+    try:
+        handle.madvise(advice)
+    except (OSError, ValueError):  # a closed mapping, or a platform without madvise
+        pass
+
+
 def predict_tiled(
     predictor: Predictor,
     image: Any,
@@ -211,6 +268,7 @@ def predict_tiled(
     dtype: Any = np.float32,
     progress: bool | Callable[[int, int], None] = False,
     prefetch: bool = True,
+    region: Sequence[slice] | None = None,
 ) -> Any:
     """Apply a tile-wise predictor to an image of any size and stitch the outputs.
 
@@ -235,6 +293,11 @@ def predict_tiled(
         A progress bar (tqdm) when True; a callable receives (tiles done, tiles total).
     prefetch : bool
         Read the next batch of tiles in a background thread while the predictor runs.
+    region : tuple of slice, optional
+        Predict only this box of the image, with the very tiles a whole-image call uses there
+        (so the values are the same); its bounds must be among :meth:`TilePlan.boundaries`.
+        ``out`` then has the shape ``(out_channels, *box)``. Used to split an image into
+        independent blocks (:mod:`useg.dask_predict`).
 
     Returns
     -------
@@ -252,17 +315,23 @@ def predict_tiled(
         raise ConfigError(f"image must be (C, *spatial), got shape {image.shape}")
     spatial = tuple(image.shape[1:])
     plan = plan_tiles(spatial, tile, halo, margin, step)
+    origin, extent, ranges = _region_on_plan(plan, region)
     if out is None:
-        out = np.empty((out_channels, *spatial), dtype=dtype)
-    elif tuple(out.shape) != (out_channels, *spatial):
-        raise ConfigError(f"out has shape {out.shape}, expected {(out_channels, *spatial)}")
-    tiles = list(plan.tiles())
+        out = np.empty((out_channels, *extent), dtype=dtype)
+    elif tuple(out.shape) != (out_channels, *extent):
+        raise ConfigError(f"out has shape {out.shape}, expected {(out_channels, *extent)}")
+    tiles = [
+        (start, tuple(slice(d.start - o, d.stop - o) for d, o in zip(dst, origin, strict=True)),
+         src)
+        for start, dst, src in plan.tiles(ranges)
+    ]
     batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
     margin_t = plan.margin
 
     def gather(batch):
         return np.stack(
-            [read_tile(image, start, plan.tile).astype(np.float32, copy=False) for start, _, _ in batch]
+            [read_tile(image, start, plan.tile).astype(np.float32, copy=False)
+             for start, _, _ in batch]
         )
 
     bar = None
@@ -291,6 +360,8 @@ def predict_tiled(
                 )
                 out[(slice(None), *dst)] = y[(k, slice(None), *region)].astype(dtype, copy=False)
             done += len(batch)
+            _release_pages(out)
+            _release_pages(image)
             if bar is not None:
                 bar.update(len(batch))
             elif callable(progress):

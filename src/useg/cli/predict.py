@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from useg.cli import _dask
 from useg.errors import InputError
 
 
@@ -41,10 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="autocast precision (bf16 is much faster on recent CPUs)")
     p.add_argument("--no-probs", action="store_true", help="write label masks only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _dask.add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dask:
+        return _dask.run(args)
     from tqdm.auto import tqdm
 
     from useg import io
