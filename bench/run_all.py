@@ -1,0 +1,178 @@
+"""Run every benchmark (or only summarise their results) and rewrite bench/README.md.
+
+``make bench`` runs this: each benchmark with its default command, one after the other, then
+the table of figures in bench/README.md is regenerated from bench/results/*.json.
+
+Run: ``.venv/bin/python bench/run_all.py [--summary-only] [--only NAME ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+# name -> (command, results file)
+BENCHES: dict[str, tuple[list[str], str]] = {
+    "shapes": (["bench/shapes.py"], "shapes.json"),
+    "weightmap": (["bench/weightmap.py"], "weightmap.json"),
+    "augment": (["bench/augment.py"], "augment.json"),
+    "predict": (["bench/predict.py"], "predict.json"),
+    "predict3d": (["bench/predict3d.py"], "predict3d.json"),
+    "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
+    "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
+    "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
+    "scale": (["bench/scale.py"], "scale.json"),
+}
+
+
+def _get(d, *path, default=None):
+    for p in path:
+        if isinstance(d, dict) and p in d:
+            d = d[p]
+        elif isinstance(d, list) and isinstance(p, int) and -len(d) <= p < len(d):
+            d = d[p]
+        else:
+            return default
+    return d
+
+
+def _fmt(v, digits=3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _shapes(d) -> list[tuple[str, str]]:
+    rows = []
+    for name, t in _get(d, "presets", default={}).items():
+        rows.append((f"{name}: parameters, conv layers, halo",
+                     f"{t['parameters']:,}, {t['conv_layers']}, {t['halo']}"))
+    for s in _get(d, "seam_test", default=[]):
+        rows.append((f"seam test {s['dtype']} ({s['tiles']} tiles of {s['tile']})",
+                     f"max abs diff {_fmt(s['max_abs_diff'])}"))
+    return rows
+
+
+def _weightmap(d):
+    return [("weight map 512², 300 objects: speed-up over one EDT per object",
+             f"{_fmt(_get(d, 'speedup_median'))}x (target 50x)")]
+
+
+def _augment(d):
+    rows = []
+    for case, c in _get(d, "2d", "cases", default={}).items():
+        rows.append((f"2D 512² {case}: speed-up over elasticdeform",
+                     f"{_fmt(_get(c, 'speedup_median'))}x (target 5x)"))
+    rows.append(("3D 128³ elastic: speed-up over TorchIO",
+                 f"{_fmt(_get(d, '3d', 'speedup_median'))}x (target 4x)"))
+    return rows
+
+
+def _generic(d, keys: list[tuple[str, tuple]]):
+    return [(label, _fmt(_get(d, *path))) for label, path in keys]
+
+
+def _train_throughput(d):
+    rows = []
+    for r in _get(d, "results", default=[]):
+        rows.append((f"training {r['precision']}: useg / bare PyTorch loop (it/s)",
+                     f"{_fmt(r['ratio_useg_over_bare']['median'])} (data wait "
+                     f"{_fmt(r['useg_data_wait_fraction'])}; target >= 0.9)"))
+    return rows
+
+
+def _summary_rows(d) -> list[tuple[str, str]]:
+    """Benchmarks that write a flat ``summary`` dict of headline figures."""
+    return [(k, _fmt(v)) for k, v in (_get(d, "summary", default={}) or {}).items()
+            if not isinstance(v, (dict, list))]
+
+
+def _isbi(d):
+    rows = []
+    for name, v in _get(d, "variants", default={}).items():
+        b = v.get("best", {})
+        rows.append((f"ISBI 2012 held-out 20..24, {name}: adapted Rand / pixel / warping error",
+                     f"{_fmt(_get(b, 'adapted_rand_error', 'value'))} / "
+                     f"{_fmt(_get(b, 'pixel_error', 'value'))} / "
+                     f"{_fmt(_get(b, 'warping_error', 'value'))} "
+                     f"({_fmt(_get(v, 'seconds', 'total', default=0) / 60, 3)} min)"))
+    return rows
+
+
+def _sparse3d(d):
+    rows = [(f"3D U-Net, slices z,y,x = {r['slices_zyx']}: boundary IoU (unannotated)",
+             _fmt(r["iou_boundary_unannotated"])) for r in _get(d, "table1", default=[])]
+    rows += [(f"{r['net']} U-Net, same slices: boundary IoU (unannotated)",
+              _fmt(r["iou_boundary_unannotated"])) for r in _get(d, "table2", default=[])]
+    return rows
+
+
+def _scale(d):
+    rows = []
+    for run, r in d.items():
+        s = _get(r, "summary", default={})
+        rows.append((f"dask {run}: voxels/s with 1 / 2 workers, peak RSS per worker",
+                     f"{_fmt(_get(s, '1', 'voxels_per_s', 'median'))} / "
+                     f"{_fmt(_get(s, '2', 'voxels_per_s', 'median'))}, "
+                     f"{_fmt(_get(s, '2', 'peak_rss_MB_per_worker'))} MB"))
+    return rows
+
+
+EXTRACT: dict[str, Callable] = {
+    "isbi2012": _isbi, "sparse3d": _sparse3d, "scale": _scale,
+    "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
+    "train_throughput": _train_throughput,
+}
+
+
+def summarise() -> str:
+    lines = ["# Benchmarks", "",
+             "Benchmarks are not tests. Each runs with one command, prints a table and writes "
+             "JSON to `bench/results/`; peers are measured in the same run and figures are "
+             "ratios, because this 2-core machine is shared and absolute seconds mean little. "
+             "`make bench` reruns them all and regenerates this page "
+             "(`python bench/run_all.py --summary-only` only regenerates it).", "",
+             "| benchmark | figure | value | command |", "|---|---|---|---|"]
+    for name, (cmd, result) in BENCHES.items():
+        path = RESULTS / result
+        if not path.exists():
+            lines.append(f"| {name} | not run yet | - | `python {' '.join(cmd)}` |")
+            continue
+        d = json.loads(path.read_text())
+        rows = EXTRACT.get(name, _summary_rows)(d) or [("see JSON", f"`results/{result}`")]
+        command = (_get(d, "command", default=None) or _get(d, "size384", "command")
+                   or f"python {' '.join(cmd)}")
+        for i, (label, value) in enumerate(rows):
+            lines.append(f"| {name if i == 0 else ''} | {label} | {value} | "
+                         f"{'`' + command + '`' if i == 0 else ''} |")
+    lines += ["", "Details, per-benchmark notes and full tables: the JSON and markdown files in "
+              "`bench/results/`.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--only", nargs="+", choices=sorted(BENCHES))
+    args = ap.parse_args()
+    if not args.summary_only:
+        for name in args.only or BENCHES:
+            cmd = [sys.executable, *BENCHES[name][0]]
+            print(f"== {name}: {' '.join(cmd)}", flush=True)
+            subprocess.run(cmd, check=True, cwd=HERE.parent)
+    text = summarise()
+    (HERE / "README.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
