@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 
 from useg import normalize as norm
 from useg.errors import ConfigError, InputError
-from useg.tiling import mirror_indices, read_tile
+from useg.tiling import read_tile
 
 __all__ = [
     "IGNORE",

@@ -30,6 +30,7 @@ __all__ = [
     "PRESETS",
     "UNet",
     "UNetConfig",
+    "anisotropic_pools",
     "halo",
     "is_valid_input",
     "min_input_shape",
@@ -128,7 +129,9 @@ class UNetConfig:
         if self.pool is not None:
             pool = tuple(tuple(int(f) for f in level) for level in self.pool)
             if len(pool) != self.depth or any(len(p) != self.ndim for p in pool):
-                raise ConfigError(f"pool needs {self.depth} levels of {self.ndim} factors, got {pool}")
+                raise ConfigError(
+                    f"pool needs {self.depth} levels of {self.ndim} factors, got {pool}"
+                )
             if any(f < 1 for p in pool for f in p):
                 raise ConfigError(f"pool factors must be >= 1, got {pool}")
             object.__setattr__(self, "pool", pool)
@@ -207,7 +210,7 @@ def preset(name: str, **overrides: Any) -> UNetConfig:
 
 
 def _axis_output(cfg: UNetConfig, n: int, axis: int) -> int | None:
-    """Output length along one axis for input length ``n``, or None when some pooling sees an odd size."""
+    """Output length along an axis for input length ``n``; None when a pooling sees an odd size."""
     pools = [p[axis] for p in cfg.pools()]
     shrink = [0] * (cfg.depth + 1)
     if cfg.padding == "valid":
@@ -393,6 +396,52 @@ def pool_step(cfg: UNetConfig) -> tuple[int, ...]:
     return tuple(math.prod(p[a] for p in cfg.pools()) for a in range(cfg.ndim))
 
 
+def anisotropic_pools(
+    spacing: Sequence[float], depth: int, ratio: float = 2.0
+) -> tuple[tuple[int, ...], ...]:
+    """Pooling factors per level for voxels of the given size (an nnU-Net-like rule).
+
+    At each level an axis is pooled by 2 only if its current voxel size is below ``ratio``
+    times the current size of the finest axis; pooling then doubles the size of the pooled
+    axes. Thick slices are thus left alone until the in-plane voxels have grown about as
+    coarse as them, and from there on all axes pool together, so the deep levels see roughly
+    isotropic voxels. Isotropic spacing (and anything within a factor ``ratio``) pools every
+    axis at every level, which is the plain U-Net.
+
+    Parameters
+    ----------
+    spacing : sequence of float
+        Voxel size per spatial axis ((Z,) Y, X), in any unit.
+    depth : int
+        Number of poolings.
+    ratio : float
+        An axis this many times coarser than the finest one is not pooled (2, as nnU-Net).
+
+    Returns
+    -------
+    ``depth`` tuples of pooling factors (1 or 2) per axis, for :class:`UNetConfig` ``pool``.
+
+    Examples
+    --------
+    >>> anisotropic_pools((50, 4, 4), 4)
+    ((1, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2))
+    >>> anisotropic_pools((0.235, 0.15, 0.15), 2)
+    ((2, 2, 2), (2, 2, 2))
+    """
+    size = [float(s) for s in spacing]
+    if not size or not all(math.isfinite(s) and s > 0 for s in size):
+        raise ConfigError(f"voxel spacing must be positive numbers, got {tuple(spacing)}")
+    if depth < 0:
+        raise ConfigError(f"depth must be >= 0, got {depth}")
+    pools = []
+    for _ in range(depth):
+        finest = min(size)
+        level = tuple(2 if s < ratio * finest else 1 for s in size)
+        size = [s * f for s, f in zip(size, level, strict=True)]
+        pools.append(level)
+    return tuple(pools)
+
+
 # ----------------------------------------------------------------------------------------------
 # Blocks
 
@@ -541,7 +590,9 @@ class UNet(nn.Module):
     def output_shape(self, shape: Sequence[int] | int) -> tuple[int, ...]:
         return output_shape(self.config, shape)
 
-    def valid_input_shape(self, shape: Sequence[int] | int, mode: str = "nearest") -> tuple[int, ...]:
+    def valid_input_shape(
+        self, shape: Sequence[int] | int, mode: str = "nearest"
+    ) -> tuple[int, ...]:
         return valid_input_shape(self.config, shape, mode)
 
     @property

@@ -19,9 +19,9 @@ def _sample(image: Any, max_samples: int) -> np.ndarray:
     if total <= max_samples:
         return np.asarray(image[...]).reshape(image.shape[0], -1)
     per_axis = max(1, int(round((total / max_samples) ** (1.0 / len(spatial)))))
-    return np.asarray(image[(slice(None),) + (slice(None, None, per_axis),) * len(spatial)]).reshape(
-        image.shape[0], -1
-    )
+    return np.asarray(
+        image[(slice(None),) + (slice(None, None, per_axis),) * len(spatial)]
+    ).reshape(image.shape[0], -1)
 
 
 def image_stats(image: Any, spec: dict[str, Any] | None = None, max_samples: int = 1 << 22) -> dict:

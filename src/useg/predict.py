@@ -101,36 +101,68 @@ def _margin(cfg, tile: Sequence[int]) -> tuple[int, ...]:
     )
 
 
-def _tiles_along(cfg, axis: int, size: int, length: int, halo_: int) -> int | None:
-    """Number of tiles of ``size`` input pixels that cover ``length`` pixels along an axis."""
+def _tiles_along(cfg, axis: int, size: int, length: int, halo_: int) -> float:
+    """Number of tiles of ``size`` input pixels that cover ``length`` pixels along an axis
+    (infinite for a size that keeps nothing)."""
     margin = _margin(cfg, (size,) * cfg.ndim)[axis]
     try:
         return plan_tiles((length,), size, halo_, margin, pool_step(cfg)[axis]).counts[0]
     except ConfigError:
-        return None
+        return math.inf
+
+
+def _first(sizes: range, ok: Callable[[int], bool]) -> int:
+    """Index of the first size for which ``ok`` holds, ``ok`` being monotone (False then True);
+    ``len(sizes)`` when it never does."""
+    lo, hi = 0, len(sizes)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(sizes[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _axis_options(cfg, axis: int, length: int, budget: float, itemsize: int,
+                  limit: int = 32) -> list[tuple[float, int]]:
+    """(number of tiles, size) along one axis: for each of the ``limit`` fewest numbers of tiles
+    that a size within the memory budget reaches, the smallest size that reaches it."""
+    smallest, step, ctx = min_input_shape(cfg), pool_step(cfg)[axis], _context(cfg)
+    h = halo(cfg)[axis]
+    # Valid sizes form an arithmetic sequence; none is needed beyond one tile for the axis.
+    beyond = max(0, length + 2 * ctx[axis] - smallest[axis])
+    sizes = range(smallest[axis], smallest[axis] + -(-beyond // step) * step + 1, step)
+
+    def too_big(size: int) -> bool:
+        probe = list(smallest)
+        probe[axis] = size
+        return _peak_bytes(cfg, probe, itemsize) > budget
+
+    top = _first(sizes, too_big) - 1  # memory only grows with the size
+    if top < 0:
+        return [(_tiles_along(cfg, axis, sizes[0], length, h), sizes[0])]
+    # Same networks stitch exactly only when the margin covers the context: prefer such sizes.
+    exact = _first(sizes, lambda t: _margin(cfg, (t,) * cfg.ndim)[axis] >= ctx[axis])
+    sizes = sizes[: top + 1][exact if exact <= top else 0 :]
+    options: dict[float, int] = {}
+    fewest = _tiles_along(cfg, axis, sizes[-1], length, h)
+    for count in range(int(min(fewest, 1 << 30)), int(min(fewest, 1 << 30)) + limit):
+        i = _first(sizes, lambda t, c=count: _tiles_along(cfg, axis, t, length, h) <= c)
+        if i < len(sizes):
+            options.setdefault(_tiles_along(cfg, axis, sizes[i], length, h), sizes[i])
+        if i == 0:
+            break
+    return sorted(options.items())
 
 
 def _best_tile(cfg, image_shape: Sequence[int], budget: float, itemsize: int) -> tuple[int, ...]:
     """The tile of least total convolution work whose peak memory fits ``budget`` bytes."""
-    smallest, steps, ctx, h = min_input_shape(cfg), pool_step(cfg), _context(cfg), halo(cfg)
+    smallest = min_input_shape(cfg)
     coeffs = np.array([c for c, _ in _mac_terms(cfg, smallest)], dtype=np.float64)
     sizes, counts, lengths = [], [], []
     for axis, n in enumerate(image_shape):
-        # Valid sizes form an arithmetic sequence; none is needed beyond one tile for the axis.
-        largest = valid_input_shape(cfg, [int(n) + 2 * c for c in ctx], mode="up")[axis]
-        fewest: dict[int, int] = {}
-        exact: dict[int, int] = {}  # same networks: tiles whose margin covers the context
-        for size in range(smallest[axis], largest + 1, steps[axis]):
-            probe = list(smallest)
-            probe[axis] = size
-            if _peak_bytes(cfg, probe, itemsize) > budget:
-                break  # memory only grows with the tile
-            count = _tiles_along(cfg, axis, size, int(n), h[axis])
-            if count is not None:
-                fewest.setdefault(count, size)  # the smallest size giving this many tiles
-                if _margin(cfg, (size,) * cfg.ndim)[axis] >= ctx[axis] or cfg.padding == "valid":
-                    exact.setdefault(count, size)
-        options = sorted((exact or fewest).items()) or [(1, smallest[axis])]
+        options = _axis_options(cfg, axis, int(n), budget, itemsize)
         counts.append(np.array([c for c, _ in options], dtype=np.float64))
         sizes.append([t for _, t in options])
         # Each convolution's work is a product of per-axis lengths: tabulate them per option.
@@ -221,7 +253,9 @@ def _peak_bytes(cfg, tile: Sequence[int], itemsize: int = 4) -> int:
     """
     down, up = _walk(cfg, tile)
     n = math.prod
-    twice = 2 if cfg.norm != "none" else 1  # a normalisation layer writes a new tensor
+    # A normalisation layer writes a new tensor, unless it is a batch norm with running
+    # statistics, which the predictor folds into the convolution before it.
+    twice = 2 if cfg.norm == "instance" or (cfg.norm == "batch" and cfg.batch_stats) else 1
     valid = cfg.padding == "valid"
     skip_shapes = [u for _, u, _, _ in reversed(up)] if valid else [b for _, _, b in down[:-1]]
     peak = held = pooled = 0
@@ -334,7 +368,12 @@ def make_predictor(
     precision: str = "fp32",
     tta: bool = False,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """A NumPy-in, NumPy-out tile predictor returning softmax probabilities."""
+    """A NumPy-in, NumPy-out tile predictor returning softmax probabilities.
+
+    A :class:`UNet` runs through :func:`_forward` (fewer activations alive at once), with each
+    batch norm that uses running statistics folded into its convolution; the folded
+    convolutions are copies made here, so make a new predictor after the weights change.
+    """
     ndim = model.config.ndim
     memory_format = _memory_format(ndim)
     forward = model

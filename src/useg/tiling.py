@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import mmap
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -243,10 +244,12 @@ def _release_pages(array: Any) -> None:
     pages stay in the kernel's page cache (dirty ones are still written back: the mapping is
     shared), so this costs at most a soft page fault when one is touched again. Copy-on-write
     memmaps (mode ``c``) are left alone: dropping their pages would drop the private changes.
+    Only on Linux, whose semantics of ``MADV_DONTNEED`` on shared file mappings this relies on.
     """
     handle = getattr(array, "_mmap", None)  # np.memmap keeps its mmap.mmap here
     advice = getattr(mmap, "MADV_DONTNEED", None)
-    if not isinstance(array, np.memmap) or handle is None or advice is None or array.mode == "c":
+    if (not sys.platform.startswith("linux") or not isinstance(array, np.memmap)
+            or handle is None or advice is None or array.mode == "c"):
         return
     try:
         handle.madvise(advice)
@@ -329,10 +332,13 @@ def predict_tiled(
     margin_t = plan.margin
 
     def gather(batch):
-        return np.stack(
+        stacked = np.stack(
             [read_tile(image, start, plan.tile).astype(np.float32, copy=False)
              for start, _, _ in batch]
         )
+        # Unmap what was read before the predictor, which holds the most memory, runs.
+        _release_pages(image)
+        return stacked
 
     bar = None
     if progress is True:
@@ -361,7 +367,6 @@ def predict_tiled(
                 out[(slice(None), *dst)] = y[(k, slice(None), *region)].astype(dtype, copy=False)
             done += len(batch)
             _release_pages(out)
-            _release_pages(image)
             if bar is not None:
                 bar.update(len(batch))
             elif callable(progress):

@@ -22,7 +22,9 @@ __all__ = ["Transform", "apply", "invert", "transforms", "with_tta"]
 Transform = tuple[tuple[int, ...], int]
 
 
-def transforms(ndim: int, rotations: bool = True, flips: Sequence[int] | None = None) -> list[Transform]:
+def transforms(
+    ndim: int, rotations: bool = True, flips: Sequence[int] | None = None
+) -> list[Transform]:
     """All transforms of the TTA set for ``ndim`` spatial dimensions.
 
     Parameters
@@ -84,9 +86,7 @@ def invert(x: Any, t: Transform) -> Any:
     return _flip(x, tuple(2 + a for a in flips))
 
 
-def with_tta(
-    predictor: Callable[[Any], Any], ts: Sequence[Transform]
-) -> Callable[[Any], Any]:
+def with_tta(predictor: Callable[[Any], Any], ts: Sequence[Transform]) -> Callable[[Any], Any]:
     """Wrap a predictor so it returns the mean of its inverse-transformed outputs.
 
     Average probabilities, not logits, for the usual meaning of TTA: wrap a predictor whose

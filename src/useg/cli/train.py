@@ -28,6 +28,18 @@ def parse_slices(items: list[str] | None, ndim: int) -> dict[int, list[int]] | N
     return result
 
 
+def parse_spacing(text: str) -> tuple[float, ...]:
+    """``"50,4,4"`` -> (50.0, 4.0, 4.0): voxel size per spatial axis ((Z,) Y, X)."""
+    try:
+        values = tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"spacing must be numbers like 50,4,4, got {text!r}") from None
+    if not values or not all(v > 0 and v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"spacing must be positive numbers, got {text!r}")
+    return values
+
+
 def add_common_training_args(p: argparse.ArgumentParser) -> None:
     """Options shared by ``useg train`` and ``useg densify``."""
     g = p.add_argument_group("network")
@@ -38,7 +50,14 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--padding", choices=["valid", "same"], help="convolution padding")
     g.add_argument("--norm", choices=["none", "batch", "instance"], help="normalisation")
     g.add_argument("--dropout", type=float, help="dropout at the end of the contracting path")
-    g.add_argument("--pool", help="per-level pooling, e.g. 1x2x2,2x2x2,2x2x2 for anisotropic data")
+    g.add_argument("--pool", help="per-level pooling, e.g. 1x2x2,2x2x2,2x2x2 (default: from "
+                   "the voxel spacing, see useg.nets.anisotropic_pools)")
+    stats = g.add_mutually_exclusive_group()
+    stats.add_argument("--batch-stats", dest="batch_stats", action="store_const", const=True,
+                       default=None, help="batch norm uses the statistics of the current batch, "
+                       "also when predicting (3D U-Net paper; cicek2016 default)")
+    stats.add_argument("--running-stats", dest="batch_stats", action="store_const", const=False,
+                       help="batch norm uses running averages when predicting")
     g = p.add_argument_group("training")
     g.add_argument("--tile", type=int, nargs="+", help="input tile size (rounded to a valid one)")
     g.add_argument("--iterations", type=int, default=2000)
@@ -63,7 +82,10 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
                    "boundary in 3D)")
     g.add_argument("--unlabeled", type=int, default=None,
                    help="label value of unannotated pixels (weight 0)")
-    g.add_argument("--boundary-width", type=int, default=1)
+    g.add_argument("--boundary-width", type=int, default=1,
+                   help="thickness of the boundary class in label mode 'boundary'")
+    g.add_argument("--spacing", type=parse_spacing, metavar="Z,Y,X",
+                   help="voxel size, e.g. 50,4,4 (overrides the files'; stored in the model)")
     g.add_argument("--slices", nargs="+", metavar="AXIS=I,J",
                    help="only these slices are annotated, e.g. z=10,40 y=64 x=20")
     g.add_argument("--val-every", type=int, default=200)
@@ -115,9 +137,17 @@ def _data_ndim(path: Path) -> int:
     return image.ndim - 1
 
 
-def build_config(args: argparse.Namespace, ndim: int, in_channels: int) -> dict[str, Any]:
-    """Network and training configuration (as TrainConfig keyword arguments) from options."""
-    from useg.nets import PRESETS
+def build_config(
+    args: argparse.Namespace, ndim: int, in_channels: int,
+    spacing: tuple[float, ...] | None = None,
+) -> dict[str, Any]:
+    """Network and training configuration (as TrainConfig keyword arguments) from options.
+
+    ``spacing`` is the voxel size the data files state; ``--spacing`` overrides it. Without
+    ``--pool``, anisotropic spacing chooses the pooling per level
+    (:func:`useg.nets.anisotropic_pools`).
+    """
+    from useg.nets import PRESETS, anisotropic_pools
 
     name = args.preset or ("cicek2016" if ndim == 3 else "ronneberger2015")
     net = dict(PRESETS[name])
@@ -125,10 +155,19 @@ def build_config(args: argparse.Namespace, ndim: int, in_channels: int) -> dict[
         raise ConfigError(f"preset {name} is {net['ndim']}D but the data are {ndim}D")
     label_mode = args.label_mode or ("boundary" if ndim == 3 else "binary")
     net.update(in_channels=in_channels, classes=2 if label_mode != "classes" else net["classes"])
-    for key in ("width", "depth", "padding", "norm", "dropout"):
-        if getattr(args, key) is not None:
+    for key in ("width", "depth", "padding", "norm", "dropout", "batch_stats"):
+        if getattr(args, key, None) is not None:
             net[key] = getattr(args, key)
+    override = getattr(args, "spacing", None)
+    # A 2D network on the slices of stacks takes the stacks' three values.
+    if override is not None and len(override) not in ((3,) if ndim == 3 else (ndim, ndim + 1)):
+        raise ConfigError(f"--spacing needs {ndim} values for {ndim}D data, got {len(override)}")
+    spacing = override if override is not None else spacing
     pool = _pool(args.pool, ndim)
+    if pool is None and spacing is not None:
+        levels = anisotropic_pools(spacing[-ndim:], net["depth"])
+        if any(f != 2 for level in levels for f in level):
+            pool = [list(level) for level in levels]
     if pool is not None:
         net["pool"] = pool
         net["depth"] = len(pool)
@@ -149,9 +188,11 @@ def build_config(args: argparse.Namespace, ndim: int, in_channels: int) -> dict[
         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule, precision=args.precision,
         grad_clip=args.grad_clip, dice_weight=args.dice, augment=augment,
-        label_mode=label_mode, unlabeled=args.unlabeled, w0=args.w0, sigma=args.sigma,
+        label_mode=label_mode, unlabeled=args.unlabeled, boundary_width=args.boundary_width,
+        spacing=list(override) if override is not None else None, w0=args.w0, sigma=args.sigma,
         class_balance=not args.no_class_balance, val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, workers=args.workers,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
+        workers=args.workers,
         device=args.device,
     )
 
@@ -187,14 +228,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--val-images and --val-labels go together")
         from useg import io
 
-        first, _ = io.read_image(io.list_images(args.images)[0]) if io.list_images(
-            args.images) else (None, None)
+        first, first_meta = io.read_image(io.list_images(args.images)[0]) if io.list_images(
+            args.images) else (None, {})
         if first is None:
             raise InputError(f"{args.images}: no PNG or TIFF images found")
         ndim = first.ndim - 1
         if ndim == 3 and args.preset == "ronneberger2015":
             ndim = 2  # a 2D network trained on the slices of stacks
-        kwargs = build_config(args, ndim, first.shape[0])
+        kwargs = build_config(args, ndim, first.shape[0], first_meta.get("spacing"))
         data = {
             "images": str(args.images), "labels": str(args.labels),
             "val_images": str(args.val_images) if args.val_images else None,
@@ -211,11 +252,12 @@ def run(args: argparse.Namespace) -> int:
         slices = {int(k): v for k, v in slices.items()}
     opts = sample_options(cfg.to_dict(), slices)
     samples = load_pairs(data["images"], data["labels"], ndim=net["ndim"],
-                         in_channels=net["in_channels"], **opts)
+                         in_channels=net["in_channels"], spacing=cfg.spacing, **opts)
     val = None
     if data.get("val_images"):
         val = load_pairs(data["val_images"], data["val_labels"], ndim=net["ndim"],
-                         in_channels=net["in_channels"], **{**opts, "slices": None})
+                         in_channels=net["in_channels"], spacing=cfg.spacing,
+                         **{**opts, "slices": None})
     best = train(cfg, samples, args.out, val_samples=val, resume=args.resume,
                  progress=not args.quiet)
     print(f"model: {best}")

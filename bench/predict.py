@@ -1,0 +1,563 @@
+"""Prediction speed and memory on CPU: useg's overlap tiles against MONAI's sliding window, 2D.
+
+Run: .venv/bin/python bench/predict.py [--quick] [--sizes 2048] [--widths 64 32] [--repeats 2]
+     [--memory-sizes 2048 4096 8192 16384] [--memory-width 16] [--no-profile] [--threads N]
+
+Speed (each configuration in a fresh subprocess, repeats interleaved, same image and weights):
+
+- useg: ``predict(UNet("ronneberger2015", width=W), image)``: the paper's valid network, its
+  default tile, fp32 and (opt-in) bf16 autocast;
+- MONAI: ``sliding_window_inference`` over the same network made same-padded
+  (``UNet("ronneberger2015", padding="same")``, loaded with the very same weights), roi 512,
+  overlap 0.25, gaussian blending, ``sw_batch_size=1``, then softmax; once in PyTorch's default
+  memory format (as MONAI's tutorials run it) and once in channels_last (a tuned peer).
+
+Both include the intensity normalisation (the same percentile statistics) and the softmax.
+
+The machine's limit, measured inside every subprocess just before and after its prediction:
+the GFLOP/s of one 64->64 3x3 convolution at 512x512 (channels_last, fp32 and bf16), divided by
+the network's convolution FLOPs per output pixel without tiling overhead (counted analytically
+from the configuration below). Fraction of the limit = measured megapixels/s / limit.
+
+Memory: peak RSS of each subprocess (``ru_maxrss``) and, sampled every 0.1 s, its anonymous and
+file-backed parts. The memory series predicts disk-backed ``np.memmap`` images of growing size
+into a disk-backed ``out=`` memmap, with a narrow network (``--memory-width``).
+
+Results: bench/results/predict.json (3D: bench/predict3d.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------------------------
+# Analytic work of a network, and the machine's convolution speed
+
+
+def flops_per_pixel(cfg: Any) -> float:
+    """Convolution FLOPs (2 per multiply-accumulate) per output pixel of one pass over an image
+    without tiling overhead: every layer at the density of its level (1 / product of the pooling
+    factors above it); up-convolutions with stride equal to the kernel use one tap per pixel."""
+    taps = [math.prod(k) for k in cfg.kernels()]
+    density = [1.0]
+    for p in cfg.pools():
+        density.append(density[-1] / math.prod(p))
+    macs, c_in = 0.0, cfg.in_channels
+    for level in range(cfg.depth + 1):
+        mid, out = cfg.level_channels(level)
+        macs += density[level] * taps[level] * (c_in * mid + mid * out)
+        c_in = out
+    for level in reversed(range(cfg.depth)):
+        c_up = c_in if cfg.up_keep_channels else c_in // 2
+        c_skip = cfg.level_channels(level)[1]
+        convs = taps[level] * ((c_up + c_skip) * c_skip + c_skip**2)
+        macs += density[level] * (c_in * c_up + convs)
+        c_in = c_skip
+    macs += c_in * cfg.classes
+    return 2.0 * macs
+
+
+def conv_gflops(ndim: int = 2, dtype: str = "fp32", repeats: int = 5) -> float:
+    """Median GFLOP/s of one 64->64 convolution with a 3-wide kernel, channels_last: 512x512 in
+    2D, 64^3 in 3D."""
+    import torch
+
+    shape = (512, 512) if ndim == 2 else (64, 64, 64)
+    conv_cls = torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d
+    fmt = torch.channels_last if ndim == 2 else torch.channels_last_3d
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    conv = conv_cls(64, 64, 3, padding=1).eval().to(dtype=dt, memory_format=fmt)
+    x = torch.randn(1, 64, *shape, generator=gen).to(dt).contiguous(memory_format=fmt)
+    flops = 2.0 * 64 * 64 * 3**ndim * math.prod(shape)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            t0 = time.perf_counter()
+            conv(x)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    return flops / float(np.median(times)) / 1e9
+
+
+# ----------------------------------------------------------------------------------------------
+# One configuration, run in a fresh subprocess
+
+
+class RssSampler:
+    """Samples the anonymous and file-backed resident memory of this process in a thread."""
+
+    def __init__(self, period: float = 0.1):
+        self.period, self.peak = period, {"RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key = line.split(":")[0]
+            if key in self.peak:
+                self.peak[key] = max(self.peak[key], int(line.split()[1]) * 1024)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    def __enter__(self):
+        if Path("/proc/self/status").exists():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+            self._sample()
+
+
+def _network(spec: dict, padding: str):
+    import torch
+
+    from useg.nets import UNet
+
+    torch.manual_seed(0)  # valid and same networks get the very same weights
+    kw = {"batch_stats": False} if spec["preset"] == "cicek2016" else {}
+    return UNet(spec["preset"], width=spec["width"], padding=padding, **kw).eval()
+
+
+def _profile_summary(prof, wall: float) -> dict:
+    """Self CPU time per group of operators, and what ran outside PyTorch operators."""
+    groups = {
+        "convolution": ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution"),
+        "up-convolution (transposed)": ("aten::conv_transpose", "aten::_convolution_transpose"),
+        "concatenation and copies": ("aten::cat", "aten::copy_", "aten::_to_copy", "aten::clone",
+                                     "aten::contiguous"),
+        "max pooling": ("aten::max_pool",),
+        "relu": ("aten::relu", "aten::clamp_min"),
+        "normalisation layers": ("aten::batch_norm", "aten::native_batch_norm",
+                                 "aten::_batch_norm"),
+        "softmax": ("aten::softmax", "aten::_softmax"),
+        "blending (add, mul, div, pad, index)": ("aten::add", "aten::mul", "aten::div",
+                                                 "aten::index", "aten::pad", "aten::constant_pad",
+                                                 "aten::slice", "aten::fill_", "aten::zeros"),
+    }
+    seconds: dict[str, float] = {}
+    total = 0.0
+    for ev in prof.key_averages():
+        s = ev.self_cpu_time_total / 1e6
+        total += s
+        name = next((g for g, prefixes in groups.items() if ev.key.startswith(prefixes)), "other")
+        seconds[name] = seconds.get(name, 0.0) + s
+    seconds["outside PyTorch operators (NumPy reads, normalisation, writes, Python)"] = max(
+        0.0, wall - total)
+    return {k: {"seconds": round(v, 3), "share": round(v / wall, 4)}
+            for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])}
+
+
+def worker(spec: dict) -> dict:
+    """Run one configuration and report its time and memory (called in a fresh process)."""
+    import torch
+
+    from useg import normalize as norm
+    from useg.predict import default_tile, predict
+
+    result: dict[str, Any] = {"loadavg_before": os.getloadavg()[0]}
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    ndim = spec["ndim"]
+    limits = [conv_gflops(ndim, "fp32")]
+    mmap_mode = "r" if spec.get("mmap") else None
+    image = np.load(spec["image"], mmap_mode=mmap_mode)
+    if ndim == len(image.shape):
+        image = image[None]
+    out = None
+    if spec.get("out_memmap"):
+        out = np.lib.format.open_memmap(spec["out_memmap"], mode="w+", dtype=np.float32,
+                                        shape=(spec["classes"], *image.shape[1:]))
+    prof = None
+    if spec.get("profile"):
+        from torch.profiler import ProfilerActivity, profile
+
+        prof = profile(activities=[ProfilerActivity.CPU])
+    with RssSampler() as sampler:
+        if spec["kind"] == "useg":
+            net = _network(spec, "valid")
+            result["tile"] = list(default_tile(net, image.shape[1:]))
+            if prof:
+                prof.__enter__()
+            t0, c0 = time.perf_counter(), time.process_time()
+            probs = predict(net, image, device="cpu", precision=spec["precision"], out=out)
+            seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        else:
+            from monai.inferers import sliding_window_inference
+
+            net = _network(spec, "same")
+            fmt = {"channels_last": torch.channels_last if ndim == 2 else torch.channels_last_3d,
+                   "contiguous": torch.contiguous_format}[spec["memory_format"]]
+            net = net.to(memory_format=fmt)
+            if prof:
+                prof.__enter__()
+            t0, c0 = time.perf_counter(), time.process_time()
+            stats = norm.image_stats(image)
+            x = torch.from_numpy(norm.normalize(np.asarray(image), stats))[None]
+            x = x.contiguous(memory_format=fmt)
+            with torch.inference_mode():
+                logits = sliding_window_inference(
+                    x, roi_size=spec["roi"], sw_batch_size=1, predictor=net,
+                    overlap=spec["overlap"], mode="gaussian",
+                )
+                probs = torch.softmax(logits, dim=1)[0].numpy()
+            seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        if prof:
+            prof.__exit__(None, None, None)
+    limits.append(conv_gflops(ndim, "fp32"))
+    result.update(
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        megapixels_per_s=math.prod(image.shape[1:]) / seconds / 1e6,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_anon_bytes=sampler.peak["RssAnon"],
+        peak_rss_file_bytes=sampler.peak["RssFile"],
+        conv_gflops_fp32=float(np.mean(limits)),
+        conv_gflops_fp32_before_after=limits,
+        conv_gflops_bf16=conv_gflops(ndim, "bf16"),
+        loadavg_after=os.getloadavg()[0],
+        torch_threads=torch.get_num_threads(),
+    )
+    if prof:
+        result["profile"] = _profile_summary(prof, seconds)
+    if out is not None:
+        out.flush()
+        # Sanity of the disk-backed output: probabilities sum to one on a few rows.
+        rows = np.linspace(0, out.shape[1] - 1, 7).astype(int)
+        total = np.asarray(out[:, rows]).sum(axis=0)
+        result["out_rows_sum_to_one"] = bool(np.allclose(total, 1.0, atol=1e-4))
+    if spec.get("save"):
+        np.save(spec["save"], np.asarray(probs, dtype=np.float32))
+    return result
+
+
+def run_worker(spec: dict, script: Path = Path(__file__)) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(script), "--worker", json.dumps(spec)],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker failed for {spec}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting
+
+
+def machine_info() -> dict:
+    import torch
+
+    cpu = ""
+    flags: list[str] = []
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not cpu:
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = [f for f in line.split(":", 1)[1].split()
+                         if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2"))]
+    info = {
+        "cpu": cpu or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": flags,
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+    }
+    try:
+        import monai
+
+        info["monai"] = monai.__version__
+    except ImportError:
+        info["monai"] = None
+    return info
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": float(np.median(values)), "min": float(min(values)),
+            "max": float(max(values)), "runs": [float(v) for v in values]}
+
+
+def accuracy(reference: Path, other: Path) -> dict:
+    """Max and mean |difference| of probabilities, fraction of changed argmax labels."""
+    a, b = np.load(reference), np.load(other)
+    diff = np.abs(a - b)
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "changed_label_fraction": float((a.argmax(0) != b.argmax(0)).mean())}
+
+
+def command_line() -> str:
+    return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], HERE.parent), *sys.argv[1:]])
+
+
+def synthetic_image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Touching cells (``useg.synthetic``), mirror-tiled from a 2048 (2D) or 128 (3D) block."""
+    from useg.synthetic import touching_cells
+
+    block = tuple(min(s, 2048 if len(shape) == 2 else 128) for s in shape)
+    image = touching_cells(block, rng=seed)[0][0]
+    pads = [(0, s - b) for s, b in zip(shape, block, strict=True)]
+    return np.pad(image, pads, mode="symmetric").astype(np.float32)
+
+
+def write_memmap_image(path: Path, n: int, base: np.ndarray) -> None:
+    """An (n, n) float32 .npy on disk, written in row blocks by mirror-tiling ``base``."""
+    img = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, n))
+    b = base.shape[0]
+    reps = -(-n // b)
+    row = np.concatenate([base if i % 2 == 0 else base[:, ::-1] for i in range(reps)], axis=1)
+    for i in range(reps):
+        lo, hi = i * b, min(n, (i + 1) * b)
+        block = row if i % 2 == 0 else row[::-1]
+        img[lo:hi] = block[: hi - lo, :n]
+    img.flush()
+    del img
+
+
+def speed_comparison(args, ndim: int, preset: str, sizes: list[int], widths: list[int],
+                     roi: int, tmp: Path, script: Path) -> dict:
+    """Interleaved repeats of every configuration, ratios against MONAI, bf16 accuracy."""
+    from useg.nets import preset as get_preset
+
+    configs = [("useg", "fp32", None), ("useg", "bf16", None)]
+    configs += [("monai", "fp32", fmt) for fmt in args.monai_formats]
+    results: dict = {}
+    for size in sizes:
+        image_path = tmp / f"image_{size}.npy"
+        np.save(image_path, synthetic_image((size,) * ndim))
+        for width in widths:
+            cfg = get_preset(preset, width=width)
+            fpp = flops_per_pixel(cfg)
+            key = f"{preset} width {width}, {'x'.join([str(size)] * ndim)}"
+            runs: dict[str, list[dict]] = {}
+            for rep in range(args.repeats):
+                for kind, precision, fmt in configs:
+                    name = f"{kind} {precision}" + (f" ({fmt})" if fmt else "")
+                    spec = {"kind": kind, "ndim": ndim, "preset": preset, "width": width,
+                            "precision": precision, "image": str(image_path),
+                            "classes": cfg.classes, "memory_format": fmt, "roi": [roi] * ndim,
+                            "overlap": 0.25, "threads": args.threads}
+                    if rep == 0 and kind == "useg":
+                        spec["save"] = str(tmp / f"probs_{size}_{width}_{precision}.npy")
+                    r = run_worker(spec, script)
+                    runs.setdefault(name, []).append(r)
+                    rss = r["peak_rss_bytes"] / 2**30
+                    print(f"  {key} | {name:<28} {r['seconds']:8.1f} s  "
+                          f"{r['megapixels_per_s']:7.3f} MP/s  rss {rss:5.2f} GiB  conv "
+                          f"{r['conv_gflops_fp32']:5.0f} GFLOP/s  load {r['loadavg_before']:.1f}",
+                          flush=True)
+            entry: dict[str, Any] = {"flops_per_output_pixel": fpp, "configurations": {}}
+            peer = "monai fp32 (contiguous)" if "contiguous" in args.monai_formats else None
+            for name, rs in runs.items():
+                mps = [r["megapixels_per_s"] for r in rs]
+                # The limit in megapixels/s, from the convolution speed in the same process.
+                limit = [r["conv_gflops_fp32"] * 1e9 / fpp / 1e6 for r in rs]
+                limit_bf16 = [r["conv_gflops_bf16"] * 1e9 / fpp / 1e6 for r in rs]
+                c = {
+                    "seconds": summary([r["seconds"] for r in rs]),
+                    "cpu_seconds": summary([r["cpu_seconds"] for r in rs]),
+                    "megapixels_per_s": summary(mps),
+                    "peak_rss_bytes": summary([r["peak_rss_bytes"] for r in rs]),
+                    "peak_rss_anon_bytes": summary([r["peak_rss_anon_bytes"] for r in rs]),
+                    "conv_gflops_fp32": summary([r["conv_gflops_fp32"] for r in rs]),
+                    "conv_gflops_bf16": summary([r["conv_gflops_bf16"] for r in rs]),
+                    "limit_megapixels_per_s_fp32": summary(limit),
+                    "fraction_of_fp32_limit": summary(
+                        [m / li for m, li in zip(mps, limit, strict=True)]),
+                    "fraction_of_bf16_limit": summary(
+                        [m / li for m, li in zip(mps, limit_bf16, strict=True)]),
+                    "loadavg": [[r["loadavg_before"], r["loadavg_after"]] for r in rs],
+                }
+                if "tile" in rs[0]:
+                    c["tile"] = rs[0]["tile"]
+                if peer and name != peer:
+                    # Paired by repeat: both ran back to back under the same machine load.
+                    ratios = [a["megapixels_per_s"] / b["megapixels_per_s"]
+                              for a, b in zip(rs, runs[peer], strict=True)]
+                    c["speed_vs_monai_fp32"] = summary(ratios)
+                    c["speed_vs_monai_fp32_of_medians"] = float(
+                        np.median(mps) / np.median([r["megapixels_per_s"] for r in runs[peer]]))
+                    # CPU seconds are less sensitive than wall time to other users of the machine.
+                    c["cpu_time_vs_monai_fp32"] = summary(
+                        [b["cpu_seconds"] / a["cpu_seconds"]
+                         for a, b in zip(rs, runs[peer], strict=True)])
+                entry["configurations"][name] = c
+            entry["bf16_vs_fp32_accuracy"] = accuracy(tmp / f"probs_{size}_{width}_fp32.npy",
+                                                      tmp / f"probs_{size}_{width}_bf16.npy")
+            results[key] = entry
+    return results
+
+
+def print_table(results: dict) -> None:
+    head = (f"{'configuration':<58}{'MP/s':>8}{'min-max':>16}{'x MONAI':>9}{'(cpu s)':>9}"
+            f"{'of limit':>10}{'RSS GiB':>9}")
+    print(head)
+    for key, entry in results.items():
+        for name, c in entry["configurations"].items():
+            m = c["megapixels_per_s"]
+            ratio = c.get("speed_vs_monai_fp32", {}).get("median")
+            cpu = c.get("cpu_time_vs_monai_fp32", {}).get("median")
+            spread = f"{m['min']:.3f}-{m['max']:.3f}"
+            ratio_text = "" if ratio is None else f"{ratio:.2f}"
+            cpu_text = "" if cpu is None else f"{cpu:.2f}"
+            print(f"{key + ' | ' + name:<58}{m['median']:>8.3f}{spread:>16}{ratio_text:>9}"
+                  f"{cpu_text:>9}"
+                  f"{c['fraction_of_fp32_limit']['median']:>10.2f}"
+                  f"{c['peak_rss_bytes']['median'] / 2**30:>9.2f}")
+        acc = entry["bf16_vs_fp32_accuracy"]
+        print(f"{key + ' | bf16 vs fp32':<58} max |dp| {acc['max_abs_diff']:.2e}, "
+              f"changed labels {acc['changed_label_fraction']:.2e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repeat")
+    parser.add_argument("--sizes", type=int, nargs="*",
+                        help="image sizes of the speed comparison (default 2048; none: skip it)")
+    parser.add_argument("--widths", type=int, nargs="+", help="network widths (default 64 32)")
+    parser.add_argument("--repeats", type=int, help="interleaved repeats (default 2)")
+    parser.add_argument("--monai-formats", nargs="+", default=["contiguous", "channels_last"],
+                        choices=["contiguous", "channels_last"])
+    parser.add_argument("--memory-sizes", type=int, nargs="*",
+                        help="image sizes of the memory series (default 2048 4096 8192 16384)")
+    parser.add_argument("--memory-width", type=int, default=16)
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: all)")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "predict.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    sizes = args.sizes
+    if sizes is None:
+        sizes = [768] if args.quick else [2048]
+    widths = args.widths or ([16] if args.quick else [64, 32])
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    memory_sizes = args.memory_sizes
+    if memory_sizes is None:
+        memory_sizes = [1024, 2048] if args.quick else [2048, 4096, 8192, 16384]
+    started = time.time()
+    result: dict[str, Any] = {
+        "benchmark": "2D prediction on CPU: useg overlap tiles vs MONAI sliding window",
+        "command": command_line(),
+        "machine": machine_info(),
+        "setup": {
+            "network": "ronneberger2015 (valid) for useg; the same weights with padding='same' "
+                       "for MONAI",
+            "image": "synthetic touching cells (useg.synthetic), float32, one channel",
+            "monai": {"roi": 512, "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1},
+            "useg": "predict() with its default tile; bf16 = autocast",
+            "limit": "conv GFLOP/s of a 64->64 3x3 conv at 512x512 channels_last (mean of before "
+                     "and after each prediction, same process) / FLOPs per output pixel",
+            "torch_threads": args.threads or "all (torch default)",
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="useg-bench-") as tmp:
+        tmp = Path(tmp)
+        if sizes:
+            print(f"speed: sizes {sizes}, widths {widths}, {args.repeats} repeat(s)", flush=True)
+            result["speed"] = speed_comparison(args, 2, "ronneberger2015", sizes, widths,
+                                               min(512, sizes[0]), tmp, Path(__file__))
+        if not args.no_profile:
+            result["profile"] = profiles(widths[-1], tmp)
+        if memory_sizes:
+            result["memory"] = memory_series(memory_sizes, args.memory_width, tmp)
+    result["elapsed_s"] = time.time() - started
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    if "speed" in result:
+        print_table(result["speed"])
+    if "memory" in result:
+        print_memory(result["memory"])
+    print(f"elapsed {result['elapsed_s'] / 60:.1f} min -> {args.output}")
+
+
+def profiles(width: int, tmp: Path) -> dict:
+    """Where the time goes: operator groups of one useg fp32/bf16 prediction of an image that
+    fits one default tile, and of MONAI (contiguous) on the same image."""
+    from useg.nets import UNet, output_shape
+    from useg.predict import default_tile
+
+    net = UNet("ronneberger2015", width=width)
+    side = output_shape(net.config, default_tile(net, (1024, 1024)))[0]
+    path = tmp / f"profile_{side}.npy"
+    np.save(path, synthetic_image((side, side)))
+    out = {"image": [side, side], "width": width}
+    for kind, precision, fmt in [("useg", "fp32", None), ("useg", "bf16", None),
+                                 ("monai", "fp32", "contiguous")]:
+        spec = {"kind": kind, "ndim": 2, "preset": "ronneberger2015", "width": width,
+                "precision": precision, "image": str(path), "classes": 2, "memory_format": fmt,
+                "roi": [512, 512], "overlap": 0.25, "profile": True}
+        r = run_worker(spec)
+        out[f"{kind} {precision}"] = {"seconds": r["seconds"], "groups": r["profile"]}
+        print(f"  profile {kind} {precision}: {r['seconds']:.1f} s: " + ", ".join(
+            f"{g} {v['share']:.0%}" for g, v in list(r["profile"].items())[:5]), flush=True)
+    return out
+
+
+def memory_series(sizes: list[int], width: int, tmp: Path) -> dict:
+    """Peak RSS of useg predicting disk-backed images of growing size into a disk-backed out."""
+    print(f"memory: sizes {sizes}, width {width}, memmap in and out", flush=True)
+    base = synthetic_image((2048, 2048))
+    series = {}
+    for n in sizes:
+        image_path, out_path = tmp / f"mm_image_{n}.npy", tmp / f"mm_out_{n}.npy"
+        write_memmap_image(image_path, n, base)
+        spec = {"kind": "useg", "ndim": 2, "preset": "ronneberger2015", "width": width,
+                "precision": "fp32", "image": str(image_path), "mmap": True,
+                "out_memmap": str(out_path), "classes": 2}
+        r = run_worker(spec)
+        series[str(n)] = {k: r[k] for k in (
+            "seconds", "megapixels_per_s", "peak_rss_bytes", "peak_rss_anon_bytes",
+            "peak_rss_file_bytes", "tile", "out_rows_sum_to_one", "loadavg_before")}
+        series[str(n)]["image_bytes"] = n * n * 4
+        series[str(n)]["output_bytes"] = 2 * n * n * 4
+        gib = {k: r[f"peak_rss{k}_bytes"] / 2**30 for k in ("", "_anon", "_file")}
+        print(f"  {n}x{n}: {r['seconds']:7.1f} s, {r['megapixels_per_s']:.2f} MP/s, peak RSS "
+              f"{gib['']:.2f} GiB (anon {gib['_anon']:.2f}, file {gib['_file']:.2f}), tile "
+              f"{r['tile']}, rows sum to 1: {r['out_rows_sum_to_one']}", flush=True)
+        image_path.unlink()
+        out_path.unlink()
+    return {"width": width, "precision": "fp32", "sizes": series}
+
+
+def print_memory(memory: dict) -> None:
+    print(f"memory series (width {memory['width']}, memmap input and output):")
+    print(f"{'size':>8}{'peak RSS GiB':>14}{'anon GiB':>10}{'file GiB':>10}{'input GiB':>11}"
+          f"{'output GiB':>12}{'MP/s':>8}")
+    for n, r in memory["sizes"].items():
+        print(f"{n:>8}{r['peak_rss_bytes'] / 2**30:>14.2f}{r['peak_rss_anon_bytes'] / 2**30:>10.2f}"
+              f"{r['peak_rss_file_bytes'] / 2**30:>10.2f}{r['image_bytes'] / 2**30:>11.2f}"
+              f"{r['output_bytes'] / 2**30:>12.2f}{r['megapixels_per_s']:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
