@@ -65,3 +65,19 @@ def test_pickle_is_never_executed(tmp_path):
     with pytest.raises(ModelFileError):
         load_model(bad)
     assert not os.path.exists(marker)
+
+
+def test_packaged_em_model_loads_and_names_its_classes(tmp_path):
+    model = load_model("em-membrane")
+    assert model.config.ndim == 2 and model.config.classes == 2
+    assert "interior" in json.dumps(model.meta["labels"]).lower()
+    import os
+
+    path = save_model(model, tmp_path / "copy.safetensors")
+    umask = os.umask(0o022)
+    try:
+        # Permissions of an ordinary new file (mkstemp alone would give 0600).
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+        assert save_model(model, tmp_path / "b.safetensors").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)

@@ -36,6 +36,14 @@ def _atomic_path(path: Path):
     return Path(tmp)
 
 
+def _usual_permissions(path: Path) -> None:
+    """Give a finished temporary file the permissions of an ordinary new file (0666 - umask);
+    mkstemp and safetensors create owner-only files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_model(model: UNet, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
     """Write a model file atomically (temporary file, then rename).
 
@@ -67,6 +75,7 @@ def save_model(model: UNet, path: str | os.PathLike, meta: dict[str, Any] | None
     tmp = _atomic_path(path)
     try:
         save_file(tensors, str(tmp), metadata={"useg": json.dumps(header)})
+        _usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
