@@ -8,7 +8,8 @@ import sys
 from useg.errors import InputError
 
 
-def _sizes(text: str) -> tuple[int, ...]:
+def sizes(text: str) -> tuple[int, ...]:
+    """``"572"`` or ``"64x256x256"`` (or commas) -> a tuple of positive ints (argparse type)."""
     try:
         values = tuple(int(v) for v in text.lower().replace("x", ",").split(",") if v)
     except ValueError:
@@ -36,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=None,
                    help="worker processes of a local cluster started when no --scheduler is "
                    "given")
-    g.add_argument("--block", type=_sizes, default=None,
+    g.add_argument("--block", type=sizes, default=None,
                    help="block (and output chunk) size, e.g. 256 or 128x256x256, rounded up to "
                    "whole tiles (default: about 256 per axis in 3D, 2048 in 2D)")
     g.add_argument("--torch-threads", type=int, default=None,

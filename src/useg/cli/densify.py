@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from useg.errors import ConfigError, InputError
@@ -48,16 +47,12 @@ def _same(a: Path | None, b: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from useg import io
-    from useg.cli.train import build_config, parse_slices
+    from useg.cli.train import build_config, parse_slices, saved_run
     from useg.densify import densify
     from useg.train import TrainConfig
 
     if args.resume:
-        config_path = args.out / "config.json"
-        if not config_path.exists():
-            raise InputError(f"{args.out}: nothing to resume (no config.json)")
-        saved = json.loads(config_path.read_text())
-        data = saved.get("labels", {}).get("data") or {}
+        saved, data, config_path = saved_run(args.out)
         if "volume" not in data:
             raise InputError(f"{config_path}: not a 'useg densify' run; cannot resume")
         if not (_same(args.volume, data["volume"]) and _same(args.labels, data["labels"])):

@@ -10,16 +10,6 @@ from useg.cli import _dask
 from useg.errors import InputError
 
 
-def _tile(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.lower().replace("x", ",").split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"tile must be N or NxM[xK], got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"tile must be positive, got {text!r}")
-    return values
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
@@ -33,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="model file (.safetensors), run folder, or packaged model name")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--tile", type=_tile, default=None,
+    p.add_argument("--tile", type=_dask.sizes, default=None,
                    help="input tile, e.g. 572 or 572x572 (default: as large as memory allows)")
     p.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--tta", action="store_true",

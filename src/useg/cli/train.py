@@ -205,16 +205,24 @@ def sample_options(cfg: dict[str, Any], slices: dict[int, list[int]] | None) -> 
     )
 
 
+def saved_run(out: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """The saved configuration of the run in ``out``, its recorded data paths, and the file."""
+    config_path = out / "config.json"
+    if not config_path.exists():
+        raise InputError(f"{out}: nothing to resume (no config.json)")
+    try:
+        saved = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{config_path}: corrupt run configuration ({exc})") from None
+    return saved, saved.get("labels", {}).get("data") or {}, config_path
+
+
 def run(args: argparse.Namespace) -> int:
     from useg.data import load_pairs
     from useg.train import TrainConfig, train
 
     if args.resume:
-        config_path = args.out / "config.json"
-        if not config_path.exists():
-            raise InputError(f"{args.out}: nothing to resume (no config.json)")
-        saved = json.loads(config_path.read_text())
-        data = saved.get("labels", {}).get("data")
+        saved, data, config_path = saved_run(args.out)
         if not data:
             raise InputError(f"{config_path}: no data paths recorded; cannot resume")
         cfg = TrainConfig.from_dict(saved)
