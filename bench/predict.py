@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from useg.io import release_pages
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -104,16 +106,21 @@ def conv_gflops(ndim: int = 2, dtype: str = "fp32", repeats: int = 5) -> float:
 class RssSampler:
     """Samples the anonymous and file-backed resident memory of this process in a thread."""
 
-    def __init__(self, period: float = 0.1):
+    def __init__(self, period: float = 0.05):
         self.period, self.peak = period, {"RssAnon": 0, "RssFile": 0}
+        self.at_peak = {"RssAnon": 0, "RssFile": 0}  # both parts when their sum was largest
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
+        now = {}
         for line in Path("/proc/self/status").read_text().splitlines():
             key = line.split(":")[0]
             if key in self.peak:
-                self.peak[key] = max(self.peak[key], int(line.split()[1]) * 1024)
+                now[key] = int(line.split()[1]) * 1024
+                self.peak[key] = max(self.peak[key], now[key])
+        if sum(now.values()) > sum(self.at_peak.values()):
+            self.at_peak = now
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
@@ -168,6 +175,19 @@ def _profile_summary(prof, wall: float) -> dict:
         0.0, wall - total)
     return {k: {"seconds": round(v, 3), "share": round(v / wall, 4)}
             for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])}
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory: ``VmHWM``, the high-water mark of its own address
+    space. Not ``ru_maxrss``: on Linux that survives ``exec``, so a child started by a large
+    parent (vfork + exec) reports the parent's peak when it is the larger."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def worker(spec: dict) -> dict:
@@ -231,9 +251,11 @@ def worker(spec: dict) -> dict:
         seconds=seconds,
         cpu_seconds=cpu_seconds,
         megapixels_per_s=math.prod(image.shape[1:]) / seconds / 1e6,
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_bytes=peak_rss(),
         peak_rss_anon_bytes=sampler.peak["RssAnon"],
         peak_rss_file_bytes=sampler.peak["RssFile"],
+        rss_anon_file_at_peak_bytes=[sampler.at_peak.get("RssAnon", 0),
+                                     sampler.at_peak.get("RssFile", 0)],
         conv_gflops_fp32=float(np.mean(limits)),
         conv_gflops_fp32_before_after=limits,
         conv_gflops_bf16=conv_gflops(ndim, "bf16"),
@@ -337,7 +359,8 @@ def write_memmap_image(path: Path, n: int, base: np.ndarray) -> None:
         lo, hi = i * b, min(n, (i + 1) * b)
         block = row if i % 2 == 0 else row[::-1]
         img[lo:hi] = block[: hi - lo, :n]
-    img.flush()
+        img.flush()
+        release_pages(img)  # keep this (parent) process small: see peak_rss
     del img
 
 
@@ -491,13 +514,33 @@ def main() -> None:
         if memory_sizes:
             result["memory"] = memory_series(memory_sizes, args.memory_width, tmp)
     result["elapsed_s"] = time.time() - started
+    result = merge_parts(args.output, result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    tmp_out = args.output.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+    tmp_out.replace(args.output)
     if "speed" in result:
         print_table(result["speed"])
     if "memory" in result:
         print_memory(result["memory"])
     print(f"elapsed {result['elapsed_s'] / 60:.1f} min -> {args.output}")
+
+
+PARTS = ("speed", "profile", "memory")
+
+
+def merge_parts(path: Path, result: dict) -> dict:
+    """Keep the parts of an earlier result that this run skipped (e.g. ``--sizes`` with no
+    size reruns only the memory series), each with the command that measured it."""
+    commands = {part: result["command"] for part in PARTS if part in result}
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        for part in PARTS:
+            if part not in result and part in earlier:
+                result[part] = earlier[part]
+                commands[part] = earlier.get("part_commands", {}).get(part, earlier["command"])
+    result["part_commands"] = commands
+    return result
 
 
 def profiles(width: int, tmp: Path) -> dict:
@@ -537,7 +580,8 @@ def memory_series(sizes: list[int], width: int, tmp: Path) -> dict:
         r = run_worker(spec)
         series[str(n)] = {k: r[k] for k in (
             "seconds", "megapixels_per_s", "peak_rss_bytes", "peak_rss_anon_bytes",
-            "peak_rss_file_bytes", "tile", "out_rows_sum_to_one", "loadavg_before")}
+            "peak_rss_file_bytes", "rss_anon_file_at_peak_bytes", "tile", "out_rows_sum_to_one",
+            "loadavg_before")}
         series[str(n)]["image_bytes"] = n * n * 4
         series[str(n)]["output_bytes"] = 2 * n * n * 4
         gib = {k: r[f"peak_rss{k}_bytes"] / 2**30 for k in ("", "_anon", "_file")}

@@ -90,6 +90,21 @@ def _train_throughput(d):
     return rows
 
 
+def _prediction(d):
+    rows = []
+    for case, v in _get(d, "speed", default={}).items():
+        for name, c in v.get("configurations", {}).items():
+            if not name.startswith("useg"):
+                continue
+            rows.append((f"{case}, {name}: speed vs MONAI fp32 / fraction of the fp32 limit",
+                         f"{_fmt(_get(c, 'speed_vs_monai_fp32', 'median'))}x / "
+                         f"{_fmt(_get(c, 'fraction_of_fp32_limit', 'median'))}"))
+    for n, m in _get(d, "memory", "sizes", default={}).items():
+        rows.append((f"memory {n}² (memmap in and out): peak RSS",
+                     f"{_fmt(m['peak_rss_bytes'] / 1e9)} GB"))
+    return rows
+
+
 def _summary_rows(d) -> list[tuple[str, str]]:
     """Benchmarks that write a flat ``summary`` dict of headline figures."""
     return [(k, _fmt(v)) for k, v in (_get(d, "summary", default={}) or {}).items()
@@ -130,7 +145,7 @@ def _scale(d):
 EXTRACT: dict[str, Callable] = {
     "isbi2012": _isbi, "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
-    "train_throughput": _train_throughput,
+    "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
 }
 
 

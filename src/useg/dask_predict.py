@@ -50,6 +50,7 @@ import numpy as np
 from useg import normalize as norm
 from useg.chunked import as_channels_first, create_array, open_array, parse_spec
 from useg.errors import ConfigError, InputError
+from useg.labels import most_likely_class
 from useg.tiling import TilePlan, mirror_indices, plan_tiles
 
 __all__ = ["BlockPlan", "plan_blocks", "predict_dask"]
@@ -241,7 +242,7 @@ def _predict_block(job: dict[str, Any], index: tuple[int, ...], image: Any = Non
         _worker_array(job["probabilities"], "r+")[(slice(None), *region)] = probs
     if job["labels"]:
         out = _worker_array(job["labels"], "r+")
-        out[region] = np.argmax(probs, axis=0).astype(out.dtype)
+        out[region] = most_likely_class(probs, out.dtype)
     seconds = time.perf_counter() - start
     # Process CPU time: that of this block alone when a worker runs one block at a time.
     cpu = time.process_time() - cpu

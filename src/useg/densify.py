@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from useg.errors import ConfigError, InputError
+from useg.labels import most_likely_class
 from useg.nets import (
     UNetConfig,
     anisotropic_pools,
@@ -301,4 +302,4 @@ def densify(
     probs = predict(model, image, tile=tile, device=cfg.device, precision=cfg.precision,
                     progress=progress)
     dtype = np.uint8 if net.classes <= 255 else np.uint16
-    return DensifyResult(probs, np.argmax(probs, axis=0).astype(dtype), model_path)
+    return DensifyResult(probs, most_likely_class(probs, dtype), model_path)

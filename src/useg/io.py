@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import re
 import secrets
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -906,3 +908,24 @@ def _write_tiff(path: Path, arr: np.ndarray, axes: str, sp: list[float], compres
         kwargs.update(metadata=meta)
     with atomic_write(path) as tmp:
         tifffile.imwrite(tmp, np.ascontiguousarray(arr), **kwargs)
+
+
+def release_pages(array: Any) -> None:
+    """Drop the pages of a file-backed NumPy memmap from this process's resident memory.
+
+    Linux counts every mapped page of a file that has been touched as resident, so reading or
+    writing a huge memmap tile by tile would grow the resident memory to the file's size. The
+    pages stay in the kernel's page cache (dirty ones are still written back: the mapping is
+    shared), so this costs at most a soft page fault when one is touched again. Copy-on-write
+    memmaps (mode ``c``) are left alone: dropping their pages would drop the private changes.
+    Only on Linux, whose semantics of ``MADV_DONTNEED`` on shared file mappings this relies on.
+    """
+    handle = getattr(array, "_mmap", None)  # np.memmap keeps its mmap.mmap here
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if (not sys.platform.startswith("linux") or not isinstance(array, np.memmap)
+            or handle is None or advice is None or array.mode == "c"):
+        return
+    try:
+        handle.madvise(advice)
+    except (OSError, ValueError):  # a closed mapping, or a platform without madvise
+        pass

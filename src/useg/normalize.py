@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from useg.io import release_pages
+
 __all__ = ["DEFAULT", "image_stats", "normalize"]
 
 # Percentiles map to 0 and 1: robust to hot pixels and to the dtype of the file.
@@ -18,10 +20,16 @@ def _sample(image: Any, max_samples: int) -> np.ndarray:
     total = int(np.prod(spatial))
     if total <= max_samples:
         return np.asarray(image[...]).reshape(image.shape[0], -1)
-    per_axis = max(1, int(round((total / max_samples) ** (1.0 / len(spatial)))))
-    return np.asarray(
-        image[(slice(None),) + (slice(None, None, per_axis),) * len(spatial)]
-    ).reshape(image.shape[0], -1)
+    step = max(1, int(round((total / max_samples) ** (1.0 / len(spatial)))))
+    rest = (slice(None, None, step),) * (len(spatial) - 1)
+    # Every sampled row of a memmap maps whole pages (and their neighbours) of the file: read
+    # it in slabs and unmap each, so that the sample costs memory for itself only.
+    slab = 64 * step
+    parts = []
+    for lo in range(0, spatial[0], slab):
+        parts.append(np.array(image[(slice(None), slice(lo, lo + slab, step), *rest)]))
+        release_pages(image)
+    return np.concatenate(parts, axis=1).reshape(image.shape[0], -1)
 
 
 def image_stats(image: Any, spec: dict[str, Any] | None = None, max_samples: int = 1 << 22) -> dict:

@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from useg.errors import InputError
+from useg.labels import most_likely_class
 
 __all__ = [
     "threshold_components",
@@ -367,4 +368,4 @@ def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.nda
     if p.shape[0] == 1:
         return (p[0] > threshold).astype(np.uint8)
     dtype = np.uint8 if p.shape[0] <= 256 else np.int32
-    return np.argmax(p, axis=0).astype(dtype)
+    return most_likely_class(p, dtype)

@@ -21,6 +21,7 @@ from torch.nn.utils import fuse_conv_bn_eval
 from useg import normalize as norm
 from useg.device import autocast, resolve_device
 from useg.errors import ConfigError, InputError
+from useg.labels import most_likely_class
 from useg.nets import (
     UNet,
     halo,
@@ -30,7 +31,7 @@ from useg.nets import (
     receptive_radius,
     valid_input_shape,
 )
-from useg.tiling import _release_pages, plan_tiles, predict_tiled
+from useg.tiling import plan_tiles, predict_tiled
 from useg.tta import transforms, with_tta
 
 __all__ = ["default_tile", "make_predictor", "predict", "predict_file"]
@@ -458,7 +459,7 @@ def predict(
     precision : {"fp32", "bf16", "fp16"}
         Autocast precision of the network (bf16 is about 2.5x faster on recent CPUs).
     tta : bool
-        Average over flips and quarter turns (8 in 2D, 32 in 3D).
+        Average over flips and quarter turns (8 in 2D, 16 in 3D: see :mod:`useg.tta`).
     out : array-like, optional
         Preallocated ``(classes, *spatial)`` float32 output (e.g. a memmap for huge images).
     stats : dict, optional
@@ -489,7 +490,6 @@ def predict(
     if stats is None:
         meta = getattr(model, "meta", {}) or {}
         stats = norm.image_stats(image, meta.get("normalization"))
-        _release_pages(image)  # the sample for the statistics touched pages of a whole memmap
     tile, h, margin, step = _geometry(model, image.shape[1:], tile, device, tta)
     predictor = make_predictor(model, stats, device=device, precision=precision, tta=tta)
     return predict_tiled(
@@ -527,7 +527,7 @@ def _geometry(
 def _labels_from_probabilities(probs: Any, out: Any, slab: int = 64) -> None:
     """Argmax over classes, slab by slab along the first spatial axis to bound memory."""
     for lo in range(0, probs.shape[1], slab):
-        out[lo : lo + slab] = np.argmax(np.asarray(probs[:, lo : lo + slab]), axis=0)
+        out[lo : lo + slab] = most_likely_class(np.asarray(probs[:, lo : lo + slab]), out.dtype)
 
 
 def predict_file(

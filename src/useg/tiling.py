@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import mmap
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from useg.errors import ConfigError
+from useg.io import release_pages
 
 __all__ = ["TilePlan", "mirror_indices", "plan_tiles", "predict_tiled", "read_tile"]
 
@@ -236,27 +235,6 @@ def _region_on_plan(
     return tuple(origin), tuple(extent), ranges
 
 
-def _release_pages(array: Any) -> None:
-    """Drop the pages of a file-backed NumPy memmap from this process's resident memory.
-
-    Linux counts every mapped page of a file that has been touched as resident, so reading or
-    writing a huge memmap tile by tile would grow the resident memory to the file's size. The
-    pages stay in the kernel's page cache (dirty ones are still written back: the mapping is
-    shared), so this costs at most a soft page fault when one is touched again. Copy-on-write
-    memmaps (mode ``c``) are left alone: dropping their pages would drop the private changes.
-    Only on Linux, whose semantics of ``MADV_DONTNEED`` on shared file mappings this relies on.
-    """
-    handle = getattr(array, "_mmap", None)  # np.memmap keeps its mmap.mmap here
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if (not sys.platform.startswith("linux") or not isinstance(array, np.memmap)
-            or handle is None or advice is None or array.mode == "c"):
-        return
-    try:
-        handle.madvise(advice)
-    except (OSError, ValueError):  # a closed mapping, or a platform without madvise
-        pass
-
-
 def predict_tiled(
     predictor: Predictor,
     image: Any,
@@ -331,14 +309,20 @@ def predict_tiled(
     batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
     margin_t = plan.margin
 
+    # A tile's rows of a wide memmap map far more than the tile (whole pages, and Linux maps up
+    # to 64 KiB around each page fault): read a memmap in slabs and unmap each, so that reading
+    # the next tile adds little to the memory the predictor holds meanwhile.
+    slab = 64 if isinstance(image, np.memmap) else plan.tile[0]
+
     def gather(batch):
-        stacked = np.stack(
-            [read_tile(image, start, plan.tile).astype(np.float32, copy=False)
-             for start, _, _ in batch]
-        )
-        # Unmap what was read before the predictor, which holds the most memory, runs.
-        _release_pages(image)
-        return stacked
+        x = np.empty((len(batch), image.shape[0], *plan.tile), dtype=np.float32)
+        for k, (start, _, _) in enumerate(batch):
+            for lo in range(0, plan.tile[0], slab):
+                hi = min(lo + slab, plan.tile[0])
+                x[k, :, lo:hi] = read_tile(image, (start[0] + lo, *start[1:]),
+                                           (hi - lo, *plan.tile[1:]))
+                release_pages(image)
+        return x
 
     bar = None
     if progress is True:
@@ -366,7 +350,7 @@ def predict_tiled(
                 )
                 out[(slice(None), *dst)] = y[(k, slice(None), *region)].astype(dtype, copy=False)
             done += len(batch)
-            _release_pages(out)
+            release_pages(out)
             if bar is not None:
                 bar.update(len(batch))
             elif callable(progress):

@@ -65,15 +65,24 @@ def run(args: argparse.Namespace) -> int:
     scheduler = args.scheduler
     cluster = None
     if scheduler is None and args.workers and args.workers > 1:
+        import os
+
+        import dask
         from distributed import LocalCluster
 
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=":0")
+        # dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its workers (and into this
+        # process's environment); it also freezes glibc's mmap threshold, so every large array
+        # is mapped and unmapped afresh: measured, each block then costs about twice the CPU
+        # time (bench/scale.py).
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        with dask.config.set(
+            {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+        ):
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                                   processes=True, dashboard_address=":0")
         scheduler = cluster
         torch_threads = args.torch_threads
         if torch_threads is None:
-            import os
-
             torch_threads = max(1, (os.cpu_count() or 1) // args.workers)
     else:
         torch_threads = args.torch_threads
