@@ -262,6 +262,23 @@ def test_centred_crops_share_the_transform(ndim):
     assert (lab2 != crop(full_lab, out_shape)).float().mean() < 0.01
 
 
+def test_label_crop_equals_cropping_the_full_tile_exactly():
+    # The training stream resamples labels and weights only on the network's output region; with
+    # an even size difference that must give exactly the crop of resampling the whole input tile.
+    g = torch.Generator().manual_seed(4)
+    spatial, out_shape, label_shape = (41, 40), (30, 28), (12, 10)
+    image = torch.rand(1, *spatial, generator=g)
+    labels = torch.randint(-1, 3, spatial, generator=g)
+    weights = torch.rand(spatial, generator=g)
+    p = draw_deform_params(g, spatial, AugmentConfig(elastic_sigma=3.0))
+    _, full_lab, full_w = deform(image, labels, weights, p, out_shape=out_shape)
+    _, lab, w = deform(image, labels, weights, p, out_shape=out_shape, label_shape=label_shape)
+    box = tuple(
+        slice((o - c) // 2, (o - c) // 2 + c) for o, c in zip(out_shape, label_shape, strict=True)
+    )
+    assert torch.equal(lab, full_lab[box]) and torch.equal(w, full_w[box])
+
+
 # ----------------------------------------------------------------------------- random draws
 
 
@@ -341,6 +358,41 @@ def test_gray_value_functions():
     b = adjust_gray(image, GrayParams(noise_std=0.5, noise_seed=3))
     assert torch.equal(a, b)
     assert (a - image).std().item() == pytest.approx(0.5, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        GrayParams(gamma=0.8),
+        GrayParams(contrast=1.1),
+        GrayParams(brightness=-0.05),
+        GrayParams(noise_std=0.02, noise_seed=5),
+        GrayParams(gamma=1.2, contrast=0.9, brightness=0.1, noise_std=0.03, noise_seed=9),
+    ],
+)
+def test_gray_values_are_bitwise_the_plain_formulas(params):
+    # adjust_gray works in place on its intermediate results; the values must stay exactly
+    # those of the out-of-place expressions (training runs are reproducible bit for bit), and
+    # the caller's image must not change.
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(2, 17, 19, generator=g) * 3 - 1
+    before = image.clone()
+    out = adjust_gray(image, params)
+    assert torch.equal(image, before)
+    ref = image
+    if params.gamma != 1.0:
+        lo = image.amin(dim=(1, 2), keepdim=True)
+        span = (image.amax(dim=(1, 2), keepdim=True) - lo).clamp_min(torch.finfo(image.dtype).tiny)
+        ref = lo + span * ((ref - lo) / span).clamp(0, 1) ** params.gamma
+    if params.contrast != 1.0:
+        mean = ref.reshape(2, -1).mean(dim=1).view(2, 1, 1)
+        ref = mean + params.contrast * (ref - mean)
+    if params.brightness != 0.0:
+        ref = ref + params.brightness
+    if params.noise_std > 0:
+        noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(params.noise_seed))
+        ref = ref + params.noise_std * noise
+    assert torch.equal(out, ref)
 
 
 # ----------------------------------------------------------------------------- edges

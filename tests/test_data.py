@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
+import useg.data
 from useg.data import (
     IGNORE,
     TileStream,
@@ -10,6 +12,7 @@ from useg.data import (
     targets_from_labels,
 )
 from useg.errors import InputError
+from useg.tiling import read_tile
 
 
 def test_binary_mode_isbi_convention():
@@ -83,3 +86,55 @@ def test_tile_stream_is_deterministic_and_shaped(shape, tin, tout, rng):
     assert np.array_equal(first[0], x)
     # Without augmentation the target is the centre of the input tile, cut from the same place.
     assert not np.array_equal(stream.item(6)[0], x)
+
+
+@pytest.mark.parametrize("start, shape", [((3, 4), (6, 5)), ((-7, 9), (30, 8)),
+                                          ((-25, -3), (60, 41)), ((0, 0), (10, 12)),
+                                          ((2, -1, 5), (4, 14, 3))])
+def test_image_window_reads_the_values_of_read_tile(start, shape, rng):
+    image = rng.random((2, *(10, 12, 7)[: len(start)])).astype(np.float32)
+    got = useg.data._read_image_tile(image, start, shape)
+    assert got.shape == (2, *shape)
+    assert np.array_equal(got, read_tile(image, start, shape))
+
+
+def _stream(rng, augment=None):
+    img = rng.random((1, 30, 34)).astype(np.float32)
+    lab = (rng.random((30, 34)) > 0.5).astype(np.uint8)
+    return TileStream([make_sample(img, lab, w0=5, sigma=2)], (20, 20), (6, 6), augment=augment,
+                      seed=2)
+
+
+def test_collate_and_unpack_round_trip(rng):
+    stream = _stream(rng)
+    items = [stream.item(k) for k in range(3)]
+    packed = stream.collate(items)
+    assert isinstance(packed, np.ndarray) and packed.dtype == np.uint8
+    x, y, w = stream.unpack(packed, 3)
+    assert (x.dtype, y.dtype, w.dtype) == (torch.float32, torch.int64, torch.float32)
+    for j, (xi, yi, wi) in enumerate(items):
+        assert np.array_equal(x[j].numpy(), xi)
+        assert np.array_equal(y[j].numpy(), yi) and np.array_equal(w[j].numpy(), wi)
+    with pytest.raises(InputError, match="does not hold 2 tile"):
+        stream.unpack(packed, 2)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_loader_worker_batches_are_the_items(shared, rng, monkeypatch):
+    # Small batches come from the worker as pickled arrays, large ones in shared memory; both
+    # must carry the items bit for bit (a zero threshold forces shared memory here).
+    if shared:
+        monkeypatch.setattr(useg.data, "_SHARED_BATCH_BYTES", 0)
+    stream = _stream(rng, augment={"elastic": True})
+    loader = torch.utils.data.DataLoader(stream, batch_size=2, num_workers=1,
+                                         collate_fn=stream.collate,
+                                         multiprocessing_context="fork")
+    it = iter(loader)
+    for step in range(2):
+        packed = next(it)
+        assert isinstance(packed, torch.Tensor) == shared
+        x, y, w = stream.unpack(packed, 2)
+        for j in range(2):
+            xi, yi, wi = stream.item(2 * step + j)
+            assert np.array_equal(x[j].numpy(), xi)
+            assert np.array_equal(y[j].numpy(), yi) and np.array_equal(w[j].numpy(), wi)

@@ -136,3 +136,29 @@ def test_bad_training_inputs(dataset, tmp_path, capsys):
     assert "b.tif" in capsys.readouterr().err  # no partner
     assert main(["train", "--resume", "--out", str(tmp_path / "nothing")]) == 2
     assert not (tmp_path / "r" / "state.safetensors").exists()
+
+
+def test_divergence_is_reported_at_its_step_whatever_the_log_interval(tmp_path):
+    # Losses are read back from the device only for log rows and checkpoints; the error must
+    # still name the first step whose loss was not finite, and no row or state may follow it.
+    from useg.data import make_sample
+    from useg.errors import ConfigError
+    from useg.synthetic import touching_cells
+    from useg.train import TrainConfig, train
+
+    img, inst = touching_cells((64, 64), rng=0)
+    samples = [make_sample(img, inst, mode="instances", w0=10, sigma=5)]
+    messages = []
+    for log_every, checkpoint_every in ((1, 100), (7, 100), (5, 1)):
+        cfg = TrainConfig(net={"ndim": 2, "width": 2, "depth": 1}, tile=36, iterations=40,
+                          lr=1e6, log_every=log_every, checkpoint_every=checkpoint_every,
+                          val_every=10**9, workers=0, device="cpu", augment=None, seed=1)
+        out = tmp_path / f"run{log_every}_{checkpoint_every}"
+        with pytest.raises(ConfigError, match="diverged at step") as err:
+            train(cfg, samples, out, progress=False)
+        messages.append(str(err.value))
+        diverged = int(messages[-1].split("step ")[1].split()[0])
+        if (out / "state.safetensors").exists():
+            with safe_open(str(out / "state.safetensors"), framework="pt") as f:
+                assert json.loads(f.metadata()["useg_state"])["info"]["step"] <= diverged
+    assert messages[0] == messages[1] == messages[2]

@@ -32,6 +32,7 @@ frame coordinates) samples the input at ``c + F S^-1 R^T (o - c - shift) + u(o)`
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -385,13 +386,24 @@ def dense_displacement(
     start = _crop_start(spatial_shape, out_shape)
     field = displacement.to(dtype)
     for axis in range(ndim):
-        n_ctrl = displacement.shape[axis + 1]
-        size = spatial_shape[axis]
-        pixels = start[axis] + np.arange(out_shape[axis], dtype=np.float64)
-        knots = pixels * ((n_ctrl - 1) / (size - 1)) if size > 1 else np.zeros_like(pixels)
-        matrix = torch.as_tensor(spline_matrix(n_ctrl, knots), dtype=dtype, device=field.device)
+        matrix = _axis_spline_matrix(
+            int(displacement.shape[axis + 1]), int(spatial_shape[axis]), start[axis],
+            out_shape[axis],
+        )
+        matrix = torch.tensor(matrix, dtype=dtype, device=field.device)  # a copy: cached
         field = torch.movedim(torch.tensordot(field, matrix, dims=([axis + 1], [1])), -1, axis + 1)
     return field
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_spline_matrix(n_ctrl: int, size: int, start: int, length: int) -> np.ndarray:
+    """Spline matrix of voxels ``start .. start + length - 1`` of an axis of ``size`` voxels
+    spanned by ``n_ctrl`` control points (shared between calls: do not modify)."""
+    # A training run asks for the same few frames every step: building the matrix costs more
+    # than the resampling it feeds.
+    pixels = start + np.arange(length, dtype=np.float64)
+    knots = pixels * ((n_ctrl - 1) / (size - 1)) if size > 1 else np.zeros_like(pixels)
+    return spline_matrix(n_ctrl, knots)
 
 
 def _fill_coordinates(
@@ -606,13 +618,17 @@ def deform(
     sample_dtype = dtype
     if labels is not None and not _exact_in(labels, ignore_index, dtype):
         sample_dtype = torch.float64
-    channels = []
+    # Both go into one buffer directly (no per-array copy, then a stack).
+    stacked = torch.empty(
+        ((labels is not None) + (weights is not None), *spatial),
+        dtype=sample_dtype, device=image.device,
+    )
     if labels is not None:
-        channels.append(labels.to(sample_dtype, copy=True).sub_(ignore_index))
+        stacked[0].copy_(labels).sub_(ignore_index)
     if weights is not None:
-        channels.append(weights.to(sample_dtype))
+        stacked[-1].copy_(weights)
     sampled = F.grid_sample(
-        torch.stack(channels)[None],
+        stacked[None],
         label_grid[None].to(sample_dtype),
         mode="nearest",
         padding_mode="zeros",
@@ -641,20 +657,24 @@ def adjust_gray(image: torch.Tensor, params: GrayParams) -> torch.Tensor:
     channels = image.shape[0]
     flat = image.reshape(channels, -1)
     view = (channels,) + (1,) * (image.ndim - 1)
+    # Each step writes into ``out`` once it is a fresh tensor (never into the caller's image),
+    # with the operations and their order unchanged, so the values are those of the plain
+    # expressions: this only saves a temporary array per step.
     out = image
     if params.gamma != 1.0:
         lo = flat.amin(dim=1).view(view)
         span = (flat.amax(dim=1).view(view) - lo).clamp_min(torch.finfo(image.dtype).tiny)
-        out = lo + span * ((out - lo) / span).clamp(0, 1) ** params.gamma
+        out = (out - lo).div_(span).clamp_(0, 1).pow_(params.gamma).mul_(span).add_(lo)
     if params.contrast != 1.0:
         mean = out.reshape(channels, -1).mean(dim=1).view(view)
-        out = mean + params.contrast * (out - mean)
+        out = (out - mean).mul_(params.contrast).add_(mean)
     if params.brightness != 0.0:
-        out = out + params.brightness
+        out = out.add_(params.brightness) if out is not image else out + params.brightness
     if params.noise_std > 0:
         gen = torch.Generator().manual_seed(int(params.noise_seed))
         noise = torch.randn(image.shape, generator=gen, dtype=image.dtype)
-        out = out + params.noise_std * noise.to(image.device)
+        noise = noise.to(image.device).mul_(params.noise_std)
+        out = out.add_(noise) if out is not image else out + noise
     return out
 
 

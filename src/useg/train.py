@@ -430,6 +430,7 @@ def train(
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=cfg.batch_size,
+        collate_fn=stream.collate,
         num_workers=workers,
         worker_init_fn=_worker_init if workers else None,
         persistent_workers=False,
@@ -453,18 +454,37 @@ def train(
         _write_log(out / "log.csv", rows)
         plot_curves(rows, out / "curves.png")
 
+    # Losses stay on the device until a log row or checkpoint needs them: reading one back is a
+    # host sync, which on a GPU would stop the loop from queueing the next step meanwhile.
+    pending: list[tuple[int, torch.Tensor]] = []
+    last_value = [math.nan]
+
+    def settle() -> None:
+        for k, loss_k in pending:
+            value = float(_all_reduce_sum(loss_k, dist_info)) / dist_info.world
+            if not math.isfinite(value):
+                raise ConfigError(
+                    f"training diverged at step {k} (loss {value}); "
+                    "lower --lr or use --grad-clip"
+                )
+            window.append(value)
+            last_value[0] = value
+        pending.clear()
+
     model.train()
     data_wait = compute = 0.0
     it = iter(loader)
     try:
         while step < cfg.iterations:
             t0 = time.perf_counter()
-            x, y, w = next(it)
+            packed = torch.as_tensor(next(it))
             t1 = time.perf_counter()
-            x = x.to(device, non_blocking=True)
+            if device.type == "cuda" and not packed.is_pinned():
+                packed = packed.pin_memory()  # so that the copy below does not wait
+            # One transfer for the whole batch, then views of images, targets and weights.
+            x, y, w = stream.unpack(packed.to(device, non_blocking=True), cfg.batch_size)
             if memory_format is not None and device.type == "cpu":
                 x = x.contiguous(memory_format=memory_format)
-            y, w = y.to(device, non_blocking=True), w.to(device, non_blocking=True)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * _lr_factor(cfg, step)
             # Dropout of step k depends on (seed, k, rank) only.
@@ -491,18 +511,13 @@ def train(
                 scaler.update()
             else:
                 opt.step()
-            value = float(_all_reduce_sum(loss.detach(), dist_info)) / dist_info.world
-            if not math.isfinite(value):
-                raise ConfigError(
-                    f"training diverged at step {step} (loss {value}); "
-                    "lower --lr or use --grad-clip"
-                )
+            pending.append((step, loss.detach()))
             step += 1
             t2 = time.perf_counter()
             data_wait += t1 - t0
             compute += t2 - t1
-            window.append(value)
             if step % cfg.log_every == 0 or step == cfg.iterations:
+                settle()
                 row = {
                     "step": step,
                     "loss": float(np.mean(window)),
@@ -527,10 +542,12 @@ def train(
                 if callback:
                     callback(step, row)
             if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+                settle()  # never write a state whose losses were not checked
                 checkpoint(step)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                if not pending:
+                    bar.set_postfix(loss=f"{last_value[0]:.4f}", refresh=False)
     finally:
         if bar is not None:
             bar.close()
