@@ -119,7 +119,8 @@ def _isbi(d):
                      f"{_fmt(_get(b, 'adapted_rand_error', 'value'))} / "
                      f"{_fmt(_get(b, 'pixel_error', 'value'))} / "
                      f"{_fmt(_get(b, 'warping_error', 'value'))} "
-                     f"({_fmt(_get(v, 'seconds', 'total', default=0) / 60, 3)} min)"))
+                     f"({_fmt(_get(v, 'seconds', 'total', default=0) / 60, 3)} min wall, "
+                     "shared machine)"))
     return rows
 
 
