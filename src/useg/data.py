@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 
 from useg import normalize as norm
 from useg.errors import ConfigError, InputError
-from useg.tiling import mirror_indices
+from useg.tiling import read_tile
 
 __all__ = [
     "IGNORE",
@@ -319,17 +319,6 @@ def load_pairs(
     return samples
 
 
-def _read_image_tile(image: np.ndarray, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """The values of :func:`useg.tiling.read_tile` (mirrored outside) for an in-memory array."""
-    # One gather per axis: 4x faster than read_tile's general indexing (which serves memmaps
-    # and chunked arrays) on a training window, and this runs once per training step.
-    out = image
-    for axis, (s, n, size) in enumerate(zip(start, shape, image.shape[1:], strict=True)):
-        if s != 0 or n != size:
-            out = np.take(out, mirror_indices(s, n, size), axis=axis + 1)
-    return out
-
-
 def _read_labels_tile(array: np.ndarray, start: Sequence[int], shape: Sequence[int],
                       fill: float) -> np.ndarray:
     """Like :func:`useg.tiling.read_tile` for channel-less arrays, but ``fill`` outside."""
@@ -412,7 +401,7 @@ class TileStream(torch.utils.data.IterableDataset):
             grow = math.sqrt(2.0) if self.augment.get("rotate", True) else 1.0
             window = tuple(int(math.ceil(n * grow)) + 8 for n in self.in_shape)
         start = tuple(c - w // 2 for c, w in zip(centre, window, strict=True))
-        image = _read_image_tile(sample.image, start, window)
+        image = read_tile(sample.image, start, window)
         target = _read_labels_tile(sample.target, start, window, IGNORE)
         weight = _read_labels_tile(sample.weight, start, window, 0.0)
         if self.augment is not None:

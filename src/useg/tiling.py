@@ -201,14 +201,12 @@ def read_tile(image: Any, start: Sequence[int], shape: Sequence[int]) -> np.ndar
         lo, hi = int(idx.min()), int(idx.max()) + 1
         box.append(slice(lo, hi))
         local.append(idx - lo)
-    block = np.asarray(image[(slice(None), *box)])
-    inside = all(
-        loc[0] == 0 and np.all(np.diff(loc) == 1) and len(loc) == b.stop - b.start
-        for loc, b in zip(local, box, strict=True)
-    )
-    if inside:
-        return block
-    return block[np.ix_(range(block.shape[0]), *local)]
+    out = np.asarray(image[(slice(None), *box)])
+    # One gather per mirrored axis: several times faster than one np.ix_ gather of them all.
+    for axis, (loc, b) in enumerate(zip(local, box, strict=True)):
+        if not (loc[0] == 0 and len(loc) == b.stop - b.start and np.all(np.diff(loc) == 1)):
+            out = np.take(out, loc, axis=axis + 1)
+    return out
 
 
 def _region_on_plan(
