@@ -10,22 +10,41 @@ touching cells, useg with its default tile (fp32 and bf16 autocast) against MONA
 overlap 0.25, gaussian blending. The machine's limit uses a 64->64 3x3x3 convolution at 64^3
 (channels_last_3d).
 
-The default width is 16, a quarter of the paper's convolution work (width 32, ``--widths 32``):
-at width 32 one repeat of the three configurations takes over half an hour on two cores.
+The default width is 16, a quarter of the paper's convolution work; ``--widths 16 32`` adds the
+paper's network (width 32), which takes about 40 more minutes on two cores, mostly MONAI's.
 
-Results: bench/results/predict3d.json.
+``--profile`` (alone, or beside a speed run) measures where one forward pass of a default tile
+goes, after two warm-up passes: wall, user and system CPU seconds, minor page faults, and the
+profiler's self CPU time per operator group, once with glibc's allocator as it comes and once
+with its mmap and trim thresholds raised from the process's start (``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_``), which keeps freed activations for reuse instead of unmapping them.
+
+Results: bench/results/predict3d.json (a run keeps the parts it did not measure, each with the
+command that did).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from predict import HERE, command_line, machine_info, print_table, speed_comparison
+
+# Operator groups of the profile, by the name of the operator that does the work.
+GROUPS = {
+    "aten::mkldnn_convolution": "3x3x3 convolutions and head",
+    "aten::_convolution": "2x2x2 up-convolutions",
+    "aten::max_pool3d_with_indices": "max pooling",
+    "aten::copy_": "copies (skip crops, concatenation)",
+    "aten::clamp_min_": "ReLU",
+}
 
 
 def main() -> None:
@@ -39,7 +58,14 @@ def main() -> None:
                         choices=["contiguous", "channels_last"])
     parser.add_argument("--threads", type=int, help="torch threads per run (default: all)")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "predict3d.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one tile with and without keeping freed memory")
+    parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
+    parser.add_argument("--profile-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile_worker:
+        print(json.dumps(profile_worker(json.loads(args.profile_worker))))
+        return
     sizes = args.sizes or ([96] if args.quick else [256])
     widths = args.widths or [16]
     roi = args.roi or (64 if args.quick else 128)
@@ -59,15 +85,107 @@ def main() -> None:
             "torch_threads": args.threads or "all (torch default)",
         },
     }
-    with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
-        print(f"speed: sizes {sizes}, widths {widths}, {args.repeats} repeat(s)", flush=True)
-        result["speed"] = speed_comparison(args, 3, "cicek2016", sizes, widths, roi, Path(tmp),
-                                           HERE / "predict.py")
+    if not args.no_speed:
+        with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
+            print(f"speed: sizes {sizes}, widths {widths}, {args.repeats} repeat(s)", flush=True)
+            result["speed"] = speed_comparison(args, 3, "cicek2016", sizes, widths, roi,
+                                               Path(tmp), HERE / "predict.py")
+    if args.profile:
+        result["profile"] = {f"width {w}, {s}^3": profile_part(w, s) for s in sizes for w in widths}
     result["elapsed_s"] = time.time() - started
+    result = merge(args.output, result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print_table(result["speed"])
+    tmp_out = args.output.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+    tmp_out.replace(args.output)
+    if "speed" in result:
+        print_table(result["speed"])
+    for key, part in result.get("profile", {}).items():
+        print_profile(key, part)
     print(f"elapsed {result['elapsed_s'] / 60:.1f} min -> {args.output}")
+
+
+def merge(path: Path, result: dict) -> dict:
+    """Keep the parts of an earlier result that this run did not measure, with their commands."""
+    commands = {part: result["command"] for part in ("speed", "profile") if part in result}
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        for part in ("speed", "profile"):
+            if part not in result and part in earlier:
+                result[part] = earlier[part]
+                commands[part] = earlier.get("part_commands", {}).get(part, earlier["command"])
+    result["part_commands"] = commands
+    return result
+
+
+def profile_part(width: int, size: int) -> dict:
+    """One default tile of a ``size``^3 volume, allocator as it comes and as predict sets it."""
+    from useg.nets import UNet
+    from useg.predict import default_tile
+
+    # The tile predict uses, the same for both runs.
+    tile = default_tile(UNet("cicek2016", width=width, batch_stats=False), (size,) * 3)
+    part: dict[str, Any] = {"tile": list(tile)}
+    keep = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+    for name, env in (("allocator default", {}), ("keep freed memory", keep)):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--profile-worker",
+             json.dumps({"width": width, "tile": list(tile)})],
+            capture_output=True, text=True, check=False, env={**os.environ, **env},
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"profile worker failed:\n{proc.stderr[-3000:]}")
+        part[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return part
+
+
+def profile_worker(spec: dict) -> dict:
+    """Times, page faults and operator groups of one forward pass after two warm-up passes
+    (with freed memory kept, the heap settles during the second: the steady state of the
+    later tiles of a volume)."""
+    import resource
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from useg.nets import UNet
+    from useg.predict import _forward, _inference_layers
+
+    net = UNet("cicek2016", width=spec["width"], batch_stats=False).eval()
+    layers = _inference_layers(net)
+    x = torch.rand(1, 1, *spec["tile"]).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        for _ in range(2):
+            _forward(net, x, layers)
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        _forward(net, x, layers)
+        seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            _forward(net, x, layers)
+    groups: dict[str, float] = {}
+    for event in prof.key_averages():
+        group = GROUPS.get(event.key, "other")
+        groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total / 1e6
+    return {
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "seconds": seconds,
+        "user_cpu_s": after.ru_utime - before.ru_utime,
+        "system_cpu_s": after.ru_stime - before.ru_stime,
+        "minor_page_faults": after.ru_minflt - before.ru_minflt,
+        "profiled_self_cpu_s_by_group": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def print_profile(key: str, part: dict) -> None:
+    runs = {k: v for k, v in part.items() if isinstance(v, dict)}
+    print(f"profile {key}, tile {part['tile']}")
+    print(f"{'':38}" + "".join(f"{name:>20}" for name in runs))
+    for field in ("seconds", "user_cpu_s", "system_cpu_s", "minor_page_faults"):
+        print(f"  {field:36}" + "".join(f"{r[field]:20.4g}" for r in runs.values()))
+    groups = next(iter(runs.values()))["profiled_self_cpu_s_by_group"]
+    for group in groups:
+        print(f"  {group:36}" + "".join(
+            f"{r['profiled_self_cpu_s_by_group'].get(group, 0.0):20.3f}" for r in runs.values()))
 
 
 if __name__ == "__main__":

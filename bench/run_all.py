@@ -24,7 +24,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "weightmap": (["bench/weightmap.py"], "weightmap.json"),
     "augment": (["bench/augment.py"], "augment.json"),
     "predict": (["bench/predict.py"], "predict.json"),
-    "predict3d": (["bench/predict3d.py"], "predict3d.json"),
+    "predict3d": (["bench/predict3d.py", "--widths", "16", "32", "--profile"], "predict3d.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
@@ -93,12 +93,24 @@ def _train_throughput(d):
 def _prediction(d):
     rows = []
     for case, v in _get(d, "speed", default={}).items():
-        for name, c in v.get("configurations", {}).items():
+        configs = v.get("configurations", {})
+        channels_last = _get(configs, "monai fp32 (channels_last)", "megapixels_per_s", "median")
+        for name, c in configs.items():
             if not name.startswith("useg"):
                 continue
-            rows.append((f"{case}, {name}: speed vs MONAI fp32 / fraction of the fp32 limit",
-                         f"{_fmt(_get(c, 'speed_vs_monai_fp32', 'median'))}x / "
+            mps = _get(c, "megapixels_per_s", "median")
+            vs_cl = f"{_fmt(mps / channels_last)}x" if mps and channels_last else "-"
+            rows.append((f"{case}, {name}: speed vs MONAI fp32 (contiguous / channels-last) / "
+                         "fraction of the fp32 limit",
+                         f"{_fmt(_get(c, 'speed_vs_monai_fp32', 'median'))}x / {vs_cl} / "
                          f"{_fmt(_get(c, 'fraction_of_fp32_limit', 'median'))}"))
+    for case, part in _get(d, "profile", default={}).items():
+        plain, kept = part.get("allocator default", {}), part.get("keep freed memory", {})
+        if plain and kept:
+            rows.append((f"3D tile {part['tile']}, {case}: one forward pass, allocator default "
+                         "-> freed memory kept (seconds, system CPU s)",
+                         f"{_fmt(plain['seconds'])} s ({_fmt(plain['system_cpu_s'])}) -> "
+                         f"{_fmt(kept['seconds'])} s ({_fmt(kept['system_cpu_s'])})"))
     for n, m in _get(d, "memory", "sizes", default={}).items():
         rows.append((f"memory {n}² (memmap in and out): peak RSS",
                      f"{_fmt(m['peak_rss_bytes'] / 1e9)} GB"))

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
-from useg import hostmem
 from useg import normalize as norm
 from useg.device import autocast, resolve_device
 from useg.errors import ConfigError, InputError
@@ -54,10 +53,8 @@ def default_tile(
     The budget defaults, on CPU, to 1 GiB for 1D and 2D networks and to 4 GiB (at most a
     quarter of the machine's memory) for 3D ones, where the border costs far more: with 1 GiB
     the 2D U-Net predicts a 2048x2048 image with 1.13x the convolutions of one pass over the
-    whole image (4 GiB: 1.07x), the 3D U-Net a 256^3 volume with 9.9x (4 GiB: 2.2x). In 3D on
-    CPU, where :func:`predict` keeps freed memory for reuse (:mod:`useg.hostmem`), the 3D
-    budget is divided by the heap's slack (``hostmem.HEAP_SLACK``) so that resident memory
-    stays within it. On CUDA it is a quarter of the free memory.
+    whole image (4 GiB: 1.07x), the 3D U-Net a 256^3 volume with 9.9x (4 GiB: 2.2x). On CUDA it
+    is a quarter of the free memory.
 
     Examples
     --------
@@ -81,19 +78,7 @@ def _budget(device: torch.device | str, budget_bytes: float | None, ndim: int) -
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # not a POSIX system
         physical = 16 << 30
-    budget = float(max(1 << 30, min(4 << 30, physical // 4)))
-    return budget / hostmem.HEAP_SLACK if _keep_freed(ndim, device) else budget
-
-
-def _keep_freed(ndim: int, device: torch.device) -> bool:
-    """Whether :func:`predict` keeps freed host memory for reuse (:mod:`useg.hostmem`).
-
-    Measured on the benchmarks' networks: in 3D it makes a tile 1.22x faster for a third more
-    resident memory, and with the budget cut to match, prediction is 1.26x faster in less memory
-    than before; in 2D it gained 1.15x but for the same memory would need tiles so small that
-    the gain is lost, so 2D keeps the allocator's default.
-    """
-    return torch.device(device).type == "cpu" and ndim >= 3 and hostmem.enabled()
+    return float(max(1 << 30, min(4 << 30, physical // 4)))
 
 
 def _context(cfg) -> tuple[int, ...]:
@@ -507,11 +492,10 @@ def predict(
         stats = norm.image_stats(image, meta.get("normalization"))
     tile, h, margin, step = _geometry(model, image.shape[1:], tile, device, tta)
     predictor = make_predictor(model, stats, device=device, precision=precision, tta=tta)
-    with hostmem.keep_freed_memory(_keep_freed(cfg.ndim, device)):
-        return predict_tiled(
-            predictor, image, tile=tile, out_channels=cfg.classes, halo=h, margin=margin,
-            step=step, batch_size=batch_size, out=out, progress=progress, region=region,
-        )
+    return predict_tiled(
+        predictor, image, tile=tile, out_channels=cfg.classes, halo=h, margin=margin,
+        step=step, batch_size=batch_size, out=out, progress=progress, region=region,
+    )
 
 
 def _geometry(
