@@ -104,8 +104,10 @@ def _prediction(d):
                          "fraction of the fp32 limit",
                          f"{_fmt(_get(c, 'speed_vs_monai_fp32', 'median'))}x / {vs_cl} / "
                          f"{_fmt(_get(c, 'fraction_of_fp32_limit', 'median'))}"))
-    for case, part in _get(d, "profile", default={}).items():
-        plain, kept = part.get("allocator default", {}), part.get("keep freed memory", {})
+    profile = _get(d, "profile", default={})
+    for case, part in (profile.items() if isinstance(profile, dict) else []):
+        plain = _get(part, "allocator default", default={})
+        kept = _get(part, "keep freed memory", default={})
         if plain and kept:
             rows.append((f"3D tile {part['tile']}, {case}: one forward pass, allocator default "
                          "-> freed memory kept (seconds, system CPU s)",
