@@ -179,7 +179,9 @@ def summarise() -> str:
             continue
         d = json.loads(path.read_text())
         rows = EXTRACT.get(name, _summary_rows)(d) or [("see JSON", f"`results/{result}`")]
-        command = (_get(d, "command", default=None) or _get(d, "size384", "command")
+        parts = _get(d, "part_commands", default={}) or {}
+        command = (" ; ".join(dict.fromkeys(parts.values())) or _get(d, "command", default=None)
+                   or _get(d, "size384", "command")
                    or f"python {' '.join(cmd)}")
         for i, (label, value) in enumerate(rows):
             lines.append(f"| {name if i == 0 else ''} | {label} | {value} | "
