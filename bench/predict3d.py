@@ -35,7 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from predict import HERE, command_line, machine_info, print_table, speed_comparison
+from predict import (
+    HERE,
+    command_line,
+    machine_info,
+    merge_parts,
+    print_table,
+    speed_comparison,
+)
 
 # Operator groups of the profile, by the name of the operator that does the work.
 GROUPS = {
@@ -93,7 +100,7 @@ def main() -> None:
     if args.profile:
         result["profile"] = {f"width {w}, {s}^3": profile_part(w, s) for s in sizes for w in widths}
     result["elapsed_s"] = time.time() - started
-    result = merge(args.output, result)
+    result = merge_parts(args.output, result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.output.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")
@@ -105,21 +112,9 @@ def main() -> None:
     print(f"elapsed {result['elapsed_s'] / 60:.1f} min -> {args.output}")
 
 
-def merge(path: Path, result: dict) -> dict:
-    """Keep the parts of an earlier result that this run did not measure, with their commands."""
-    commands = {part: result["command"] for part in ("speed", "profile") if part in result}
-    if path.exists():
-        earlier = json.loads(path.read_text())
-        for part in ("speed", "profile"):
-            if part not in result and part in earlier:
-                result[part] = earlier[part]
-                commands[part] = earlier.get("part_commands", {}).get(part, earlier["command"])
-    result["part_commands"] = commands
-    return result
-
-
 def profile_part(width: int, size: int) -> dict:
-    """One default tile of a ``size``^3 volume, allocator as it comes and as predict sets it."""
+    """One default tile of a ``size``^3 volume, with glibc's allocator as it comes and with its
+    mmap and trim thresholds raised from the worker's start."""
     from useg.nets import UNet
     from useg.predict import default_tile
 
