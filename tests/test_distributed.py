@@ -1,6 +1,7 @@
 """Multi-process training with torchrun (gloo on CPU) equals one process with the global batch."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -45,3 +46,36 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
                   str(tmp_path / "two"), "--quiet"]
     done = subprocess.run(cmd_resume, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+_REDUCE_SCRIPT = """
+import torch
+import torch.distributed as dist
+from useg.train import _Dist, _all_reduce_sum
+
+dist.init_process_group("gloo")
+d = _Dist(dist.get_rank(), dist.get_world_size())
+held = 0
+for i in range(200):
+    total = _all_reduce_sum(torch.full((4,), float(i + d.rank)), d)
+    assert float(total[0]) == 2 * i + 1, total
+    held += total._use_count() > 1
+dist.destroy_process_group()
+print(f"rank {d.rank} held {held}", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_reduced_tensors_are_released_before_returning(tmp_path):
+    # Otherwise a worker thread may still need the GIL while the interpreter exits, and the
+    # process aborts (seen as a rare SIGABRT of one rank at the end of training).
+    script = tmp_path / "reduce.py"
+    script.write_text(_REDUCE_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Per rank, the reduced tensors that gloo's worker still referenced when the call returned.
+    held = sorted(re.findall(r"rank (\d) held (\d+)", done.stdout))
+    assert held == [("0", "0"), ("1", "0")], done.stdout
