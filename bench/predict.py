@@ -275,10 +275,10 @@ def worker(spec: dict) -> dict:
     return result
 
 
-def run_worker(spec: dict, script: Path = Path(__file__)) -> dict:
+def run_worker(spec: dict, script: Path = Path(__file__), env: dict | None = None) -> dict:
     proc = subprocess.run(
         [sys.executable, str(script), "--worker", json.dumps(spec)],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, env={**os.environ, **(env or {})},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed for {spec}:\n{proc.stderr[-3000:]}")
@@ -369,8 +369,14 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int], widths: lis
     """Interleaved repeats of every configuration, ratios against MONAI, bf16 accuracy."""
     from useg.nets import preset as get_preset
 
-    configs = [("useg", "fp32", None), ("useg", "bf16", None)]
-    configs += [("monai", "fp32", fmt) for fmt in args.monai_formats]
+    # (kind, precision, MONAI memory format, label of extra environment for the worker)
+    configs: list[tuple[str, str, str | None, str | None]] = [
+        ("useg", "fp32", None, None), ("useg", "bf16", None, None)]
+    variants: dict[str, dict[str, str]] = getattr(args, "useg_env_variants", None) or {}
+    configs += [("useg", p, None, label) for label in variants for p in ("fp32", "bf16")]
+    configs += [("monai", "fp32", fmt, None) for fmt in args.monai_formats]
+    configs += [("monai", "fp32", fmt, label) for label in variants for fmt in args.monai_formats]
+    labels: dict[str, str | None] = {}
     results: dict = {}
     for size in sizes:
         image_path = tmp / f"image_{size}.npy"
@@ -381,15 +387,16 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int], widths: lis
             key = f"{preset} width {width}, {'x'.join([str(size)] * ndim)}"
             runs: dict[str, list[dict]] = {}
             for rep in range(args.repeats):
-                for kind, precision, fmt in configs:
-                    name = f"{kind} {precision}" + (f" ({fmt})" if fmt else "")
+                for kind, precision, fmt, label in configs:
+                    name = f"{kind} {precision}" + _suffix(fmt, label)
+                    labels[name] = label
                     spec = {"kind": kind, "ndim": ndim, "preset": preset, "width": width,
                             "precision": precision, "image": str(image_path),
                             "classes": cfg.classes, "memory_format": fmt, "roi": [roi] * ndim,
                             "overlap": 0.25, "threads": args.threads}
-                    if rep == 0 and kind == "useg":
+                    if rep == 0 and kind == "useg" and label is None:
                         spec["save"] = str(tmp / f"probs_{size}_{width}_{precision}.npy")
-                    r = run_worker(spec, script)
+                    r = run_worker(spec, script, variants.get(label or "", {}))
                     runs.setdefault(name, []).append(r)
                     rss = r["peak_rss_bytes"] / 2**30
                     print(f"  {key} | {name:<28} {r['seconds']:8.1f} s  "
@@ -397,8 +404,10 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int], widths: lis
                           f"{r['conv_gflops_fp32']:5.0f} GFLOP/s  load {r['loadavg_before']:.1f}",
                           flush=True)
             entry: dict[str, Any] = {"flops_per_output_pixel": fpp, "configurations": {}}
-            peer = "monai fp32 (contiguous)" if "contiguous" in args.monai_formats else None
             for name, rs in runs.items():
+                # MONAI in its first format, under the same environment as this configuration.
+                peer = f"monai fp32{_suffix(args.monai_formats[0], labels[name])}"
+                peer = peer if peer in runs else None
                 mps = [r["megapixels_per_s"] for r in rs]
                 # The limit in megapixels/s, from the convolution speed in the same process.
                 limit = [r["conv_gflops_fp32"] * 1e9 / fpp / 1e6 for r in rs]
@@ -425,6 +434,7 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int], widths: lis
                     ratios = [a["megapixels_per_s"] / b["megapixels_per_s"]
                               for a, b in zip(rs, runs[peer], strict=True)]
                     c["speed_vs_monai_fp32"] = summary(ratios)
+                    c["monai_peer"] = peer
                     c["speed_vs_monai_fp32_of_medians"] = float(
                         np.median(mps) / np.median([r["megapixels_per_s"] for r in runs[peer]]))
                     # CPU seconds are less sensitive than wall time to other users of the machine.
@@ -438,8 +448,14 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int], widths: lis
     return results
 
 
+def _suffix(fmt: str | None, label: str | None) -> str:
+    parts = [p for p in (fmt, label) if p]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def print_table(results: dict) -> None:
-    head = (f"{'configuration':<58}{'MP/s':>8}{'min-max':>16}{'x MONAI':>9}{'(cpu s)':>9}"
+    w = max([58] + [len(f"{k} | {n}") + 2 for k, e in results.items() for n in e["configurations"]])
+    head = (f"{'configuration':<{w}}{'MP/s':>8}{'min-max':>16}{'x MONAI':>9}{'(cpu s)':>9}"
             f"{'of limit':>10}{'RSS GiB':>9}")
     print(head)
     for key, entry in results.items():
@@ -450,12 +466,12 @@ def print_table(results: dict) -> None:
             spread = f"{m['min']:.3f}-{m['max']:.3f}"
             ratio_text = "" if ratio is None else f"{ratio:.2f}"
             cpu_text = "" if cpu is None else f"{cpu:.2f}"
-            print(f"{key + ' | ' + name:<58}{m['median']:>8.3f}{spread:>16}{ratio_text:>9}"
+            print(f"{key + ' | ' + name:<{w}}{m['median']:>8.3f}{spread:>16}{ratio_text:>9}"
                   f"{cpu_text:>9}"
                   f"{c['fraction_of_fp32_limit']['median']:>10.2f}"
                   f"{c['peak_rss_bytes']['median'] / 2**30:>9.2f}")
         acc = entry["bf16_vs_fp32_accuracy"]
-        print(f"{key + ' | bf16 vs fp32':<58} max |dp| {acc['max_abs_diff']:.2e}, "
+        print(f"{key + ' | bf16 vs fp32':<{w}} max |dp| {acc['max_abs_diff']:.2e}, "
               f"changed labels {acc['changed_label_fraction']:.2e}")
 
 
@@ -526,7 +542,7 @@ def main() -> None:
     print(f"elapsed {result['elapsed_s'] / 60:.1f} min -> {args.output}")
 
 
-PARTS = ("speed", "profile", "memory")
+PARTS = ("speed", "profile", "memory", "allocator")
 
 
 def merge_parts(path: Path, result: dict) -> dict:

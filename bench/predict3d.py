@@ -1,7 +1,7 @@
 """Prediction speed and memory on CPU, 3D: useg's overlap tiles against MONAI's sliding window.
 
 Run: .venv/bin/python bench/predict3d.py [--quick] [--sizes 256] [--widths 16] [--repeats 1]
-     [--roi 128]
+     [--roi 128] [--keep-freed] [--profile] [--no-speed]
 
 The 3D counterpart of bench/predict.py (same worker, same measurements): the 3D U-Net
 (``cicek2016``, with running batch-norm statistics, ``batch_stats=False``) on a cube of synthetic
@@ -18,6 +18,11 @@ goes, after two warm-up passes: wall, user and system CPU seconds, minor page fa
 profiler's self CPU time per operator group, once with glibc's allocator as it comes and once
 with its mmap and trim thresholds raised from the process's start (``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``), which keeps freed activations for reuse instead of unmapping them.
+
+``--keep-freed`` measures that setting (the README's optional one for 3D on Linux) on whole
+volumes, with its memory cost: useg fp32 and bf16 and MONAI channels-last, each with glibc as it
+comes and with the thresholds raised from the worker's start; every ratio to MONAI is taken under
+the same setting for both (the ``allocator`` part of the results).
 
 Results: bench/results/predict3d.json (a run keeps the parts it did not measure, each with the
 command that did).
@@ -53,6 +58,10 @@ GROUPS = {
     "aten::clamp_min_": "ReLU",
 }
 
+# glibc's allocator settings, from the process's start, that keep freed blocks for reuse instead
+# of returning every block over 32 MiB to the kernel (which then faults and zeroes it again).
+KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,6 +77,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="profile one tile with and without keeping freed memory")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
+    parser.add_argument("--keep-freed", action="store_true",
+                        help="also time useg with glibc keeping freed memory (set at its start)")
     parser.add_argument("--profile-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile_worker:
@@ -90,6 +101,7 @@ def main() -> None:
             "limit": "conv GFLOP/s of a 64->64 3x3x3 conv at 64^3 channels_last_3d (mean of "
                      "before and after each prediction, same process) / FLOPs per output voxel",
             "torch_threads": args.threads or "all (torch default)",
+            "freed memory kept": f"environment from the worker's start: {KEEP_FREED}",
         },
     }
     if not args.no_speed:
@@ -97,6 +109,14 @@ def main() -> None:
             print(f"speed: sizes {sizes}, widths {widths}, {args.repeats} repeat(s)", flush=True)
             result["speed"] = speed_comparison(args, 3, "cicek2016", sizes, widths, roi,
                                                Path(tmp), HERE / "predict.py")
+    if args.keep_freed:
+        with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
+            print(f"allocator: sizes {sizes}, widths {widths}", flush=True)
+            variant = argparse.Namespace(**{
+                **vars(args), "monai_formats": ["channels_last"],
+                "useg_env_variants": {"freed memory kept": KEEP_FREED}})
+            result["allocator"] = speed_comparison(variant, 3, "cicek2016", sizes, widths, roi,
+                                                   Path(tmp), HERE / "predict.py")
     if args.profile:
         result["profile"] = {f"width {w}, {s}^3": profile_part(w, s) for s in sizes for w in widths}
     result["elapsed_s"] = time.time() - started
@@ -105,8 +125,9 @@ def main() -> None:
     tmp_out = args.output.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")
     tmp_out.replace(args.output)
-    if "speed" in result:
-        print_table(result["speed"])
+    for part in ("speed", "allocator"):
+        if part in result:
+            print_table(result[part])
     for key, part in result.get("profile", {}).items():
         print_profile(key, part)
     print(f"elapsed {result['elapsed_s'] / 60:.1f} min -> {args.output}")
@@ -121,8 +142,7 @@ def profile_part(width: int, size: int) -> dict:
     # The tile predict uses, the same for both runs.
     tile = default_tile(UNet("cicek2016", width=width, batch_stats=False), (size,) * 3)
     part: dict[str, Any] = {"tile": list(tile)}
-    keep = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
-    for name, env in (("allocator default", {}), ("keep freed memory", keep)):
+    for name, env in (("allocator default", {}), ("keep freed memory", KEEP_FREED)):
         proc = subprocess.run(
             [sys.executable, __file__, "--profile-worker",
              json.dumps({"width": width, "tile": list(tile)})],

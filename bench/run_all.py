@@ -24,7 +24,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "weightmap": (["bench/weightmap.py"], "weightmap.json"),
     "augment": (["bench/augment.py"], "augment.json"),
     "predict": (["bench/predict.py"], "predict.json"),
-    "predict3d": (["bench/predict3d.py", "--widths", "16", "32", "--profile"], "predict3d.json"),
+    "predict3d": (["bench/predict3d.py", "--widths", "16", "32", "--profile", "--keep-freed"],
+                  "predict3d.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
@@ -104,6 +105,13 @@ def _prediction(d):
                          "fraction of the fp32 limit",
                          f"{_fmt(_get(c, 'speed_vs_monai_fp32', 'median'))}x / {vs_cl} / "
                          f"{_fmt(_get(c, 'fraction_of_fp32_limit', 'median'))}"))
+    for case, v in _get(d, "allocator", default={}).items():
+        for name, c in v.get("configurations", {}).items():
+            rows.append((f"{case}, {name}: megavoxels/s / speed vs {c.get('monai_peer', '-')} / "
+                         "peak RSS",
+                         f"{_fmt(_get(c, 'megapixels_per_s', 'median'))} / "
+                         f"{_fmt(_get(c, 'speed_vs_monai_fp32', 'median'))}x / "
+                         f"{_fmt(_get(c, 'peak_rss_bytes', 'median') / 2**30)} GiB"))
     profile = _get(d, "profile", default={})
     for case, part in (profile.items() if isinstance(profile, dict) else []):
         plain = _get(part, "allocator default", default={})
