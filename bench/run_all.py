@@ -107,11 +107,13 @@ def _prediction(d):
                          f"{_fmt(_get(c, 'fraction_of_fp32_limit', 'median'))}"))
     for case, v in _get(d, "allocator", default={}).items():
         for name, c in v.get("configurations", {}).items():
-            rows.append((f"{case}, {name}: megavoxels/s / speed vs {c.get('monai_peer', '-')} / "
-                         "peak RSS",
-                         f"{_fmt(_get(c, 'megapixels_per_s', 'median'))} / "
-                         f"{_fmt(_get(c, 'speed_vs_monai_fp32', 'median'))}x / "
-                         f"{_fmt(_get(c, 'peak_rss_bytes', 'median') / 2**30)} GiB"))
+            ratio = _get(c, "speed_vs_monai_fp32", "median")
+            vs = f" / speed vs {c['monai_peer']}" if "monai_peer" in c else ""
+            rss = _get(c, "peak_rss_bytes", "median", default=0) / 2**30
+            rows.append((f"{case}, {name}: megavoxels/s{vs} / peak RSS",
+                         f"{_fmt(_get(c, 'megapixels_per_s', 'median'))}"
+                         + (f" / {_fmt(ratio)}x" if ratio is not None else "")
+                         + f" / {_fmt(rss)} GiB"))
     profile = _get(d, "profile", default={})
     for case, part in (profile.items() if isinstance(profile, dict) else []):
         plain = _get(part, "allocator default", default={})
