@@ -275,9 +275,12 @@ def worker(spec: dict) -> dict:
     return result
 
 
-def run_worker(spec: dict, script: Path = Path(__file__), env: dict | None = None) -> dict:
+def run_worker(spec: dict, script: Path = Path(__file__), env: dict | None = None,
+               flag: str = "--worker") -> dict:
+    """Run ``script flag spec`` in a fresh process (with ``env`` added to this one's) and return
+    the JSON it prints last."""
     proc = subprocess.run(
-        [sys.executable, str(script), "--worker", json.dumps(spec)],
+        [sys.executable, str(script), flag, json.dumps(spec)],
         capture_output=True, text=True, check=False, env={**os.environ, **(env or {})},
     )
     if proc.returncode != 0:

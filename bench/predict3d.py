@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +44,7 @@ from predict import (
     machine_info,
     merge_parts,
     print_table,
+    run_worker,
     speed_comparison,
 )
 
@@ -143,14 +142,8 @@ def profile_part(width: int, size: int) -> dict:
     tile = default_tile(UNet("cicek2016", width=width, batch_stats=False), (size,) * 3)
     part: dict[str, Any] = {"tile": list(tile)}
     for name, env in (("allocator default", {}), ("keep freed memory", KEEP_FREED)):
-        proc = subprocess.run(
-            [sys.executable, __file__, "--profile-worker",
-             json.dumps({"width": width, "tile": list(tile)})],
-            capture_output=True, text=True, check=False, env={**os.environ, **env},
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"profile worker failed:\n{proc.stderr[-3000:]}")
-        part[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        part[name] = run_worker({"width": width, "tile": list(tile)}, Path(__file__), env,
+                                flag="--profile-worker")
     return part
 
 
