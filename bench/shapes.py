@@ -3,7 +3,9 @@
 Prints, for ``ronneberger2015`` and ``cicek2016``: parameter count, number of convolution
 layers, halo, smallest valid input, and valid input sizes with their outputs; then stitches a
 large image from overlap tiles with the full 2D preset and reports the largest difference from
-one forward pass over the whole mirror-padded image (fp32 and fp64).
+one forward pass over the whole mirror-padded image (fp32 and fp64), and does the same for a
+narrow ``cicek2016`` (batch norm with running statistics, after a few training-mode passes) with
+several tile shapes through ``useg.predict.predict`` (fp32, probabilities).
 
 Run: ``.venv/bin/python bench/shapes.py [--quick]``
 """
@@ -61,6 +63,39 @@ def seam_test(dtype: torch.dtype, size: int, tile: int) -> dict:
             "max_abs_output": float(np.abs(whole).max()), "seconds_tiled": round(t_tiles, 2)}
 
 
+def seam_test_3d(width: int = 4, shape: tuple[int, ...] = (13, 17, 21)) -> dict:
+    """The ``cicek2016`` preset at a narrow ``width``: probabilities of several tile plans
+    against one pass over the whole mirror-padded volume."""
+    from useg.predict import predict, whole_image_tile
+
+    torch.manual_seed(0)
+    net = UNet(preset("cicek2016", in_channels=1, classes=3, width=width))
+    # Training-mode passes move the running statistics away from their initial 0 and 1.
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(2.0 + 3.0 * torch.randn(2, 1, 92, 92, 92))
+    net.eval()
+    cfg = net.config
+    image = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    unchanged = {"offset": [0.0], "scale": [1.0]}
+    whole_tile = whole_image_tile(net, shape)
+    plan = plan_tiles(shape, whole_tile, halo(cfg), 0, pool_step(cfg))
+    pads = [(0, 0)] + [(c, p - s - c)
+                       for c, p, s in zip(plan.context, plan.padded_shape(), shape, strict=True)]
+    with torch.no_grad():
+        logits = net(torch.from_numpy(np.pad(image, pads, mode="reflect")[None]))[0]
+    whole = torch.softmax(logits, 0).numpy()[(slice(None), *(slice(0, n) for n in shape))]
+    rows = []
+    for tile in ((100, 108, 116), (108, 100, 108), (100, 100, 100)):
+        tiled = predict(net, image, tile=tile, device="cpu", precision="fp32", stats=unchanged)
+        rows.append({"tile": list(tile), "tiles": len(plan_tiles(shape, tile, halo(cfg), 0,
+                                                                 pool_step(cfg))),
+                     "max_abs_diff": float(np.abs(tiled - whole).max())})
+    return {"preset": f"cicek2016 width {width}", "batch_stats": cfg.batch_stats,
+            "image": list(shape), "whole_tile": list(whole_tile), "tiles": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="skip the full-size seam test")
@@ -102,9 +137,18 @@ def main() -> None:
             print(f"{s['dtype']:>8} | {str(s['image']):>10} | {str(s['tile']):>10} | "
                   f"{s['tiles']:5d} | {s['max_abs_diff']:.3g} (outputs up to "
                   f"{s['max_abs_output']:.3g})")
+    seam_3d = None
+    if not args.quick:
+        seam_3d = seam_test_3d()
+        print(f"\nseam test, {seam_3d['preset']} (running statistics), image "
+              f"{seam_3d['image']}, fp32 probabilities:")
+        for r in seam_3d["tiles"]:
+            print(f"{str(r['tile']):>16} | {r['tiles']:3d} tiles | max |tiled - whole| "
+                  f"{r['max_abs_diff']:.3g}")
     RESULTS.mkdir(exist_ok=True)
     out = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-           "torch": torch.__version__, "presets": tables, "seam_test": seams}
+           "torch": torch.__version__, "presets": tables, "seam_test": seams,
+           "seam_test_3d": seam_3d}
     (RESULTS / "shapes.json").write_text(json.dumps(out, indent=2))
 
 

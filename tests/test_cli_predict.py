@@ -1,3 +1,6 @@
+import importlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -95,3 +98,117 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, model_path, monkeypa
                  "--quiet"]) == 130
     names = sorted(p.name for p in (tmp_path / "o").iterdir())
     assert names == ["a_probs.tif"]  # complete, and nothing half-written beside it
+
+
+def _png(path, rng, shape=(40, 40)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["two folders", "two files", "png and tif in one folder"])
+def test_two_inputs_writing_one_result_are_refused_before_predicting(
+        tmp_path, model_path, rng, capsys, monkeypatch, layout):
+    predict_module = importlib.import_module("useg.predict")  # useg.predict is the function
+    if layout == "png and tif in one folder":
+        first = _png(tmp_path / "a/x.png", rng)
+        second = tmp_path / "a/x.tif"
+        tifffile.imwrite(second, np.zeros((40, 40), np.uint8))
+        inputs = [tmp_path / "a"]
+    else:
+        first, second = _png(tmp_path / "a/x.png", rng), _png(tmp_path / "b/x.png", rng)
+        inputs = [first, second] if layout == "two files" else [tmp_path / "a", tmp_path / "b"]
+    predicted = []
+    monkeypatch.setattr(predict_module, "predict_file", lambda *a, **k: predicted.append(a) or {})
+    out = tmp_path / "out"
+    code = main(["predict", *map(str, inputs), "--model", str(model_path), "--out", str(out),
+                 "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and str(first) in err and str(second) in err, err
+    assert "x_probs.tif" in err
+    assert predicted == [] and not out.exists()  # refused before the first image
+
+
+def test_results_keep_the_path_relative_to_the_input_folder(tmp_path, model_path, rng):
+    from useg import io
+    from useg.checkpoint import load_model
+    from useg.predict import predict_file
+
+    _png(tmp_path / "in/x.png", rng)
+    _png(tmp_path / "in/day1/x.png", rng)  # folders are not searched recursively
+    plan = io.plan_results([tmp_path / "in"], tmp_path / "out", probabilities=False)
+    assert [(p.relative_to(tmp_path), n, r["labels"].relative_to(tmp_path))
+            for p, n, r in plan] == [(Path("in/x.png"), Path("x.png"), Path("out/x_labels.tif"))]
+    # A name with sub-folders (an image found below the folder given) mirrors them under out.
+    written = predict_file(load_model(model_path), tmp_path / "in/day1/x.png", tmp_path / "out",
+                           name=Path("day1/x.png"), tile=60, device="cpu")
+    assert written == {"probabilities": tmp_path / "out/day1/x_probs.tif",
+                       "labels": tmp_path / "out/day1/x_labels.tif"}
+    assert all(p.exists() for p in written.values())
+
+
+def test_existing_results_are_kept_unless_overwrite(tmp_path, model_path, rng, capsys):
+    img = _png(tmp_path / "x.png", rng)
+    out = tmp_path / "out"
+    out.mkdir()
+    labels = out / "x_labels.tif"
+    labels.write_bytes(b"an earlier result")
+    argv = ["predict", str(img), "--model", str(model_path), "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(labels) in err and "--overwrite" in err, err
+    assert labels.read_bytes() == b"an earlier result"
+    assert not (out / "x_probs.tif").exists()  # nothing was predicted
+    assert main([*argv, "--overwrite"]) == 0
+    assert tifffile.imread(labels).shape == (40, 40)
+
+
+def test_a_result_never_replaces_an_input(tmp_path, model_path, rng, capsys):
+    folder = tmp_path / "in"
+    _png(folder / "x.png", rng)
+    tifffile.imwrite(folder / "x_labels.tif", np.zeros((40, 40), np.uint8))
+    code = main(["predict", str(folder), "--model", str(model_path), "--out", str(folder),
+                 "--overwrite", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "replace the input" in err, err
+    assert not tifffile.imread(folder / "x_labels.tif").any()
+
+
+@pytest.mark.parametrize("option", [["--workers", "2"], ["--scheduler", "threads"],
+                                    ["--block", "64"]])
+def test_dask_options_without_dask_are_refused(tmp_path, model_path, rng, capsys, option):
+    img = _png(tmp_path / "x.png", rng)
+    out = tmp_path / "out"
+    code = main(["predict", str(img), "--model", str(model_path), "--out", str(out), "--quiet",
+                 *option])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and option[0] in err, err
+    assert "--dask" in err and not out.exists()
+
+
+def test_torch_threads_sets_the_threads_of_the_prediction(tmp_path, model_path, rng, capsys,
+                                                          monkeypatch):
+    import torch
+
+    predict_module = importlib.import_module("useg.predict")
+    img = _png(tmp_path / "x.png", rng)
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    seen = []
+    real = predict_module.predict_file
+
+    def record(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(predict_module, "predict_file", record)
+    try:
+        assert main(["predict", str(img), "--model", str(model_path), "--out",
+                     str(tmp_path / "out"), "--quiet", "--torch-threads", str(wanted)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [wanted]
+    assert main(["predict", str(img), "--model", str(model_path), "--out",
+                 str(tmp_path / "o2"), "--torch-threads", "0"]) == 2
+    assert "--torch-threads" in capsys.readouterr().err

@@ -268,3 +268,17 @@ def test_cli_dask_writes_probs_and_labels(case3d, tmp_path, capsys):
     assert "0 blocks computed, 12 already done" in capsys.readouterr().out
     assert main([*argv[:2], case3d["spec"], *argv[2:]]) == 2
     assert "one INPUT" in capsys.readouterr().err
+
+
+def test_batch_statistics_predict_as_one_block_or_refuse(tmp_path):
+    # Batch norm with the statistics of the batch: the output depends on the tile, so the
+    # whole volume is one tile and one block, whatever block size was asked for.
+    net = _net(UNetConfig(ndim=3, width=2, depth=1, classes=2, norm="batch", batch_stats=True))
+    vol = np.random.default_rng(4).integers(0, 256, (12, 20, 28)).astype(np.uint8)
+    with pytest.raises(ConfigError, match="depends on the tile"):
+        dp.predict_dask(net, vol, tmp_path / "tiled.zarr", block=8, tile=20, progress=False,
+                        scheduler="synchronous")
+    result = dp.predict_dask(net, vol, tmp_path / "o.zarr", block=8, progress=False,
+                             scheduler="synchronous")
+    assert result["blocks"] == 1
+    np.testing.assert_array_equal(_read(tmp_path / "o.zarr"), predict(net, vol, device="cpu"))

@@ -75,12 +75,14 @@ def test_cli_picks_pools_from_spacing(synthetic, tmp_path):
     run = tmp_path / "aniso"
     assert main(["densify", str(root / "vol.tif"), "--labels", str(root / "cells.tif"),
                  "--slices", "z=4", "--out", str(run), "--iterations", "1", "--spacing",
-                 "50,4,4", "--running-stats", *TINY]) == 0
+                 "50,4,4", "--batch-stats", *TINY]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["net"]["pool"] == [[1, 2, 2]] and cfg["spacing"] == [50.0, 4.0, 4.0]
     model = load_model(run / "last.safetensors")
     assert model.meta["spacing"] == [50.0, 4.0, 4.0]
-    assert model.config.batch_stats is False  # --running-stats
+    # --batch-stats: densify then predicted the volume in one pass (tiles would be refused).
+    assert model.config.batch_stats is True
+    assert (run / "vol_labels.tif").exists()
     assert model.downs[0].pool.kernel_size == (1, 2, 2)
     # --pool wins over the spacing rule; the files' spacing counts when --spacing is absent.
     def config(*options, file_spacing=None):
@@ -90,7 +92,8 @@ def test_cli_picks_pools_from_spacing(synthetic, tmp_path):
     assert config("--spacing", "50,4,4", "--pool", "2x2x2")["net"]["pool"] == [[2, 2, 2]]
     assert config("--depth", "2", file_spacing=(5.0, 1.0, 1.0))["net"]["pool"] == [[1, 2, 2]] * 2
     assert config(file_spacing=(1.0, 1.0, 1.0))["net"]["pool"] is None
-    assert config()["net"]["batch_stats"] is True  # cicek2016: the paper's batch statistics
+    assert config()["net"]["batch_stats"] is False  # cicek2016: running statistics to predict
+    assert config("--running-stats")["net"]["batch_stats"] is False
     with pytest.raises(ValueError, match="--spacing needs 3 values"):
         config("--spacing", "4,4")
 
@@ -182,7 +185,7 @@ def test_densify_synthetic_end_to_end(synthetic, tmp_path):
     assert np.allclose(probs.sum(axis=0), 1, atol=1e-4)
     assert np.array_equal(labels, np.argmax(probs, axis=0))
     info = model_info(run / "last.safetensors")
-    assert info["labels"]["mode"] == "boundary" and info["config"]["batch_stats"] is True
+    assert info["labels"]["mode"] == "boundary" and info["config"]["batch_stats"] is False
     assert [s for s, _ in _losses(run)] == [2, 4]
     # An existing run is not overwritten.
     assert main(["densify", str(root / "vol.tif"), "--labels", str(root / "cells.tif"),
@@ -240,6 +243,31 @@ def test_densify_resume_matches_uninterrupted(synthetic, tmp_path, monkeypatch):
     assert np.allclose(a, b, atol=1e-5)
     # --resume of a folder without a densify run
     assert main(["densify", "--resume", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_densify_resume_extends_the_run_and_refuses_other_changes(synthetic, tmp_path, capsys):
+    root, _, _ = synthetic
+    run = tmp_path / "run"
+    assert main(["densify", str(root / "vol.tif"), "--labels", str(root / "cells.tif"),
+                 "--slices", "z=6", "--iterations", "2", "--no-augment", *TINY, "--out",
+                 str(run)]) == 0
+    state = (run / "state.safetensors").read_bytes()
+    capsys.readouterr()
+    for option, flag in ((["--lr", "0.5"], "--lr"), (["--slices", "z=7"], "--slices"),
+                         (["--depth", "2"], "--depth")):
+        code = main(["densify", "--resume", "--out", str(run), "--iterations", "4", *option])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and flag in err, err
+    assert (run / "state.safetensors").read_bytes() == state
+    before = io.read_image(run / "vol_probs.tif")[0]
+    # Given as saved, or changing only how or how long the run goes: honoured.
+    assert main(["densify", "--resume", "--out", str(run), "--iterations", "4", "--slices", "z=6",
+                 "--no-augment", "--quiet", "--device", "cpu", "--no-probs"]) == 0
+    assert [s for s, _ in _losses(run)] == [2, 4]
+    assert json.loads((run / "config.json").read_text())["iterations"] == 4
+    # The segmentation is written again from the longer-trained model; --no-probs is honoured.
+    assert np.array_equal(io.read_image(run / "vol_probs.tif")[0], before)
+    assert load_model(run / "last.safetensors").meta["step"] == 4
 
 
 def test_densify_bad_inputs(synthetic, tmp_path, capsys):

@@ -1,5 +1,7 @@
 """Multi-process training with torchrun (gloo on CPU) equals one process with the global batch."""
 
+import csv
+import json
 import os
 import re
 import subprocess
@@ -7,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from useg.checkpoint import load_model
@@ -23,29 +26,71 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
               "--iterations", "6", "--checkpoint-every", "3", "--log-every", "1",
               "--workers", "0", "--seed", "11", "--quiet", "--device", "cpu"]
     assert main(["train", *common, "--batch-size", "2", "--out", str(tmp_path / "one")]) == 0
+    # The two-process run is stopped part-way and resumed, which the comparison covers too:
+    # rank 0 dies right after its first checkpoint (step 3 of 6), and resuming must run steps
+    # 4 to 6 from there. (One pair of torchrun launches keeps the test short on two cores.)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "useg", "train", *common, "--batch-size", "1", "--out", str(tmp_path / "two")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]
+    script = tmp_path / "stop_after_first_checkpoint.py"
+    script.write_text(_STOP_AFTER_FIRST_CHECKPOINT)
+    two = tmp_path / "two"
+    cmd = [*torchrun, str(script), "train", *common, "--batch-size", "1", "--out", str(two)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0, done.stderr[-2000:]
+    assert _step(two) == 3 and _logged_steps(two) == [1, 2, 3]  # stopped part-way
+    # Before the stop, each step's loss is that of one process with the double batch.
+    assert _losses(two) == pytest.approx(_losses(tmp_path / "one")[:3], rel=1e-5)
+    cmd = [*torchrun, "-m", "useg", "train", "--resume", "--out", str(two), "--quiet"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
+    # The remaining steps ran after resuming, logged once each by rank 0 only...
+    assert _step(two) == 6 and _logged_steps(two) == [1, 2, 3, 4, 5, 6]
+    assert _losses(two) == pytest.approx(_losses(tmp_path / "one"), rel=1e-5)
+    # ...and end with the weights of the uninterrupted single-process run.
     one = load_file(tmp_path / "one/last.safetensors")
-    two = load_file(tmp_path / "two/last.safetensors")
-    assert one.keys() == two.keys()
+    resumed = load_file(two / "last.safetensors")
+    assert one.keys() == resumed.keys()
     for key in one:
-        torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(resumed[key], one[key], atol=1e-6, rtol=1e-5)
     # The weights moved: the comparison is not between two untouched initialisations.
     torch.manual_seed(11)
     initial = UNet(load_model(tmp_path / "one/last.safetensors").config).state_dict()
     assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 1e-3
-    log = (tmp_path / "two/log.csv").read_text().splitlines()
-    assert len(log) == 7  # header + one row per step, written by rank 0 only
 
-    # Resume works in the multi-process run too.
-    cmd_resume = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                  "--nproc_per_node", "2", "-m", "useg", "train", "--resume", "--out",
-                  str(tmp_path / "two"), "--quiet"]
-    done = subprocess.run(cmd_resume, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-2000:]
+
+_STOP_AFTER_FIRST_CHECKPOINT = """
+import sys
+
+import useg.train
+from useg.cli import main
+
+real = useg.train.plot_curves
+
+
+def stop(rows, path):  # the last thing rank 0 does for a checkpoint
+    real(rows, path)
+    raise SystemExit(3)
+
+
+useg.train.plot_curves = stop
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _step(run):
+    with safe_open(str(run / "state.safetensors"), framework="pt") as f:
+        return json.loads(f.metadata()["useg_state"])["info"]["step"]
+
+
+def _logged_steps(run):
+    with open(run / "log.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+def _losses(run):
+    with open(run / "log.csv") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
 
 
 _REDUCE_SCRIPT = """

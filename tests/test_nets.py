@@ -56,6 +56,10 @@ def test_cicek2016_parameter_count_and_shapes():
     cfg = preset("cicek2016", in_channels=3, classes=3)
     net = UNet(cfg)
     assert _n_params(net) == 19_069_955
+    # Batch norm predicts with the running statistics of training (Caffe's test phase), which
+    # are buffers, not parameters: overlap tiles stay seamless (tests/test_tiling.py).
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm3d)]
+    assert len(norms) == 14 and all(m.running_mean is not None for m in norms)
     # Caffe's batch norm has no affine parameters and the up-convolutions no bias.
     assert not any(isinstance(m, nn.BatchNorm3d) and m.affine for m in net.modules())
     assert all(m.bias is None for m in net.modules() if isinstance(m, nn.ConvTranspose3d))

@@ -164,3 +164,90 @@ def test_plan_errors():
         plan_tiles((0, 100), tile=50, halo=5)
     with pytest.raises(ConfigError, match="returned tiles of shape"):
         predict_tiled(lambda x: x, np.zeros((1, 30, 30)), tile=20, halo=2, out_channels=1)
+
+
+# ------------------------------------------------------------- batch norm: the 3D U-Net preset
+
+# Odd sizes, so that every tile plan mirrors context at the far borders too.
+VOLUME = (1, 13, 17, 21)
+UNCHANGED = {"offset": [0.0], "scale": [1.0]}  # predict sees the image as it is
+
+
+def _after_training_passes(net, passes=3):
+    """The network in eval mode after a few training-mode passes over inputs of mean 2 and
+    std 3, so that batch norm's running statistics are far from their initial 0 and 1."""
+    generator = torch.Generator().manual_seed(0)
+    net.train()
+    with torch.no_grad():
+        for _ in range(passes):
+            x = 2.0 + 3.0 * torch.randn((2, 1, 92, 92, 92), generator=generator)
+            net(x)
+    return net.eval()
+
+
+def _one_pass_probabilities(net, image):
+    """Softmax of one forward pass over the image mirror-padded for a single covering tile."""
+    from useg.predict import whole_image_tile
+
+    cfg = net.config
+    plan = plan_tiles(image.shape[1:], whole_image_tile(net, image.shape[1:]), halo(cfg), 0,
+                      pool_step(cfg))
+    assert len(plan) == 1
+    return torch.softmax(torch.from_numpy(_whole_image_pass(net, image, plan)), 0).numpy()
+
+
+@pytest.fixture(scope="module")
+def cicek2016():
+    torch.manual_seed(0)
+    return _after_training_passes(UNet("cicek2016", width=2, in_channels=1, classes=3))
+
+
+@pytest.mark.parametrize("tile, counts", [((100, 108, 116), (2, 1, 1)),
+                                          ((108, 100, 108), (1, 2, 2))])
+def test_cicek2016_preset_is_seamless(cicek2016, tile, counts, rng):
+    from useg.predict import predict
+
+    net = cicek2016
+    means = [m.running_mean for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert means and max(float(m.abs().max()) for m in means) > 0.5  # not the initial zeros
+    image = rng.standard_normal(VOLUME).astype(np.float32)
+    assert plan_tiles(VOLUME[1:], tile, halo(net.config), 0, pool_step(net.config)).counts \
+        == counts
+    tiled = predict(net, image, tile=tile, device="cpu", stats=UNCHANGED, batch_size=2)
+    whole = _one_pass_probabilities(net, image)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
+
+
+def test_batch_statistics_predict_in_one_pass_or_refuse(tmp_path, rng, capsys):
+    from useg.checkpoint import load_model, save_model
+    from useg.cli import main
+    from useg.io import write_image
+    from useg.predict import predict
+
+    torch.manual_seed(0)
+    net = UNet("cicek2016", width=2, depth=2, in_channels=1, classes=2, batch_stats=True)
+    path = save_model(net, tmp_path / "batch-stats.safetensors")
+    model = load_model(path)
+    image = rng.standard_normal(VOLUME).astype(np.float32)
+    whole = _one_pass_probabilities(model, image)
+    # Each tile normalised by its own statistics: tiles would not give the whole-image result.
+    cfg = model.config
+    tiled = predict_tiled(_net_predictor(model), image, tile=60, out_channels=2,
+                          halo=halo(cfg), step=pool_step(cfg))
+    assert np.abs(torch.softmax(torch.from_numpy(tiled), 0).numpy() - whole).max() > 1e-2
+    # So predict refuses tiles, and predicts in one pass over the whole image without one.
+    with pytest.raises(ConfigError, match=f"model {path} .*depends on the tile.*running-stats"):
+        predict(model, image, tile=60, device="cpu", stats=UNCHANGED)
+    one_pass = predict(model, image, device="cpu", stats=UNCHANGED)
+    np.testing.assert_allclose(one_pass, whole, atol=1e-5, rtol=0)
+    # The memory budget does not choose a tile for it (here, one of 44^3 would fit).
+    from useg.predict import default_tile, whole_image_tile
+
+    assert default_tile(model, VOLUME[1:], budget_bytes=1 << 20) == whole_image_tile(
+        model, VOLUME[1:])
+    # useg predict: one line, exit code 2.
+    write_image(tmp_path / "v.tif", image, axes="CZYX")
+    assert main(["predict", str(tmp_path / "v.tif"), "--model", str(path), "--out",
+                 str(tmp_path / "out"), "--tile", "60", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "depends on the tile" in err and str(path) in err

@@ -74,6 +74,10 @@ def test_train_writes_run_folder(dataset, tmp_path):
     assert any(r.get("val_iou") for r in rows)
     model = load_model(out / "last.safetensors")
     assert model.config.width == 2 and model.meta["normalization"]["mode"] == "percentile"
+    # sigma is in pixels whatever the files' calibration; the run and the model say so.
+    config = json.loads((out / "config.json").read_text())
+    assert config["sigma"] == 5.0 and config["sigma_unit"] == "pixels (finest axis)"
+    assert model.meta["provenance"]["config"]["sigma_unit"] == "pixels (finest axis)"
     assert not list(out.glob(".*tmp*"))
     # An existing run is not overwritten without --resume.
     assert main(_cmd(dataset, out)) == 2
@@ -162,3 +166,160 @@ def test_divergence_is_reported_at_its_step_whatever_the_log_interval(tmp_path):
             with safe_open(str(out / "state.safetensors"), framework="pt") as f:
                 assert json.loads(f.metadata()["useg_state"])["info"]["step"] <= diverged
     assert messages[0] == messages[1] == messages[2]
+
+
+def _short(dataset, out, *extra):
+    return ["train", "--images", str(dataset / "train/images"), "--labels",
+            str(dataset / "train/labels"), "--out", str(out), "--iterations", "6",
+            "--checkpoint-every", "4", "--log-every", "3", "--quiet", *TINY, *extra]
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def test_resume_with_more_iterations_extends_the_run(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_short(dataset, run)) == 0
+    before = _weights(run / "last.safetensors")
+    assert main(["train", "--resume", "--out", str(run), "--quiet", "--iterations", "9"]) == 0
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [3, 6, 9]  # the extra steps ran and were logged
+    with safe_open(str(run / "state.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["useg_state"])["info"]["step"] == 9
+    after = _weights(run / "last.safetensors")
+    assert max(float((after[k] - before[k]).abs().max()) for k in before) > 0
+    # The schedule is recomputed over the new total: poly at the last step, 8 of 9.
+    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * (1 - 8 / 9) ** 0.9)
+    assert json.loads((run / "config.json").read_text())["iterations"] == 9  # for the next one
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--quiet", "--iterations", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "9 steps" in err, err
+
+
+@pytest.fixture(scope="module")
+def finished(dataset, tmp_path_factory):
+    """A finished two-step run (tests that use it must leave it unchanged)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert main(_short(dataset, run, "--iterations", "2")) == 0
+    return run
+
+
+@pytest.mark.parametrize("option, flag", [
+    (["--lr", "0.1"], "--lr"),
+    (["--batch-size", "2"], "--batch-size"),
+    (["--width", "4"], "--width"),
+    (["--tile", "60"], "--tile"),
+    (["--no-augment"], "--no-augment"),
+    (["--schedule", "cosine"], "--schedule"),
+    (["--images", "{other}"], "--images"),
+    (["--preset", "cicek2016"], "--preset"),
+])
+def test_resume_refuses_an_option_that_differs_from_the_run(dataset, finished, capsys, option,
+                                                           flag):
+    run = finished
+    state = (run / "state.safetensors").read_bytes()
+    option = [o.format(other=dataset / "val/images") for o in option]
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--iterations", "4", *option]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err and "config.json" in err, err
+    assert (run / "state.safetensors").read_bytes() == state  # nothing ran
+
+
+def test_resume_accepts_options_equal_to_the_run_and_harmless_ones(dataset, tmp_path):
+    run = tmp_path / "run"
+    assert main(_short(dataset, run, "--iterations", "2")) == 0
+    # Given again as saved (the tile as given, before rounding; the default preset's name),
+    # or changing only how the run is executed.
+    assert main(["train", "--resume", "--out", str(run), "--quiet", "--iterations", "3",
+                 "--images", str(dataset / "train/images"), "--tile", "36", "--width", "2",
+                 "--lr", "0.01", "--preset", "ronneberger2015", "--seed", "3", "--workers", "1",
+                 "--device", "cpu"]) == 0
+    assert [s for s, _ in _losses(run)][-1] == 3
+    assert json.loads((run / "config.json").read_text())["workers"] == 1
+
+
+@pytest.mark.parametrize("mode", ["meanstd", "none"])
+def test_validation_scores_what_predicting_the_raw_image_scores(tmp_path, mode):
+    import torch
+
+    from useg.checkpoint import save_model
+    from useg.data import make_sample
+    from useg.nets import UNet, UNetConfig
+    from useg.predict import predict
+    from useg.synthetic import touching_cells
+    from useg.train import evaluate_samples
+
+    image, cells = touching_cells((64, 64), rng=4)
+    raw = image * 3.0 - 1.0  # not the 0..1 that the default percentile normalisation gives
+    normalization = {"mode": mode}
+    sample = make_sample(raw, cells, mode="instances", normalization=normalization)
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(ndim=2, width=4, depth=1))  # as train() holds it: no model file
+    # Shift the foreground logit so that half of the pixels are foreground on the image
+    # normalised once: then any other normalisation changes the answer.
+    once = {"offset": [0.0], "scale": [1.0]}
+    probs = predict(net, sample.image, tile=44, device="cpu", precision="fp32", stats=once)
+    with torch.no_grad():
+        net.head.bias[1] -= float(np.median(np.log(probs[1] / probs[0])))
+    scored = evaluate_samples(net, [sample], "cpu", tile=(44, 44), precision="fp32")
+    # What a user gets from the raw image with the saved model (normalised as its file says).
+    path = save_model(net, tmp_path / "m.safetensors", {"normalization": normalization})
+    pred = predict(load_model(path), raw, tile=44, device="cpu", precision="fp32").argmax(0)
+    assert 0.3 < pred.mean() < 0.7
+    truth = sample.target
+    iou = np.logical_and(pred == 1, truth == 1).sum() / np.logical_or(pred == 1, truth == 1).sum()
+    assert scored["val_iou"] == pytest.approx(float(iou), abs=1e-12)
+    assert scored["val_pixel_error"] == pytest.approx(float((pred != truth).mean()), abs=1e-12)
+
+
+def test_validation_of_a_batch_statistics_network_is_one_pass(tmp_path):
+    import torch
+
+    from useg.data import make_sample
+    from useg.nets import UNet, UNetConfig
+    from useg.predict import predict
+    from useg.synthetic import touching_cells
+    from useg.train import evaluate_samples
+
+    image, cells = touching_cells((64, 64), rng=4)
+    sample = make_sample(image, cells, mode="instances")
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(ndim=2, width=4, depth=1, norm="batch", batch_stats=True))
+    once = {"offset": [0.0], "scale": [1.0]}
+    probs = predict(net, sample.image, device="cpu", precision="fp32", stats=once)
+    with torch.no_grad():
+        net.head.bias[1] -= float(np.median(np.log(probs[1] / probs[0])))
+    # The training tile would normalise each tile by itself: validation predicts as
+    # useg predict does, in one pass over the whole image.
+    scored = evaluate_samples(net, [sample], "cpu", tile=(44, 44), precision="fp32")
+    pred = predict(net, sample.image, device="cpu", precision="fp32", stats=once).argmax(0)
+    assert 0.3 < pred.mean() < 0.7
+    assert scored["val_pixel_error"] == pytest.approx(
+        float((pred != sample.target).mean()), abs=1e-12)
+
+
+def test_sigma_unit_is_checked_when_a_configuration_is_read():
+    from useg.errors import ConfigError
+    from useg.train import TrainConfig
+
+    saved = TrainConfig(sigma=3.0).to_dict()
+    assert list(saved)[list(saved).index("sigma") + 1] == "sigma_unit"  # beside its value
+    assert TrainConfig.from_dict(saved).sigma == 3.0
+    with pytest.raises(ConfigError, match="sigma is given in 'um'"):
+        TrainConfig.from_dict({**saved, "sigma_unit": "um"})
+
+
+def test_train_resumed_in_python_refuses_a_config_that_differs(finished):
+    from useg.errors import ConfigError
+    from useg.train import TrainConfig, train
+
+    saved = json.loads((finished / "config.json").read_text())
+    with pytest.raises(ConfigError, match="seed = 3, not 4"):
+        train(TrainConfig.from_dict({**saved, "seed": 4}), [], finished, resume=True)
+    with pytest.raises(ConfigError, match="trained 2 steps already"):
+        train(TrainConfig.from_dict({**saved, "iterations": 1}), [], finished, resume=True)

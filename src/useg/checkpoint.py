@@ -121,7 +121,7 @@ def model_info(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNet:
-    """Load a model file; the header is available as ``model.meta``.
+    """Load a model file; the header is available as ``model.meta``, the file as ``model.path``.
 
     Raises :class:`~useg.errors.ModelFileError` for anything that is not a useg model file.
     """
@@ -152,4 +152,5 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
             )
     model.load_state_dict(tensors)
     model.meta = header
+    model.path = path  # for messages that name the model
     return model.to(device).eval()

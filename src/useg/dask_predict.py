@@ -399,7 +399,7 @@ def predict_dask(
     scheduler: Any = None,
     workers: int | None = None,
     tta: bool = False,
-    precision: str = "fp32",
+    precision: str = "auto",
     batch_size: int = 1,
     stats: dict[str, Any] | None = None,
     overwrite: bool = False,
@@ -444,7 +444,9 @@ def predict_dask(
         Workers of the local schedulers: threads (default 1: each block already uses torch's
         intra-op threads) or processes (default: one per core).
     tta, precision, batch_size
-        As for :func:`useg.predict.predict`.
+        As for :func:`useg.predict.predict`. Precision ``auto`` is resolved once, on this
+        machine for ``device`` (fp32 when that device is not here), so that every block runs in
+        the one precision the run records.
     stats : dict, optional
         Normalisation offsets and scales; computed from the whole image when omitted (one
         strided pass over it), or taken from the interrupted run being resumed.
@@ -486,6 +488,7 @@ def predict_dask(
     started = time.perf_counter()
     if output is None and labels is None:
         raise ConfigError("give output (probabilities) or labels, or both")
+    precision = _run_precision(precision, device)
     # Absolute specs: workers run in other folders, and a resumed run may be started elsewhere.
     outputs = {"probabilities": _absolute(output), "labels": _absolute(labels)}
     run_dir = _zarr_dir(outputs["probabilities"] or outputs["labels"]) / ".useg-run"
@@ -520,6 +523,22 @@ def predict_dask(
     finally:
         if tmp_model is not None:
             tmp_model.unlink(missing_ok=True)
+
+
+def _run_precision(precision: str, device: str) -> str:
+    """The one precision of a run: ``auto`` resolved here, the others checked."""
+    from useg.device import check_precision, resolve_device, resolve_precision
+
+    if str(device).lower() == "cpu":
+        return resolve_precision(precision, "cpu")  # warns here, not in a worker's log
+    if check_precision(precision) != "auto":
+        return precision
+    try:
+        here = resolve_device(device)
+    except ConfigError:
+        # The workers' GPUs are not visible from here; fp32 is never emulated.
+        return "fp32"
+    return resolve_precision("auto", here)
 
 
 def _absolute(spec: str | os.PathLike | None) -> str | None:

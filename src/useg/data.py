@@ -33,6 +33,7 @@ __all__ = [
     "boundary_target",
     "load_pairs",
     "make_sample",
+    "relative_spacing",
     "sparsify",
     "targets_from_labels",
 ]
@@ -211,6 +212,11 @@ def make_sample(
     The weight map is computed once per image from the un-augmented labels, as in the paper,
     and deformed together with them: ``w_c`` balances the classes over the labelled pixels and
     the border term (``w0``, ``sigma``; 0 disables it) separates touching objects.
+
+    ``sigma`` and the distances of the border term are in pixels of the finest axis: only the
+    relative ``spacing`` counts (an axis twice as coarse as the finest has steps of 2), so the
+    calibration a file happens to carry (a 72-dpi PNG, a TIFF in nanometres) does not change
+    the weights.
     """
     from useg.weights import border_weight_map, class_balance_weights
 
@@ -232,7 +238,8 @@ def make_sample(
     else:
         wc = labelled.astype(np.float32)
     if instances is not None and w0 > 0:
-        weight = border_weight_map(instances, w0=w0, sigma=sigma, spacing=spacing, class_weights=wc)
+        weight = border_weight_map(instances, w0=w0, sigma=sigma,
+                                   spacing=relative_spacing(spacing), class_weights=wc)
     else:
         weight = wc
     weight = np.where(labelled, weight, 0).astype(np.float32)
@@ -246,6 +253,26 @@ def make_sample(
         spacing=tuple(spacing) if spacing is not None else None,
         labelled=np.flatnonzero(labelled) if sparse else None,
     )
+
+
+def relative_spacing(spacing: Sequence[float] | None) -> tuple[float, ...] | None:
+    """Pixel size per axis in units of the finest axis, which is 1 (None stays None).
+
+    Training measures distances in pixels whatever the unit of the files' calibration;
+    only the anisotropy of a volume survives.
+
+    Examples
+    --------
+    >>> relative_spacing((0.5, 0.125, 0.125))
+    (4.0, 1.0, 1.0)
+    """
+    if spacing is None:
+        return None
+    values = tuple(float(s) for s in np.atleast_1d(spacing))
+    if not values or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ConfigError(f"spacing must be positive numbers, got {tuple(spacing)}")
+    finest = min(values)
+    return tuple(s / finest for s in values)
 
 
 def load_pairs(
@@ -354,7 +381,8 @@ class TileStream(torch.utils.data.IterableDataset):
     in_shape, out_shape : tuple of int
         Network input tile and output shape (``out = in - 2 * halo`` for valid padding).
     augment : dict or None
-        Options for :func:`useg.augment.random_augment` (None disables augmentation).
+        Options for :func:`useg.augment.augment_sample` (its ``options``; None disables
+        augmentation).
     seed : int
     start : int
         Index of the first item (the step to resume from, times the batch size).
@@ -502,10 +530,16 @@ class TileStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        position = worker
+        # A loader takes each batch whole from one worker, the workers in turn: each worker
+        # yields the whole batches of its turns, so that batch k holds positions k * B ... (B set
+        # by shard) whatever the number of workers, and a run resumed at any step sees the tiles
+        # of an uninterrupted one.
+        b = getattr(self, "batch_size", 1)
+        batch = worker
         while True:
-            yield self.item(self.global_index(position))
-            position += workers
+            for j in range(b):
+                yield self.item(self.global_index(batch * b + j))
+            batch += workers
 
 
 def _center(x: np.ndarray, shape: Sequence[int], channels: bool = False) -> np.ndarray:

@@ -210,7 +210,9 @@ def densify(
         Voxel size ((Z,) Y, X); overrides ``config.spacing``. Decides the rotation planes of
         the augmentation (all planes only for isotropic voxels) and is stored in the model.
     resume : bool
-        Continue the run in ``out_dir`` (its saved configuration wins over ``config``).
+        Continue the run in ``out_dir`` with its saved configuration; a ``config`` may change
+        only :data:`useg.train.RESUMABLE` settings (e.g. more ``iterations``) and is refused
+        otherwise.
     progress : bool
         Progress bars for training and prediction.
     image_name, labels_name : str
@@ -252,6 +254,12 @@ def densify(
     out = Path(out_dir)
     if resume:
         cfg = _saved_config(out)
+        if config is not None:
+            # The saved run, with what a resumed run may change (more iterations, another
+            # device...) taken from config; any other difference is refused.
+            from useg.train import _resume_config
+
+            cfg, _ = _resume_config(config, out)
     else:
         cfg = config if config is not None else default_config(
             image.ndim - 1, in_channels=image.shape[0], spacing=spacing)
@@ -293,13 +301,9 @@ def densify(
         )
     model_path = train(cfg, [sample], out, resume=resume, progress=progress)
     model = load_model(model_path)
-    # Batch norm with batch statistics normalises each tile by its own content: a valid
-    # network predicts with its training tile, so that the statistics match those of training
-    # (a same-padding network discards a margin of each tile and needs larger ones).
-    tile = None
-    if net.norm == "batch" and net.batch_stats and net.padding == "valid":
-        tile = cfg.tile
-    probs = predict(model, image, tile=tile, device=cfg.device, precision=cfg.precision,
+    # The tile comes from the memory budget, or is the whole volume for a network whose output
+    # depends on the tile (batch statistics): predict decides, as for useg predict.
+    probs = predict(model, image, device=cfg.device, precision=cfg.precision,
                     progress=progress)
     dtype = np.uint8 if net.classes <= 255 else np.uint16
     return DensifyResult(probs, most_likely_class(probs, dtype), model_path)

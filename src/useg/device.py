@@ -1,16 +1,51 @@
-"""Choosing the compute device and precision once, to pass down explicitly."""
+"""Choosing the compute device and precision once, to pass down explicitly.
+
+Precision ``auto`` picks the fastest of fp32 and bf16 that the device runs natively, and is never
+slower than fp32. On CPU, bf16 autocast is only fast with bf16 instructions (``avx512_bf16`` or
+``amx_bf16`` on x86, ``bf16`` on Arm); without them every bf16 operation is emulated through
+float32 and much slower than plain fp32. So ``auto`` takes bf16 on CPU only when the CPU flags
+say native AND a short measurement (a few convolutions in fp32 and in bf16 autocast) confirms it
+is faster. The measured answer is cached once per machine in ``$XDG_CACHE_HOME/useg`` (else
+``~/.cache/useg``), keyed by CPU model, relevant flags and torch version; ``USEG_PRECISION_CACHE=0``
+turns that file off (the answer is then measured once per process).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from useg.errors import ConfigError
+from useg.errors import ConfigError, UsegWarning
 
-__all__ = ["autocast", "resolve_device"]
+__all__ = [
+    "PRECISION_CHOICES",
+    "autocast",
+    "cpu_has_native_bf16",
+    "resolve_device",
+    "resolve_precision",
+]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+
+# CPU flags that mean bf16 arithmetic in hardware (x86: AVX-512 BF16 and AMX; Arm: FEAT_BF16).
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+# Flags that change how fast either precision runs; the cache key holds those the CPU has.
+_SPEED_FLAGS = NATIVE_BF16_FLAGS | {"avx2", "avx512f", "avx512_vnni", "amx_tile", "asimd", "sve"}
+
+# bf16 must beat fp32 by this factor in the measurement: a tie is not worth the lost precision.
+_MARGIN = 0.9
+_CACHE_FORMAT = "useg-precision-cache"
+_measured: dict[str, dict[str, Any]] = {}  # this process's measurements, by cache key
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -37,13 +72,211 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISION_CHOICES`, else a :class:`ConfigError`."""
+    if precision not in PRECISION_CHOICES:
+        raise ConfigError(
+            f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}"
+        )
+    return precision
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """Model name and flags of this machine's CPU, from ``/proc/cpuinfo`` (Linux).
+
+    Elsewhere the model is :func:`platform.processor` and the flags are empty, so bf16 counts as
+    not native there.
+    """
+    model, flags = "", frozenset()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:  # x86 / Arm
+            flags = frozenset(value.split())
+    return model or platform.processor() or platform.machine(), flags
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions, so that bf16 autocast is not emulated.
+
+    Examples
+    --------
+    >>> isinstance(cpu_has_native_bf16(), bool)
+    True
+    """
+    return bool(cpu_info()[1] & NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(precision: str = "auto", device: str | torch.device = "cpu") -> str:
+    """The precision to run on ``device``: ``auto`` resolved, the others checked.
+
+    Parameters
+    ----------
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        ``auto``: on CUDA, bf16 when the GPU supports it, else fp32; on CPU, bf16 only when the
+        CPU has bf16 instructions and a short measurement (cached per machine, see the module
+        docstring) finds it faster than fp32, else fp32.
+    device : str or torch.device
+        As for :func:`resolve_device`.
+
+    Returns
+    -------
+    str
+        ``fp32``, ``bf16`` or ``fp16``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown precision, or fp16 on CPU.
+
+    Warns
+    -----
+    UsegWarning
+        For bf16 on a CPU without bf16 instructions (emulated, likely much slower than fp32).
+
+    Examples
+    --------
+    >>> resolve_precision("fp32", "cpu")
+    'fp32'
+    """
+    check_precision(precision)
+    device = resolve_device(device)
+    if device.type == "cuda":
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return precision
+    if precision == "fp16":
+        raise ConfigError("fp16 needs CUDA; on CPU use precision auto, fp32 or bf16")
+    if precision == "auto":
+        return "bf16" if cpu_has_native_bf16() and _cpu_bf16_faster() else "fp32"
+    if precision == "bf16" and not cpu_has_native_bf16():
+        warnings.warn(
+            f"bf16 on this CPU ({cpu_info()[0]}) is emulated, without avx512_bf16 or amx_bf16 "
+            "instructions, and likely much slower than fp32; use precision auto or fp32 "
+            "(--precision auto)",
+            UsegWarning,
+            stacklevel=2,
+        )
+    return precision
+
+
 def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
-    """Mixed-precision context for ``precision`` in fp32 (none), bf16 or fp16 (CUDA only)."""
+    """Mixed-precision context for ``precision`` in fp32 (none), bf16 or fp16 (CUDA only).
+
+    ``auto`` must be resolved first (:func:`resolve_precision`).
+    """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("fp16 autocast needs CUDA; use bf16 on CPU")
+        raise ConfigError("fp16 needs CUDA; on CPU use precision auto, fp32 or bf16")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring bf16 against fp32 on this CPU, and remembering the answer
+
+
+def measure_cpu_precisions(budget: float = 1.0) -> dict[str, float]:
+    """Best seconds of one small convolution block in fp32 and in bf16 autocast on CPU.
+
+    Two 64-channel 3x3 convolutions with ReLU (the bulk of a U-Net's work), channels last, as
+    :func:`useg.predict.predict` runs them; the two precisions alternate so that a load change on
+    the machine affects both alike. Stops after ``budget`` seconds, warm-up included, once each
+    has been timed once. Uses its own random generator, so the global one is untouched.
+    """
+    deadline = time.perf_counter() + budget
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 64, 64, generator=gen).contiguous(memory_format=torch.channels_last)
+    weights = [torch.randn(64, 64, 3, 3, generator=gen) * 0.05 for _ in range(2)]
+    weights = [w.contiguous(memory_format=torch.channels_last) for w in weights]
+    cpu = torch.device("cpu")
+
+    def run(precision: str) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode(), autocast(cpu, precision):
+            y = x
+            for w in weights:
+                y = torch.relu(torch.nn.functional.conv2d(y, w, padding=1))
+            y.float().sum().item()
+        return time.perf_counter() - start
+
+    best = {"fp32": float("inf"), "bf16": float("inf")}
+    for p in best:  # first passes build the kernels; not timed
+        run(p)
+    for _ in range(4):
+        for p in best:
+            best[p] = min(best[p], run(p))
+        if time.perf_counter() > deadline:
+            break
+    return best
+
+
+def _cache_file() -> Path | None:
+    if os.environ.get("USEG_PRECISION_CACHE", "").strip().lower() in ("0", "off", "false", "no"):
+        return None
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "useg" / "precision.json"
+
+
+def _cache_key() -> tuple[str, dict[str, Any]]:
+    model, flags = cpu_info()
+    about = {"cpu": model, "flags": sorted(flags & _SPEED_FLAGS), "torch": torch.__version__}
+    return json.dumps(about, sort_keys=True), about
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    """The cache's entries; empty when the file is missing, unreadable or not ours."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
+        return {}
+    entries = data.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write_cache(path: Path, entries: dict[str, Any]) -> None:
+    from useg.errors import UsegError
+    from useg.io import write_json
+
+    # A cache that cannot be written only costs a measurement in the next process.
+    with contextlib.suppress(OSError, UsegError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"format": _CACHE_FORMAT, "version": 1, "entries": entries})
+
+
+def _cpu_bf16_faster() -> bool:
+    """Whether bf16 autocast beats fp32 on this CPU: measured once, then cached."""
+    key, about = _cache_key()
+    if key in _measured:
+        return bool(_measured[key]["bf16_faster"])
+    path = _cache_file()
+    entries = _read_cache(path) if path is not None else {}
+    entry = entries.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("bf16_faster"), bool):
+        _measured[key] = entry
+        return entry["bf16_faster"]
+    seconds = measure_cpu_precisions()
+    entry = {
+        **about,
+        "fp32_s": seconds["fp32"],
+        "bf16_s": seconds["bf16"],
+        "bf16_faster": bool(seconds["bf16"] < _MARGIN * seconds["fp32"]),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _measured[key] = entry
+    if path is not None:
+        entries[key] = entry
+        _write_cache(path, entries)
+    return entry["bf16_faster"]

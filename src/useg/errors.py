@@ -17,3 +17,7 @@ class ModelFileError(UsegError):
 
 class ConfigError(UsegError):
     """A configuration value is out of range or inconsistent."""
+
+
+class UsegWarning(UserWarning):
+    """A setting that works but is likely not what the user wants; the CLI prints it as one line."""

@@ -33,9 +33,11 @@ __all__ = [
     "list_images",
     "natural_key",
     "pair_by_stem",
+    "plan_results",
     "read_image",
     "read_json",
     "read_labels",
+    "result_paths",
     "write_image",
     "write_json",
 ]
@@ -352,6 +354,134 @@ def pair_by_stem(
         if s not in image_by:
             raise _fail(p, f"no image file with the name stem {s!r}")
     return [(p, label_by[_stem(p)]) for p in images]
+
+
+def result_paths(
+    out: str | os.PathLike, name: str | os.PathLike | None = None, *,
+    probabilities: bool = True, labels: bool = True,
+) -> dict[str, Path]:
+    """Where ``useg predict`` writes the results of one input (the one naming scheme of both the
+    file and the ``--dask`` path).
+
+    Parameters
+    ----------
+    out : str or PathLike
+        The output folder, or with ``name=None`` a zarr store.
+    name : str or PathLike, optional
+        The input's path relative to the folder it was listed from (its file name when it was
+        given as a file): results go to ``out/<sub-folders>/<stem>_probs.tif`` and
+        ``..._labels.tif``, mirroring the input tree. None names the arrays ``out/probs`` and
+        ``out/labels`` of a store.
+    probabilities, labels : bool
+        Which results are written.
+
+    Returns
+    -------
+    dict
+        ``"probabilities"`` and/or ``"labels"`` -> path.
+
+    Examples
+    --------
+    >>> [p.as_posix() for p in result_paths("out", "day1/cell.png").values()]
+    ['out/day1/cell_probs.tif', 'out/day1/cell_labels.tif']
+    >>> [p.as_posix() for p in result_paths("out.zarr", labels=False).values()]
+    ['out.zarr/probs']
+    """
+    out = Path(out)
+    wanted = {"probabilities": ("probs", probabilities), "labels": ("labels", labels)}
+    if name is None:
+        return {kind: out / suffix for kind, (suffix, keep) in wanted.items() if keep}
+    name = Path(name)
+    return {kind: out / name.parent / f"{name.stem}_{suffix}.tif"
+            for kind, (suffix, keep) in wanted.items() if keep}
+
+
+def _same_file_key(path: Path) -> str:
+    # Case is folded: on the file systems of macOS and Windows (and folders copied there)
+    # "X_probs.tif" and "x_probs.tif" are one file.
+    return str(path.resolve()).casefold()
+
+
+def plan_results(
+    inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
+    probabilities: bool = True, labels: bool = True, overwrite: bool = False,
+) -> list[tuple[Path, Path, dict[str, Path]]]:
+    """The image files that ``inputs`` name and the results each of them writes under ``out``,
+    checked before anything is predicted, so that no result of the run replaces another.
+
+    A file found in a folder keeps its path relative to that folder under ``out``; a file given
+    by itself writes into ``out``. Names are those of :func:`result_paths`.
+
+    Parameters
+    ----------
+    inputs : iterable of paths
+        Image files and folders (see :func:`list_images`).
+    out : str or PathLike
+        The output folder.
+    probabilities, labels : bool
+        Which results are written.
+    overwrite : bool
+        Replace results that exist already (refused otherwise).
+
+    Returns
+    -------
+    list of (Path, Path, dict)
+        Each input file, its name relative to its folder, and its :func:`result_paths`, in the
+        order of ``inputs``.
+
+    Raises
+    ------
+    InputError
+        For a missing input or a folder without images; naming both inputs when two of them
+        would write the same file (say ``a/x.png`` and ``b/x.tif`` given as two folders); when a
+        result would replace one of the inputs.
+    ConfigError
+        Naming the first result that exists already, unless ``overwrite``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ["a/x.png", "b/x.png"]:
+    ...     (root / name).parent.mkdir(exist_ok=True)
+    ...     _ = (root / name).write_bytes(b"")
+    >>> plan_results([root / "a", root / "b"], root / "out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    useg.errors.InputError: .../a/x.png and .../b/x.png: would both write .../out/x_probs.tif; ...
+    """
+    from useg.errors import ConfigError
+
+    plan: list[tuple[Path, Path, dict[str, Path]]] = []
+    for item in map(Path, inputs):
+        for path in list_images(item):
+            name = path.relative_to(item) if item.is_dir() else Path(path.name)
+            plan.append(
+                (path, name, result_paths(out, name, probabilities=probabilities, labels=labels))
+            )
+    given = {_same_file_key(path): path for path, _, _ in plan}
+    writer: dict[str, Path] = {}
+    for path, _, results in plan:
+        for target in results.values():
+            key = _same_file_key(target)
+            if key in writer:
+                raise _fail(
+                    f"{writer[key]} and {path}",
+                    f"would both write {target}; predict them into different --out folders",
+                )
+            if key in given:
+                raise _fail(path, f"its result {target} would replace the input {given[key]}; "
+                            "choose another --out")
+            writer[key] = path
+    if not overwrite:
+        for path, _, results in plan:
+            for target in results.values():
+                if target.exists():
+                    raise ConfigError(
+                        f"{target}: already exists (the result for {path}); pass --overwrite "
+                        "to replace it, or choose another --out"
+                    )
+    return plan
 
 
 # --------------------------------------------------------------------------------------------

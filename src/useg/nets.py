@@ -7,7 +7,13 @@ built from a :class:`UNetConfig`. The papers' networks are presets, i.e. plain d
   contracting path, 64..1024 channels, up-convolutions halve the channels (572x572 -> 388x388).
 - ``cicek2016``: 3D, valid convolutions, batch norm without affine parameters (as Caffe), 32..512
   channels with the first convolution of a level at half the level's width, three poolings, and
-  up-convolutions that keep the channel count, without bias (132x132x116 -> 44x44x28).
+  up-convolutions that keep the channel count, without bias (132x132x116 -> 44x44x28). Batch
+  norm trains with the statistics of the batch and predicts with the running averages gathered
+  in training, as Caffe's batch norm layer (which Cicek et al. used) does by default in its test
+  phase. Normalising each tile with its own statistics would make the output depend on the
+  tile, i.e. on the memory of the machine that picks it, and break the seamless overlap-tile
+  guarantee; ``batch_stats=True`` keeps that behaviour for those who want it, and such a
+  network predicts only in one pass over the whole input (:mod:`useg.predict`).
 
 Shape algebra (:func:`output_shape`, :func:`valid_input_shape`, :func:`halo`) is pure arithmetic on
 the configuration and needs no forward pass.
@@ -68,8 +74,9 @@ class UNetConfig:
         Learnable scale and shift in the normalisation (Caffe's batch norm, used by Cicek et al.,
         has none).
     batch_stats : bool
-        Batch norm uses the statistics of the current batch also at inference (as the 3D U-Net
-        paper did) instead of running averages.
+        Batch norm uses the statistics of the current batch also at inference instead of the
+        running averages of training. The output of a tile then depends on the tile, so such a
+        network predicts only in one pass over the whole input.
     dropout : float
         Dropout probability at the end of the contracting path (0 disables).
     up_bias : bool
@@ -184,7 +191,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "cicek2016": dict(
         ndim=3, width=32, depth=3, padding="valid", norm="batch", norm_affine=False,
-        batch_stats=True, dropout=0.0, up_bias=False, up_keep_channels=True,
+        batch_stats=False, dropout=0.0, up_bias=False, up_keep_channels=True,
         double_within_level=True, classes=3,
     ),
 }

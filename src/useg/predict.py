@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
 from useg import normalize as norm
-from useg.device import autocast, resolve_device
+from useg.device import autocast, resolve_device, resolve_precision
 from useg.errors import ConfigError, InputError
 from useg.labels import most_likely_class
 from useg.nets import (
@@ -34,7 +34,45 @@ from useg.nets import (
 from useg.tiling import plan_tiles, predict_tiled
 from useg.tta import transforms, with_tta
 
-__all__ = ["default_tile", "make_predictor", "predict", "predict_file"]
+__all__ = ["default_tile", "make_predictor", "predict", "predict_file", "tile_dependence",
+           "whole_image_tile"]
+
+
+def tile_dependence(model: nn.Module) -> str | None:
+    """Why a network's output would depend on the tile it sees, or None when it does not.
+
+    A normalisation layer that uses the statistics of its own input when predicting (batch norm
+    without running statistics, instance norm) normalises every tile by that tile's content, so
+    overlap tiles would not stitch into the whole-image result.
+
+    Examples
+    --------
+    >>> tile_dependence(UNet("cicek2016", width=2)) is None
+    True
+    >>> tile_dependence(UNet("cicek2016", width=2, batch_stats=True))
+    'batch norm with the statistics of the batch'
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+            return "batch norm with the statistics of the batch"
+        if isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats:
+            return "instance norm"
+    return None
+
+
+def whole_image_tile(model: UNet, image_shape: Sequence[int]) -> tuple[int, ...]:
+    """The smallest valid input tile that predicts an image in one pass (one tile per axis).
+
+    The tile covers the image and the mirrored context the overlap-tile plan reads around it.
+
+    Examples
+    --------
+    >>> whole_image_tile(UNet("ronneberger2015"), (100, 300))
+    (284, 492)
+    """
+    cfg = model.config
+    want = [int(n) + 2 * c for n, c in zip(image_shape, _context(cfg), strict=True)]
+    return valid_input_shape(cfg, want, mode="up")
 
 
 def default_tile(
@@ -56,12 +94,18 @@ def default_tile(
     whole image (4 GiB: 1.07x), the 3D U-Net a 256^3 volume with 9.9x (4 GiB: 2.2x). On CUDA it
     is a quarter of the free memory.
 
+    A network whose output depends on the tile (:func:`tile_dependence`) gets the tile of one
+    pass over the whole image (:func:`whole_image_tile`), whatever the budget: a tile chosen
+    from the memory of the machine would make its result depend on the machine.
+
     Examples
     --------
     >>> default_tile(UNet("ronneberger2015"), (2048, 2048))
     (1212, 1212)
     """
     cfg = model.config
+    if tile_dependence(model) is not None:
+        return whole_image_tile(model, image_shape)
     return _best_tile(cfg, image_shape, _budget(device, budget_bytes, cfg.ndim), itemsize=4)
 
 
@@ -366,7 +410,7 @@ def make_predictor(
     stats: dict[str, Any],
     *,
     device: torch.device,
-    precision: str = "fp32",
+    precision: str = "auto",
     tta: bool = False,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """A NumPy-in, NumPy-out tile predictor returning softmax probabilities.
@@ -374,7 +418,9 @@ def make_predictor(
     A :class:`UNet` runs through :func:`_forward` (fewer activations alive at once), with each
     batch norm that uses running statistics folded into its convolution; the folded
     convolutions are copies made here, so make a new predictor after the weights change.
+    ``precision`` is resolved as by :func:`useg.device.resolve_precision`.
     """
+    precision = resolve_precision(precision, device)
     ndim = model.config.ndim
     memory_format = _memory_format(ndim)
     forward = model
@@ -435,7 +481,7 @@ def predict(
     *,
     tile: Sequence[int] | int | None = None,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     tta: bool = False,
     batch_size: int = 1,
     out: Any = None,
@@ -453,11 +499,17 @@ def predict(
         ``(C, *spatial)`` (a channel-less array is accepted for one-channel models). Any
         array-like with slicing works (NumPy, memmap, zarr); it is read tile by tile.
     tile : int or tuple, optional
-        Input tile; rounded up to the nearest valid size. Chosen from a memory budget when omitted.
+        Input tile; rounded up to the nearest valid size. Chosen from a memory budget when omitted
+        (:func:`default_tile`). A network whose output depends on the tile
+        (:func:`tile_dependence`) predicts in one pass over the whole image; a tile that does not
+        cover it raises :class:`~useg.errors.ConfigError`.
     device : str
         ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
-    precision : {"fp32", "bf16", "fp16"}
-        Autocast precision of the network (bf16 is about 2.5x faster on recent CPUs).
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Autocast precision of the network. ``auto`` (default) is the faster of fp32 and bf16
+        that the device runs natively, never slower than fp32 (see
+        :func:`useg.device.resolve_precision`); bf16 on a CPU without bf16 instructions is
+        emulated, much slower, and warns (``bench/results/precision.json``).
     tta : bool
         Average over flips and quarter turns (8 in 2D, 16 in 3D: see :mod:`useg.tta`).
     out : array-like, optional
@@ -521,7 +573,53 @@ def _geometry(
             for c, t, s in zip(_context(cfg), tile, steps, strict=True)
         )
     output_shape(cfg, tile)  # validates the tile
+    _check_one_pass(model, image_shape, tile, h, margin, device)
     return tile, h, margin, pool_step(cfg)
+
+
+def _check_one_pass(
+    model: UNet, image_shape: Sequence[int], tile: tuple[int, ...], h: tuple[int, ...],
+    margin: tuple[int, ...] | int, device: torch.device,
+) -> None:
+    """Refuse to tile a network whose output depends on the tile (one pass only), and a pass
+    that cannot fit in the memory of the device."""
+    reason = tile_dependence(model)
+    if reason is None:
+        return
+    cfg = model.config
+    path = getattr(model, "path", None)
+    name = f"model {path}" if path is not None else "this model"
+    whole = whole_image_tile(model, image_shape)
+    try:
+        counts = plan_tiles(image_shape, tile, h, margin, pool_step(cfg)).counts
+    except ConfigError:
+        counts = (2,)
+    if any(c > 1 for c in counts):
+        raise ConfigError(
+            f"{name} normalises with the statistics of its input ({reason}), so tiles of "
+            f"{tile} would give a result that depends on the tile; it predicts only in one pass "
+            f"over the whole image, with a tile of at least {whole}: predict without a tile, "
+            "or retrain with running statistics (useg train --running-stats) to predict in tiles"
+        )
+    need = _peak_bytes(cfg, tile, itemsize=4)
+    have = _device_memory(device)
+    if need > have:
+        raise ConfigError(
+            f"{name} normalises with the statistics of its input ({reason}) and predicts only in "
+            f"one pass over the whole image, which needs about {need / 2**30:.1f} GiB, more "
+            f"than the {have / 2**30:.1f} GiB of {device}; predict a smaller image, or retrain "
+            "with running statistics (useg train --running-stats) to predict in tiles"
+        )
+
+
+def _device_memory(device: torch.device) -> float:
+    """Memory a single forward pass could use at most: free GPU memory, or the machine's."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: do not guess
+        return math.inf
 
 
 def _labels_from_probabilities(probs: Any, out: Any, slab: int = 64) -> None:
@@ -537,17 +635,22 @@ def predict_file(
     *,
     write_probabilities: bool = True,
     write_labels: bool = True,
+    name: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> dict[str, Path]:
     """Predict one image file and write ``<stem>_probs.tif`` and ``<stem>_labels.tif``.
 
     A 2D model applied to a 3D stack predicts slice by slice. Outputs are written to temporary
-    files and renamed when complete, so an interrupted run leaves no half-written file.
+    files and renamed when complete, so an interrupted run leaves no half-written file. ``name``
+    is the file's path relative to the folder it was listed from (default: its file name); its
+    sub-folders are kept under ``out_dir`` (:func:`useg.io.result_paths`, which
+    :func:`useg.io.plan_results` checks for collisions before a run).
     """
     from useg import io
 
     path = Path(path)
-    out_dir = Path(out_dir)
+    targets = io.result_paths(out_dir, path.name if name is None else name,
+                              probabilities=write_probabilities, labels=write_labels)
     image, meta = io.read_image(path)
     cfg = model.config
     stack = cfg.ndim == 2 and image.ndim == 4
@@ -561,9 +664,10 @@ def predict_file(
         raise InputError(f"{path}: {exc}") from None
     spacing = meta.get("spacing")
     written: dict[str, Path] = {}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for target in targets.values():
+        target.parent.mkdir(parents=True, exist_ok=True)
     if write_probabilities:
-        target = out_dir / f"{path.stem}_probs.tif"
+        target = targets["probabilities"]
         axes = "C" + "ZYX"[3 - (probs.ndim - 1):]
         io.write_image(target, probs.astype(np.float32, copy=False), spacing=spacing, axes=axes)
         written["probabilities"] = target
@@ -571,7 +675,7 @@ def predict_file(
         dtype = np.uint8 if cfg.classes <= 255 else np.uint16
         labels = np.empty(probs.shape[1:], dtype=dtype)
         _labels_from_probabilities(probs, labels)
-        target = out_dir / f"{path.stem}_labels.tif"
+        target = targets["labels"]
         io.write_image(target, labels, spacing=spacing, axes="ZYX"[3 - labels.ndim:])
         written["labels"] = target
     return written

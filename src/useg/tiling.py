@@ -15,9 +15,11 @@ is not repeated). With a valid-padding network the stitched output is therefore 
 forward pass over the whole mirror-padded image: the paper's seamless overlap-tile strategy.
 
 Same-padding networks (policy): each tile's output loses ``margin`` pixels on every side before
-stitching (default: an eighth of the tile, rounded up to the pooling step), tiles overlap by
-twice the margin and write disjoint regions, no blending. The remaining deviation from the
-whole-image pass is measured in ``tests/test_tiling.py``.
+stitching, tiles overlap by twice the margin and write disjoint regions, no blending.
+``predict_tiled`` takes ``margin`` as given (default 0); :func:`useg.predict.predict` passes,
+per axis, the network's receptive radius rounded up to the pooling step, or, where the tile is
+too small for that, the largest multiple of the step that still leaves one step of output.
+The remaining deviation from the whole-image pass is measured in ``tests/test_tiling.py``.
 
 Memory is bounded by a batch of tiles: inputs are read tile by tile from any array-like that
 supports slicing (NumPy, memmap, zarr, h5py) and outputs are written with slice assignment into

@@ -9,8 +9,15 @@ at any moment (even by SIGKILL) resumes from its last complete checkpoint.
 Paper defaults: one large tile per step, SGD with momentum 0.99, dropout at the end of the
 contracting path, weighted cross-entropy. Learning rate: the paper does not give one; with the
 loss averaged over the weighted pixels and momentum 0.99 (an effective step 100x the learning
-rate) we use 0.01 for SGD, the largest that trained the 2D preset stably on ISBI 2012 in our
-runs; Adam/AdamW default to 1e-3 (``bench/isbi2012.py`` states what each bench used).
+rate) SGD defaults to 0.01, a starting point that was not calibrated: the ISBI 2012 and
+sparse-3D benches and the demo train with Adam (lr 1e-3), and SGD was not tried on ISBI 2012
+(docs/isbi2012.md). Adam/AdamW default to 1e-3 (``bench/isbi2012.py`` states what each bench
+used).
+
+Extending a run: resuming with a larger ``iterations`` (``useg train --resume --iterations N``)
+trains on from the step reached, and the learning-rate schedule is recomputed over the new total
+(poly and cosine then restart from the value the new total gives that step, a warm restart).
+With the total unchanged, a resumed run is the same as one never interrupted.
 
 Reproducibility: the tile of step ``k`` and the dropout mask of step ``k`` depend only on
 (seed, k), so a resumed run follows the same trajectory as an uninterrupted one.
@@ -44,14 +51,19 @@ from safetensors.torch import save_file
 from useg import normalize as norm
 from useg.checkpoint import save_model
 from useg.data import IGNORE, Sample, TileStream
-from useg.device import autocast, resolve_device
+from useg.device import autocast, check_precision, resolve_device, resolve_precision
 from useg.errors import ConfigError, InputError
 from useg.nets import UNet, UNetConfig, output_shape, valid_input_shape
 
 __all__ = ["TrainConfig", "evaluate_samples", "train"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SIGMA_UNIT = "pixels (finest axis)"
 SCHEDULES = ("constant", "poly", "cosine")
+# Settings a resumed run may change: how it is executed and how long it runs, not what a step
+# computes. (With a batch of several tiles, which loader worker prepares a tile does not decide
+# its step either: see useg.data.TileStream.)
+RESUMABLE = ("iterations", "workers", "device")
 
 
 @dataclass
@@ -68,7 +80,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "poly"
     warmup: int = 0
-    precision: str = "fp32"
+    # "auto": see useg.device.resolve_precision; train() records the precision it resolved to.
+    precision: str = "auto"
     grad_clip: float | None = None
     dice_weight: float = 0.0
     augment: dict[str, Any] | None = field(default_factory=dict)
@@ -77,7 +90,7 @@ class TrainConfig:
     boundary_width: int = 1
     spacing: Sequence[float] | None = None  # voxel size overriding the files' (model header)
     w0: float = 10.0
-    sigma: float = 5.0
+    sigma: float = 5.0  # in pixels of the finest axis (see useg.data.make_sample)
     class_balance: bool = True
     normalization: dict[str, Any] = field(default_factory=lambda: dict(norm.DEFAULT))
     val_every: int = 200
@@ -95,11 +108,17 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.iterations < 1 or self.batch_size < 1:
             raise ConfigError("iterations and batch size must be at least 1")
+        check_precision(self.precision)
         if self.lr is None:
             self.lr = 0.01 if self.optimizer == "sgd" else 1e-3
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            d[key] = value
+            if key == "sigma":
+                # Files carry calibrations in other units: say which one sigma is in.
+                d["sigma_unit"] = SIGMA_UNIT
         d["tile"] = list(self.tile) if not isinstance(self.tile, int) else self.tile
         if self.spacing is not None:
             d["spacing"] = [float(v) for v in self.spacing]
@@ -108,6 +127,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        unit = d.get("sigma_unit", SIGMA_UNIT)
+        if unit != SIGMA_UNIT:
+            raise ConfigError(f"sigma is given in {unit!r}; this useg reads it in {SIGMA_UNIT}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -120,6 +142,47 @@ def _lr_factor(cfg: TrainConfig, step: int) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * t))
     return 1.0
+
+
+def _resume_config(cfg: TrainConfig, out: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The configuration a run resumed in ``out`` continues with, and the saved one (as a
+    dict): the saved run's, with the :data:`RESUMABLE` settings of ``cfg``.
+
+    Raises :class:`ConfigError` naming the first other setting in which ``cfg`` differs, and
+    for an ``iterations`` below the step the run has reached.
+    """
+    path = out / "config.json"
+    try:
+        saved = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise InputError(f"{path}: unreadable run configuration ({exc})") from None
+
+    def comparable(c: TrainConfig) -> dict[str, Any]:
+        # As JSON (integer keys become strings), with the network complete and the tile
+        # rounded as train() uses it.
+        d = c.to_dict()
+        net = UNetConfig.from_dict(d["net"])
+        d["net"] = net.to_dict()
+        d["tile"] = list(valid_input_shape(net, d["tile"], mode="nearest"))
+        return json.loads(json.dumps(d))
+
+    given, saved_dict = comparable(cfg), saved.to_dict()
+    for key, value in comparable(saved).items():
+        if key == "precision" and given.get(key) == "auto":
+            continue  # the run continues in the precision it resolved to
+        if key not in RESUMABLE and given.get(key) != value:
+            raise ConfigError(
+                f"{path}: the run was trained with {key} = {json.dumps(value)}, not "
+                f"{json.dumps(given.get(key))}; a resumed run may change only "
+                f"{', '.join(RESUMABLE)}"
+            )
+    step = int(_state_info(out / "state.safetensors")["step"])
+    if cfg.iterations < step:
+        raise ConfigError(
+            f"{out}: the run has trained {step} steps already; iterations {cfg.iterations} "
+            "would end before them (give at least that many)"
+        )
+    return TrainConfig.from_dict({**saved_dict, **{k: given[k] for k in RESUMABLE}}), saved_dict
 
 
 def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -172,6 +235,15 @@ def _save_state(path: Path, model: UNet, opt: torch.optim.Optimizer, info: dict[
     os.replace(tmp, path)
 
 
+def _state_info(path: Path) -> dict[str, Any]:
+    """The step, best score and pending losses of a trainer state, without reading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["useg_state"])["info"]
+    except Exception as exc:  # any corruption is reported as one line
+        raise InputError(f"{path}: cannot resume, trainer state unreadable ({exc})") from None
+
+
 def _load_state(path: Path, model: UNet, opt: torch.optim.Optimizer) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -192,19 +264,29 @@ def evaluate_samples(
     model: UNet,
     samples: Sequence[Sample],
     device: torch.device,
-    tile: Sequence[int],
-    precision: str = "fp32",
+    tile: Sequence[int] | None,
+    precision: str = "auto",
 ) -> dict[str, float]:
     """Mean foreground IoU, pixel error and (when objects are meaningful) adapted Rand error of
-    whole-image predictions (overlap tiles) on labelled pixels of ``samples``."""
-    from useg.predict import predict
+    whole-image predictions (overlap tiles) on labelled pixels of ``samples``.
+
+    The predictions are those ``useg predict`` makes of the samples' files: a sample's image is
+    normalised already (:func:`useg.data.make_sample`, with the statistics ``predict`` would
+    compute from the file), so it is not normalised again. A network whose output depends on
+    the tile predicts in one pass over the whole image, as ``useg predict`` does.
+    """
+    from useg.predict import predict, tile_dependence
 
     was_training = model.training
     model.eval()
+    if tile_dependence(model) is not None:
+        tile = None
     ious, errors, rands = [], [], []
     try:
         for s in samples:
-            probs = predict(model, s.image, tile=tile, device=device, precision=precision)
+            unchanged = {"offset": [0.0] * s.image.shape[0], "scale": [1.0] * s.image.shape[0]}
+            probs = predict(model, s.image, tile=tile, device=device, precision=precision,
+                            stats=unchanged)
             pred = np.argmax(probs, axis=0)
             mask = s.target != IGNORE
             fg_p, fg_t = (pred == 1) & mask, (s.target == 1) & mask
@@ -363,6 +445,18 @@ def _wait_until_released(value: torch.Tensor, timeout: float = 10.0) -> None:
         time.sleep(0)
 
 
+def _run_precision(precision: str, device: torch.device, d: _Dist) -> str:
+    """``precision`` resolved (:func:`useg.device.resolve_precision`) by the main process, so
+    that every process of a job trains in the same one."""
+    if d.world == 1:
+        return resolve_precision(precision, device)
+    import torch.distributed as dist
+
+    choice = [resolve_precision(precision, device) if d.main else None]
+    dist.broadcast_object_list(choice, src=0)
+    return str(choice[0])
+
+
 def train(
     cfg: TrainConfig,
     samples: list[Sample],
@@ -377,27 +471,33 @@ def train(
     ``last`` when there is no validation set).
 
     With ``resume=True`` the run continues from ``out_dir/state.safetensors``, with the
-    configuration saved in ``out_dir/config.json``.
+    configuration saved in ``out_dir/config.json``. ``cfg`` may differ from it only in
+    :data:`RESUMABLE` settings (anything else raises :class:`ConfigError`): a new
+    ``iterations`` extends the run (or ends it earlier, but not before the step reached), and
+    the learning-rate schedule is recomputed over the new total; the saved configuration is
+    updated.
     """
     from useg.losses import SegmentationLoss
 
     out = Path(out_dir)
     state_path = out / "state.safetensors"
+    resumed_from = None
     if resume:
         if not state_path.exists():
             raise InputError(f"{out}: nothing to resume (no state.safetensors)")
-        saved = json.loads((out / "config.json").read_text())
-        cfg = TrainConfig.from_dict(saved)
+        cfg, resumed_from = _resume_config(cfg, out)
     elif state_path.exists():
         raise InputError(f"{out}: a run already exists here; use --resume or another --out")
     out.mkdir(parents=True, exist_ok=True)
 
     net_cfg = UNetConfig.from_dict(cfg.net)
     dist_info, device = _init_distributed(cfg.device)
+    cfg.precision = _run_precision(cfg.precision, device, dist_info)
     tile = valid_input_shape(net_cfg, cfg.tile, mode="nearest")
     out_tile = output_shape(net_cfg, tile)
     cfg.tile = list(tile)
-    if not resume and dist_info.main:
+    if dist_info.main and (not resume or cfg.to_dict() != resumed_from):
+        # A resumed run records what it changed, so that the next --resume continues it.
         tmp = out / ".config.json.tmp"
         tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
         os.replace(tmp, out / "config.json")

@@ -40,10 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block", type=sizes, default=None,
                    help="block (and output chunk) size, e.g. 256 or 128x256x256, rounded up to "
                    "whole tiles (default: about 256 per axis in 3D, 2048 in 2D)")
-    g.add_argument("--torch-threads", type=int, default=None,
-                   help="torch threads per worker (default: cores / workers for local workers)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start afresh, replacing existing outputs (default: resume)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if not is_array_spec(source):
         image, _ = io.read_image(source)  # an ordinary image file is read whole
     out = str(args.out)
+    results = io.result_paths(out, None, probabilities=not args.no_probs)
     if parse_spec(out).kind != "zarr":
         raise InputError(f"{out}: with --dask, --out is a zarr store (e.g. result.zarr)")
     tile = args.tile[0] if args.tile and len(args.tile) == 1 else args.tile
@@ -88,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         torch_threads = args.torch_threads
     try:
         summary = predict_dask(
-            args.model, image, None if args.no_probs else f"{out}/probs", labels=f"{out}/labels",
+            args.model, image, results.get("probabilities"), labels=results["labels"],
             block=block, tile=tile, device=args.device, scheduler=scheduler,
             workers=args.workers, tta=args.tta, precision=args.precision,
             batch_size=args.batch_size, overwrite=args.overwrite,

@@ -9,7 +9,7 @@ from useg.errors import ConfigError, InputError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from useg.cli.train import add_common_training_args
+    from useg.cli.train import RESUME_HELP, add_common_training_args, record_given_options
 
     p = sub.add_parser(
         "densify", help="dense segmentation of a volume from a few annotated slices",
@@ -19,10 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "OUT/<name>_probs.tif (class probabilities). OUT is a training run folder as for "
         "'useg train'; --resume continues an interrupted run.",
     )
+    record_given_options(p)
     p.add_argument("volume", nargs="?", type=Path, help="image volume (TIFF stack)")
     p.add_argument("--labels", type=Path, help="sparse annotation, same shape as the volume")
     p.add_argument("--out", type=Path, required=True, help="run and output folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true", help=RESUME_HELP)
     p.add_argument("--no-probs", action="store_true", help="write the label volume only")
     add_common_training_args(p)
     p.set_defaults(func=run)
@@ -47,7 +48,13 @@ def _same(a: Path | None, b: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from useg import io
-    from useg.cli.train import build_config, parse_slices, saved_run
+    from useg.cli.train import (
+        build_config,
+        check_resume_options,
+        parse_slices,
+        resumed_config,
+        saved_run,
+    )
     from useg.densify import densify
     from useg.train import TrainConfig
 
@@ -58,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
         if not (_same(args.volume, data["volume"]) and _same(args.labels, data["labels"])):
             raise ConfigError(f"{args.out} densifies {data['volume']} with {data['labels']}; "
                               "--resume continues it (omit VOLUME and --labels)")
+        # VOLUME and --labels are checked above; --no-probs only chooses the outputs.
+        check_resume_options(args, saved, config_path, free=frozenset({"labels", "no_probs"}))
         volume, labels_path = Path(data["volume"]), Path(data["labels"])
-        cfg = TrainConfig.from_dict(saved)
+        cfg = resumed_config(args, saved)
     else:
         if args.volume is None or args.labels is None:
             raise ConfigError("VOLUME and --labels are required (or --resume with --out)")

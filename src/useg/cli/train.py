@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from useg.cli import add_precision_argument
 from useg.errors import ConfigError, InputError
 
 
@@ -55,12 +56,17 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
     stats = g.add_mutually_exclusive_group()
     stats.add_argument("--batch-stats", dest="batch_stats", action="store_const", const=True,
                        default=None, help="batch norm uses the statistics of the current batch, "
-                       "also when predicting (3D U-Net paper; cicek2016 default)")
+                       "also when predicting: the output then depends on the tile, so the model "
+                       "predicts only in one pass over the whole image")
     stats.add_argument("--running-stats", dest="batch_stats", action="store_const", const=False,
-                       help="batch norm uses running averages when predicting")
+                       help="batch norm uses the running averages of training when predicting "
+                       "(default; seamless overlap tiles)")
     g = p.add_argument_group("training")
     g.add_argument("--tile", type=int, nargs="+", help="input tile size (rounded to a valid one)")
-    g.add_argument("--iterations", type=int, default=2000)
+    g.add_argument("--iterations", type=int, default=2000,
+                   help="training steps (default 2000); with --resume, a new total extends a "
+                   "finished or interrupted run (the learning-rate schedule is then recomputed "
+                   "over the new total from the step reached)")
     g.add_argument("--batch-size", type=int, default=1)
     g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
     g.add_argument("--lr", type=float, default=None,
@@ -68,14 +74,15 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, default=0.99)
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--schedule", choices=["constant", "poly", "cosine"], default="poly")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision (bf16 on CPU, fp16/bf16 AMP on CUDA)")
+    add_precision_argument(g)
     g.add_argument("--grad-clip", type=float, default=None)
     g.add_argument("--dice", type=float, default=0.0, help="weight of a soft Dice term")
     g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     g.add_argument("--no-elastic", action="store_true", help="no elastic deformation")
     g.add_argument("--w0", type=float, default=10.0, help="border weight amplitude (0: off)")
-    g.add_argument("--sigma", type=float, default=5.0, help="border weight width in pixels")
+    g.add_argument("--sigma", type=float, default=5.0,
+                   help="border weight width, in pixels of the finest axis whatever the files' "
+                   "calibration (coarser axes count their spacing relative to it)")
     g.add_argument("--no-class-balance", action="store_true")
     g.add_argument("--label-mode", choices=["binary", "instances", "boundary", "classes"],
                    default=None, help="meaning of label values (default: binary in 2D, "
@@ -104,12 +111,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "TIFF; 2D images or 3D stacks). Writes a run folder with config.json, log.csv, "
         "curves.png, last.safetensors and best.safetensors; --resume continues it.",
     )
+    record_given_options(p)
     p.add_argument("--images", type=Path, help="folder (or file) of training images")
     p.add_argument("--labels", type=Path, help="folder (or file) of label images")
     p.add_argument("--val-images", type=Path, help="validation images")
     p.add_argument("--val-labels", type=Path, help="validation labels")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true", help=RESUME_HELP)
     add_common_training_args(p)
     p.set_defaults(func=run)
 
@@ -202,6 +210,9 @@ def sample_options(cfg: dict[str, Any], slices: dict[int, list[int]] | None) -> 
         mode=cfg["label_mode"], unlabeled=cfg["unlabeled"], slices=slices, w0=cfg["w0"],
         sigma=cfg["sigma"], class_balance=cfg["class_balance"],
         boundary_width=cfg.get("boundary_width", 1),
+        # The normalisation the model file records, so that predicting a file sees what
+        # training saw.
+        normalization=cfg.get("normalization"),
     )
 
 
@@ -217,6 +228,145 @@ def saved_run(out: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
     return saved, saved.get("labels", {}).get("data") or {}, config_path
 
 
+# ----------------------------------------------------------------------------------------------
+# --resume: the options a command line gave, and whether they agree with the saved run
+
+RESUME_HELP = (
+    "continue the run in --out with its saved configuration; --iterations may extend it, "
+    "--workers, --device and --quiet may change, any other option that differs from the saved "
+    "run is refused"
+)
+# Options a resumed run honours: they change how the run is executed or how long it is, not
+# what each step computes (--iterations: see useg.train.train).
+_RESUME_FREE = frozenset({"iterations", "workers", "device", "quiet", "resume", "out"})
+
+
+def _recording(base: type[argparse.Action]) -> type[argparse.Action]:
+    class Recording(base):
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                     values: Any, option_string: str | None = None) -> None:
+            super().__call__(parser, namespace, values, option_string)
+            if option_string is not None:  # positionals are called even when absent
+                given = getattr(namespace, "given_options", ())
+                namespace.given_options = (*given, (self.dest, option_string))
+
+    return Recording
+
+
+def record_given_options(p: argparse.ArgumentParser) -> None:
+    """Make ``p`` list the options its command line gave in ``args.given_options`` as
+    ``(dest, flag)`` pairs, in order: argparse's defaults do not tell "given" from "default".
+
+    Call it before adding arguments (it wraps the action classes the parser looks up).
+    """
+    for name in (None, "store", "store_const", "store_true", "store_false", "append", "count"):
+        # argparse has no public lookup of its action classes; _registry_get is that lookup.
+        p.register("action", name, _recording(p._registry_get("action", name)))
+    p.set_defaults(given_options=())
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# Stands for the saved value of an option that has no counterpart in the saved run.
+_NO_COUNTERPART = object()
+
+
+def _resume_values(dest: str, args: argparse.Namespace, saved: dict[str, Any]) -> tuple:
+    """(what the option asks for, what the saved run has) in comparable form."""
+    from useg.nets import PRESETS, UNetConfig, valid_input_shape
+
+    value = getattr(args, dest)
+    net = saved.get("net") or {}
+    ndim = int(net.get("ndim", 2))
+    data = (saved.get("labels") or {}).get("data") or {}
+    same_key = {"batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+                "precision", "grad_clip", "label_mode", "unlabeled", "boundary_width", "w0",
+                "sigma", "val_every", "checkpoint_every", "log_every", "seed"}
+    if dest == "precision" and value == "auto":
+        return saved.get(dest), saved.get(dest)  # the run keeps the precision it resolved to
+    if dest in same_key:
+        return value, saved.get(dest)
+    if dest in ("width", "depth", "padding", "norm", "dropout", "batch_stats"):
+        return value, net.get(dest)
+    if dest == "dice":
+        return value, saved.get("dice_weight")
+    if dest == "no_class_balance":
+        return "off", "on" if saved.get("class_balance", True) else "off"
+    augment = saved.get("augment")
+    if dest == "no_augment":
+        return "off", "on" if augment is not None else "off"
+    if dest == "no_elastic":
+        return "off", "on" if augment is not None and augment.get("elastic", True) else "off"
+    if dest == "spacing":
+        return [float(v) for v in value], saved.get("spacing")
+    if dest == "pool":
+        return _pool(value, ndim), net.get("pool")
+    if dest == "slices":
+        return json.loads(json.dumps(parse_slices(value, ndim))), data.get("slices")
+    if dest == "tile":
+        tile = list(value) * ndim if len(value) == 1 else list(value)
+        recorded = saved.get("tile")
+        if tile != recorded and len(tile) == ndim:
+            # The run saved its tile rounded to a valid one: the value that was given rounds
+            # to it too.
+            rounded = list(valid_input_shape(UNetConfig.from_dict(net), tile, mode="nearest"))
+            tile = recorded if rounded == recorded else tile
+        return tile, recorded
+    if dest == "preset":
+        # Only the options that override a preset's values may differ from the preset's.
+        kept = ("in_channels", "classes", "width", "depth", "padding", "norm", "dropout",
+                "batch_stats", "pool")
+        recorded = next(
+            (name for name, values in PRESETS.items()
+             if values["ndim"] == ndim and UNetConfig(
+                 **{**values, **{k: net[k] for k in kept if k in net}}).to_dict() == net),
+            "another network",
+        )
+        return value, recorded
+    if dest in ("images", "labels", "val_images", "val_labels"):
+        recorded = data.get(dest)
+        same = recorded is not None and value.resolve() == Path(recorded).resolve()
+        return (recorded if same else str(value)), recorded
+    return value, _NO_COUNTERPART
+
+
+def check_resume_options(
+    args: argparse.Namespace, saved: dict[str, Any], config_path: Path,
+    free: frozenset[str] = frozenset(),
+) -> None:
+    """Refuse, naming the option, an option given with ``--resume`` that differs from the saved
+    run (``free``: more options the command handles itself)."""
+    for dest, flag in args.given_options:
+        if dest in _RESUME_FREE or dest in free:
+            continue
+        wanted, recorded = _resume_values(dest, args, saved)
+        if recorded is _NO_COUNTERPART:
+            raise ConfigError(f"{config_path}: {flag} cannot change when resuming; leave it out, "
+                              "or start a new run with another --out")
+        if wanted != recorded:
+            raise ConfigError(
+                f"{config_path}: {flag} {_show(wanted)} differs from the saved run's "
+                f"{_show(recorded)}; --resume continues the run as saved (leave {flag} out, or "
+                "start a new run with another --out)"
+            )
+
+
+def resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> Any:
+    """The saved run's :class:`~useg.train.TrainConfig` with the options a resumed run honours
+    (:data:`useg.train.RESUMABLE`) taken from the command line where it gave them."""
+    from useg.train import RESUMABLE, TrainConfig
+
+    cfg = TrainConfig.from_dict(saved)
+    for dest, _ in args.given_options:
+        if dest in RESUMABLE:
+            setattr(cfg, dest, getattr(args, dest))
+    return cfg
+
+
 def run(args: argparse.Namespace) -> int:
     from useg.data import load_pairs
     from useg.train import TrainConfig, train
@@ -225,7 +375,8 @@ def run(args: argparse.Namespace) -> int:
         saved, data, config_path = saved_run(args.out)
         if not data:
             raise InputError(f"{config_path}: no data paths recorded; cannot resume")
-        cfg = TrainConfig.from_dict(saved)
+        check_resume_options(args, saved, config_path)
+        cfg = resumed_config(args, saved)
     else:
         if args.images is None or args.labels is None:
             raise ConfigError("--images and --labels are required (or --resume)")
