@@ -2,6 +2,8 @@
 
 Run: .venv/bin/python bench/predict.py [--quick] [--sizes 2048] [--widths 64 32] [--repeats 2]
      [--memory-sizes 2048 4096 8192 16384] [--memory-width 16] [--no-profile] [--threads N]
+     [--no-speed] [--monai-sweep [--sweep-rois 256 512 1024] [--sweep-overlaps 0.25 0.5]
+     [--sweep-precisions fp32 bf16] [--sweep-widths 64 32]]
 
 Speed (each configuration in a fresh subprocess, repeats interleaved, same image and weights):
 
@@ -13,6 +15,18 @@ Speed (each configuration in a fresh subprocess, repeats interleaved, same image
   memory format (as MONAI's tutorials run it) and once in channels_last (a tuned peer).
 
 Both include the intensity normalisation (the same percentile statistics) and the softmax.
+
+MONAI in its best configuration (``--monai-sweep``, the ``monai_best`` part of the results): MONAI
+in every configuration of a sweep, memory format (contiguous, channels_last) x roi (256, 512,
+1024) x overlap (0.25, 0.5), each in the precision of the useg run it is compared with (fp32, and
+bf16 autocast for both where the CPU has bf16 instructions); then useg and the fastest
+configuration of each precision back to back, ``--repeats`` times, for the ratio. Each MONAI
+output is compared with two useg outputs of the same precision: the timed one (valid network)
+and useg predicting with MONAI's own network (same padding), which isolates what MONAI's windows
+and blending change. The part records the CPU (lscpu model name and flags) and the date.
+Duration, modelled from the windows MONAI runs and the committed rates of the 2-core avx512_bf16
+machine (not measured): about 3 hours at 2048^2 for widths 64 and 32 (80% of it width 64), 2 of
+them fp32; a CPU without bf16 instructions sweeps fp32 only by default, at its own fp32 speed.
 
 The machine's limit, measured inside every subprocess just before and after its prediction:
 the GFLOP/s of one 64->64 3x3 convolution at 512x512 (channels_last, fp32 and bf16), divided by
@@ -201,7 +215,9 @@ def worker(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     ndim = spec["ndim"]
-    limits = [conv_gflops(ndim, "fp32")]
+    # The machine's limit (skipped by the MONAI sweep, which compares runs, not the limit).
+    with_limits = spec.get("limits", True)
+    limits = [conv_gflops(ndim, "fp32")] if with_limits else []
     mmap_mode = "r" if spec.get("mmap") else None
     image = np.load(spec["image"], mmap_mode=mmap_mode)
     if ndim == len(image.shape):
@@ -217,7 +233,7 @@ def worker(spec: dict) -> dict:
         prof = profile(activities=[ProfilerActivity.CPU])
     with RssSampler() as sampler:
         if spec["kind"] == "useg":
-            net = _network(spec, "valid")
+            net = _network(spec, spec.get("padding", "valid"))
             result["tile"] = list(default_tile(net, image.shape[1:]))
             if prof:
                 prof.__enter__()
@@ -237,16 +253,23 @@ def worker(spec: dict) -> dict:
             stats = norm.image_stats(image)
             x = torch.from_numpy(norm.normalize(np.asarray(image), stats))[None]
             x = x.contiguous(memory_format=fmt)
+            # The precision of useg's run: bf16 autocast around the network; MONAI blends the
+            # windows in the input's dtype (float32) and the softmax runs in float32.
+            bf16 = spec.get("precision", "fp32") == "bf16"
             with torch.inference_mode():
-                logits = sliding_window_inference(
-                    x, roi_size=spec["roi"], sw_batch_size=1, predictor=net,
-                    overlap=spec["overlap"], mode="gaussian",
-                )
-                probs = torch.softmax(logits, dim=1)[0].numpy()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = sliding_window_inference(
+                        x, roi_size=spec["roi"], sw_batch_size=1, predictor=net,
+                        overlap=spec["overlap"], mode="gaussian",
+                    )
+                probs = torch.softmax(logits.float(), dim=1)[0].numpy()
             seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         if prof:
             prof.__exit__(None, None, None)
-    limits.append(conv_gflops(ndim, "fp32"))
+    if with_limits:
+        limits.append(conv_gflops(ndim, "fp32"))
+        result.update(conv_gflops_fp32=float(np.mean(limits)), conv_gflops_fp32_before_after=limits,
+                      conv_gflops_bf16=conv_gflops(ndim, "bf16"))
     result.update(
         seconds=seconds,
         cpu_seconds=cpu_seconds,
@@ -256,9 +279,6 @@ def worker(spec: dict) -> dict:
         peak_rss_file_bytes=sampler.peak["RssFile"],
         rss_anon_file_at_peak_bytes=[sampler.at_peak.get("RssAnon", 0),
                                      sampler.at_peak.get("RssFile", 0)],
-        conv_gflops_fp32=float(np.mean(limits)),
-        conv_gflops_fp32_before_after=limits,
-        conv_gflops_bf16=conv_gflops(ndim, "bf16"),
         loadavg_after=os.getloadavg()[0],
         torch_threads=torch.get_num_threads(),
     )
@@ -272,7 +292,26 @@ def worker(spec: dict) -> dict:
         result["out_rows_sum_to_one"] = bool(np.allclose(total, 1.0, atol=1e-4))
     if spec.get("save"):
         np.save(spec["save"], np.asarray(probs, dtype=np.float32))
+    if spec.get("compare_to"):
+        # After the measurements: the references are read here, not during the prediction.
+        result["agreement"] = {name: agreement(np.load(path, mmap_mode="r"), probs)
+                               for name, path in spec["compare_to"].items()}
     return result
+
+
+def agreement(reference: Any, probs: Any, slab: int = 32) -> dict:
+    """Fraction of pixels whose most likely class is the same in both, and the max and mean
+    |difference| of the probabilities, slab by slab along the first spatial axis."""
+    same, n, max_diff, total = 0, 0, 0.0, 0.0
+    for lo in range(0, reference.shape[1], slab):
+        a = np.asarray(reference[:, lo : lo + slab], dtype=np.float32)
+        b = np.asarray(probs[:, lo : lo + slab], dtype=np.float32)
+        same += int((a.argmax(0) == b.argmax(0)).sum())
+        n += a[0].size
+        diff = np.abs(a - b)
+        max_diff, total = max(max_diff, float(diff.max())), total + float(diff.sum())
+    return {"argmax_agreement": same / n, "max_abs_prob_diff": max_diff,
+            "mean_abs_prob_diff": total / (n * reference.shape[0])}
 
 
 def run_worker(spec: dict, script: Path = Path(__file__), env: dict | None = None,
@@ -292,9 +331,34 @@ def run_worker(spec: dict, script: Path = Path(__file__), env: dict | None = Non
 # Reporting
 
 
+def lscpu() -> tuple[str, list[str]]:
+    """The CPU's model name and all its flags, as ``lscpu`` reports them (``/proc/cpuinfo``
+    where there is no lscpu)."""
+    fields: dict[str, str] = {}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True,
+                             env={**os.environ, "LC_ALL": "C"}).stdout
+        fields = {k.strip(): v.strip() for k, _, v in
+                  (line.partition(":") for line in out.splitlines())}
+    except (OSError, subprocess.CalledProcessError):
+        if Path("/proc/cpuinfo").exists():
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                key, _, value = line.partition(":")
+                key = {"model name": "Model name", "flags": "Flags"}.get(key.strip())
+                if key and key not in fields:
+                    fields[key] = value.strip()
+    return fields.get("Model name", platform.processor()), fields.get("Flags", "").split()
+
+
+# Flags that decide the speed of fp32 and bf16 convolutions (printed beside the tables).
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+               "amx_bf16", "amx_int8")
+
+
 def machine_info() -> dict:
     import torch
 
+    model_name, all_flags = lscpu()
     cpu = ""
     flags: list[str] = []
     if Path("/proc/cpuinfo").exists():
@@ -308,6 +372,10 @@ def machine_info() -> dict:
         "cpu": cpu or platform.processor(),
         "cpu_count": os.cpu_count(),
         "cpu_flags": flags,
+        "lscpu_model_name": model_name,
+        "lscpu_flags": all_flags,
+        "cpu_speed_flags": [f for f in SPEED_FLAGS if f in all_flags],
+        "bf16_instructions": any(f in all_flags for f in ("avx512_bf16", "amx_bf16")),
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "torch_threads": torch.get_num_threads(),
@@ -451,6 +519,232 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int], widths: lis
     return results
 
 
+# The MONAI sweep: roi sides (valid for the same-padded networks: multiples of the pooling step)
+SWEEP_ROIS = {2: (256, 512, 1024), 3: (64, 96, 128)}
+SWEEP_OVERLAPS = (0.25, 0.5)
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser, ndim: int) -> None:
+    """The options of the MONAI sweep, the same for the 2D and the 3D bench."""
+    g = parser.add_argument_group("MONAI sweep (the monai_best part of the results)")
+    g.add_argument("--monai-sweep", action="store_true",
+                   help="time useg against MONAI in every configuration of the sweep (memory "
+                        "formats of --monai-formats x rois x overlaps, in useg's precision) and "
+                        "against the fastest one")
+    g.add_argument("--sweep-rois", type=int, nargs="+", default=list(SWEEP_ROIS[ndim]),
+                   help=f"MONAI roi sides (default {' '.join(map(str, SWEEP_ROIS[ndim]))}; "
+                        "sides larger than the image are dropped)")
+    g.add_argument("--sweep-overlaps", type=float, nargs="+", default=list(SWEEP_OVERLAPS))
+    g.add_argument("--sweep-precisions", nargs="+", choices=["fp32", "bf16"],
+                   help="default: fp32 and bf16 on a CPU with bf16 instructions (avx512_bf16 or "
+                        "amx_bf16), fp32 alone elsewhere (bf16 is emulated there, ~10x slower)")
+    g.add_argument("--sweep-widths", type=int, nargs="+",
+                   help="network widths of the sweep (default: those of --widths)")
+
+
+def sweep_precisions(args, machine: dict) -> list[str]:
+    """The precisions of the sweep: as asked, or by the CPU's bf16 instructions."""
+    if args.sweep_precisions:
+        return args.sweep_precisions
+    if machine.get("bf16_instructions"):
+        return ["fp32", "bf16"]
+    print("MONAI sweep: fp32 only, this CPU has no bf16 instructions (--sweep-precisions fp32 "
+          "bf16 to time emulated bf16 too)", flush=True)
+    return ["fp32"]
+
+
+def sweep_name(precision: str, fmt: str, roi: int, overlap: float) -> str:
+    return f"monai {precision} ({fmt}, roi {roi}, overlap {overlap:g})"
+
+
+def _sweep_rois(args, preset: str, width: int, ndim: int, size: int) -> list[int]:
+    """The sweep's roi sides that fit the image (the image's side when none does), each checked
+    to be an input the same-padded network takes as it is."""
+    from useg.nets import preset as get_preset
+    from useg.nets import valid_input_shape
+
+    cfg = get_preset(preset, width=width, padding="same")
+    rois = sorted({r for r in args.sweep_rois if r <= size}) or [size]
+    for r in rois:
+        if tuple(valid_input_shape(cfg, (r,) * ndim, mode="up")) != (r,) * ndim:
+            raise SystemExit(f"roi {r} is not a valid input of the same-padded {preset}: use a "
+                             "multiple of its pooling step")
+    return rois
+
+
+def _run_measures(r: dict) -> dict:
+    return {k: r[k] for k in ("seconds", "cpu_seconds", "megapixels_per_s", "peak_rss_bytes",
+                              "torch_threads")} | {
+        "loadavg": [r["loadavg_before"], r["loadavg_after"]]}
+
+
+def monai_sweep(args, ndim: int, preset: str, sizes: list[int], widths: list[int], tmp: Path,
+                script: Path) -> dict:
+    """useg against MONAI's sliding window in each configuration of the sweep (memory format x
+    roi x overlap, in the precision of the useg run it is compared with), then against the
+    fastest of them, remeasured back to back with useg ``args.repeats`` times.
+
+    Outputs: every MONAI output is compared (fraction of pixels with the same most likely class,
+    max |difference| of the probabilities) with two useg outputs of the same precision: the
+    timed one (the valid network) and useg's prediction with MONAI's very network (same padding,
+    same weights), which stitches exactly, so that comparison isolates what MONAI's windows and
+    blending change. The valid and the same network are different functions near every tile
+    border; with untrained weights they disagree on many pixels whatever the tiling."""
+    from useg.nets import preset as get_preset
+
+    machine, started = machine_info(), time.strftime("%Y-%m-%d %H:%M:%S %z")
+    precisions = sweep_precisions(args, machine)
+    widths = args.sweep_widths or widths
+
+    def show(label: str, r: dict) -> None:
+        extra = "".join(f"  vs {ref}: argmax {a['argmax_agreement']:.4f}, max |dp| "
+                        f"{a['max_abs_prob_diff']:.3f}"
+                        for ref, a in r.get("agreement", {}).items())
+        print(f"  {label:<52} {r['seconds']:8.1f} s {r['megapixels_per_s']:8.4f} MP/s  load "
+              f"{r['loadavg_before']:.1f}{extra}", flush=True)
+
+    cases: dict[str, Any] = {}
+    for size in sizes:
+        image_path = tmp / f"sweep_image_{size}.npy"
+        np.save(image_path, synthetic_image((size,) * ndim))
+        for width in widths:
+            cfg = get_preset(preset, width=width)
+            key = f"{preset} width {width}, {'x'.join([str(size)] * ndim)}"
+            rois = _sweep_rois(args, preset, width, ndim, size)
+            base = {"ndim": ndim, "preset": preset, "width": width, "image": str(image_path),
+                    "classes": cfg.classes, "threads": args.threads, "limits": False}
+            print(f"MONAI sweep, {key}: formats {args.monai_formats}, rois {rois}, overlaps "
+                  f"{args.sweep_overlaps}, precisions {precisions}", flush=True)
+            entry: dict[str, Any] = {"rois": rois, "useg": {}, "useg_same_padding": {},
+                                     "monai": {}, "best": {}}
+
+            def useg_spec(precision: str, padding: str = "valid", save: Path | None = None,
+                          base: dict = base) -> dict:
+                spec = {**base, "kind": "useg", "precision": precision, "padding": padding}
+                return spec | ({"save": str(save)} if save else {})
+
+            def monai_spec(precision: str, fmt: str, roi: int, overlap: float,
+                           compare: dict | None = None, base: dict = base) -> dict:
+                spec = {**base, "kind": "monai", "precision": precision, "memory_format": fmt,
+                        "roi": [roi] * ndim, "overlap": overlap}
+                return spec | ({"compare_to": compare} if compare else {})
+
+            # The sweep: one run of each configuration, useg's two outputs first (references).
+            for precision in precisions:
+                refs = {pad: tmp / f"sweep_{pad}_{size}_{width}_{precision}.npy"
+                        for pad in ("valid", "same")}
+                r = run_worker(useg_spec(precision, "valid", refs["valid"]), script)
+                show(f"useg {precision}", r)
+                entry["useg"][precision] = _run_measures(r) | {"tile": r["tile"]}
+                r = run_worker(useg_spec(precision, "same", refs["same"]), script)
+                show(f"useg {precision}, MONAI's network (same padding)", r)
+                entry["useg_same_padding"][precision] = _run_measures(r) | {"tile": r["tile"]}
+                compare = {"useg": str(refs["valid"]), "useg_same_padding": str(refs["same"])}
+                for fmt in args.monai_formats:
+                    for roi in rois:
+                        for overlap in args.sweep_overlaps:
+                            name = sweep_name(precision, fmt, roi, overlap)
+                            r = run_worker(monai_spec(precision, fmt, roi, overlap, compare),
+                                           script)
+                            show(name, r)
+                            entry["monai"][name] = {
+                                "precision": precision, "memory_format": fmt, "roi": roi,
+                                "overlap": overlap, **_run_measures(r),
+                                "useg_speed_ratio": entry["useg"][precision]["megapixels_per_s"]
+                                / r["megapixels_per_s"],
+                                "agreement_with_useg": r["agreement"]["useg"],
+                                "agreement_with_useg_same_padding":
+                                    r["agreement"]["useg_same_padding"],
+                            }
+                for path in refs.values():
+                    path.unlink()
+            # The fastest MONAI configuration of each precision, back to back with useg.
+            for precision in precisions:
+                peers = {n: c for n, c in entry["monai"].items() if c["precision"] == precision}
+                name = max(peers, key=lambda n: peers[n]["megapixels_per_s"])
+                best = peers[name]
+                pairs = []
+                for _ in range(args.repeats):
+                    u = run_worker(useg_spec(precision), script)
+                    show(f"useg {precision} (paired)", u)
+                    m = run_worker(monai_spec(precision, best["memory_format"], best["roi"],
+                                              best["overlap"]), script)
+                    show(f"{name} (paired)", m)
+                    pairs.append((u, m))
+                useg_mps = [u["megapixels_per_s"] for u, _ in pairs]
+                monai_mps = [m["megapixels_per_s"] for _, m in pairs]
+                entry["best"][precision] = {
+                    "monai": name,
+                    "useg_vs_best": summary([a / b for a, b in zip(useg_mps, monai_mps,
+                                                                   strict=True)]),
+                    "cpu_time_vs_best": summary([m["cpu_seconds"] / u["cpu_seconds"]
+                                                 for u, m in pairs]),
+                    "useg_megapixels_per_s": summary(useg_mps),
+                    "monai_megapixels_per_s": summary(monai_mps),
+                    "useg_vs_best_in_sweep": best["useg_speed_ratio"],
+                    "agreement_with_useg": best["agreement_with_useg"],
+                    "agreement_with_useg_same_padding": best["agreement_with_useg_same_padding"],
+                    "loadavg": [[u["loadavg_before"], m["loadavg_after"]] for u, m in pairs],
+                }
+            cases[key] = entry
+        image_path.unlink()
+    return {
+        "machine": machine,
+        "date": started,
+        "command": command_line(),
+        "sweep": {"memory_formats": args.monai_formats, "rois": args.sweep_rois,
+                  "overlaps": args.sweep_overlaps, "precisions": precisions,
+                  "widths": widths,
+                  "mode": "gaussian", "sw_batch_size": 1, "paired_repeats": args.repeats,
+                  "bf16": "torch.autocast around the network (useg and MONAI alike)",
+                  "weights": "untrained (torch.manual_seed(0)), the same in every network",
+                  "outputs": "agreement_with_useg: against the timed useg output (valid "
+                             "network); agreement_with_useg_same_padding: against useg "
+                             "predicting with MONAI's network (same padding), which isolates "
+                             "MONAI's windows and blending (but for the image border: useg "
+                             "mirrors beyond it, MONAI's network sees zeros)"},
+        "cases": cases,
+    }
+
+
+def cpu_line(machine: dict) -> str:
+    """The CPU, the flags that decide convolution speed, and whether it has bf16 instructions."""
+    flags = machine.get("cpu_speed_flags", machine.get("cpu_flags", []))
+    bf16 = machine.get("bf16_instructions")
+    return (f"CPU {machine.get('lscpu_model_name', machine.get('cpu'))} x "
+            f"{machine.get('cpu_count')} (flags: {' '.join(flags) or '-'}; bf16 instructions: "
+            f"{'?' if bf16 is None else 'yes' if bf16 else 'no'})")
+
+
+def print_sweep(part: dict) -> None:
+    print(f"MONAI sweep, {part['date']}, {cpu_line(part['machine'])}")
+    for key, entry in part["cases"].items():
+        rows = [(f"useg {p} (tile {'x'.join(map(str, u['tile']))})", u["megapixels_per_s"], None)
+                for p, u in entry["useg"].items()]
+        rows += [(f"useg {p}, same padding (output reference)", u["megapixels_per_s"], None)
+                 for p, u in entry["useg_same_padding"].items()]
+        rows += [(n, c["megapixels_per_s"], c) for n, c in entry["monai"].items()]
+        w = max(len(r[0]) for r in rows) + 2
+        print(f"{key}\n  {'':<{w}}{'':>9}{'':>8}{'agreement with useg':>22}"
+              f"{'with useg, same net':>22}\n"
+              f"  {'configuration':<{w}}{'MP/s':>9}{'useg x':>8}{'argmax':>11}{'max |dp|':>11}"
+              f"{'argmax':>11}{'max |dp|':>11}")
+        for name, mps, c in rows:
+            cols = ""
+            if c is not None:
+                a, s = c["agreement_with_useg"], c["agreement_with_useg_same_padding"]
+                cols = (f"{c['useg_speed_ratio']:>8.2f}{a['argmax_agreement']:>11.4f}"
+                        f"{a['max_abs_prob_diff']:>11.3f}{s['argmax_agreement']:>11.4f}"
+                        f"{s['max_abs_prob_diff']:>11.3f}")
+            print(f"  {name:<{w}}{mps:>9.4f}{cols}")
+        for p, b in entry["best"].items():
+            r = b["useg_vs_best"]
+            print(f"  useg {p} vs the fastest MONAI {p}, {b['monai']}: {r['median']:.2f}x "
+                  f"({len(r['runs'])} paired run(s), {r['min']:.2f}-{r['max']:.2f}; CPU time "
+                  f"{b['cpu_time_vs_best']['median']:.2f}x; in the sweep "
+                  f"{b['useg_vs_best_in_sweep']:.2f}x)")
+
+
 def _suffix(fmt: str | None, label: str | None) -> str:
     parts = [p for p in (fmt, label) if p]
     return f" ({', '.join(parts)})" if parts else ""
@@ -492,6 +786,9 @@ def main() -> None:
     parser.add_argument("--memory-width", type=int, default=16)
     parser.add_argument("--threads", type=int, help="torch threads per run (default: all)")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--no-speed", action="store_true",
+                        help="skip the speed comparison (the sweep still uses --sizes)")
+    add_sweep_arguments(parser, 2)
     parser.add_argument("--output", type=Path, default=HERE / "results" / "predict.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -510,6 +807,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "2D prediction on CPU: useg overlap tiles vs MONAI sliding window",
         "command": command_line(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": machine_info(),
         "setup": {
             "network": "ronneberger2015 (valid) for useg; the same weights with padding='same' "
@@ -524,10 +822,13 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="useg-bench-") as tmp:
         tmp = Path(tmp)
-        if sizes:
+        if sizes and not args.no_speed:
             print(f"speed: sizes {sizes}, widths {widths}, {args.repeats} repeat(s)", flush=True)
             result["speed"] = speed_comparison(args, 2, "ronneberger2015", sizes, widths,
                                                min(512, sizes[0]), tmp, Path(__file__))
+        if sizes and args.monai_sweep:
+            result["monai_best"] = monai_sweep(args, 2, "ronneberger2015", sizes, widths, tmp,
+                                               Path(__file__))
         if not args.no_profile:
             result["profile"] = profiles(widths[-1], tmp)
         if memory_sizes:
@@ -538,27 +839,41 @@ def main() -> None:
     tmp_out = args.output.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")
     tmp_out.replace(args.output)
+    print(cpu_line(result["machine"]))
     if "speed" in result:
         print_table(result["speed"])
+    if "monai_best" in result:
+        print_sweep(result["monai_best"])
     if "memory" in result:
         print_memory(result["memory"])
     print(f"elapsed {result['elapsed_s'] / 60:.1f} min -> {args.output}")
 
 
-PARTS = ("speed", "profile", "memory", "allocator")
+PARTS = ("speed", "profile", "memory", "allocator", "monai_best")
 
 
 def merge_parts(path: Path, result: dict) -> dict:
     """Keep the parts of an earlier result that this run skipped (e.g. ``--sizes`` with no
-    size reruns only the memory series), each with the command that measured it."""
-    commands = {part: result["command"] for part in PARTS if part in result}
+    size reruns only the memory series), each with the command, the machine and (where
+    recorded) the date that measured it: ``machine`` and ``date`` are this run's."""
+    measured = [part for part in PARTS if part in result]
+    commands = {part: result["command"] for part in measured}
+    machines = {part: result["machine"] for part in measured}
+    dates = {part: result["date"] for part in measured}
     if path.exists():
         earlier = json.loads(path.read_text())
         for part in PARTS:
             if part not in result and part in earlier:
                 result[part] = earlier[part]
                 commands[part] = earlier.get("part_commands", {}).get(part, earlier["command"])
+                # Results from before part_machines: the machine of the run that wrote them.
+                machines[part] = earlier.get("part_machines", {}).get(part, earlier["machine"])
+                date = earlier.get("part_dates", {}).get(part, earlier.get("date"))
+                if date:
+                    dates[part] = date
     result["part_commands"] = commands
+    result["part_machines"] = machines
+    result["part_dates"] = dates
     return result
 
 

@@ -2,6 +2,8 @@
 
 Run: .venv/bin/python bench/predict3d.py [--quick] [--sizes 256] [--widths 16] [--repeats 1]
      [--roi 128] [--keep-freed] [--profile] [--no-speed]
+     [--monai-sweep [--sweep-rois 64 96 128] [--sweep-overlaps 0.25 0.5]
+     [--sweep-precisions fp32 bf16] [--sweep-widths 16]]
 
 The 3D counterpart of bench/predict.py (same worker, same measurements): the 3D U-Net
 (``cicek2016``, with running batch-norm statistics, ``batch_stats=False``) on a cube of synthetic
@@ -24,6 +26,14 @@ volumes, with its memory cost: useg fp32 and bf16 and MONAI channels-last, each 
 comes and with the thresholds raised from the worker's start; every ratio to MONAI is taken under
 the same setting for both (the ``allocator`` part of the results).
 
+``--monai-sweep`` compares useg with MONAI in every configuration of a sweep (memory format x
+roi 64/96/128 x overlap 0.25/0.5, each in useg's precision: fp32, and bf16 autocast where the
+CPU has bf16 instructions) and then, back to back, with the fastest of them, and compares their
+outputs (the ``monai_best`` part; see ``monai_sweep`` in bench/predict.py). Modelled from the
+windows MONAI runs and the committed rates of the 2-core avx512_bf16 machine: about 1.7 hours at
+256^3 and width 16 (1.1 of them fp32), about 5 hours at width 32 (``--sweep-widths 16`` keeps the
+sweep to width 16).
+
 Results: bench/results/predict3d.json (a run keeps the parts it did not measure, each with the
 command that did).
 """
@@ -40,9 +50,13 @@ from typing import Any
 
 from predict import (
     HERE,
+    add_sweep_arguments,
     command_line,
+    cpu_line,
     machine_info,
     merge_parts,
+    monai_sweep,
+    print_sweep,
     print_table,
     run_worker,
     speed_comparison,
@@ -78,6 +92,7 @@ def main() -> None:
     parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
     parser.add_argument("--keep-freed", action="store_true",
                         help="also time useg with glibc keeping freed memory (set at its start)")
+    add_sweep_arguments(parser, 3)
     parser.add_argument("--profile-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile_worker:
@@ -90,6 +105,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "3D prediction on CPU: useg overlap tiles vs MONAI sliding window",
         "command": command_line(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": machine_info(),
         "setup": {
             "network": "cicek2016 with batch_stats=False (valid) for useg; the same weights with "
@@ -116,6 +132,10 @@ def main() -> None:
                 "useg_env_variants": {"freed memory kept": KEEP_FREED}})
             result["allocator"] = speed_comparison(variant, 3, "cicek2016", sizes, widths, roi,
                                                    Path(tmp), HERE / "predict.py")
+    if args.monai_sweep:
+        with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
+            result["monai_best"] = monai_sweep(args, 3, "cicek2016", sizes, widths, Path(tmp),
+                                               HERE / "predict.py")
     if args.profile:
         result["profile"] = {f"width {w}, {s}^3": profile_part(w, s) for s in sizes for w in widths}
     result["elapsed_s"] = time.time() - started
@@ -124,9 +144,12 @@ def main() -> None:
     tmp_out = args.output.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")
     tmp_out.replace(args.output)
+    print(cpu_line(result["machine"]))
     for part in ("speed", "allocator"):
         if part in result:
             print_table(result[part])
+    if "monai_best" in result:
+        print_sweep(result["monai_best"])
     for key, part in result.get("profile", {}).items():
         print_profile(key, part)
     print(f"elapsed {result['elapsed_s'] / 60:.1f} min -> {args.output}")

@@ -23,9 +23,10 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "shapes": (["bench/shapes.py"], "shapes.json"),
     "weightmap": (["bench/weightmap.py"], "weightmap.json"),
     "augment": (["bench/augment.py"], "augment.json"),
-    "predict": (["bench/predict.py"], "predict.json"),
-    "predict3d": (["bench/predict3d.py", "--widths", "16", "32", "--profile", "--keep-freed"],
-                  "predict3d.json"),
+    "predict": (["bench/predict.py", "--monai-sweep"], "predict.json"),
+    "precision": (["bench/precision.py"], "precision.json"),
+    "predict3d": (["bench/predict3d.py", "--widths", "16", "32", "--profile", "--keep-freed",
+                   "--monai-sweep", "--sweep-widths", "16"], "predict3d.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
@@ -91,8 +92,63 @@ def _train_throughput(d):
     return rows
 
 
+def _precision(d):
+    net, side = _get(d, "network", default={}), _get(d, "image", 0)
+    return [(f"{net.get('preset')} width {net.get('width')}, {side}x{side} on "
+             f"{_get(d, 'cpu', 'model_name')}: bf16 / fp32 seconds; what auto picks (/ fp32)",
+             f"{_fmt(_get(d, 'bf16_over_fp32'))}x; {_get(d, 'auto', 'picks')} "
+             f"({_fmt(_get(d, 'auto', 'over_fp32'))}x)")]
+
+
+def _cpu(machine: dict) -> str:
+    """A machine's CPU as the results record it: lscpu model name and the flags that decide
+    convolution speed (older results: the subset of flags they kept)."""
+    flags = machine.get("cpu_speed_flags", machine.get("cpu_flags", []))
+    name = machine.get("lscpu_model_name", machine.get("cpu", "?"))
+    return f"{name} x {machine.get('cpu_count', '?')} ({', '.join(flags) or 'no flags recorded'})"
+
+
+def _monai_best(d):
+    """Rows of the MONAI sweep: useg against MONAI at its fastest, and how the outputs agree."""
+    part = _get(d, "monai_best", default={}) or {}
+    if not part:
+        return []
+    rows = [("MONAI sweep: CPU (lscpu), date, configurations",
+             f"{_cpu(part.get('machine', {}))}, {part.get('date', '?')}; "
+             f"{'/'.join(map(str, _get(part, 'sweep', 'memory_formats', default=[])))} x roi "
+             f"{'/'.join(map(str, _get(part, 'sweep', 'rois', default=[])))} x overlap "
+             f"{'/'.join(map(str, _get(part, 'sweep', 'overlaps', default=[])))}, "
+             "in useg's precision")]
+    for case, e in part.get("cases", {}).items():
+        for precision, b in e.get("best", {}).items():
+            peers = [c for c in e.get("monai", {}).values() if c.get("precision") == precision]
+            same = [c["agreement_with_useg_same_padding"]["argmax_agreement"] for c in peers]
+            slowest = min(peers, key=lambda c: c["megapixels_per_s"]) if peers else {}
+            rows.append((
+                f"{case}, useg {precision} vs MONAI {precision} at its fastest ({b['monai']}): "
+                "speed (paired) / argmax agreement, max |dp| with useg / argmax agreement with "
+                "useg on MONAI's network, over the sweep / speed vs MONAI's slowest",
+                f"{_fmt(_get(b, 'useg_vs_best', 'median'))}x / "
+                f"{_fmt(_get(b, 'agreement_with_useg', 'argmax_agreement'), 4)}, "
+                f"{_fmt(_get(b, 'agreement_with_useg', 'max_abs_prob_diff'))} / "
+                f"{_fmt(min(same, default=None), 4)}-{_fmt(max(same, default=None), 4)} / "
+                f"{_fmt(slowest.get('useg_speed_ratio'))}x"))
+    return rows
+
+
+def _part_cpus(d):
+    """Which CPU measured each part (results from before part_machines: the run's machine)."""
+    parts = [k for k in ("speed", "allocator", "profile", "memory", "monai_best") if k in d]
+    machines = _get(d, "part_machines", default={}) or {}
+    by_cpu: dict[str, list[str]] = {}
+    for part in parts:
+        by_cpu.setdefault(_cpu(machines.get(part, d.get("machine", {}))), []).append(part)
+    return [("CPU of each part", "; ".join(f"{', '.join(ps)}: {cpu}"
+                                           for cpu, ps in by_cpu.items()))] if parts else []
+
+
 def _prediction(d):
-    rows = []
+    rows = _part_cpus(d)
     for case, v in _get(d, "speed", default={}).items():
         configs = v.get("configurations", {})
         channels_last = _get(configs, "monai fp32 (channels_last)", "megapixels_per_s", "median")
@@ -123,6 +179,7 @@ def _prediction(d):
                          "-> freed memory kept (seconds, system CPU s)",
                          f"{_fmt(plain['seconds'])} s ({_fmt(plain['system_cpu_s'])}) -> "
                          f"{_fmt(kept['seconds'])} s ({_fmt(kept['system_cpu_s'])})"))
+    rows += _monai_best(d)
     for n, m in _get(d, "memory", "sizes", default={}).items():
         rows.append((f"memory {n}² (memmap in and out): peak RSS",
                      f"{_fmt(m['peak_rss_bytes'] / 1e9)} GB"))
@@ -171,6 +228,7 @@ EXTRACT: dict[str, Callable] = {
     "isbi2012": _isbi, "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
     "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
+    "precision": _precision,
 }
 
 
