@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from useg.augment import DeformParams, control_grid_shape, deform, rotation_matrix
+from useg.training.augment import DeformParams, control_grid_shape, deform, rotation_matrix
 
 
 def machine_info(threads: int) -> dict:

@@ -58,15 +58,16 @@ import torch
 from scipy import ndimage as ndi
 
 from useg import io
-from useg.checkpoint import load_model, save_model
-from useg.data import Sample, make_sample
-from useg.demo import overlay
-from useg.metrics import isbi_scores
+from useg.evaluation.isbi import isbi_scores
+from useg.evaluation.postprocess import threshold_components
+from useg.inference.predict import predict
+from useg.io.datasets import dataset
 from useg.nets import UNetConfig, halo, output_shape, valid_input_shape
-from useg.paths import dataset
-from useg.postprocess import threshold_components
-from useg.predict import predict
-from useg.train import TrainConfig, train
+from useg.nets.checkpoint import load_model, save_model
+from useg.training.config import TrainConfig
+from useg.training.loop import train
+from useg.training.samples import Sample, make_sample
+from useg.workflows.demo import overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SLICES = range(0, 15)
@@ -289,7 +290,7 @@ def run_variant(variant: str, cfg: TrainConfig, data: dict[str, Any], run_dir: P
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
-    from useg.train import _read_log as read
+    from useg.training.run_folder import read_log as read
 
     return read(path)
 
@@ -420,7 +421,7 @@ def keep_earlier(report: dict[str, Any]) -> None:
                     "slices 20..24 (pixel error and adapted Rand at different thresholds); the "
                     "main run's steps raised to 10000 after a shorter run missed on those "
                     "slices; model of the last step",
-        "cpu": "AVX-512 Xeon with bf16 (earlier sessions' machine)",
+        "cpu": "AMD EPYC with AVX-512 and avx512_bf16 (earlier sessions' machine)",
         "variants": old,
         "targets": report.pop("targets", None),
         "ratios_to_main_3000": report.pop("ratios_to_main_3000", None),
@@ -491,7 +492,7 @@ def main() -> None:
                      "and one threshold chosen on 15..19, scored once on 20..24",
         "command": " ".join([".venv/bin/python", "bench/isbi2012.py", *sys.argv[1:]]),
         "machine": machine_info(),
-        "data": {"root": "useg.paths.dataset('isbi2012')", "train_slices": "0..14",
+        "data": {"root": "useg.io.datasets.dataset('isbi2012')", "train_slices": "0..14",
                  "validation_slices": "15..19", "test_slices": "20..24",
                  "quick": bool(args.quick),
                  "label_convention": "255 = cell interior (class 1), 0 = membrane (class 0)"},

@@ -33,9 +33,10 @@ import torch
 
 from useg import device as dev
 from useg.errors import UsegWarning
-from useg.io import write_json
+from useg.inference.predict import predict
+from useg.inference.tile_choice import default_tile
+from useg.io.files import write_json
 from useg.nets import UNet
-from useg.predict import default_tile, predict
 
 HERE = Path(__file__).resolve().parent
 

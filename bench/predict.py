@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from useg.io import release_pages
+from useg.io.arrays import release_pages
 
 HERE = Path(__file__).resolve().parent
 
@@ -208,8 +208,9 @@ def worker(spec: dict) -> dict:
     """Run one configuration and report its time and memory (called in a fresh process)."""
     import torch
 
-    from useg import normalize as norm
-    from useg.predict import default_tile, predict
+    from useg.inference.predict import predict
+    from useg.inference.tile_choice import default_tile
+    from useg.io import normalize as norm
 
     result: dict[str, Any] = {"loadavg_before": os.getloadavg()[0]}
     if spec.get("threads"):
@@ -411,8 +412,9 @@ def command_line() -> str:
 
 
 def synthetic_image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """Touching cells (``useg.synthetic``), mirror-tiled from a 2048 (2D) or 128 (3D) block."""
-    from useg.synthetic import touching_cells
+    """Touching cells (``useg.workflows.synthetic``), mirror-tiled from a 2048 (2D) or 128 (3D)
+    block."""
+    from useg.workflows.synthetic import touching_cells
 
     block = tuple(min(s, 2048 if len(shape) == 2 else 128) for s in shape)
     image = touching_cells(block, rng=seed)[0][0]
@@ -812,7 +814,7 @@ def main() -> None:
         "setup": {
             "network": "ronneberger2015 (valid) for useg; the same weights with padding='same' "
                        "for MONAI",
-            "image": "synthetic touching cells (useg.synthetic), float32, one channel",
+            "image": "synthetic touching cells (useg.workflows.synthetic), float32, one channel",
             "monai": {"roi": 512, "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1},
             "useg": "predict() with its default tile; bf16 = autocast",
             "limit": "conv GFLOP/s of a 64->64 3x3 conv at 512x512 channels_last (mean of before "
@@ -880,8 +882,8 @@ def merge_parts(path: Path, result: dict) -> dict:
 def profiles(width: int, tmp: Path) -> dict:
     """Where the time goes: operator groups of one useg fp32/bf16 prediction of an image that
     fits one default tile, and of MONAI (contiguous) on the same image."""
+    from useg.inference.tile_choice import default_tile
     from useg.nets import UNet, output_shape
-    from useg.predict import default_tile
 
     net = UNet("ronneberger2015", width=width)
     side = output_shape(net.config, default_tile(net, (1024, 1024)))[0]

@@ -110,7 +110,8 @@ def main() -> None:
         "setup": {
             "network": "cicek2016 with batch_stats=False (valid) for useg; the same weights with "
                        "padding='same' for MONAI",
-            "volume": "synthetic touching cells (useg.synthetic), 128^3 mirror-tiled, float32",
+            "volume": "synthetic touching cells (useg.workflows.synthetic), 128^3 mirror-tiled, "
+                      "float32",
             "monai": {"roi": roi, "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1},
             "useg": "predict() with its default tile; bf16 = autocast",
             "limit": "conv GFLOP/s of a 64->64 3x3x3 conv at 64^3 channels_last_3d (mean of "
@@ -158,8 +159,8 @@ def main() -> None:
 def profile_part(width: int, size: int) -> dict:
     """One default tile of a ``size``^3 volume, with glibc's allocator as it comes and with its
     mmap and trim thresholds raised from the worker's start."""
+    from useg.inference.tile_choice import default_tile
     from useg.nets import UNet
-    from useg.predict import default_tile
 
     # The tile predict uses, the same for both runs.
     tile = default_tile(UNet("cicek2016", width=width, batch_stats=False), (size,) * 3)
@@ -180,19 +181,19 @@ def profile_worker(spec: dict) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from useg.nets import UNet
-    from useg.predict import _forward, _inference_layers
+    from useg.nets.forward import inference_forward, inference_layers
 
     net = UNet("cicek2016", width=spec["width"], batch_stats=False).eval()
-    layers = _inference_layers(net)
+    layers = inference_layers(net)
     x = torch.rand(1, 1, *spec["tile"]).contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         for _ in range(2):
-            _forward(net, x, layers)
+            inference_forward(net, x, layers)
         before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        _forward(net, x, layers)
+        inference_forward(net, x, layers)
         seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            _forward(net, x, layers)
+            inference_forward(net, x, layers)
     groups: dict[str, float] = {}
     for event in prof.key_averages():
         group = GROUPS.get(event.key, "other")

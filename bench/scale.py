@@ -25,8 +25,8 @@ the full run last about 50 minutes). What it does:
    against the uninterrupted run, and checks the resumed labels equal the uninterrupted ones.
 
 Labels are compared across worker counts slab by slab (the outputs do not fit in memory). For
-images of at most 2^27 pixels the single-process ``useg.predict.predict`` is also timed, and its
-labels compared with the dask result.
+images of at most 2^27 pixels the single-process ``useg.inference.predict.predict`` is also
+timed, and its labels compared with the dask result.
 
 The workers run without dask's ``MALLOC_TRIM_THRESHOLD_=65536`` (``--malloc-trim dask`` keeps
 it): with it a 4096^2 block cost 2.9 CPU seconds instead of 1.4 here, most of the difference in
@@ -37,8 +37,8 @@ Defaults per ``--ndim`` (each can be overridden):
 - 2D: U-Net width 1, depth 1 (halo 8, pooling step 2); tile 528 (output 512 per tile), block
   4096 (8 x 8 tiles; 484 blocks of 1-1.5 CPU seconds at full size, fine enough for the
   progress bar and for killing half-way), input chunk 2048. Measured here with
-  ``useg.predict.predict`` and one torch thread on a 4096^2 image: tiles of 528 to 784 run at
-  about 19 Mpixel per CPU second, 1040 at 14 and 2064 at 11.5 (large tiles spill out of the
+  ``useg.inference.predict.predict`` and one torch thread on a 4096^2 image: tiles of 528 to 784
+  run at about 19 Mpixel per CPU second, 1040 at 14 and 2064 at 11.5 (large tiles spill out of the
   caches), 272 at 11 (per-tile overhead); 528 is the smallest of the fast ones and its output
   stride, 512, is a power of two, so blocks of 4096 start on input chunk borders. A block
   reads its 4112^2 input box from 3 x 3 chunks of 4096 (0.10 s, a tenth of its compute),
@@ -95,8 +95,8 @@ def default_size(ndim: int, chunk: int, target: int = TARGET_BYTES) -> int:
 
 
 def create_uncompressed(spec: str, shape: tuple[int, ...], chunk: int):
-    """A uint8 zarr v3 array without compressor (``useg.chunked.create_array`` always compresses),
-    with the axis names ``useg.chunked.open_array`` reads."""
+    """A uint8 zarr v3 array without compressor (``useg.io.chunked.create_array`` always
+    compresses), with the axis names ``useg.io.chunked.open_array`` reads."""
     import zarr
 
     container, _, inner = spec.partition(".zarr/")
@@ -155,8 +155,8 @@ def write_image(spec: str, ndim: int, size: int, chunk: int, seed: int = 0,
 def save_tiny_model(path: Path, ndim: int, width: int, depth: int) -> Path:
     import torch
 
-    from useg.checkpoint import save_model
     from useg.nets import UNet, UNetConfig
+    from useg.nets.checkpoint import save_model
 
     net = UNet(UNetConfig(ndim=ndim, width=width, depth=depth, classes=2)).eval()
     net.reset_parameters(torch.Generator().manual_seed(0))
@@ -167,7 +167,7 @@ def save_tiny_model(path: Path, ndim: int, width: int, depth: int) -> Path:
 def same_labels(a_spec: str, b_spec: str) -> bool:
     """Whether two label arrays are equal, compared slab by slab along the first axis (two
     threads: decompression releases the GIL)."""
-    from useg.chunked import open_array
+    from useg.io.chunked import open_array
 
     a, b = open_array(a_spec)[0], open_array(b_spec)[0]
     if a.shape != b.shape:
@@ -191,8 +191,8 @@ def _start_sampler(dask_worker, period: float = 0.1) -> int:
     shipped by value, with its own copy of this module's globals.)"""
     import psutil
 
-    import useg.dask_predict  # noqa: F401
-    import useg.predict  # noqa: F401
+    import useg.inference.dask  # noqa: F401
+    import useg.inference.predict  # noqa: F401
 
     proc = psutil.Process()
     state = {"peak": proc.memory_info().rss, "stop": False}
@@ -236,7 +236,7 @@ def run_dask(args, model: Path, source: str, out: str, workers: int, overwrite: 
     import dask
     from distributed import Client, LocalCluster
 
-    from useg.dask_predict import predict_dask
+    from useg.inference.dask import predict_dask
 
     records = []
 
@@ -321,9 +321,9 @@ def kill_half_way(args, model: Path, source: str, out: str, workers: int, blocks
 def baseline(model: Path, source: str, tile) -> tuple[float, float, np.ndarray]:
     import torch
 
-    from useg.checkpoint import load_model
-    from useg.chunked import as_channels_first, open_array
-    from useg.predict import predict
+    from useg.inference.predict import predict
+    from useg.io.chunked import as_channels_first, open_array
+    from useg.nets.checkpoint import load_model
 
     torch.set_num_threads(1)
     net = load_model(model)
@@ -427,7 +427,7 @@ def main() -> None:
     import torch
     import zarr
 
-    from useg.chunked import open_array
+    from useg.io.chunked import open_array
 
     nd, size = args.ndim, args.size
     npix = size**nd

@@ -5,7 +5,7 @@ layers, halo, smallest valid input, and valid input sizes with their outputs; th
 large image from overlap tiles with the full 2D preset and reports the largest difference from
 one forward pass over the whole mirror-padded image (fp32 and fp64), and does the same for a
 narrow ``cicek2016`` (batch norm with running statistics, after a few training-mode passes) with
-several tile shapes through ``useg.predict.predict`` (fp32, probabilities).
+several tile shapes through ``useg.inference.predict.predict`` (fp32, probabilities).
 
 Run: ``.venv/bin/python bench/shapes.py [--quick]``
 """
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from useg.inference.tiling import plan_tiles, predict_tiled
 from useg.nets import (
     UNet,
     halo,
@@ -32,7 +33,6 @@ from useg.nets import (
     preset,
     valid_input_shape,
 )
-from useg.tiling import plan_tiles, predict_tiled
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -66,7 +66,8 @@ def seam_test(dtype: torch.dtype, size: int, tile: int) -> dict:
 def seam_test_3d(width: int = 4, shape: tuple[int, ...] = (13, 17, 21)) -> dict:
     """The ``cicek2016`` preset at a narrow ``width``: probabilities of several tile plans
     against one pass over the whole mirror-padded volume."""
-    from useg.predict import predict, whole_image_tile
+    from useg.inference.predict import predict
+    from useg.inference.tile_choice import whole_image_tile
 
     torch.manual_seed(0)
     net = UNet(preset("cicek2016", in_channels=1, classes=3, width=width))

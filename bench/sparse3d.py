@@ -3,9 +3,10 @@ Tables 1 and 2, on a CPU budget.
 
 Run: .venv/bin/python bench/sparse3d.py [--config chosen|paper] [--seeds 0 1 2] [--quick]
 
-Data: /work/shared/data/flyem_medulla_fibsem_3d (useg.paths.dataset), a crop of the FIB-SEM cube
-(10 nm isotropic voxels; default crop 80 x 160 x 160 from its centre). Target: the boundary
-class of the dense body labels (useg.data.boundary_target, width 1; body 0 = unlabeled, ignored).
+Data: /work/shared/data/flyem_medulla_fibsem_3d (useg.io.datasets.dataset), a crop of the
+FIB-SEM cube (10 nm isotropic voxels; default crop 80 x 160 x 160 from its centre). Target: the
+boundary class of the dense body labels (useg.training.samples.boundary_target, width 1; body 0
+= unlabeled, ignored).
 
 Semi-automated setting, as the paper's: the network is trained on a few annotated orthogonal
 slices of the crop and segments the same crop; the score is the IoU of the boundary class on
@@ -25,13 +26,13 @@ unannotated voxel is looked at), which a user of ``useg densify`` can do as well
 balancing the argmax over-predicts the boundary by an amount that varies from run to run on a
 short budget; (2) removes most of that noise.
 
-Budget: a fixed number of training steps (``STEPS``: 1250 per Table 1 run, 2500 for the 3D
-and 15000 for the 2D run of Table 2), so that a rerun reproduces the numbers whatever the load
-of the machine; they are what 15 minutes of wall time per table bought on the lightly loaded
-2-core machine (the issue allows 60 per table; under heavy load a table takes up to ~3x
-longer). On a CPU without native bf16 the runs use fp32 (``--precision auto``).
-Network (CPU-sized): the cicek2016
-preset at width 8 and depth 2 with SAME padding, tile 44^3 (44^3 output), batch norm with
+Budget: a fixed number of training steps (``STEPS``: 1250 per 3D run; Table 2's 3D runs are
+Table 1's runs of the same slices, and the 2D run gets 7500; the earlier single-seed version
+trained Table 2 separately, 2500 3D and 15000 2D steps), so that a rerun reproduces the
+numbers whatever the load of the machine; 1250 steps were what 15 minutes of wall time per
+table of four runs bought on a lightly loaded 2-core machine with native bf16. On a CPU
+without native bf16 the runs use fp32 (``--precision auto``). Network (CPU-sized): the
+cicek2016 preset at width 8 and depth 2 with SAME padding, tile 44^3 (44^3 output), batch norm with
 running statistics at prediction; Adam 1e-3 with the poly schedule, and NO
 augmentation by default (``--augment``: the paper's 3D augmentation, B-spline elastic
 deformation with control points every 32 voxels and std 4, rotations in all planes, flips,
@@ -83,19 +84,23 @@ import numpy as np
 import torch
 
 from useg import io
-from useg.checkpoint import load_model
-from useg.data import IGNORE, boundary_target, make_sample
+from useg.inference.predict import predict
+from useg.io.datasets import dataset
+from useg.io.normalize import image_stats
+from useg.labels import IGNORE
 from useg.nets import preset
-from useg.normalize import image_stats
-from useg.paths import dataset
-from useg.predict import predict
-from useg.train import TrainConfig, train
+from useg.nets.checkpoint import load_model
+from useg.training.config import TrainConfig
+from useg.training.loop import train
+from useg.training.samples import boundary_target, make_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ((1, 1, 1), (2, 2, 1), (3, 3, 2), (5, 5, 3))
 TABLE2_SETTING = (3, 3, 2)
-STEPS = {"table1_3d": 1250, "table2_3d": 2500, "table2_2d": 15000}
-STEPS_PAPER = {"table1_3d": 257, "table2_3d": 514, "table2_2d": 3000}
+# Table 2's 3D runs are Table 1's runs of the same slices (same steps, every seed); the 2D
+# network gets six times the 3D steps, the ratio the earlier single-seed version used.
+STEPS = {"table1_3d": 1250, "table2_2d": 7500}
+STEPS_PAPER = {"table1_3d": 257, "table2_2d": 1542}
 CONFIGS = {
     "chosen": {},
     "paper": {"padding": "valid", "tile3d": [84, 84, 84], "tile2d": [188, 188],
@@ -346,10 +351,10 @@ def _cell(sp: dict) -> str:
 def config_markdown(result: dict) -> list[str]:
     lines = [f"### Configuration `{result['config']}`: {result['network']}", "",
              f"Command: `{result['command']}`. Budget: fixed steps (3D "
-             f"{result['steps']['table1_3d']} per Table 1 run; Table 2: 3D "
-             f"{result['steps']['table2_3d']}, 2D {result['steps']['table2_2d']}), "
-             f"{result['threads']} thread(s), seeds {result['seeds']} for Table 1 and "
-             f"{result['table2_seeds']} for Table 2; CPU {result['machine']['cpu']['model']}, "
+             f"{result['steps']['table1_3d']} per run; Table 2's 3D runs are Table 1's, 2D "
+             f"{result['steps']['table2_2d']}), "
+             f"{result['threads']} thread(s), seeds {result['seeds']}; CPU "
+             f"{result['machine']['cpu']['model']}, "
              f"load average at start {result['machine']['load_average_at_start'][0]:.1f}.", "",
              "Table 1 (IoU of the boundary class on the unannotated voxels; mean ± std "
              "[min, max] over seeds):", "",
@@ -459,8 +464,6 @@ def main() -> None:
                         help="chosen (CPU configuration) or paper (paper-faithful)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of every Table 1 cell")
-    parser.add_argument("--table2-seeds", type=int, nargs="+", default=[0],
-                        help="seeds of the Table 2 runs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="data loader processes")
     parser.add_argument("--crop", type=int, nargs=3, default=None)
@@ -502,7 +505,7 @@ def main() -> None:
     steps = dict(STEPS_PAPER if args.config == "paper" else STEPS)
     if args.quick:
         steps = {k: max(4, v // 100) for k, v in steps.items()}
-    steps3, steps3_t2 = args.steps3d or steps["table1_3d"], args.steps3d or steps["table2_3d"]
+    steps3 = args.steps3d or steps["table1_3d"]
     steps2_t2 = args.steps2d or steps["table2_2d"]
     exp = Experiment(args)
     print(f"[{args.config}] crop {args.crop}, {args.precision}, seeds {args.seeds}: Table 1 "
@@ -518,9 +521,9 @@ def main() -> None:
                   f" IoU argmax {r['iou_boundary_unannotated']:.3f}, calibrated "
                   f"{r['iou_boundary_unannotated_calibrated']:.3f}", flush=True)
     table1 = summarise_table1(runs)
-    t2_runs: dict[str, list] = {"3D": [], "2D": []}
-    for seed in args.table2_seeds:
-        t2_runs["3D"].append(strip(exp.run(3, TABLE2_SETTING, steps3_t2, seed=seed)))
+    t2_runs: dict[str, list] = {
+        "3D": [r for r in runs if tuple(r["slices_zyx"]) == TABLE2_SETTING], "2D": []}
+    for seed in args.seeds:
         t2_runs["2D"].append(strip(exp.run(2, TABLE2_SETTING, steps2_t2, seed=seed)))
     table2 = {net: {"iterations": rows[0]["iterations"],
                     **{name: spread([r[key] for r in rows]) for name, key in KEYS.items()}}
@@ -537,8 +540,7 @@ def main() -> None:
         "threads": args.threads,
         "quick": args.quick,
         "seeds": args.seeds,
-        "table2_seeds": args.table2_seeds,
-        "steps": {"table1_3d": steps3, "table2_3d": steps3_t2, "table2_2d": steps2_t2},
+        "steps": {"table1_3d": steps3, "table2_3d": steps3, "table2_2d": steps2_t2},
         "crop": args.crop,
         "box_zyx": exp.box,
         "network": (f"cicek2016 width {args.width} depth {args.depth}, {args.padding} padding, "

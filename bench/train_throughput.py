@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from useg.data import make_sample
 from useg.device import autocast
-from useg.losses import SegmentationLoss
 from useg.nets import UNet, UNetConfig, output_shape, valid_input_shape
-from useg.synthetic import touching_cells
-from useg.train import TrainConfig, train
+from useg.training.config import TrainConfig
+from useg.training.loop import train
+from useg.training.losses import SegmentationLoss
+from useg.training.samples import make_sample
+from useg.workflows.synthetic import touching_cells
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -95,8 +96,8 @@ def _train_config(cfg: UNetConfig, tile, iterations: int, precision: str,
 
 def useg_loop(cfg: UNetConfig, tile, iterations: int, precision: str, warmup: int,
               workers: int) -> tuple[float, float]:
-    """Iterations/s of useg.train on synthetic images with the full augmentation pipeline, and
-    the fraction of time the training step waited for data."""
+    """Iterations/s of useg.training.loop.train on synthetic images with the full augmentation
+    pipeline, and the fraction of time the training step waited for data."""
     tcfg = _train_config(cfg, tile, iterations + warmup, precision, workers)
     stamps, waits = {}, {}
 
@@ -132,7 +133,7 @@ def _children_cpu_s() -> float | None:
 
 def paired_loop(cfg: UNetConfig, tile, iterations: int, precision: str, warmup: int,
                 workers: int, threads: int | None = None) -> dict[str, float]:
-    """useg.train and the bare loop taking turns step by step in one process.
+    """useg.training.loop.train and the bare loop taking turns step by step in one process.
 
     After each useg step (in ``train``'s callback) one bare step runs on its own network, so
     both see the same machine load within a second of each other. useg's step time runs from
@@ -284,9 +285,10 @@ def main() -> None:
         "repeats": args.repeats, "workers": args.workers, "warmup": warmup,
         "cpu_iterations": args.cpu_iterations,
         "load_average": {"before": load_before[0], "after": os.getloadavg()[0]},
-        "method": "paired: useg.train and a bare loop take turns step by step in one process "
-                  "(bare step in train's callback), ratio of summed step times per run; CPU time "
-                  "per step of each side in a second paired run with one torch thread (useg: "
+        "method": "paired: useg.training.loop.train and a bare loop take turns step by step in "
+                  "one process (bare step in train's callback), ratio of summed step times per "
+                  "run; CPU time per step of each side in a second paired run with one torch "
+                  "thread (useg: "
                   "training process + loader workers); "
                   "blocks (--blocks): whole runs of each one after the other",
         "results": rows,

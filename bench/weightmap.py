@@ -24,7 +24,7 @@ import numpy as np
 import scipy
 from scipy import ndimage as ndi
 
-from useg.weights import border_cutoff, border_weight_map, class_balance_weights
+from useg.training.weights import border_cutoff, border_weight_map, class_balance_weights
 
 W0, SIGMA = 10.0, 5.0
 

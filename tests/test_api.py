@@ -1,7 +1,8 @@
 """The public API of the package: every name in ``useg.__all__`` stays what it is.
 
-Importing a submodule binds it as an attribute of its package, and ``useg.predict`` (the
-function) shares its name with the submodule ``useg.predict``. Each case runs in a fresh
+Importing a submodule binds it as an attribute of its package; no public name is a submodule's
+(the function ``useg.predict`` is defined in ``useg.inference.predict``), and importing the
+submodules in any order must leave the public names alone. Each case runs in a fresh
 interpreter, because what matters is the order of first imports.
 """
 
@@ -44,16 +45,21 @@ CHECK = textwrap.dedent(
 ORDERS = {
     "plain": ("", ""),
     # The module stays reachable for its other functions.
-    "submodule-first": ("import useg.predict", "import sys\nfrom useg.predict import predict_file\n"
-                        "assert sys.modules['useg.predict'].predict_file is predict_file\n"
-                        "assert sys.modules['useg.predict'].predict is useg.predict\n"
+    "submodule-first": ("import useg.inference.predict",
+                        "import sys\nfrom useg.inference.predict import make_predictor\n"
+                        "assert sys.modules['useg.inference.predict'].make_predictor is "
+                        "make_predictor\n"
+                        "assert sys.modules['useg.inference.predict'].predict is useg.predict\n"
                         "assert set(useg.__all__) <= set(dir(useg))"),
-    "from-submodule-first": ("from useg.predict import predict_file",
-                             "from useg.checkpoint import resolve_model"),
-    "submodules-between": ("", "import useg.predict, useg.checkpoint, useg.nets, useg.errors"),
+    "from-submodule-first": ("from useg.inference.files import predict_file",
+                             "from useg.nets.checkpoint import resolve_model"),
+    "submodules-between": ("", "import useg.inference.predict, useg.inference.files, "
+                           "useg.nets.checkpoint, useg.nets, useg.errors, useg.io, "
+                           "useg.training.loop, useg.evaluation, useg.workflows.densify"),
     "cli": ("import useg.cli\nuseg.cli.build_parser()", "from useg.cli import predict"),
     "function-then-submodule": (
-        "from useg import predict as p\nimport useg.predict\nassert useg.predict is p", ""
+        "from useg import predict as p\nimport useg.inference.predict\n"
+        "assert useg.predict is p", ""
     ),
 }
 

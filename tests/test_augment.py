@@ -1,4 +1,5 @@
-"""Tests of useg.augment: exact identities, independent SciPy references and pinned conventions."""
+"""Tests of useg.training.augment: exact identities, independent SciPy references and pinned
+conventions."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from useg.augment import (
+from useg.errors import ConfigError, InputError
+from useg.training.augment import (
     AugmentConfig,
     DeformParams,
     GrayParams,
@@ -26,7 +28,6 @@ from useg.augment import (
     sampling_coordinates,
     spline_matrix,
 )
-from useg.errors import ConfigError, InputError
 
 
 def params(ndim, angle=0.0, plane=(0, 1), scale=None, flips=None, shift=None, disp=None):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from useg.checkpoint import load_model, model_info, save_model
 from useg.errors import ModelFileError
 from useg.nets import UNet, min_input_shape
+from useg.nets.checkpoint import load_model, model_info, save_model
 
 
 def test_round_trip_same_outputs(tmp_path):

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from useg.chunked import (
+from useg.errors import ConfigError, InputError
+from useg.io.chunked import (
     AxesView,
     as_channels_first,
     create_array,
@@ -12,7 +13,6 @@ from useg.chunked import (
     open_array,
     parse_spec,
 )
-from useg.errors import ConfigError, InputError
 
 zarr = pytest.importorskip("zarr")
 h5py = pytest.importorskip("h5py")

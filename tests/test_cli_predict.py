@@ -6,11 +6,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from useg.checkpoint import save_model
 from useg.cli import main
+from useg.inference.predict import predict
 from useg.io import read_image
 from useg.nets import UNet
-from useg.predict import predict
+from useg.nets.checkpoint import save_model
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_predict_folder_of_png_and_stack(tmp_path, model_path, rng):
     assert probs.shape == (2, 70, 90)
     np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
     # The CLI gives what the Python API gives.
-    from useg.checkpoint import load_model
+    from useg.nets.checkpoint import load_model
 
     expected = predict(load_model(model_path), img, tile=60, device="cpu")
     np.testing.assert_allclose(probs, expected, atol=1e-6)
@@ -109,7 +109,7 @@ def _png(path, rng, shape=(40, 40)):
 @pytest.mark.parametrize("layout", ["two folders", "two files", "png and tif in one folder"])
 def test_two_inputs_writing_one_result_are_refused_before_predicting(
         tmp_path, model_path, rng, capsys, monkeypatch, layout):
-    predict_module = importlib.import_module("useg.predict")  # useg.predict is the function
+    predict_module = importlib.import_module("useg.inference.files")
     if layout == "png and tif in one folder":
         first = _png(tmp_path / "a/x.png", rng)
         second = tmp_path / "a/x.tif"
@@ -132,8 +132,8 @@ def test_two_inputs_writing_one_result_are_refused_before_predicting(
 
 def test_results_keep_the_path_relative_to_the_input_folder(tmp_path, model_path, rng):
     from useg import io
-    from useg.checkpoint import load_model
-    from useg.predict import predict_file
+    from useg.inference.files import predict_file
+    from useg.nets.checkpoint import load_model
 
     _png(tmp_path / "in/x.png", rng)
     _png(tmp_path / "in/day1/x.png", rng)  # folders are not searched recursively
@@ -191,7 +191,7 @@ def test_torch_threads_sets_the_threads_of_the_prediction(tmp_path, model_path, 
                                                           monkeypatch):
     import torch
 
-    predict_module = importlib.import_module("useg.predict")
+    predict_module = importlib.import_module("useg.inference.files")
     img = _png(tmp_path / "x.png", rng)
     before = torch.get_num_threads()
     wanted = 1 if before != 1 else 2

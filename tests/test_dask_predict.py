@@ -5,14 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-import useg.dask_predict as dp
-from useg.checkpoint import save_model
-from useg.chunked import create_array, open_array
+import useg.inference.dask as dp
 from useg.cli import main
 from useg.errors import ConfigError, InputError
+from useg.inference.predict import predict
+from useg.inference.tile_choice import tile_geometry as _geometry
+from useg.inference.tiling import plan_tiles, predict_tiled
+from useg.io.arrays import mirror_indices
+from useg.io.chunked import create_array, open_array
 from useg.nets import UNet, UNetConfig
-from useg.predict import _geometry, predict
-from useg.tiling import mirror_indices, plan_tiles, predict_tiled
+from useg.nets.checkpoint import save_model
 
 pytest.importorskip("zarr")
 pytest.importorskip("dask")
@@ -167,7 +169,7 @@ def test_region_prediction_equals_the_part_of_the_whole(rng):
 
 def test_interrupted_run_resumes_only_missing_blocks(case3d, tmp_path, monkeypatch):
     out = f"{tmp_path}/out.zarr/probs"
-    real = dp._predict_block
+    real = dp.predict_block
     calls = []
     crash_at = (1, 1, 0)
 
@@ -180,7 +182,7 @@ def test_interrupted_run_resumes_only_missing_blocks(case3d, tmp_path, monkeypat
             raise RuntimeError("worker lost")
         return real(job, index, image)
 
-    monkeypatch.setattr(dp, "_predict_block", crashing)
+    monkeypatch.setattr(dp, "predict_block", crashing)
     kw = dict(block=BLOCK3, tile=TILE3, progress=False)
     with pytest.raises(RuntimeError, match="worker lost"):
         dp.predict_dask(case3d["model"], case3d["spec"], out, scheduler="threads", workers=1,
@@ -190,7 +192,7 @@ def test_interrupted_run_resumes_only_missing_blocks(case3d, tmp_path, monkeypat
     assert crash_at not in done_before and 0 < len(done_before) < 12
 
     calls.clear()
-    monkeypatch.setattr(dp, "_predict_block", lambda job, index, image=None: (
+    monkeypatch.setattr(dp, "predict_block", lambda job, index, image=None: (
         calls.append(tuple(index)), real(job, index, image))[1])
     result = dp.predict_dask(case3d["model"], case3d["spec"], out, scheduler="threads", **kw)
     everything = set(itertools.product(range(3), range(2), range(2)))

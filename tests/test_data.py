@@ -4,18 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-import useg.data
-from useg.data import (
-    IGNORE,
-    TileStream,
-    boundary_target,
-    make_sample,
-    sparsify,
-    targets_from_labels,
-)
+import useg.training.stream
 from useg.errors import InputError
-from useg.tiling import mirror_indices, read_tile
-from useg.weights import class_balance_weights
+from useg.io.arrays import mirror_indices, read_tile
+from useg.labels import IGNORE
+from useg.training import samples
+from useg.training.samples import boundary_target, make_sample, sparsify, targets_from_labels
+from useg.training.stream import TileStream
+from useg.training.weights import class_balance_weights
 
 
 def test_binary_mode_isbi_convention():
@@ -170,7 +166,7 @@ def test_loader_worker_batches_are_the_items(shared, rng, monkeypatch):
     # Small batches come from the worker as pickled arrays, large ones in shared memory; both
     # must carry the items bit for bit (a zero threshold forces shared memory here).
     if shared:
-        monkeypatch.setattr(useg.data, "_SHARED_BATCH_BYTES", 0)
+        monkeypatch.setattr(useg.training.stream, "_SHARED_BATCH_BYTES", 0)
     stream = _stream(rng, augment={"elastic": True})
     loader = torch.utils.data.DataLoader(stream, batch_size=2, num_workers=1,
                                          collate_fn=stream.collate,
@@ -229,7 +225,7 @@ def test_border_weights_are_in_pixels_whatever_the_files_calibration(tmp_path, c
     # (PNG stores whole pixels per metre: 72 dpi reads back as 352.7 um.)
     assert io.read_image(images / name)[1]["spacing"] == pytest.approx((spacing,) * 2, rel=1e-3)
     # What `useg train` does with the files, with its default options.
-    (sample,) = useg.data.load_pairs(images, labels, ndim=2, mode="binary", w0=10.0, sigma=5.0)
+    (sample,) = samples.load_pairs(images, labels, ndim=2, mode="binary", w0=10.0, sigma=5.0)
     in_pixels = make_sample(lab[None], lab, mode="binary", w0=10.0, sigma=5.0)
     np.testing.assert_array_equal(sample.weight, in_pixels.weight)
     # In a one-pixel gap between two objects d1 = d2 = 1: w = w_c + 10 exp(-4 / 50) = w_c + 9.23.
@@ -249,10 +245,10 @@ def test_border_weights_of_an_anisotropic_stack_use_the_relative_spacing(tmp_pat
                          metadata={"unit": "um", "axes": "ZYX", "spacing": 0.5})
 
     images, labels = _write_pair(tmp_path, "v.tif", write, lab)
-    (sample,) = useg.data.load_pairs(images, labels, ndim=3, mode="binary")
+    (sample,) = samples.load_pairs(images, labels, ndim=3, mode="binary")
     # Z steps are 4 pixels of the finest axis (Y, X): sigma counts in those pixels.
     expected = make_sample(lab[None], lab, mode="binary", spacing=(4.0, 1.0, 1.0))
     np.testing.assert_allclose(sample.weight, expected.weight, rtol=1e-6)
     isotropic = make_sample(lab[None], lab, mode="binary")
     assert np.abs(sample.weight - isotropic.weight).max() > 1  # the anisotropy counts
-    assert useg.data.relative_spacing(sample.spacing) == pytest.approx((4.0, 1.0, 1.0))
+    assert samples.relative_spacing(sample.spacing) == pytest.approx((4.0, 1.0, 1.0))

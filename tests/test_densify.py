@@ -9,15 +9,16 @@ import pytest
 import tifffile
 
 from useg import io
-from useg.checkpoint import load_model, model_info
 from useg.cli import build_parser, main
-from useg.cli.train import build_config
-from useg.data import IGNORE, boundary_target, make_sample
-from useg.densify import check_slices, fit_tile, min_volume_shape
 from useg.errors import InputError
+from useg.io.datasets import dataset
+from useg.labels import IGNORE
 from useg.nets import anisotropic_pools, output_shape, preset
-from useg.paths import dataset
-from useg.synthetic import touching_cells
+from useg.nets.checkpoint import load_model, model_info
+from useg.training.from_folders import build_config
+from useg.training.samples import boundary_target, make_sample
+from useg.workflows.densify import check_slices, fit_tile, min_volume_shape
+from useg.workflows.synthetic import touching_cells
 
 # Tiny network and few steps: these tests check plumbing and facts, not accuracy.
 TINY = ["--width", "2", "--depth", "1", "--tile", "28", "--workers", "0", "--seed", "2",
@@ -222,18 +223,18 @@ def test_densify_resume_matches_uninterrupted(synthetic, tmp_path, monkeypatch):
     reference = tmp_path / "ref"
     assert main([*args, "--out", str(reference)]) == 0
 
-    import useg.train
+    import useg.training.run_folder
 
-    real_plot = useg.train.plot_curves
+    real_plot = useg.training.run_folder.plot_curves
 
     def interrupt(rows, path):  # the run dies right after its first checkpoint (step 2)
         real_plot(rows, path)
         raise KeyboardInterrupt
 
     run = tmp_path / "run"
-    monkeypatch.setattr(useg.train, "plot_curves", interrupt)
+    monkeypatch.setattr(useg.training.run_folder, "plot_curves", interrupt)
     assert main([*args, "--out", str(run)]) == 130
-    monkeypatch.setattr(useg.train, "plot_curves", real_plot)
+    monkeypatch.setattr(useg.training.run_folder, "plot_curves", real_plot)
     assert not (run / "vol_labels.tif").exists()
     assert [s for s, _ in _losses(run)] == [1, 2]
     assert main(["densify", "--resume", "--out", str(run), "--quiet"]) == 0

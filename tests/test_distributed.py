@@ -12,10 +12,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from useg.checkpoint import load_model
 from useg.cli import main
 from useg.nets import UNet
-from useg.synthetic import make_dataset
+from useg.nets.checkpoint import load_model
+from useg.workflows.synthetic import make_dataset
 
 
 @pytest.mark.timeout(300)
@@ -62,10 +62,10 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
 _STOP_AFTER_FIRST_CHECKPOINT = """
 import sys
 
-import useg.train
+import useg.training.run_folder
 from useg.cli import main
 
-real = useg.train.plot_curves
+real = useg.training.run_folder.plot_curves
 
 
 def stop(rows, path):  # the last thing rank 0 does for a checkpoint
@@ -73,7 +73,7 @@ def stop(rows, path):  # the last thing rank 0 does for a checkpoint
     raise SystemExit(3)
 
 
-useg.train.plot_curves = stop
+useg.training.run_folder.plot_curves = stop
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -96,7 +96,8 @@ def _losses(run):
 _REDUCE_SCRIPT = """
 import torch
 import torch.distributed as dist
-from useg.train import _Dist, _all_reduce_sum
+from useg.training.distributed import Dist as _Dist
+from useg.training.distributed import all_reduce_sum as _all_reduce_sum
 
 dist.init_process_group("gloo")
 d = _Dist(dist.get_rank(), dist.get_world_size())

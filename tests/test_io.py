@@ -24,7 +24,7 @@ from useg.io import (
     write_image,
     write_json,
 )
-from useg.paths import dataset
+from useg.io.datasets import dataset
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of useg.losses against hand computations."""
+"""Tests of useg.training.losses against hand computations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from useg.errors import ConfigError, InputError
-from useg.losses import SegmentationLoss, soft_dice_loss, weighted_cross_entropy
+from useg.training.losses import SegmentationLoss, soft_dice_loss, weighted_cross_entropy
 
 
 def case(shape=(2, 3, 5, 6), seed=0, ignore_fraction=0.3):

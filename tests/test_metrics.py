@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from useg import metrics
+from useg import evaluation as metrics
 from useg.errors import InputError
-from useg.paths import dataset
+from useg.evaluation import warping
+from useg.io.datasets import dataset
 
 skm = pytest.importorskip("skimage.metrics")
 
@@ -224,9 +225,9 @@ def test_simple_point_table_matches_definitions_for_all_256_configurations():
     for bits in itertools.product([0, 1], repeat=8):
         patch = np.zeros((3, 3), np.uint8)
         patch.flat[[0, 1, 2, 3, 5, 6, 7, 8]] = bits
-        code = metrics._ring_code(patch)
+        code = warping._ring_code(patch)
         expected = is_simple_by_definition(patch)
-        assert bool(metrics._SIMPLE[code]) == expected
+        assert bool(warping._SIMPLE[code]) == expected
         assert expected == flip_preserves_topology(patch)
         n_simple += expected
     assert n_simple == 116

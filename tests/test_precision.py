@@ -94,8 +94,8 @@ def test_forced_bf16_warns_where_emulated(monkeypatch):
 
 
 def test_predict_warns_for_forced_bf16_where_emulated(monkeypatch):
+    from useg.inference.predict import predict
     from useg.nets import UNet
-    from useg.predict import predict
 
     fake_cpu(monkeypatch, AVX2)
     net = UNet("ronneberger2015", width=2, depth=1)
@@ -137,7 +137,7 @@ def test_measurement_is_cached_per_machine(monkeypatch, tmp_path):
 
 
 def test_cache_is_written_atomically(monkeypatch, tmp_path):
-    import useg.io
+    import useg.io.files
 
     fake_cpu(monkeypatch, SAPPHIRE)
     fake_measurement(monkeypatch, 1.0, 0.5)
@@ -149,7 +149,7 @@ def test_cache_is_written_atomically(monkeypatch, tmp_path):
         raise OSError("disk full")
 
     # A writer that fails after writing its data but before putting it in place.
-    monkeypatch.setattr(useg.io, "_fsync_file", crash)
+    monkeypatch.setattr(useg.io.files, "_fsync_file", crash)
     assert dev.resolve_precision("auto", "cpu") == "bf16"  # the failure costs nothing
     assert path.read_text() == "previous content"
     assert sorted(p.name for p in path.parent.iterdir()) == ["precision.json"]
@@ -210,9 +210,10 @@ def test_real_measurement_is_short():
 
 
 def test_training_records_the_resolved_precision(monkeypatch, tmp_path):
-    from useg.data import make_sample
-    from useg.synthetic import touching_cells
-    from useg.train import TrainConfig, train
+    from useg.training.config import TrainConfig
+    from useg.training.loop import train
+    from useg.training.samples import make_sample
+    from useg.workflows.synthetic import touching_cells
 
     img, inst = touching_cells((48, 48), rng=0)
     samples = [make_sample(img, inst, mode="instances")]
@@ -228,7 +229,7 @@ def test_training_records_the_resolved_precision(monkeypatch, tmp_path):
 
 
 def test_saved_configurations_keep_their_precision():
-    from useg.train import TrainConfig
+    from useg.training.config import TrainConfig
 
     for precision in ("fp32", "bf16"):
         assert TrainConfig.from_dict({"precision": precision}).precision == precision
@@ -238,8 +239,8 @@ def test_saved_configurations_keep_their_precision():
 
 @pytest.fixture
 def tiny(tmp_path):
-    from useg.checkpoint import save_model
     from useg.nets import UNet
+    from useg.nets.checkpoint import save_model
 
     model = save_model(UNet("ronneberger2015", width=2, depth=1), tmp_path / "m.safetensors")
     image = tmp_path / "a.tif"
@@ -291,7 +292,7 @@ def test_cli_forced_bf16_warns_in_one_line(monkeypatch, tiny, tmp_path, capsys):
 def test_block_parallel_run_records_the_resolved_precision(monkeypatch, tmp_path, cpu, expected):
     pytest.importorskip("zarr")
     pytest.importorskip("dask")
-    from useg.dask_predict import predict_dask
+    from useg.inference.dask import predict_dask
     from useg.nets import UNet
 
     fake_cpu(monkeypatch, cpu)

@@ -1,4 +1,5 @@
-"""Tests of useg.synthetic: determinism, geometry of cells and membranes, ranges, 3D, speed."""
+"""Tests of useg.workflows.synthetic: determinism, geometry of cells and membranes, ranges, 3D,
+speed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from scipy import ndimage
 
 from useg.errors import InputError
 from useg.io import list_images, pair_by_stem, read_image, read_json, read_labels
-from useg.synthetic import _partition, _seeds, _smooth_noise, make_dataset, touching_cells
+from useg.workflows.synthetic import _partition, _seeds, _smooth_noise, make_dataset, touching_cells
 
 
 def _full(ndim: int) -> np.ndarray:

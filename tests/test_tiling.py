@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from useg.errors import ConfigError
+from useg.inference.tiling import plan_tiles, predict_tiled
+from useg.io.arrays import mirror_indices, read_tile
 from useg.nets import UNet, UNetConfig, halo, pool_step, receptive_radius, valid_input_shape
-from useg.tiling import mirror_indices, plan_tiles, predict_tiled, read_tile
 
 
 def _net_predictor(net):
@@ -187,7 +188,7 @@ def _after_training_passes(net, passes=3):
 
 def _one_pass_probabilities(net, image):
     """Softmax of one forward pass over the image mirror-padded for a single covering tile."""
-    from useg.predict import whole_image_tile
+    from useg.inference.tile_choice import whole_image_tile
 
     cfg = net.config
     plan = plan_tiles(image.shape[1:], whole_image_tile(net, image.shape[1:]), halo(cfg), 0,
@@ -205,7 +206,7 @@ def cicek2016():
 @pytest.mark.parametrize("tile, counts", [((100, 108, 116), (2, 1, 1)),
                                           ((108, 100, 108), (1, 2, 2))])
 def test_cicek2016_preset_is_seamless(cicek2016, tile, counts, rng):
-    from useg.predict import predict
+    from useg.inference.predict import predict
 
     net = cicek2016
     means = [m.running_mean for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
@@ -219,10 +220,10 @@ def test_cicek2016_preset_is_seamless(cicek2016, tile, counts, rng):
 
 
 def test_batch_statistics_predict_in_one_pass_or_refuse(tmp_path, rng, capsys):
-    from useg.checkpoint import load_model, save_model
     from useg.cli import main
+    from useg.inference.predict import predict
     from useg.io import write_image
-    from useg.predict import predict
+    from useg.nets.checkpoint import load_model, save_model
 
     torch.manual_seed(0)
     net = UNet("cicek2016", width=2, depth=2, in_channels=1, classes=2, batch_stats=True)
@@ -241,7 +242,7 @@ def test_batch_statistics_predict_in_one_pass_or_refuse(tmp_path, rng, capsys):
     one_pass = predict(model, image, device="cpu", stats=UNCHANGED)
     np.testing.assert_allclose(one_pass, whole, atol=1e-5, rtol=0)
     # The memory budget does not choose a tile for it (here, one of 44^3 would fit).
-    from useg.predict import default_tile, whole_image_tile
+    from useg.inference.tile_choice import default_tile, whole_image_tile
 
     assert default_tile(model, VOLUME[1:], budget_bytes=1 << 20) == whole_image_tile(
         model, VOLUME[1:])

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from useg.checkpoint import load_model
 from useg.cli import main
-from useg.synthetic import make_dataset
+from useg.nets.checkpoint import load_model
+from useg.workflows.synthetic import make_dataset
 
 TINY = ["--width", "2", "--depth", "1", "--tile", "36", "--workers", "0", "--seed", "3"]
 
@@ -145,10 +145,11 @@ def test_bad_training_inputs(dataset, tmp_path, capsys):
 def test_divergence_is_reported_at_its_step_whatever_the_log_interval(tmp_path):
     # Losses are read back from the device only for log rows and checkpoints; the error must
     # still name the first step whose loss was not finite, and no row or state may follow it.
-    from useg.data import make_sample
     from useg.errors import ConfigError
-    from useg.synthetic import touching_cells
-    from useg.train import TrainConfig, train
+    from useg.training.config import TrainConfig
+    from useg.training.loop import train
+    from useg.training.samples import make_sample
+    from useg.workflows.synthetic import touching_cells
 
     img, inst = touching_cells((64, 64), rng=0)
     samples = [make_sample(img, inst, mode="instances", w0=10, sigma=5)]
@@ -247,12 +248,12 @@ def test_resume_accepts_options_equal_to_the_run_and_harmless_ones(dataset, tmp_
 def test_validation_scores_what_predicting_the_raw_image_scores(tmp_path, mode):
     import torch
 
-    from useg.checkpoint import save_model
-    from useg.data import make_sample
+    from useg.inference.predict import predict
     from useg.nets import UNet, UNetConfig
-    from useg.predict import predict
-    from useg.synthetic import touching_cells
-    from useg.train import evaluate_samples
+    from useg.nets.checkpoint import save_model
+    from useg.training.samples import make_sample
+    from useg.training.validation import evaluate_samples
+    from useg.workflows.synthetic import touching_cells
 
     image, cells = touching_cells((64, 64), rng=4)
     raw = image * 3.0 - 1.0  # not the 0..1 that the default percentile normalisation gives
@@ -280,11 +281,11 @@ def test_validation_scores_what_predicting_the_raw_image_scores(tmp_path, mode):
 def test_validation_of_a_batch_statistics_network_is_one_pass(tmp_path):
     import torch
 
-    from useg.data import make_sample
+    from useg.inference.predict import predict
     from useg.nets import UNet, UNetConfig
-    from useg.predict import predict
-    from useg.synthetic import touching_cells
-    from useg.train import evaluate_samples
+    from useg.training.samples import make_sample
+    from useg.training.validation import evaluate_samples
+    from useg.workflows.synthetic import touching_cells
 
     image, cells = touching_cells((64, 64), rng=4)
     sample = make_sample(image, cells, mode="instances")
@@ -305,7 +306,7 @@ def test_validation_of_a_batch_statistics_network_is_one_pass(tmp_path):
 
 def test_sigma_unit_is_checked_when_a_configuration_is_read():
     from useg.errors import ConfigError
-    from useg.train import TrainConfig
+    from useg.training.config import TrainConfig
 
     saved = TrainConfig(sigma=3.0).to_dict()
     assert list(saved)[list(saved).index("sigma") + 1] == "sigma_unit"  # beside its value
@@ -316,7 +317,8 @@ def test_sigma_unit_is_checked_when_a_configuration_is_read():
 
 def test_train_resumed_in_python_refuses_a_config_that_differs(finished):
     from useg.errors import ConfigError
-    from useg.train import TrainConfig, train
+    from useg.training.config import TrainConfig
+    from useg.training.loop import train
 
     saved = json.loads((finished / "config.json").read_text())
     with pytest.raises(ConfigError, match="seed = 3, not 4"):

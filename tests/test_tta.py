@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from useg.tta import apply, invert, transforms, with_tta
+from useg.inference.tta import apply, invert, transforms, with_tta
 
 
 @pytest.mark.parametrize("ndim", [2, 3])

@@ -1,4 +1,4 @@
-"""Tests of useg.weights against brute-force references and known values."""
+"""Tests of useg.training.weights against brute-force references and known values."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from useg.errors import ConfigError, InputError
-from useg.paths import dataset
-from useg.weights import (
+from useg.io.datasets import dataset
+from useg.training.weights import (
     border_cutoff,
     border_weight_map,
     class_balance_weights,

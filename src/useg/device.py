@@ -190,9 +190,9 @@ def measure_cpu_precisions(budget: float = 1.0) -> dict[str, float]:
     """Best seconds of one small convolution block in fp32 and in bf16 autocast on CPU.
 
     Two 64-channel 3x3 convolutions with ReLU (the bulk of a U-Net's work), channels last, as
-    :func:`useg.predict.predict` runs them; the two precisions alternate so that a load change on
-    the machine affects both alike. Stops after ``budget`` seconds, warm-up included, once each
-    has been timed once. Uses its own random generator, so the global one is untouched.
+    :func:`useg.inference.predict.predict` runs them; the two precisions alternate so that a load
+    change on the machine affects both alike. Stops after ``budget`` seconds, warm-up included,
+    once each has been timed once. Uses its own random generator, so the global one is untouched.
     """
     deadline = time.perf_counter() + budget
     gen = torch.Generator().manual_seed(0)
@@ -248,7 +248,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 def _write_cache(path: Path, entries: dict[str, Any]) -> None:
     from useg.errors import UsegError
-    from useg.io import write_json
+    from useg.io.files import write_json
 
     # A cache that cannot be written only costs a measurement in the next process.
     with contextlib.suppress(OSError, UsegError):

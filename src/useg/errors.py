@@ -21,3 +21,27 @@ class ConfigError(UsegError):
 
 class UsegWarning(UserWarning):
     """A setting that works but is likely not what the user wants; the CLI prints it as one line."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none), for quoting the
+    error of a library in a message of ours.
+
+    Examples
+    --------
+    >>> one_line(ValueError("bad\\n  value")), one_line(KeyError())
+    ('bad value', 'KeyError')
+    """
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def input_error(where: object, problem: str) -> InputError:
+    """The :class:`InputError` for a problem with a file (or files) a user gave: ``where: problem``.
+
+    Examples
+    --------
+    >>> str(input_error("a.tif", "file not found"))
+    'a.tif: file not found'
+    """
+    return InputError(f"{where}: {problem}")

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from useg.demo import run_demo
+    from useg.workflows.demo import run_demo
 
     report = run_demo(args.out, iterations=args.iterations, device=args.device, data=args.data,
                       seed=args.seed, progress=not args.quiet)

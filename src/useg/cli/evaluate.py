@@ -1,11 +1,12 @@
-"""``useg evaluate PRED GT``: score predictions against ground truth, print a table, write JSON."""
+"""``useg evaluate PRED GT``: score predictions against ground truth, print a table, write JSON.
+
+The scoring is :func:`useg.evaluation.files.evaluate_folders`; this module parses and prints.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import numpy as np
 
 from useg.errors import InputError
 
@@ -84,161 +85,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------------------------
-# pairing and reading
-
-
-def _pairs(pred: Path, gt: Path) -> list[tuple[Path, Path]]:
-    from useg.io import list_images
-
-    pred_files = list_images(pred)
-    gt_files = list_images(gt)
-    if pred.is_file() and gt.is_file():
-        return [(pred, gt)]
-
-    def stems(files: list[Path], side: str) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for f in files:
-            stem = f.stem
-            if stem.lower().endswith(".ome"):  # a.ome.tif pairs with a.png
-                stem = stem[:-4]
-            if stem in out:
-                raise InputError(f"{f}: same name stem as {out[stem]} in {side}; cannot pair them")
-            out[stem] = f
-        return out
-
-    by_pred = stems(pred_files, "PRED")
-    by_gt = stems(gt_files, "GT")
-    if pred.is_file():  # one prediction against the matching file of a GT folder
-        by_gt = {s: f for s, f in by_gt.items() if s in by_pred}
-    if gt.is_file():
-        by_pred = {s: f for s, f in by_pred.items() if s in by_gt}
-    for stem, f in by_pred.items():
-        if stem not in by_gt:
-            raise InputError(f"{f}: no ground-truth file with the name stem {stem!r} in {gt}")
-    for stem, f in by_gt.items():
-        if stem not in by_pred:
-            raise InputError(f"{f}: no prediction file with the name stem {stem!r} in {pred}")
-    return [(by_pred[s], by_gt[s]) for s in by_pred]
-
-
-def _read_probability(path: Path, channel: int | None) -> np.ndarray:
-    from useg.io import read_image
-
-    image, _ = read_image(path)
-    n = image.shape[0]
-    if channel is None:
-        if n != 1:
-            raise InputError(f"{path}: has {n} channels; choose one with --channel")
-        channel = 0
-    if not -n <= channel < n:
-        raise InputError(f"{path}: has {n} channels, no channel {channel}")
-    p = image[channel]
-    if p.dtype == bool:
-        return p.astype(np.float64)
-    if np.issubdtype(p.dtype, np.integer):
-        top = int(p.max())
-        if p.min() < 0 or top > 65535:
-            raise InputError(f"{path}: integer values outside 0..65535 cannot be probabilities")
-        scale = 1 if top <= 1 else 255 if top <= 255 else 65535
-        return p.astype(np.float64) / scale
-    p = p.astype(np.float64)
-    if p.min() < 0 or p.max() > 1:
-        raise InputError(
-            f"{path}: float values in [{p.min():g}, {p.max():g}]; probabilities must lie in [0, 1]"
-        )
-    return p
-
-
-def _read_labels(path: Path) -> np.ndarray:
-    from useg.io import read_labels
-
-    return read_labels(path)[0]
-
-
-def _same_shape(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Path) -> None:
-    if pred.shape != gt.shape:
-        raise InputError(
-            f"{pred_path}: shape {pred.shape} does not match {gt_path} with shape {gt.shape}"
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# scoring
-
-
-def _score_isbi(pairs, args) -> tuple[list[dict], dict]:
-    from useg.metrics import isbi_best, isbi_scores
-
-    results = []
-    for pred_path, gt_path in pairs:
-        prob = _read_probability(pred_path, args.channel)
-        gt = _read_labels(gt_path)
-        _same_shape(prob, gt, pred_path, gt_path)
-        if np.unique(gt).size > 2:
-            raise InputError(
-                f"{gt_path}: ground truth has more than two values; --mode isbi needs a binary "
-                "map (use --mode instances for label images)"
-            )
-        scores = isbi_scores(
-            prob, gt, args.thresholds, membrane=args.membrane, unassigned=args.unassigned
-        )
-        results.append({"pred": str(pred_path), "gt": str(gt_path), "scores": scores})
-    rows = []
-    for i, t in enumerate(args.thresholds):
-        per_pair = [r["scores"]["per_threshold"][i] for r in results]
-        row: dict = {"threshold": float(t)}
-        for key, value in per_pair[0].items():
-            if key == "threshold":
-                continue
-            values = [r[key] for r in per_pair]
-            row[key] = int(sum(values)) if isinstance(value, int) else float(np.mean(values))
-        rows.append(row)
-    return results, {"per_threshold": rows, "best": isbi_best(rows)}
-
-
-def _score_instances(pairs, args) -> tuple[list[dict], dict]:
-    from useg import metrics
-
-    results = []
-    for pred_path, gt_path in pairs:
-        pred = _read_labels(pred_path)
-        gt = _read_labels(gt_path)
-        _same_shape(pred, gt, pred_path, gt_path)
-        are, _, _ = metrics.adapted_rand_error(pred, gt, ignore_labels=(0,))
-        voi_split, voi_merge = metrics.variation_of_information(pred, gt)
-        f1 = metrics.object_f1(pred, gt, thresholds=args.iou_thresholds)
-        scores = {
-            "seg": metrics.seg_score(pred, gt),
-            "adapted_rand_error": are,
-            "v_rand": 1.0 - are,
-            "voi_split": voi_split,
-            "voi_merge": voi_merge,
-            "iou_foreground": metrics.iou(pred > 0, gt > 0, labels=(1,))[1],
-            "object_f1": {f"{t:g}": v for t, v in f1.items()},
-        }
-        results.append({"pred": str(pred_path), "gt": str(gt_path), "scores": scores})
-    mean: dict = {}
-    for key, value in results[0]["scores"].items():
-        if isinstance(value, float):
-            mean[key] = float(np.mean([r["scores"][key] for r in results]))
-    # Object counts are pooled over images before computing precision, recall and F1.
-    pooled = {}
-    for t in results[0]["scores"]["object_f1"]:
-        tp, fp, fn = (
-            sum(r["scores"]["object_f1"][t][k] for r in results) for k in ("tp", "fp", "fn")
-        )
-        if tp + fp + fn == 0:
-            prec = rec = f1 = 1.0
-        else:
-            prec = tp / (tp + fp) if tp + fp else 0.0
-            rec = tp / (tp + fn) if tp + fn else 0.0
-            f1 = 2 * tp / (2 * tp + fp + fn)
-        pooled[t] = {"precision": prec, "recall": rec, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
-    mean["object_f1"] = pooled
-    return results, mean
-
-
-# --------------------------------------------------------------------------------------------
 # output
 
 
@@ -312,29 +158,17 @@ def _print_instances(results: list[dict], mean: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from useg.io import write_json
-    from useg.metrics import DEFAULT_IOU_THRESHOLDS, DEFAULT_ISBI_THRESHOLDS
+    from useg.evaluation.files import evaluate_folders
+    from useg.io.files import write_json
 
-    # Defaults are filled here so that building the parser does not import SciPy.
-    if args.thresholds is None:
-        args.thresholds = DEFAULT_ISBI_THRESHOLDS
-    if args.iou_thresholds is None:
-        args.iou_thresholds = DEFAULT_IOU_THRESHOLDS
-    pairs = _pairs(args.pred, args.gt)
+    report = evaluate_folders(
+        args.pred, args.gt, mode=args.mode, thresholds=args.thresholds, membrane=args.membrane,
+        channel=args.channel, unassigned=args.unassigned, iou_thresholds=args.iou_thresholds,
+    )
     if args.mode == "isbi":
-        if any(not 0 <= t <= 1 for t in args.thresholds):
-            raise InputError(f"--thresholds must lie in [0, 1], got {list(args.thresholds)}")
-        results, summary = _score_isbi(pairs, args)
-        _print_isbi(results, summary)
-        report = {"mode": "isbi", "pairs": results, "mean": summary}
+        _print_isbi(report["pairs"], report["mean"])
     else:
-        if any(not 0 <= t < 1 for t in args.iou_thresholds):
-            raise InputError(
-                f"--iou-thresholds must lie in [0, 1), got {list(args.iou_thresholds)}"
-            )
-        results, mean = _score_instances(pairs, args)
-        _print_instances(results, mean)
-        report = {"mode": "instances", "pairs": results, "mean": mean}
+        _print_instances(report["pairs"], report["mean"])
     if args.json is not None:
         if not args.json.parent.is_dir():
             raise InputError(f"{args.json}: the folder {args.json.parent} does not exist")

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from useg.cli import _dask, add_precision_argument
+from useg.cli import add_precision_argument
+from useg.cli._dask import add_arguments as add_dask_arguments
+from useg.cli._dask import sizes
 from useg.errors import ConfigError, InputError
 
 
@@ -25,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="model file (.safetensors), run folder, or packaged model name")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--tile", type=_dask.sizes, default=None,
+    p.add_argument("--tile", type=sizes, default=None,
                    help="input tile, e.g. 572 or 572x572 (default: as large as memory allows)")
     p.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--tta", action="store_true",
@@ -39,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing results (refused otherwise; with --dask the default "
                    "resumes a run with the same settings and --overwrite starts afresh)")
-    _dask.add_arguments(p)
+    add_dask_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -54,47 +56,50 @@ def run(args: argparse.Namespace) -> int:
     if args.torch_threads is not None and args.torch_threads < 1:
         raise ConfigError(f"--torch-threads must be at least 1, got {args.torch_threads}")
     if args.dask:
-        return _dask.run(args)
+        return _run_dask(args)
     given = [flag for dest, flag in _DASK_ONLY.items() if getattr(args, dest) is not None]
     if given:
         raise ConfigError(f"{', '.join(given)}: only with --dask (block-parallel prediction of "
                           "one large image); add --dask or leave them out")
-    from tqdm.auto import tqdm
+    from useg.inference.files import predict_files
 
-    from useg import io
-    from useg.checkpoint import load_model
-    from useg.device import resolve_device, resolve_precision
-    from useg.predict import predict_file
-
-    device = resolve_device(args.device)
-    for item in args.inputs:
-        if not item.exists():
-            raise InputError(f"{item}: no such file or folder")
-    # Every result of the run is named, and checked against the others and against what
-    # exists, before the first image is predicted: a refusal then costs nothing.
-    plan = io.plan_results(args.inputs, args.out, probabilities=not args.no_probs,
-                           overwrite=args.overwrite)
-    if not plan:
-        raise InputError(f"{', '.join(map(str, args.inputs))}: no PNG or TIFF images found")
-    if args.torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
-    precision = resolve_precision(args.precision, device)  # once, not per image
-    model = load_model(args.model, device=device)
-    if args.tile is not None and len(args.tile) not in (1, model.config.ndim):
-        raise InputError(
-            f"--tile needs 1 or {model.config.ndim} sizes for this {model.config.ndim}D model"
-        )
-    tile = args.tile[0] if args.tile and len(args.tile) == 1 else args.tile
     show = not args.quiet and sys.stderr.isatty()
-    outer = tqdm(plan, unit="image", desc="images", disable=not show or len(plan) == 1)
-    for path, name, _ in outer:
-        written = predict_file(
-            model, path, args.out, write_probabilities=not args.no_probs, tile=tile,
-            device=device, precision=precision, tta=args.tta, batch_size=args.batch_size,
-            progress=not args.quiet, name=name,
-        )
-        if args.quiet or not show:
+
+    def report(path: Path, written: dict[str, Path]) -> None:
+        if not show:
             print(f"{path} -> {', '.join(str(p) for p in written.values())}")
+
+    predict_files(
+        args.inputs, args.out, args.model, device=args.device, tile=args.tile,
+        batch_size=args.batch_size, tta=args.tta, precision=args.precision,
+        write_probabilities=not args.no_probs, overwrite=args.overwrite,
+        torch_threads=args.torch_threads, progress=not args.quiet, on_written=report,
+    )
     return 0
+
+
+def _run_dask(args: argparse.Namespace) -> int:
+    from useg.inference.dask import predict_to_store
+
+    if len(args.inputs) != 1:
+        raise InputError("--dask predicts one image (or volume) at a time; give one INPUT")
+    source, out = args.inputs[0], args.out
+    summary = predict_to_store(
+        source, out, args.model, write_probabilities=not args.no_probs,
+        scheduler=args.scheduler, workers=args.workers, torch_threads=args.torch_threads,
+        block=_one_or_all(args.block), tile=_one_or_all(args.tile), device=args.device,
+        tta=args.tta, precision=args.precision, batch_size=args.batch_size,
+        overwrite=args.overwrite, progress=not args.quiet and sys.stderr.isatty(),
+    )
+    rate = summary["voxels"] / max(summary["seconds"], 1e-9)
+    print(
+        f"{source} -> {out}: {len(summary['computed'])} blocks computed, "
+        f"{summary['skipped']} already done, of {summary['blocks']} "
+        f"({summary['seconds']:.1f} s, {rate / 1e6:.2f} Mvoxel/s)"
+    )
+    return 0
+
+
+def _one_or_all(sizes: tuple[int, ...] | None) -> tuple[int, ...] | int | None:
+    """One size for every axis as an int, several as given."""
+    return sizes[0] if sizes and len(sizes) == 1 else sizes

@@ -76,8 +76,8 @@ def threshold_components(
     the membrane pixels get label 0. ``connectivity=1`` (4-neighbours in 2D, 6 in 3D) is the
     challenge's choice. With ``fill=True`` the membrane pixels are then given to the nearest
     region (:func:`fill_unassigned`), so that the labelling covers every pixel, which the
-    Rand-type scores of :func:`useg.metrics.isbi_scores` need. Filling is N-dimensional; for a
-    stack of independent 2D sections, call it per slice.
+    Rand-type scores of :func:`useg.evaluation.isbi.isbi_scores` need. Filling is
+    N-dimensional; for a stack of independent 2D sections, call it per slice.
 
     Parameters
     ----------
@@ -341,7 +341,8 @@ def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.nda
     """Class map from class probabilities ``(C, (Z,) Y, X)``: the most probable class per pixel.
 
     With a single channel (``C == 1``, a sigmoid output) the map is ``probs[0] > threshold``
-    as classes 0/1. With several channels, ties go to the lowest class index.
+    as classes 0/1. With several channels, ties go to the lowest class index. This is
+    :func:`useg.labels.most_likely_class` with a threshold for single channels.
 
     Parameters
     ----------
@@ -352,7 +353,7 @@ def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.nda
 
     Returns
     -------
-    ndarray of uint8 (int32 when C > 256)
+    ndarray of :func:`useg.labels.class_dtype` (uint8 up to 256 classes)
         Class index per pixel, shape ``probs.shape[1:]``.
 
     Examples
@@ -360,12 +361,4 @@ def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.nda
     >>> probabilities_to_labels(np.array([[0.7, 0.2, 0.1], [0.3, 0.8, 0.1], [0.0, 0.0, 0.8]]))
     array([0, 1, 2], dtype=uint8)
     """
-    p = np.asarray(probs)
-    if p.ndim < 2:
-        raise InputError(f"probs must have a channel axis and spatial axes, got shape {p.shape}")
-    if p.shape[0] == 0:
-        raise InputError("probs has no channels")
-    if p.shape[0] == 1:
-        return (p[0] > threshold).astype(np.uint8)
-    dtype = np.uint8 if p.shape[0] <= 256 else np.int32
-    return most_likely_class(p, dtype)
+    return most_likely_class(np.asarray(probs), threshold=threshold)

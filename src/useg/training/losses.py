@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from useg.errors import ConfigError, InputError
+from useg.labels import IGNORE
 
 __all__ = ["weighted_cross_entropy", "soft_dice_loss", "SegmentationLoss"]
 
@@ -44,7 +45,7 @@ def weighted_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
     weights: torch.Tensor | None = None,
-    ignore_index: int = -1,
+    ignore_index: int = IGNORE,
 ) -> torch.Tensor:
     """Pixel-wise softmax cross entropy weighted by a per-pixel map (U-Net paper, eq. 1).
 
@@ -61,7 +62,7 @@ def weighted_cross_entropy(
     target : Tensor ``(B, *S)`` of int
         Class ids in ``0 .. C-1``, or ``ignore_index``.
     weights : Tensor ``(B, *S)``, optional
-        Non-negative pixel weights (e.g. :func:`useg.weights.border_weight_map`).
+        Non-negative pixel weights (e.g. :func:`useg.training.weights.border_weight_map`).
     ignore_index : int
 
     Returns
@@ -92,7 +93,7 @@ def weighted_cross_entropy(
 def soft_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
-    ignore_index: int = -1,
+    ignore_index: int = IGNORE,
     smooth: float = 1.0,
 ) -> torch.Tensor:
     """Soft Dice loss ``1 - mean_c (2 |P_c T_c| + s) / (|P_c| + |T_c| + s)`` over labelled pixels.
@@ -142,7 +143,7 @@ class SegmentationLoss(nn.Module):
     ----------
     dice_weight : float, default 0
         0 gives the papers' loss (weighted cross entropy only).
-    ignore_index : int, default -1
+    ignore_index : int, default IGNORE (-1)
     smooth : float, default 1
         Smoothing of the Dice term.
 
@@ -155,7 +156,7 @@ class SegmentationLoss(nn.Module):
     0
     """
 
-    def __init__(self, dice_weight: float = 0.0, ignore_index: int = -1, smooth: float = 1.0):
+    def __init__(self, dice_weight: float = 0.0, ignore_index: int = IGNORE, smooth: float = 1.0):
         super().__init__()
         if not smooth > 0:
             raise ConfigError(f"smooth must be > 0, got {smooth}")

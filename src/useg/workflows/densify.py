@@ -4,8 +4,9 @@ The 3D U-Net paper's first use case (Cicek et al. 2016): an annotator labels a f
 slices of a volume, a 3D U-Net is trained on them (unannotated voxels weigh 0 in the loss, the
 classes are balanced over the annotated voxels), and the trained network segments the very same
 volume densely. :func:`densify` does exactly that with the shared trainer
-(:func:`useg.train.train`) and overlap-tile prediction (:func:`useg.predict.predict`), so the
-run folder, checkpoints and resume work as for ``useg train``.
+(:func:`useg.training.loop.train`) and overlap-tile prediction
+(:func:`useg.inference.predict.predict`), so the run folder, checkpoints and resume work as for
+``useg train``. :func:`densify_file` is the engine of ``useg densify``.
 
 The annotation is either a label volume in which one value means "not annotated"
 (``unlabeled``), or a dense label volume of which only some slices count (``slices``, axis ->
@@ -16,7 +17,6 @@ segment new ones) is plain ``useg train`` followed by ``useg predict``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,24 +25,32 @@ from typing import Any
 
 import numpy as np
 
+from useg import io
 from useg.errors import ConfigError, InputError
+from useg.inference.predict import predict
 from useg.labels import most_likely_class
-from useg.nets import (
-    UNetConfig,
-    anisotropic_pools,
-    min_input_shape,
-    output_shape,
-    pool_step,
-    preset,
-    valid_input_shape,
+from useg.nets.checkpoint import load_model
+from useg.nets.config import UNetConfig
+from useg.nets.geometry import min_input_shape, output_shape, pool_step, valid_input_shape
+from useg.training.config import TrainConfig
+from useg.training.from_folders import (
+    build_config,
+    check_resume_options,
+    make_config,
+    resumed_config,
+    saved_run,
 )
-from useg.train import TrainConfig
+from useg.training.loop import train
+from useg.training.options import TrainOptions, parse_slices
+from useg.training.run_folder import check_resumable, resume_config, saved_config
+from useg.training.samples import make_sample
 
 __all__ = [
     "DensifyResult",
     "check_slices",
     "default_config",
     "densify",
+    "densify_file",
     "fit_tile",
     "min_volume_shape",
 ]
@@ -70,8 +78,9 @@ def default_config(
 
     ``cicek2016`` for 3D volumes (``ronneberger2015`` for 2D images), label mode ``boundary``
     in 3D (``binary`` in 2D); anisotropic ``spacing`` chooses the pooling per level with
-    :func:`useg.nets.anisotropic_pools`. ``options`` are :class:`~useg.train.TrainConfig`
-    fields, or network fields (``width``, ``depth``, ``padding``, ``batch_stats``...).
+    :func:`useg.nets.geometry.anisotropic_pools`. ``options`` are
+    :class:`~useg.training.config.TrainConfig` fields, or network fields (``width``, ``depth``,
+    ``padding``, ``batch_stats``...). Built by :func:`useg.training.from_folders.make_config`.
 
     Examples
     --------
@@ -79,21 +88,8 @@ def default_config(
     >>> cfg.net["pool"], cfg.label_mode
     ([[1, 2, 2], [1, 2, 2]], 'boundary')
     """
-    name = "cicek2016" if ndim == 3 else "ronneberger2015"
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    net_options = {k: options.pop(k) for k in list(options) if k not in known}
-    net = preset(name, ndim=ndim, in_channels=in_channels, classes=classes, **net_options)
-    if net.pool is None and spacing is not None:
-        levels = anisotropic_pools(spacing, net.depth)
-        if any(f != 2 for level in levels for f in level):
-            net = net.replace(pool=levels)
-    options.setdefault("tile", [116, 132, 132] if ndim == 3 else [572, 572])
-    options.setdefault("label_mode", label_mode or ("boundary" if ndim == 3 else "binary"))
-    if spacing is not None:
-        options.setdefault("spacing", [float(s) for s in spacing])
-    d = net.to_dict()
-    d["pool"] = [list(level) for level in d["pool"]] if d["pool"] is not None else None
-    return TrainConfig(net=d, **options)
+    return make_config(ndim, in_channels=in_channels, spacing=spacing, label_mode=label_mode,
+                       classes=classes, **options)
 
 
 def check_slices(
@@ -134,6 +130,7 @@ def min_volume_shape(cfg: UNetConfig) -> tuple[int, ...]:
 
     Examples
     --------
+    >>> from useg.nets.config import preset
     >>> min_volume_shape(preset("cicek2016", width=4, depth=2, padding="same"))
     (4, 4, 4)
     """
@@ -149,6 +146,7 @@ def fit_tile(cfg: UNetConfig, tile: Sequence[int] | int, shape: Sequence[int]) -
 
     Examples
     --------
+    >>> from useg.nets.config import preset
     >>> cfg = preset("cicek2016", width=4, depth=2)
     >>> fit_tile(cfg, (116, 132, 132), (24, 48, 48))
     (64, 88, 88)
@@ -162,16 +160,6 @@ def fit_tile(cfg: UNetConfig, tile: Sequence[int] | int, shape: Sequence[int]) -
             smaller[axis] -= steps[axis]
             tile[axis] = valid_input_shape(cfg, smaller, mode="down")[axis]
     return tuple(tile)
-
-
-def _saved_config(out: Path) -> TrainConfig:
-    path = out / "config.json"
-    if not (out / "state.safetensors").exists() or not path.exists():
-        raise InputError(f"{out}: nothing to resume (no state.safetensors)")
-    try:
-        return TrainConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise InputError(f"{path}: unreadable run configuration ({exc})") from None
 
 
 def densify(
@@ -211,8 +199,8 @@ def densify(
         the augmentation (all planes only for isotropic voxels) and is stored in the model.
     resume : bool
         Continue the run in ``out_dir`` with its saved configuration; a ``config`` may change
-        only :data:`useg.train.RESUMABLE` settings (e.g. more ``iterations``) and is refused
-        otherwise.
+        only :data:`useg.training.config.RESUMABLE` settings (e.g. more ``iterations``) and is
+        refused otherwise.
     progress : bool
         Progress bars for training and prediction.
     image_name, labels_name : str
@@ -225,7 +213,7 @@ def densify(
 
     Examples
     --------
-    >>> from useg.synthetic import touching_cells
+    >>> from useg.workflows.synthetic import touching_cells
     >>> import tempfile
     >>> img, cells = touching_cells((16, 32, 32), rng=0)
     >>> cfg = default_config(3, width=2, depth=1, tile=20, iterations=2, augment=None,
@@ -235,11 +223,6 @@ def densify(
     >>> res.probabilities.shape, res.labels.shape
     ((2, 16, 32, 32), (16, 32, 32))
     """
-    from useg.checkpoint import load_model
-    from useg.data import make_sample
-    from useg.predict import predict
-    from useg.train import train
-
     image = np.asarray(image)
     labels = np.asarray(labels)
     if image.ndim == labels.ndim:
@@ -253,13 +236,12 @@ def densify(
         raise InputError(f"{image_name}: expected a volume (Z, Y, X), got shape {image.shape}")
     out = Path(out_dir)
     if resume:
-        cfg = _saved_config(out)
+        check_resumable(out)
+        cfg = saved_config(out)
         if config is not None:
             # The saved run, with what a resumed run may change (more iterations, another
             # device...) taken from config; any other difference is refused.
-            from useg.train import _resume_config
-
-            cfg, _ = _resume_config(config, out)
+            cfg, _ = resume_config(config, out)
     else:
         cfg = config if config is not None else default_config(
             image.ndim - 1, in_channels=image.shape[0], spacing=spacing)
@@ -287,12 +269,8 @@ def densify(
     sample_spacing = cfg.spacing
     if sample_spacing is not None and len(sample_spacing) != len(spatial):
         raise ConfigError(f"spacing {tuple(sample_spacing)} needs {len(spatial)} values")
-    sample = make_sample(
-        image, labels, mode=cfg.label_mode, unlabeled=cfg.unlabeled, slices=slices,
-        w0=cfg.w0, sigma=cfg.sigma, class_balance=cfg.class_balance,
-        boundary_width=cfg.boundary_width, spacing=sample_spacing,
-        normalization=cfg.normalization, name=labels_name,
-    )
+    sample = make_sample(image, labels, spacing=sample_spacing, name=labels_name,
+                         **cfg.sample_options(slices))
     top = int(sample.target.max())
     if top >= net.classes:
         raise InputError(
@@ -305,5 +283,129 @@ def densify(
     # depends on the tile (batch statistics): predict decides, as for useg predict.
     probs = predict(model, image, device=cfg.device, precision=cfg.precision,
                     progress=progress)
-    dtype = np.uint8 if net.classes <= 255 else np.uint16
-    return DensifyResult(probs, most_likely_class(probs, dtype), model_path)
+    return DensifyResult(probs, most_likely_class(probs), model_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# useg densify
+
+
+def _classes(labels: np.ndarray, unlabeled: int | None, name: Path) -> int:
+    """Number of classes of a ``classes`` annotation: its largest annotated value plus one."""
+    values = labels[labels != unlabeled] if unlabeled is not None else labels
+    if values.size == 0:
+        raise InputError(f"{name}: no annotated voxel (every voxel is --unlabeled {unlabeled})")
+    if int(values.min()) < 0:
+        raise InputError(f"{name}: class labels must be >= 0 (use --unlabeled for unannotated "
+                         "voxels)")
+    return max(2, int(np.max(values)) + 1)
+
+
+def _same(a: str | os.PathLike | None, b: str) -> bool:
+    return a is None or Path(a).resolve() == Path(b).resolve()
+
+
+def densify_file(
+    volume: str | os.PathLike | None,
+    labels: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    options: TrainOptions | None = None,
+    resume: bool = False,
+    given: Sequence[tuple[str, str]] = (),
+    write_probabilities: bool = True,
+    progress: bool = True,
+) -> tuple[DensifyResult, list[Path]]:
+    """Densify a volume file from its annotation file (``useg densify``).
+
+    Trains in the run folder ``out`` (:func:`densify`) and writes the dense segmentation there:
+    ``<volume stem>_labels.tif`` and ``<volume stem>_probs.tif`` (unless
+    ``write_probabilities`` is False), with the volume file's calibration.
+
+    Parameters
+    ----------
+    volume, labels : path
+        The image volume and its annotation, of the same shape (a label volume with an
+        ``unlabeled`` value, or dense labels of which only ``options.slices`` count). Not needed
+        to resume: the run recorded them.
+    out : path
+        Run and output folder.
+    options : TrainOptions, optional
+        Network and training options, as for ``useg train``
+        (:class:`useg.training.options.TrainOptions`).
+    resume : bool
+        Continue the run in ``out``.
+    given : sequence of (str, str)
+        The options given explicitly, as (name, flag) pairs: with ``resume``, those that differ
+        from the saved run are refused (see :func:`useg.training.from_folders.train_from_folders`).
+    write_probabilities : bool
+        Write the class probabilities too.
+    progress : bool
+        Progress bars for training and prediction.
+
+    Returns
+    -------
+    (DensifyResult, list of Path)
+        The result of :func:`densify` and the files written.
+    """
+    out = Path(out)
+    options = options if options is not None else TrainOptions()
+    if resume:
+        saved, data, config_path = saved_run(out)
+        if "volume" not in data:
+            raise InputError(f"{config_path}: not a 'useg densify' run; cannot resume")
+        if not (_same(volume, data["volume"]) and _same(labels, data["labels"])):
+            raise ConfigError(f"{out} densifies {data['volume']} with {data['labels']}; "
+                              "--resume continues it (omit VOLUME and --labels)")
+        # VOLUME and --labels are checked above; --no-probs only chooses the outputs.
+        values = dataclasses.asdict(options)
+        check_resume_options(given, values, saved, config_path, free={"labels", "no_probs"})
+        volume, labels_path = Path(data["volume"]), Path(data["labels"])
+        cfg = resumed_config(saved, given, values)
+    else:
+        if volume is None or labels is None:
+            raise ConfigError("VOLUME and --labels are required (or --resume with --out)")
+        volume, labels_path = Path(volume), Path(labels)
+    for path in (volume, labels_path):
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        if path.is_dir():
+            raise InputError(f"{path}: a folder; densify takes one volume file")
+    image, meta = io.read_image(volume)
+    annotation, _ = io.read_labels(labels_path)
+    if image.shape[1:] != annotation.shape:
+        raise InputError(
+            f"{labels_path}: annotation of shape {annotation.shape} does not match the volume "
+            f"{volume.name} of shape {image.shape[1:]}"
+        )
+    ndim = annotation.ndim
+    if not resume:
+        kwargs = build_config(options, ndim, image.shape[0], meta.get("spacing"))
+        if kwargs["label_mode"] == "classes":
+            kwargs["net"]["classes"] = _classes(annotation, kwargs["unlabeled"], labels_path)
+        slices = parse_slices(options.slices, ndim)
+        mode = kwargs["label_mode"]
+        kwargs["labels"] = {
+            "mode": mode,
+            "classes": ["interior", "boundary"] if mode == "boundary" else
+            ["background", "foreground"] if mode != "classes" else
+            [f"class {i}" for i in range(kwargs["net"]["classes"])],
+            "data": {"volume": str(volume), "labels": str(labels_path), "slices": slices},
+        }
+        cfg = TrainConfig(**kwargs)
+    else:
+        slices = data.get("slices")
+        slices = {int(k): v for k, v in slices.items()} if slices else None
+    spacing = cfg.spacing if cfg.spacing is not None else meta.get("spacing")
+    result = densify(
+        image, annotation, out, slices=slices, config=cfg, spacing=spacing, resume=resume,
+        progress=progress, image_name=str(volume), labels_name=str(labels_path),
+    )
+    axes = "ZYX"[3 - ndim:]
+    # The outputs keep the input file's calibration; --spacing only steers the training.
+    written = [io.write_image(out / f"{volume.stem}_labels.tif", result.labels,
+                              spacing=meta.get("spacing"), axes=axes)]
+    if write_probabilities:
+        written.append(io.write_image(out / f"{volume.stem}_probs.tif", result.probabilities,
+                                      spacing=meta.get("spacing"), axes="C" + axes))
+    return result, written

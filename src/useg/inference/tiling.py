@@ -16,9 +16,10 @@ forward pass over the whole mirror-padded image: the paper's seamless overlap-ti
 
 Same-padding networks (policy): each tile's output loses ``margin`` pixels on every side before
 stitching, tiles overlap by twice the margin and write disjoint regions, no blending.
-``predict_tiled`` takes ``margin`` as given (default 0); :func:`useg.predict.predict` passes,
-per axis, the network's receptive radius rounded up to the pooling step, or, where the tile is
-too small for that, the largest multiple of the step that still leaves one step of output.
+``predict_tiled`` takes ``margin`` as given (default 0); :func:`useg.inference.predict.predict`
+passes, per axis, the network's receptive radius rounded up to the pooling step, or, where the
+tile is too small for that, the largest multiple of the step that still leaves one step of
+output (:func:`useg.nets.geometry.tile_margin`).
 The remaining deviation from the whole-image pass is measured in ``tests/test_tiling.py``.
 
 Memory is bounded by a batch of tiles: inputs are read tile by tile from any array-like that
@@ -38,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from useg.errors import ConfigError
-from useg.io import release_pages
+from useg.io.arrays import read_tile, release_pages
 
-__all__ = ["TilePlan", "mirror_indices", "plan_tiles", "predict_tiled", "read_tile"]
+__all__ = ["TilePlan", "plan_tiles", "predict_tiled"]
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -172,45 +173,6 @@ def plan_tiles(
     return TilePlan(shape, tile, halo, margin, tuple(stride), tuple(counts))
 
 
-def mirror_indices(start: int, length: int, size: int) -> np.ndarray:
-    """Source indices of ``length`` positions from ``start`` along an axis of ``size`` pixels,
-    mirrored at the borders without repeating the edge pixel (NumPy's ``reflect``), any number
-    of times for positions far outside.
-
-    Examples
-    --------
-    >>> mirror_indices(-3, 8, 5).tolist()
-    [3, 2, 1, 0, 1, 2, 3, 4]
-    """
-    idx = np.arange(start, start + length)
-    if size == 1:
-        return np.zeros(length, dtype=np.intp)
-    period = 2 * (size - 1)
-    idx = np.mod(idx, period)
-    return np.where(idx < size, idx, period - idx).astype(np.intp)
-
-
-def read_tile(image: Any, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """Read one tile ``(C, *shape)`` at spatial ``start`` from a ``(C, *spatial)`` array-like.
-
-    Only the bounding box of the needed pixels is read (one slice per axis), so memmaps and
-    chunked arrays are touched no more than necessary; positions outside the image are mirrored.
-    """
-    spatial = image.shape[1:]
-    box, local = [], []
-    for s, n, size in zip(start, shape, spatial, strict=True):
-        idx = mirror_indices(s, n, size)
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        box.append(slice(lo, hi))
-        local.append(idx - lo)
-    out = np.asarray(image[(slice(None), *box)])
-    # One gather per mirrored axis: several times faster than one np.ix_ gather of them all.
-    for axis, (loc, b) in enumerate(zip(local, box, strict=True)):
-        if not (loc[0] == 0 and len(loc) == b.stop - b.start and np.all(np.diff(loc) == 1)):
-            out = np.take(out, loc, axis=axis + 1)
-    return out
-
-
 def _region_on_plan(
     plan: TilePlan, region: Sequence[slice] | None
 ) -> tuple[tuple[int, ...], tuple[int, ...], list[range]]:
@@ -260,7 +222,8 @@ def predict_tiled(
     image : array-like
         ``(C, *spatial)``; anything with ``.shape`` and slicing (NumPy, memmap, zarr, h5py).
     tile : int or tuple
-        Input tile shape; see :func:`useg.nets.valid_input_shape` for a network's valid tiles.
+        Input tile shape; see :func:`useg.nets.geometry.valid_input_shape` for a network's
+        valid tiles.
     out_channels : int
         Channels of the predictor's output.
     halo, margin, step : int or tuple
@@ -278,7 +241,7 @@ def predict_tiled(
         Predict only this box of the image, with the very tiles a whole-image call uses there
         (so the values are the same); its bounds must be among :meth:`TilePlan.boundaries`.
         ``out`` then has the shape ``(out_channels, *box)``. Used to split an image into
-        independent blocks (:mod:`useg.dask_predict`).
+        independent blocks (:mod:`useg.inference.blocks`).
 
     Returns
     -------

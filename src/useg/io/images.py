@@ -2,8 +2,8 @@
 
 Images come back as ``(C, Y, X)`` or ``(C, Z, Y, X)`` arrays with the channel axis always present;
 label images as ``(Y, X)`` or ``(Z, Y, X)``. Every problem with a file a user gave becomes one
-:class:`useg.errors.InputError` naming the file. Writers are atomic: a file is either the complete
-old one or the complete new one, never half written.
+:class:`useg.errors.InputError` naming the file. Writers are atomic
+(:func:`useg.io.files.atomic_write`).
 
 Voxel spacing is reported in micrometres when the file states a unit, otherwise in whatever unit
 the file holds (often none, in which case the spacing is ``None``).
@@ -11,39 +11,18 @@ the file holds (often none, in which case the spacing is ``None``).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import mmap
 import os
-import re
-import secrets
-import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from useg.errors import InputError
+from useg.errors import InputError, input_error, one_line
+from useg.io.files import IMAGE_EXTS, atomic_write
 
-__all__ = [
-    "IMAGE_EXTS",
-    "atomic_write",
-    "list_images",
-    "natural_key",
-    "pair_by_stem",
-    "plan_results",
-    "read_image",
-    "read_json",
-    "read_labels",
-    "result_paths",
-    "write_image",
-    "write_json",
-]
-
-IMAGE_EXTS = (".png", ".tif", ".tiff")
-_TIFF_EXTS = (".tif", ".tiff")
+__all__ = ["read_image", "read_labels", "write_image"]
 
 # Length units found in OME-XML and ImageJ metadata, in micrometres.
 _UNIT_UM = {
@@ -68,433 +47,16 @@ _RESUNIT_UM = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}
 
 
 # --------------------------------------------------------------------------------------------
-# errors
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-def _fail(path: str | os.PathLike, problem: str) -> InputError:
-    return InputError(f"{path}: {problem}")
-
-
-# --------------------------------------------------------------------------------------------
-# atomic writing
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Write a file atomically: yield a temporary path beside ``path``, then move it into place.
-
-    The body writes the complete file to the yielded path. On normal exit the temporary file is
-    flushed to disk and renamed over ``path`` with :func:`os.replace` (atomic on one file system),
-    so readers see either the old file or the new one. If the body raises, the temporary file is
-    removed and ``path`` is left untouched.
-
-    The temporary name starts with a dot and keeps the final extension of ``path``, so writers that
-    pick a format from the extension (Pillow, tifffile) behave as for ``path``.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        The file to create or replace. Its folder must exist.
-
-    Yields
-    ------
-    Path
-        Where the body must write.
-
-    Raises
-    ------
-    InputError
-        When the folder of ``path`` does not exist.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> with atomic_write(folder / "a.txt") as tmp:
-    ...     _ = tmp.write_text("hello")
-    >>> (folder / "a.txt").read_text()
-    'hello'
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise _fail(path, f"cannot write: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"{path}: nothing was written to the temporary file {tmp.name}")
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    # Without this a crash soon after the rename can leave an empty file under the final name.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; not possible (nor needed) on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, set | frozenset):
-        return sorted(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in JSON")
-
-
-def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON, atomically (see :func:`atomic_write`).
-
-    NumPy scalars and arrays, paths and sets are converted to plain JSON values.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        Destination file.
-    obj : object
-        Anything :func:`json.dumps` accepts, plus the types above.
-    indent : int
-        Indentation of the output.
-
-    Returns
-    -------
-    Path
-        ``path``.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> p = write_json(Path(tempfile.mkdtemp()) / "m.json", {"dice": np.float32(0.5)})
-    >>> read_json(p)
-    {'dice': 0.5}
-    """
-    text = json.dumps(obj, indent=indent, default=_json_default) + "\n"
-    with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, raising :class:`InputError` naming the file when it is missing or invalid.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> read_json(write_json(Path(tempfile.mkdtemp()) / "a.json", [1, 2]))
-    [1, 2]
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise _fail(path, "file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"not a valid JSON file ({_one_line(exc)})") from None
-
-
-# --------------------------------------------------------------------------------------------
-# listing and pairing files
-
-
-def natural_key(name: str | os.PathLike) -> tuple:
-    """Sort key putting ``img2`` before ``img10`` (case-insensitive, on the file name).
-
-    Examples
-    --------
-    >>> sorted(["b10.tif", "b2.tif", "a.tif"], key=natural_key)
-    ['a.tif', 'b2.tif', 'b10.tif']
-    """
-    path = Path(name)
-    parts = re.split(r"(\d+)", path.stem.lower())
-    # split() alternates text and digit runs starting with text, so equal positions compare
-    # equal types. The stem comes first so "img.tif" sorts before "img1.png"; the whole name
-    # breaks ties between names equal up to case or leading zeros.
-    key = tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
-    return key, path.suffix.lower(), path.name
-
-
-def list_images(
-    folder_or_file: str | os.PathLike, exts: Sequence[str] = IMAGE_EXTS
-) -> list[Path]:
-    """List the image files of a folder in natural order (``2.png`` before ``10.png``).
-
-    Hidden files (names starting with a dot, such as unfinished temporary files) are skipped, and
-    sub-folders are not searched. Extensions are compared case-insensitively.
-
-    Parameters
-    ----------
-    folder_or_file : str or PathLike
-        A folder, or a single image file (returned alone).
-    exts : sequence of str
-        Accepted extensions, with the dot.
-
-    Returns
-    -------
-    list of Path
-
-    Raises
-    ------
-    InputError
-        When the path does not exist, a single file has another extension, or the folder holds
-        no image file.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> for name in ["10.png", "2.png", "notes.txt"]:
-    ...     _ = (folder / name).write_bytes(b"")
-    >>> [p.name for p in list_images(folder)]
-    ['2.png', '10.png']
-    """
-    path = Path(folder_or_file)
-    exts = tuple(e.lower() for e in exts)
-    if not path.exists():
-        raise _fail(path, "no such file or folder")
-    if path.is_file():
-        if path.suffix.lower() not in exts:
-            raise _fail(path, f"not an image file (expected {', '.join(exts)})")
-        return [path]
-    files = [
-        p
-        for p in path.iterdir()
-        if p.suffix.lower() in exts and not p.name.startswith(".") and p.is_file()
-    ]
-    if not files:
-        raise _fail(path, f"no image files ({', '.join(exts)}) in this folder")
-    return sorted(files, key=natural_key)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for ext in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
-
-
-def pair_by_stem(
-    images: Iterable[str | os.PathLike], labels: Iterable[str | os.PathLike]
-) -> list[tuple[Path, Path]]:
-    """Pair image files with label files of the same name stem (``a.png`` with ``a.tif``).
-
-    Parameters
-    ----------
-    images, labels : iterable of paths
-        For example the results of :func:`list_images` on two folders.
-
-    Returns
-    -------
-    list of (Path, Path)
-        One ``(image, label)`` pair per image, in the order of ``images``.
-
-    Raises
-    ------
-    InputError
-        Naming the first file that has no partner, or two files of one list sharing a stem.
-
-    Examples
-    --------
-    >>> [(a.name, b.name) for a, b in pair_by_stem(["im/1.png"], ["lab/1.tif"])]
-    [('1.png', '1.tif')]
-    """
-    images = [Path(p) for p in images]
-    labels = [Path(p) for p in labels]
-
-    def by_stem(paths: list[Path]) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for p in paths:
-            s = _stem(p)
-            if s in out:
-                raise _fail(p, f"has the same name stem {s!r} as {out[s]}; cannot pair them")
-            out[s] = p
-        return out
-
-    image_by = by_stem(images)
-    label_by = by_stem(labels)
-    for s, p in image_by.items():
-        if s not in label_by:
-            raise _fail(p, f"no label file with the name stem {s!r}")
-    for s, p in label_by.items():
-        if s not in image_by:
-            raise _fail(p, f"no image file with the name stem {s!r}")
-    return [(p, label_by[_stem(p)]) for p in images]
-
-
-def result_paths(
-    out: str | os.PathLike, name: str | os.PathLike | None = None, *,
-    probabilities: bool = True, labels: bool = True,
-) -> dict[str, Path]:
-    """Where ``useg predict`` writes the results of one input (the one naming scheme of both the
-    file and the ``--dask`` path).
-
-    Parameters
-    ----------
-    out : str or PathLike
-        The output folder, or with ``name=None`` a zarr store.
-    name : str or PathLike, optional
-        The input's path relative to the folder it was listed from (its file name when it was
-        given as a file): results go to ``out/<sub-folders>/<stem>_probs.tif`` and
-        ``..._labels.tif``, mirroring the input tree. None names the arrays ``out/probs`` and
-        ``out/labels`` of a store.
-    probabilities, labels : bool
-        Which results are written.
-
-    Returns
-    -------
-    dict
-        ``"probabilities"`` and/or ``"labels"`` -> path.
-
-    Examples
-    --------
-    >>> [p.as_posix() for p in result_paths("out", "day1/cell.png").values()]
-    ['out/day1/cell_probs.tif', 'out/day1/cell_labels.tif']
-    >>> [p.as_posix() for p in result_paths("out.zarr", labels=False).values()]
-    ['out.zarr/probs']
-    """
-    out = Path(out)
-    wanted = {"probabilities": ("probs", probabilities), "labels": ("labels", labels)}
-    if name is None:
-        return {kind: out / suffix for kind, (suffix, keep) in wanted.items() if keep}
-    name = Path(name)
-    return {kind: out / name.parent / f"{name.stem}_{suffix}.tif"
-            for kind, (suffix, keep) in wanted.items() if keep}
-
-
-def _same_file_key(path: Path) -> str:
-    # Case is folded: on the file systems of macOS and Windows (and folders copied there)
-    # "X_probs.tif" and "x_probs.tif" are one file.
-    return str(path.resolve()).casefold()
-
-
-def plan_results(
-    inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
-    probabilities: bool = True, labels: bool = True, overwrite: bool = False,
-) -> list[tuple[Path, Path, dict[str, Path]]]:
-    """The image files that ``inputs`` name and the results each of them writes under ``out``,
-    checked before anything is predicted, so that no result of the run replaces another.
-
-    A file found in a folder keeps its path relative to that folder under ``out``; a file given
-    by itself writes into ``out``. Names are those of :func:`result_paths`.
-
-    Parameters
-    ----------
-    inputs : iterable of paths
-        Image files and folders (see :func:`list_images`).
-    out : str or PathLike
-        The output folder.
-    probabilities, labels : bool
-        Which results are written.
-    overwrite : bool
-        Replace results that exist already (refused otherwise).
-
-    Returns
-    -------
-    list of (Path, Path, dict)
-        Each input file, its name relative to its folder, and its :func:`result_paths`, in the
-        order of ``inputs``.
-
-    Raises
-    ------
-    InputError
-        For a missing input or a folder without images; naming both inputs when two of them
-        would write the same file (say ``a/x.png`` and ``b/x.tif`` given as two folders); when a
-        result would replace one of the inputs.
-    ConfigError
-        Naming the first result that exists already, unless ``overwrite``.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> root = Path(tempfile.mkdtemp())
-    >>> for name in ["a/x.png", "b/x.png"]:
-    ...     (root / name).parent.mkdir(exist_ok=True)
-    ...     _ = (root / name).write_bytes(b"")
-    >>> plan_results([root / "a", root / "b"], root / "out")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    useg.errors.InputError: .../a/x.png and .../b/x.png: would both write .../out/x_probs.tif; ...
-    """
-    from useg.errors import ConfigError
-
-    plan: list[tuple[Path, Path, dict[str, Path]]] = []
-    for item in map(Path, inputs):
-        for path in list_images(item):
-            name = path.relative_to(item) if item.is_dir() else Path(path.name)
-            plan.append(
-                (path, name, result_paths(out, name, probabilities=probabilities, labels=labels))
-            )
-    given = {_same_file_key(path): path for path, _, _ in plan}
-    writer: dict[str, Path] = {}
-    for path, _, results in plan:
-        for target in results.values():
-            key = _same_file_key(target)
-            if key in writer:
-                raise _fail(
-                    f"{writer[key]} and {path}",
-                    f"would both write {target}; predict them into different --out folders",
-                )
-            if key in given:
-                raise _fail(path, f"its result {target} would replace the input {given[key]}; "
-                            "choose another --out")
-            writer[key] = path
-    if not overwrite:
-        for path, _, results in plan:
-            for target in results.values():
-                if target.exists():
-                    raise ConfigError(
-                        f"{target}: already exists (the result for {path}); pass --overwrite "
-                        "to replace it, or choose another --out"
-                    )
-    return plan
-
-
-# --------------------------------------------------------------------------------------------
 # reading
 
 
 def _check_readable(path: Path, exts: Sequence[str] = IMAGE_EXTS) -> None:
     if not path.exists():
-        raise _fail(path, "file not found")
+        raise input_error(path, "file not found")
     if path.is_dir():
-        raise _fail(path, "is a folder, not an image file")
+        raise input_error(path, "is a folder, not an image file")
     if path.suffix.lower() not in exts:
-        raise _fail(
+        raise input_error(
             path, f"unsupported format {path.suffix or '(no extension)'!r}; use PNG or TIFF"
         )
 
@@ -505,7 +67,7 @@ def _read_png(path: Path, *, labels: bool) -> tuple[np.ndarray, str, dict[str, f
 
     with Image.open(path) as im:
         if im.format != "PNG":
-            raise _fail(path, f"not a PNG file (it holds {im.format} data)")
+            raise input_error(path, f"not a PNG file (it holds {im.format} data)")
         im.load()
         mode = im.mode
         info = dict(im.info)
@@ -626,13 +188,13 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, dict[str, float], str]:
 
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
-            raise _fail(path, "the TIFF file holds no image")
+            raise input_error(path, "the TIFF file holds no image")
         series = tif.series[0]
         page = series.keyframe
         arr = series.asarray()
         axes = series.axes
         if len(axes) != arr.ndim:
-            raise _fail(path, f"cannot interpret TIFF axes {axes!r} for shape {arr.shape}")
+            raise input_error(path, f"cannot interpret TIFF axes {axes!r} for shape {arr.shape}")
         extras = tuple(int(e) for e in (getattr(page, "extrasamples", ()) or ()))
         n_alpha = sum(1 for e in extras if e in (1, 2))  # associated / unassociated alpha
         if n_alpha and "S" in axes:
@@ -652,17 +214,19 @@ def _read_any(path: Path, *, labels: bool) -> tuple[np.ndarray, str, dict[str, f
     except InputError:
         raise
     except MemoryError:
-        raise _fail(path, "image too large to fit in memory") from None
+        raise input_error(path, "image too large to fit in memory") from None
     except Exception as exc:  # decoders raise many types; to the user they all mean "corrupt"
         kind = "PNG" if path.suffix.lower() == ".png" else "TIFF"
-        raise _fail(path, f"not a readable {kind} image or corrupt ({_one_line(exc)})") from None
+        raise input_error(
+            path, f"not a readable {kind} image or corrupt ({one_line(exc)})"
+        ) from None
     arr = np.asarray(arr)
     if arr.dtype.byteorder not in ("=", "|"):
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype.kind not in "biuf":
-        raise _fail(path, f"unsupported pixel type {arr.dtype}")
+        raise input_error(path, f"unsupported pixel type {arr.dtype}")
     if arr.size == 0:
-        raise _fail(path, f"empty image (shape {tuple(arr.shape)})")
+        raise input_error(path, f"empty image (shape {tuple(arr.shape)})")
     return arr, axes, spacing, dtype
 
 
@@ -678,7 +242,7 @@ def _normalise_axes(
     letters = list(axes)
     if channel_axis is not None:
         if not -arr.ndim <= channel_axis < arr.ndim:
-            raise _fail(
+            raise input_error(
                 path, f"channel_axis={channel_axis} is out of range for an array of shape "
                 f"{arr.shape}"
             )
@@ -689,7 +253,7 @@ def _normalise_axes(
     else:
         channel_like = [i for i, a in enumerate(letters) if a in "CS" and arr.shape[i] > 1]
         if len(channel_like) > 1:
-            raise _fail(
+            raise input_error(
                 path, f"has {len(channel_like)} channel axes (axes {axes!r}, shape "
                 f"{arr.shape}); pass channel_axis to choose one"
             )
@@ -700,7 +264,7 @@ def _normalise_axes(
     # last two non-channel axes; of the rest, size-1 axes are dropped and one may be Z.
     others = [i for i in range(arr.ndim) if i != ca]
     if len(others) < 2:
-        raise _fail(path, f"cannot find Y and X axes in an array of shape {arr.shape}")
+        raise input_error(path, f"cannot find Y and X axes in an array of shape {arr.shape}")
     if letters.count("Y") == 1 and letters.count("X") == 1:
         yx = [letters.index("Y"), letters.index("X")]
     else:
@@ -710,7 +274,7 @@ def _normalise_axes(
     dropped = [i for i in rest if arr.shape[i] == 1]
     if len(stack) > 1:
         desc = ", ".join(f"{letters[i]}={arr.shape[i]}" for i in stack)
-        raise _fail(
+        raise input_error(
             path, f"has more axes than (C, Z, Y, X) can hold ({desc}; file axes {axes!r}); "
             "save one volume per file"
         )
@@ -719,12 +283,14 @@ def _normalise_axes(
             ca = stack[0]  # an unnamed stack of 2D planes: read it as channels
             stack = []
         else:
-            raise _fail(
+            raise input_error(
                 path, f"holds a 3D volume of shape {arr.shape} (axes {axes!r}) but a 2D image "
                 "was expected"
             )
     if not stack and ndim == 3:
-        raise _fail(path, f"holds a 2D image of shape {arr.shape} but a 3D volume was expected")
+        raise input_error(
+            path, f"holds a 2D image of shape {arr.shape} but a 3D volume was expected"
+        )
 
     order = ([ca] if ca is not None else []) + stack + yx
     arr = np.squeeze(arr, axis=tuple(dropped)) if dropped else arr
@@ -803,7 +369,7 @@ def read_image(
     if arr.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         if bad:
-            raise _fail(path, f"{bad} pixels are NaN or infinite")
+            raise input_error(path, f"{bad} pixels are NaN or infinite")
     meta = {
         "spacing": _spacing_tuple(found, has_z),
         "axes": "CZYX" if has_z else "CYX",
@@ -852,7 +418,7 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     arr, has_z = _normalise_axes(path, arr, axes, channel_axis=None, ndim=None)
     if arr.shape[0] > 1:
         if not (arr == arr[:1]).all():
-            raise _fail(
+            raise input_error(
                 path, f"label image has {arr.shape[0]} channels that differ (a colour image?); "
                 "expected one integer label per pixel"
             )
@@ -861,9 +427,9 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         arr = arr.astype(np.uint8)
     elif arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
-            raise _fail(path, "label image holds NaN or infinite values")
+            raise input_error(path, "label image holds NaN or infinite values")
         if not (arr == np.round(arr)).all():
-            raise _fail(path, "label image holds non-integer values; expected integer labels")
+            raise input_error(path, "label image holds non-integer values; expected integer labels")
         big = max(abs(float(arr.min())), abs(float(arr.max())))
         arr = arr.astype(np.int32 if big < 2**31 else np.int64)
     meta = {
@@ -885,16 +451,16 @@ def _check_axes(axes: str | None, arr: np.ndarray, path: Path) -> str:
             return "YX"
         if arr.ndim == 4:
             return "CZYX"
-        raise _fail(
+        raise input_error(
             path, f"an array of shape {arr.shape} is ambiguous; pass axes='CYX' (channels) or "
             "axes='ZYX' (a volume)"
         )
     axes = axes.upper()
     valid = {"YX", "CYX", "ZYX", "CZYX"}
     if axes not in valid:
-        raise _fail(path, f"axes must be one of {sorted(valid)}, not {axes!r}")
+        raise input_error(path, f"axes must be one of {sorted(valid)}, not {axes!r}")
     if len(axes) != arr.ndim:
-        raise _fail(path, f"axes {axes!r} do not match an array of shape {arr.shape}")
+        raise input_error(path, f"axes {axes!r} do not match an array of shape {arr.shape}")
     return axes
 
 
@@ -904,9 +470,9 @@ def _check_spacing(spacing: Sequence[float] | None, n_spatial: int, path: Path) 
     try:
         sp = [float(s) for s in spacing]
     except (TypeError, ValueError):
-        raise _fail(path, f"spacing must be a sequence of numbers, not {spacing!r}") from None
+        raise input_error(path, f"spacing must be a sequence of numbers, not {spacing!r}") from None
     if len(sp) != n_spatial or not all(np.isfinite(s) and s > 0 for s in sp):
-        raise _fail(
+        raise input_error(
             path, f"spacing must hold {n_spatial} positive numbers (one per spatial axis), "
             f"not {spacing!r}"
         )
@@ -967,16 +533,16 @@ def write_image(
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in IMAGE_EXTS:
-        raise _fail(
+        raise input_error(
             path, f"unsupported format {path.suffix or '(no extension)'!r}; use PNG or TIFF"
         )
     arr = np.asarray(array)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.dtype.kind not in "iuf":
-        raise _fail(path, f"cannot write pixel type {arr.dtype}")
+        raise input_error(path, f"cannot write pixel type {arr.dtype}")
     if arr.size == 0:
-        raise _fail(path, f"cannot write an empty array of shape {arr.shape}")
+        raise input_error(path, f"cannot write an empty array of shape {arr.shape}")
     axes = _check_axes(axes, arr, path)
     sp = _check_spacing(spacing, sum(a in "ZYX" for a in axes), path)
     if ext == ".png":
@@ -992,12 +558,14 @@ def _write_png(path: Path, arr: np.ndarray, axes: str, sp: list[float], compress
     if axes == "CYX" and arr.shape[0] == 1:
         arr, axes = arr[0], "YX"
     if axes != "YX":
-        raise _fail(
+        raise input_error(
             path, f"PNG holds only 2D grayscale images; got axes {axes!r} shape {arr.shape} "
             "(use .tif)"
         )
     if arr.dtype not in (np.uint8, np.uint16):
-        raise _fail(path, f"PNG holds only uint8 or uint16 pixels, not {arr.dtype} (use .tif)")
+        raise input_error(
+            path, f"PNG holds only uint8 or uint16 pixels, not {arr.dtype} (use .tif)"
+        )
     im = Image.fromarray(np.ascontiguousarray(arr))
     kwargs: dict[str, Any] = {"format": "PNG", "compress_level": 6 if compress else 0}
     if sp:
@@ -1038,24 +606,3 @@ def _write_tiff(path: Path, arr: np.ndarray, axes: str, sp: list[float], compres
         kwargs.update(metadata=meta)
     with atomic_write(path) as tmp:
         tifffile.imwrite(tmp, np.ascontiguousarray(arr), **kwargs)
-
-
-def release_pages(array: Any) -> None:
-    """Drop the pages of a file-backed NumPy memmap from this process's resident memory.
-
-    Linux counts every mapped page of a file that has been touched as resident, so reading or
-    writing a huge memmap tile by tile would grow the resident memory to the file's size. The
-    pages stay in the kernel's page cache (dirty ones are still written back: the mapping is
-    shared), so this costs at most a soft page fault when one is touched again. Copy-on-write
-    memmaps (mode ``c``) are left alone: dropping their pages would drop the private changes.
-    Only on Linux, whose semantics of ``MADV_DONTNEED`` on shared file mappings this relies on.
-    """
-    handle = getattr(array, "_mmap", None)  # np.memmap keeps its mmap.mmap here
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if (not sys.platform.startswith("linux") or not isinstance(array, np.memmap)
-            or handle is None or advice is None or array.mode == "c"):
-        return
-    try:
-        handle.madvise(advice)
-    except (OSError, ValueError):  # a closed mapping, or a platform without madvise
-        pass

@@ -16,7 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from useg.paths import dataset
+from useg import io
+from useg.errors import InputError
+from useg.evaluation import adapted_rand_error, iou, pixel_error
+from useg.evaluation.postprocess import threshold_components
+from useg.inference.predict import predict
+from useg.io.datasets import dataset
+from useg.io.files import atomic_write
+from useg.nets.checkpoint import load_model
+from useg.training.from_folders import make_config
+from useg.training.loop import train
+from useg.training.samples import boundary_target, make_sample
+from useg.workflows import synthetic
 
 __all__ = ["overlay", "run_demo"]
 
@@ -32,8 +43,6 @@ def overlay(image: np.ndarray, prob: np.ndarray, segments: np.ndarray, path: str
     ground truth's outlines when given)."""
     from PIL import Image
 
-    from useg.data import boundary_target
-
     gray = _to_uint8(image)
     rgb = np.stack([gray] * 3, axis=-1)
     outline = boundary_target(segments) > 0
@@ -47,15 +56,12 @@ def overlay(image: np.ndarray, prob: np.ndarray, segments: np.ndarray, path: str
     gap = np.full((rgb.shape[0], 8, 3), 255, np.uint8)
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(row).save(tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        Image.fromarray(row).save(tmp)
     return path
 
 
 def _isbi_data(root: Path) -> dict[str, Any]:
-    from useg import io
-
     def pick(folder: Path, names: range) -> list[Path]:
         return [folder / f"{i}.png" for i in names if (folder / f"{i}.png").exists()]
 
@@ -87,18 +93,10 @@ def run_demo(
     data : {"auto", "isbi", "synthetic"}
         ``auto`` uses ISBI 2012 when the shared data folder has it.
     """
-    from useg import io, metrics, postprocess, synthetic
-    from useg.checkpoint import load_model
-    from useg.data import make_sample
-    from useg.predict import predict
-    from useg.train import TrainConfig, train
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = dataset("isbi2012") if data in ("auto", "isbi") else None
     if data == "isbi" and root is None:
-        from useg.errors import InputError
-
         raise InputError("isbi2012 not found in the shared data folder (set USEG_DATA)")
     opts = dict(mode="binary", w0=10.0, sigma=5.0)
     if root is not None:
@@ -124,9 +122,9 @@ def run_demo(
         test_truth = np.where(make_sample(test_image, test_inst, mode="instances",
                                           w0=0).target == 1, 255, 0)
 
-    cfg = TrainConfig(
-        net={"ndim": 2, "in_channels": train_s[0].image.shape[0], "classes": 2, "width": 16,
-             "depth": 3, "padding": "valid", "dropout": 0.5},
+    # The 2D U-Net of the paper (valid padding, dropout 0.5), narrower and shallower.
+    cfg = make_config(
+        2, in_channels=train_s[0].image.shape[0], width=16, depth=3,
         tile=[188, 188], iterations=iterations or 400, optimizer="adam", lr=1e-3,
         schedule="cosine", augment={"elastic": True}, val_every=100, checkpoint_every=100,
         log_every=10, seed=seed, device=device, workers=1,
@@ -146,13 +144,13 @@ def run_demo(
     predict_seconds = time.perf_counter() - t0
     fg = probs[1]
     # Membrane pixels join their nearest segment, as in the ISBI evaluation.
-    segments = postprocess.threshold_components(fg, 0.5, fill=True)
+    segments = threshold_components(fg, 0.5, fill=True)
     truth_bin = (np.asarray(test_truth) > 0)
-    truth_seg = postprocess.threshold_components(truth_bin.astype(np.float32), 0.5)
+    truth_seg = threshold_components(truth_bin.astype(np.float32), 0.5)
     scores = {
-        "pixel_error": metrics.pixel_error(fg > 0.5, truth_bin),
-        "adapted_rand_error": metrics.adapted_rand_error(segments, truth_seg)[0],
-        "iou_foreground": metrics.iou((fg > 0.5).astype(int), truth_bin.astype(int))[1],
+        "pixel_error": pixel_error(fg > 0.5, truth_bin),
+        "adapted_rand_error": adapted_rand_error(segments, truth_seg)[0],
+        "iou_foreground": iou((fg > 0.5).astype(int), truth_bin.astype(int))[1],
     }
     scores = {k: float(v) for k, v in scores.items()}
     io.write_image(out / "probability.tif", fg.astype(np.float32))
@@ -181,8 +179,7 @@ def run_demo(
         "Training curves: `run/curves.png`; model: `run/best.safetensors` "
         "(use it with `useg predict --model`).", "",
     ]
-    tmp = report.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, report)
+    with atomic_write(report) as tmp:
+        tmp.write_text("\n".join(lines))
     print(json.dumps(summary, indent=2))
     return report

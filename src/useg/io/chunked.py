@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from useg.errors import ConfigError, InputError
+from useg.errors import ConfigError, InputError, one_line
 
 __all__ = [
     "ArraySpec",
@@ -65,10 +65,6 @@ _OME_UNITS_UM = {
     "centimeter": 1e4,
     "meter": 1e6,
 }
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,7 +289,7 @@ def _open_zarr(spec: ArraySpec, mode: str) -> tuple[Any, dict[str, Any]]:
         node = zarr.open(store=str(spec.container), mode=mode, path=spec.inner or None)
     except (FileNotFoundError, KeyError, ValueError, TypeError, zarr.errors.BaseZarrError) as exc:
         where = repr(spec.inner) if spec.inner else "the root"
-        raise InputError(f"{spec}: no zarr array or group at {where} ({_one_line(exc)})") from None
+        raise InputError(f"{spec}: no zarr array or group at {where} ({one_line(exc)})") from None
     if isinstance(node, zarr.Group):
         found = _ome_multiscale(node.attrs.asdict())
         if found is None:
@@ -342,7 +338,7 @@ def _open_hdf5(spec: ArraySpec, mode: str) -> tuple[Any, dict[str, Any]]:
     try:
         f = h5py.File(spec.container, mode)
     except OSError as exc:
-        raise InputError(f"{spec}: not a readable HDF5 file ({_one_line(exc)})") from None
+        raise InputError(f"{spec}: not a readable HDF5 file ({one_line(exc)})") from None
     node = f[spec.inner] if spec.inner and spec.inner in f else None
     if spec.inner and node is None:
         f.close()
@@ -560,7 +556,7 @@ def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_forma
             zarr.errors.ContainsArrayAndGroupError, FileExistsError):
         raise exists_error from None
     except (zarr.errors.BaseZarrError, TypeError) as exc:
-        raise InputError(f"{sp}: cannot create a zarr array here ({_one_line(exc)})") from None
+        raise InputError(f"{sp}: cannot create a zarr array here ({one_line(exc)})") from None
 
 
 def _create_hdf5(sp, shape, dtype, chunks, spacing, axes, fill_value, overwrite):
@@ -571,7 +567,7 @@ def _create_hdf5(sp, shape, dtype, chunks, spacing, axes, fill_value, overwrite)
         sp.container.parent.mkdir(parents=True, exist_ok=True)
         f = h5py.File(sp.container, "a")
     except OSError as exc:
-        raise InputError(f"{sp}: cannot open for writing ({_one_line(exc)})") from None
+        raise InputError(f"{sp}: cannot open for writing ({one_line(exc)})") from None
     if inner in f:
         if not overwrite:
             f.close()

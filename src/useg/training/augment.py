@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from useg.errors import ConfigError, InputError
+from useg.labels import IGNORE
 
 __all__ = [
     "DeformParams",
@@ -526,7 +527,7 @@ def deform(
     out_shape: Sequence[int] | None = None,
     label_shape: Sequence[int] | None = None,
     interpolation: str = "linear",
-    ignore_index: int = -1,
+    ignore_index: int = IGNORE,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Resample an image and its labels and weights once through one composed transform.
 
@@ -819,7 +820,7 @@ class RandomAugment:
         self,
         config: AugmentConfig | None = None,
         spacing: Sequence[float] | None = None,
-        ignore_index: int = -1,
+        ignore_index: int = IGNORE,
     ):
         self.config = AugmentConfig() if config is None else config
         self.spacing = spacing
@@ -874,7 +875,7 @@ def augment_sample(
     generator: torch.Generator | None = None,
     options: Mapping[str, Any] | AugmentConfig | None = None,
     spacing: Sequence[float] | None = None,
-    ignore_index: int = -1,
+    ignore_index: int = IGNORE,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """NumPy convenience for data loaders: random augmentation of one training window on the CPU.
 

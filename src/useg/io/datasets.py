@@ -1,9 +1,11 @@
-"""Where the shared real datasets live."""
+"""Where the shared real datasets live (the ``shared/data`` folder beside the project)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+__all__ = ["data_root", "dataset"]
 
 
 def data_root() -> Path | None:
@@ -23,7 +25,7 @@ def data_root() -> Path | None:
         p = Path(env).expanduser()
         return p if p.is_dir() else None
     candidates = [
-        Path(__file__).resolve().parents[2].parent / "shared" / "data",
+        Path(__file__).resolve().parents[3].parent / "shared" / "data",
         Path.cwd().parent / "shared" / "data",
     ]
     for c in candidates:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,33 +18,28 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from useg.errors import ModelFileError
-from useg.nets import UNet, UNetConfig
+from useg.io.files import atomic_write
+from useg.nets.config import UNetConfig
+from useg.nets.unet import UNet
 
 __all__ = ["FORMAT", "load_model", "model_info", "resolve_model", "save_model"]
 
 FORMAT = "useg-model"
 FORMAT_VERSION = 1
-_PACKAGED = Path(__file__).parent / "models"
-
-
-def _atomic_path(path: Path):
-    """Temporary file beside ``path`` (same file system, so os.replace is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+# The models that ship with the package (src/useg/models).
+_PACKAGED = Path(__file__).resolve().parents[1] / "models"
 
 
 def _usual_permissions(path: Path) -> None:
     """Give a finished temporary file the permissions of an ordinary new file (0666 - umask);
-    mkstemp and safetensors create owner-only files."""
+    safetensors creates owner-only files."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
 
 
 def save_model(model: UNet, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write a model file atomically (temporary file, then rename).
+    """Write a model file atomically (:func:`useg.io.files.atomic_write`), creating its folder.
 
     Parameters
     ----------
@@ -72,13 +66,10 @@ def save_model(model: UNet, path: str | os.PathLike, meta: dict[str, Any] | None
         **(meta or {}),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = _atomic_path(path)
-    try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={"useg": json.dumps(header)})
         _usual_permissions(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

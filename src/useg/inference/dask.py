@@ -1,34 +1,19 @@
 """Prediction of images larger than one machine, block by block with dask, resumable.
 
-Why the result equals :func:`useg.predict.predict` exactly
------------------------------------------------------------
-The blocks are cut from the overlap-tile plan of the *whole* image (:func:`useg.tiling.plan_tiles`
-with the tile, halo, margin and pooling step :func:`~useg.predict.predict` would use), only at
-the places where one tile's written region ends and the next begins (multiples of the tile
-stride, itself a multiple of the pooling step). A block is then predicted by
-``predict(..., region=block)``, which runs exactly the whole-image plan's tiles of that block:
-same positions, same shapes, same input pixels (read from the neighbouring chunks; mirrored only
-beyond the volume border), same normalisation (computed once for the whole image), same
-predictor. Every output pixel is therefore computed by the same tile with the same arithmetic as
-in one single-process call, for valid and same-padding networks alike, with or without
-test-time augmentation. (With ``batch_size > 1`` the tiles are batched per block rather than
-over the image; networks whose output depends on the batch, such as batch statistics at
-inference, then differ.)
+The blocks, and why their result equals :func:`useg.inference.predict.predict` exactly, are in
+:mod:`useg.inference.blocks`; this module runs them on a dask scheduler and keeps the run's
+record.
 
-Blocks, chunks and resuming
----------------------------
-Block sizes are whole numbers of tile strides; the output arrays are chunked by the block, so no
-two blocks write the same chunk (the last block along an axis also covers the partial chunk
-after it). Each finished block leaves a marker file in ``<output array>/.useg-run/done/``,
-written atomically *after* all its data; a later run with the same settings skips the marked
-blocks and recomputes the rest, so an interrupted block (data partly written, no marker) is
-redone. The run's settings (model checksum, input, tile, block, normalisation...) are kept in
-``.useg-run/run.json``; an output written with other settings is refused unless overwritten.
+Resuming
+--------
+The run's settings (model checksum, input, tile, block, normalisation...) are kept in
+``<output array>/.useg-run/run.json``; a later run with the same settings skips the blocks
+marked done and recomputes the rest, and an output written with other settings is refused
+unless overwritten.
 
-Workers receive the model file's path and load it themselves (once per worker process, or per
-thread with the threaded scheduler); a model object given in Python is first saved next to the
-output, which any cluster worker that can write the output can also read. Outputs are zarr
-arrays on a file system that all workers share.
+Workers receive the model file's path and load it themselves; a model object given in Python is
+first saved next to the output, which any cluster worker that can write the output can also
+read. Outputs are zarr arrays on a file system that all workers share.
 """
 
 from __future__ import annotations
@@ -36,224 +21,27 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import socket
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from useg import normalize as norm
-from useg.chunked import as_channels_first, create_array, open_array, parse_spec
 from useg.errors import ConfigError, InputError
-from useg.labels import most_likely_class
-from useg.tiling import TilePlan, mirror_indices, plan_tiles
+from useg.inference.blocks import finished_blocks, marker_name, plan_blocks, predict_block
+from useg.inference.tiling import plan_tiles
+from useg.io import normalize as norm
+from useg.io.chunked import as_channels_first, create_array, is_array_spec, open_array, parse_spec
+from useg.io.files import read_json, result_paths, write_json
+from useg.io.images import read_image
+from useg.labels import class_dtype
 
-__all__ = ["BlockPlan", "plan_blocks", "predict_dask"]
+__all__ = ["local_cluster", "plan_blocks", "predict_dask", "predict_to_store"]
 
 RUN_FORMAT = "useg-dask-predict"
 RUN_VERSION = 1
-_DEFAULT_BLOCK = {1: 1 << 16, 2: 2048, 3: 256}
-
-
-# ----------------------------------------------------------------------------------------------
-# blocks
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    """Blocks of an image cut on the tile grid of its overlap-tile plan.
-
-    Attributes
-    ----------
-    tiles : TilePlan
-        The whole image's tile plan.
-    block : tuple of int
-        Block shape (a whole number of tile strides per axis); also the output chunk shape.
-    counts : tuple of int
-        Blocks per axis.
-    """
-
-    tiles: TilePlan
-    block: tuple[int, ...]
-    counts: tuple[int, ...]
-
-    def __len__(self) -> int:
-        return math.prod(self.counts)
-
-    def region(self, index: Sequence[int]) -> tuple[slice, ...]:
-        """The box of block ``index``; the last block along an axis runs to the image end."""
-        out = []
-        for i, b, n, size in zip(index, self.block, self.counts, self.tiles.shape, strict=True):
-            out.append(slice(i * b, size if i == n - 1 else (i + 1) * b))
-        return tuple(out)
-
-    def indices(self) -> Iterator[tuple[int, ...]]:
-        """Block indices in C order."""
-        return iter(np.ndindex(*self.counts))
-
-    def input_box(self, index: Sequence[int]) -> tuple[slice, ...]:
-        """The box of the image that the block's tiles read (mirrored positions included)."""
-        box = []
-        for lo_hi, s, n, c, t, size in zip(
-            self.region(index), self.tiles.stride, self.tiles.counts, self.tiles.context,
-            self.tiles.tile, self.tiles.shape, strict=True,
-        ):
-            first = lo_hi.start // s
-            last = n - 1 if lo_hi.stop == size else lo_hi.stop // s - 1
-            idx = mirror_indices(first * s - c, (last - first) * s + t, size)
-            box.append(slice(int(idx.min()), int(idx.max()) + 1))
-        return tuple(box)
-
-
-def plan_blocks(tiles: TilePlan, block: Sequence[int] | int | None = None) -> BlockPlan:
-    """Cut an image's tile plan into blocks of about ``block`` pixels per axis.
-
-    Each axis's block is rounded up to a whole number of tile strides (at least one), so block
-    borders fall where one tile's output ends and the next begins.
-
-    Examples
-    --------
-    >>> tp = plan_tiles((100, 300), tile=44, halo=20, step=4)
-    >>> tp.stride
-    (4, 4)
-    >>> bp = plan_blocks(tp, 64)
-    >>> bp.block, bp.counts, bp.region((1, 4))
-    ((64, 64), (2, 5), (slice(64, 100, None), slice(256, 300, None)))
-    """
-    nd = len(tiles.shape)
-    if block is None:
-        block = tuple(min(_DEFAULT_BLOCK[min(nd, 3)], n) for n in tiles.shape)
-    elif isinstance(block, (int, np.integer)):
-        block = (int(block),) * nd
-    block = tuple(int(b) for b in block)
-    if len(block) != nd or any(b < 1 for b in block):
-        raise ConfigError(f"block needs {nd} positive sizes, got {block}")
-    sizes, counts = [], []
-    for b, s, n in zip(block, tiles.stride, tiles.counts, strict=True):
-        m = min(max(1, math.ceil(b / s)), n)
-        sizes.append(m * s)
-        counts.append(math.ceil(n / m))
-    return BlockPlan(tiles, tuple(sizes), tuple(counts))
-
-
-# ----------------------------------------------------------------------------------------------
-# worker side
-
-
-class _Prefetched:
-    """The image as an array-like whose reads inside one box come from a copy read in one go
-    (the tiles of a block overlap, and chunked stores have no cache)."""
-
-    def __init__(self, image: Any, box: tuple[slice, ...]):
-        self.image = image
-        self.shape = tuple(image.shape)
-        self.ndim = len(self.shape)
-        self.dtype = image.dtype
-        self.box = box
-        self.data = np.asarray(image[(slice(None), *box)])
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, tuple) and len(key) == self.ndim and key[0] == slice(None):
-            local = []
-            for k, b, n in zip(key[1:], self.box, self.shape[1:], strict=True):
-                if not isinstance(k, slice):
-                    break
-                lo, hi, st = k.indices(n)
-                if st != 1 or lo < b.start or hi > b.stop:
-                    break
-                local.append(slice(lo - b.start, hi - b.start))
-            else:
-                return self.data[(slice(None), *local)]
-        return np.asarray(self.image[key])
-
-
-_LOCAL = threading.local()
-
-
-def _cache() -> dict[Any, Any]:
-    if not hasattr(_LOCAL, "cache"):
-        _LOCAL.cache = {}
-    return _LOCAL.cache
-
-
-def _worker_model(path: str, device: Any) -> Any:
-    from useg.checkpoint import load_model
-
-    st = os.stat(path)
-    key = ("model", path, st.st_mtime_ns, st.st_size, str(device))
-    cache = _cache()
-    if key not in cache:
-        for k in [k for k in cache if k[0] == "model"]:
-            del cache[k]
-        cache[key] = load_model(path, device=device)
-    return cache[key]
-
-
-def _worker_array(spec: str, mode: str) -> Any:
-    key = ("array", spec, mode)
-    cache = _cache()
-    if key not in cache:
-        cache[key] = open_array(spec, mode)[0]
-    return cache[key]
-
-
-def _marker(done_dir: str, index: Sequence[int]) -> Path:
-    return Path(done_dir) / "-".join(str(i) for i in index)
-
-
-def _write_marker(path: Path, record: dict[str, Any]) -> None:
-    from useg.io import write_json
-
-    write_json(path, record)
-
-
-def _predict_block(job: dict[str, Any], index: tuple[int, ...], image: Any = None) -> dict:
-    """Predict one block, write it, then mark it done. Runs on a worker."""
-    import torch
-
-    from useg.device import resolve_device
-    from useg.predict import predict
-
-    start, cpu = time.perf_counter(), time.process_time()
-    marker = _marker(job["done_dir"], index)
-    blocks: BlockPlan = job["blocks"]
-    region = blocks.region(index)
-    voxels = math.prod(r.stop - r.start for r in region)
-    if marker.exists():
-        return {"block": index, "skipped": True, "voxels": voxels}
-    if job["torch_threads"]:
-        torch.set_num_threads(job["torch_threads"])
-    device = resolve_device(job["device"])
-    model = _worker_model(job["model"], device)
-    if image is None:
-        image = _worker_array(job["input"], "r")
-    image = as_channels_first(image, job["axes"], model.config.ndim)
-    source = _Prefetched(image, blocks.input_box(index))
-    probs = predict(
-        model, source, tile=job["tile"], device=device, precision=job["precision"],
-        tta=job["tta"], batch_size=job["batch_size"], stats=job["stats"], region=region,
-    )
-    if job["probabilities"]:
-        _worker_array(job["probabilities"], "r+")[(slice(None), *region)] = probs
-    if job["labels"]:
-        out = _worker_array(job["labels"], "r+")
-        out[region] = most_likely_class(probs, out.dtype)
-    seconds = time.perf_counter() - start
-    # Process CPU time: that of this block alone when a worker runs one block at a time.
-    cpu = time.process_time() - cpu
-    where = f"{socket.gethostname()}:{os.getpid()}"
-    _write_marker(marker, {"block": list(index), "seconds": seconds, "worker": where})
-    return {"block": index, "skipped": False, "voxels": voxels, "seconds": seconds,
-            "cpu_seconds": cpu, "worker": where}
-
-
-# ----------------------------------------------------------------------------------------------
-# driver side
 
 
 def _sha256(path: Path) -> str:
@@ -274,8 +62,8 @@ def _zarr_dir(spec: str) -> Path:
 
 
 def _read_run(run_dir: Path) -> dict[str, Any] | None:
-    from useg.io import read_json
-
+    """The record of the run that wrote the outputs, or None when there is none (or it is
+    unreadable: the outputs are then treated as written by an unknown run)."""
     path = run_dir / "run.json"
     if not path.is_file():
         return None
@@ -355,7 +143,7 @@ def _run_local(job, todo, name, workers, torch_threads, image, on_result) -> Non
         n = workers or os.cpu_count() or 1
         job = {**job, "torch_threads": max(1, (os.cpu_count() or 1) // n)}
     tasks = [
-        dask.delayed(_predict_block, pure=False)(
+        dask.delayed(predict_block, pure=False)(
             job, idx, image, dask_key_name=f"useg-block-{'-'.join(map(str, idx))}"
         )
         for idx in todo
@@ -377,7 +165,7 @@ def _run_distributed(client, job, todo, image, on_result) -> None:
         image = client.scatter(image, broadcast=True)
     token = hashlib.sha1(job["done_dir"].encode()).hexdigest()[:8]
     keys = [f"useg-block-{token}-{'-'.join(map(str, idx))}-{time.time_ns()}" for idx in todo]
-    futures = client.map(_predict_block, [job] * len(todo), todo, image=image, key=keys,
+    futures = client.map(predict_block, [job] * len(todo), todo, image=image, key=keys,
                          pure=False)
     try:
         for fut in as_completed(futures):
@@ -410,9 +198,9 @@ def predict_dask(
 ) -> dict[str, Any]:
     """Predict a large image block by block with dask, into zarr, resuming unfinished runs.
 
-    The result equals ``useg.predict.predict(model, image, tile=tile, tta=tta, ...)`` exactly
-    (see the module docstring), written block by block, so the image can be far larger than
-    memory and the work spread over many machines.
+    The result equals ``useg.inference.predict.predict(model, image, tile=tile, tta=tta, ...)``
+    exactly (see :mod:`useg.inference.blocks`), written block by block, so the image can be far
+    larger than memory and the work spread over many machines.
 
     Parameters
     ----------
@@ -421,7 +209,7 @@ def predict_dask(
         is first saved beside the output.
     image : str, path or array-like
         An array spec (``volume.zarr/raw``, ``image.ome.zarr``, ``file.h5:/raw``; see
-        :mod:`useg.chunked`), or an array-like ``(C, *spatial)`` (or ``spatial`` for
+        :mod:`useg.io.chunked`), or an array-like ``(C, *spatial)`` (or ``spatial`` for
         one-channel models); in-memory arrays are sent to every worker.
     output : str or path, optional
         Zarr array spec for the ``(classes, *spatial)`` float32 probabilities.
@@ -432,8 +220,8 @@ def predict_dask(
         Block size in pixels, rounded up to whole tile strides (default about 256 per axis in
         3D, 2048 in 2D); also the output chunk shape.
     tile : int or tuple, optional
-        Input tile as for :func:`useg.predict.predict`; chosen for a CPU memory budget when
-        omitted (give it explicitly for GPUs).
+        Input tile as for :func:`useg.inference.predict.predict`; chosen for a CPU memory budget
+        when omitted (give it explicitly for GPUs).
     device : str
         Device on each worker (``auto``, ``cpu``, ``cuda``: a worker's own visible GPU).
     scheduler : None, str, distributed.Client or cluster
@@ -444,9 +232,9 @@ def predict_dask(
         Workers of the local schedulers: threads (default 1: each block already uses torch's
         intra-op threads) or processes (default: one per core).
     tta, precision, batch_size
-        As for :func:`useg.predict.predict`. Precision ``auto`` is resolved once, on this
-        machine for ``device`` (fp32 when that device is not here), so that every block runs in
-        the one precision the run records.
+        As for :func:`useg.inference.predict.predict`. Precision ``auto`` is resolved once, on
+        this machine for ``device`` (fp32 when that device is not here), so that every block runs
+        in the one precision the run records.
     stats : dict, optional
         Normalisation offsets and scales; computed from the whole image when omitted (one
         strided pass over it), or taken from the interrupted run being resumed.
@@ -471,19 +259,19 @@ def predict_dask(
     Examples
     --------
     >>> import tempfile
-    >>> from useg.nets import UNet
+    >>> from useg.nets.unet import UNet
     >>> net = UNet("ronneberger2015", width=2, depth=2)
     >>> img = np.random.default_rng(0).random((1, 150, 120), dtype=np.float32)
     >>> out = os.path.join(tempfile.mkdtemp(), "out.zarr")
     >>> r = predict_dask(net, img, out + "/probs", block=64, tile=60, progress=False)
     >>> r["block"], r["blocks"], len(r["computed"])
     ((80, 80), 4, 4)
-    >>> from useg.predict import predict
+    >>> from useg.inference.predict import predict
     >>> bool(np.array_equal(open_array(out + "/probs")[0][:], predict(net, img, tile=60)))
     True
     """
-    from useg.checkpoint import load_model, resolve_model, save_model
-    from useg.nets import UNet
+    from useg.nets.checkpoint import load_model, resolve_model, save_model
+    from useg.nets.unet import UNet
 
     started = time.perf_counter()
     if output is None and labels is None:
@@ -556,7 +344,8 @@ def _run(net, model_path, tmp_model, image, outputs, run_dir, *, block, tile, de
          zarr_format, on_block, started):
     import torch
 
-    from useg.predict import _as_image, _geometry
+    from useg.inference.predict import check_image
+    from useg.inference.tile_choice import tile_geometry
 
     cfg = net.config
     # The input, as (C, *spatial) without reading it.
@@ -573,17 +362,17 @@ def _run(net, model_path, tmp_model, image, outputs, run_dir, *, block, tile, de
         view = as_channels_first(image, None, cfg.ndim)
         described = {"spec": None, "shape": list(image.shape), "dtype": str(image.dtype)}
     try:
-        _as_image(net, view)
+        check_image(net, view)
     except InputError as exc:
         raise InputError(f"{input_spec or 'image'}: {exc}") from None
     if spacing is not None and len(spacing) != cfg.ndim:
         spacing = None
     spatial = tuple(view.shape[1:])
-    tile, h, margin, step = _geometry(net, spatial, tile, torch.device("cpu"), tta)
+    tile, h, margin, step = tile_geometry(net, spatial, tile, torch.device("cpu"), tta)
     tiles = plan_tiles(spatial, tile, h, margin, step)
     blocks = plan_blocks(tiles, block)
     classes = cfg.classes
-    label_dtype = np.uint8 if classes <= 255 else np.uint16
+    label_dtype = class_dtype(classes)
 
     model_sha = _sha256(model_path)
     record = _as_json({
@@ -638,8 +427,6 @@ def _run(net, model_path, tmp_model, image, outputs, run_dir, *, block, tile, de
                          axes=spatial_axes, fill_value=0, zarr_format=zarr_format,
                          overwrite=True)
         (run_dir / "done").mkdir(parents=True, exist_ok=True)
-        from useg.io import write_json
-
         write_json(run_dir / "run.json", {**record, "stats": _as_json(stats)})
     model_file = str(model_path)
     if tmp_model is not None:
@@ -648,15 +435,9 @@ def _run(net, model_path, tmp_model, image, outputs, run_dir, *, block, tile, de
         model_file = str(kept)
 
     done_dir = run_dir / "done"
-    done_dir.mkdir(parents=True, exist_ok=True)
-    finished = set()
-    for name in os.listdir(done_dir):
-        if name.startswith("."):  # a marker whose writer was killed before its rename
-            (done_dir / name).unlink(missing_ok=True)
-        else:
-            finished.add(name)
+    finished = finished_blocks(done_dir)
     everything = list(blocks.indices())
-    todo = [idx for idx in everything if "-".join(map(str, idx)) not in finished]
+    todo = [idx for idx in everything if marker_name(idx) not in finished]
     region_voxels = {idx: math.prod(r.stop - r.start for r in blocks.region(idx))
                      for idx in everything}
     job = {
@@ -711,3 +492,68 @@ def _run(net, model_path, tmp_model, image, outputs, run_dir, *, block, tile, de
         "tile": tuple(tile),
         "outputs": outputs,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# useg predict --dask: a local cluster, and one input into one zarr store
+
+
+def local_cluster(workers: int) -> Any:
+    """A ``distributed.LocalCluster`` of ``workers`` single-threaded worker processes, with
+    glibc's allocator left as it is.
+
+    dask's nanny exports ``MALLOC_TRIM_THRESHOLD_=65536`` to its workers (and into this
+    process's environment); it also freezes glibc's mmap threshold, so every large array is
+    mapped and unmapped afresh: measured, each block then costs about twice the CPU time
+    (bench/scale.py).
+    """
+    import dask
+    from distributed import LocalCluster
+
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                            dashboard_address=":0")
+
+
+def predict_to_store(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    model: Any,
+    *,
+    write_probabilities: bool = True,
+    scheduler: Any = None,
+    workers: int | None = None,
+    torch_threads: int | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Predict one image or volume into the zarr store ``out`` (``useg predict --dask``).
+
+    ``source`` is a chunked array spec (``vol.zarr/raw``, ``image.ome.zarr``, ``file.h5:/raw``)
+    or an image file, which is read whole. The store receives ``out/probs`` (unless
+    ``write_probabilities`` is False) and ``out/labels`` (:func:`useg.io.files.result_paths`).
+    Without a ``scheduler``, more than one worker starts a :func:`local_cluster` of that many
+    processes (and ``torch_threads`` defaults to cores / workers), closed at the end. Other
+    arguments go to :func:`predict_dask`, whose summary is returned.
+    """
+    source = str(source)
+    image: Any = source
+    if not is_array_spec(source):
+        image, _ = read_image(source)  # an ordinary image file is read whole
+    out = str(out)
+    results = result_paths(out, None, probabilities=write_probabilities)
+    if parse_spec(out).kind != "zarr":
+        raise InputError(f"{out}: with --dask, --out is a zarr store (e.g. result.zarr)")
+    cluster = None
+    if scheduler is None and workers and workers > 1:
+        cluster = scheduler = local_cluster(workers)
+        if torch_threads is None:
+            torch_threads = max(1, (os.cpu_count() or 1) // workers)
+    try:
+        return predict_dask(
+            model, image, results.get("probabilities"), labels=results["labels"],
+            scheduler=scheduler, workers=workers, torch_threads=torch_threads, **kwargs,
+        )
+    finally:
+        if cluster is not None:
+            cluster.close()

@@ -20,7 +20,8 @@ import numpy as np
 from scipy import ndimage
 
 from useg.errors import InputError
-from useg.io import write_image, write_json
+from useg.io.files import write_json
+from useg.io.images import write_image
 
 __all__ = ["make_dataset", "touching_cells"]
 
@@ -327,7 +328,7 @@ def make_dataset(
     write_json(
         folder / "synthetic.json",
         {
-            "generator": "useg.synthetic.touching_cells",
+            "generator": "useg.workflows.synthetic.touching_cells",
             "n_images": n_images,
             "shape": list(shape),
             "seed": seed,

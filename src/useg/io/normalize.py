@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from useg.io import release_pages
+from useg.io.arrays import release_pages
 
 __all__ = ["DEFAULT", "image_stats", "normalize"]
 

@@ -1,0 +1,232 @@
+"""Scoring prediction files against ground-truth files: the engine of ``useg evaluate``.
+
+Files are paired by name stem (``pred/12.tif`` with ``gt/12.png``, :func:`pair_files`).
+``mode="isbi"`` scores interior (or membrane) probability maps against binary ground truth over
+thresholds (:func:`useg.evaluation.isbi.isbi_scores`), averaged over the pairs;
+``mode="instances"`` scores label images (:mod:`useg.evaluation.objects`,
+:mod:`useg.evaluation.rand`), with the object counts pooled over the pairs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from useg.errors import InputError
+from useg.evaluation.isbi import DEFAULT_ISBI_THRESHOLDS, isbi_best, isbi_scores
+from useg.evaluation.objects import DEFAULT_IOU_THRESHOLDS, object_f1, seg_score
+from useg.evaluation.pixel import iou
+from useg.evaluation.rand import adapted_rand_error, variation_of_information
+from useg.io.files import file_stem, list_images
+from useg.io.images import read_image, read_labels
+
+__all__ = ["evaluate_folders", "pair_files", "read_probability"]
+
+
+def pair_files(pred: str | os.PathLike, gt: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """Pairs of prediction and ground-truth files of the same name stem. ``pred`` and ``gt``
+    are files or folders; a single file on one side is paired with its partner in the other
+    folder, and every file of two folders must have a partner."""
+    pred, gt = Path(pred), Path(gt)
+    pred_files = list_images(pred)
+    gt_files = list_images(gt)
+    if pred.is_file() and gt.is_file():
+        return [(pred, gt)]
+
+    def stems(files: list[Path], side: str) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for f in files:
+            stem = file_stem(f)  # a.ome.tif pairs with a.png
+            if stem in out:
+                raise InputError(f"{f}: same name stem as {out[stem]} in {side}; cannot pair them")
+            out[stem] = f
+        return out
+
+    by_pred = stems(pred_files, "PRED")
+    by_gt = stems(gt_files, "GT")
+    if pred.is_file():  # one prediction against the matching file of a GT folder
+        by_gt = {s: f for s, f in by_gt.items() if s in by_pred}
+    if gt.is_file():
+        by_pred = {s: f for s, f in by_pred.items() if s in by_gt}
+    for stem, f in by_pred.items():
+        if stem not in by_gt:
+            raise InputError(f"{f}: no ground-truth file with the name stem {stem!r} in {gt}")
+    for stem, f in by_gt.items():
+        if stem not in by_pred:
+            raise InputError(f"{f}: no prediction file with the name stem {stem!r} in {pred}")
+    return [(by_pred[s], by_gt[s]) for s in by_pred]
+
+
+def read_probability(path: str | os.PathLike, channel: int | None = None) -> np.ndarray:
+    """A probability map from an image file, as float64 in [0, 1].
+
+    Integer files are divided by 255 when their values reach at most 255, else by 65535,
+    unless they only hold 0 and 1; float files must lie in [0, 1]. A multi-channel file needs
+    ``channel``.
+    """
+    path = Path(path)
+    image, _ = read_image(path)
+    n = image.shape[0]
+    if channel is None:
+        if n != 1:
+            raise InputError(f"{path}: has {n} channels; choose one with --channel")
+        channel = 0
+    if not -n <= channel < n:
+        raise InputError(f"{path}: has {n} channels, no channel {channel}")
+    p = image[channel]
+    if p.dtype == bool:
+        return p.astype(np.float64)
+    if np.issubdtype(p.dtype, np.integer):
+        top = int(p.max())
+        if p.min() < 0 or top > 65535:
+            raise InputError(f"{path}: integer values outside 0..65535 cannot be probabilities")
+        scale = 1 if top <= 1 else 255 if top <= 255 else 65535
+        return p.astype(np.float64) / scale
+    p = p.astype(np.float64)
+    if p.min() < 0 or p.max() > 1:
+        raise InputError(
+            f"{path}: float values in [{p.min():g}, {p.max():g}]; probabilities must lie in [0, 1]"
+        )
+    return p
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    return read_labels(path)[0]
+
+
+def _same_shape(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Path) -> None:
+    if pred.shape != gt.shape:
+        raise InputError(
+            f"{pred_path}: shape {pred.shape} does not match {gt_path} with shape {gt.shape}"
+        )
+
+
+def _score_isbi(pairs, thresholds, channel, membrane, unassigned) -> tuple[list[dict], dict]:
+    results = []
+    for pred_path, gt_path in pairs:
+        prob = read_probability(pred_path, channel)
+        gt = _read_labels(gt_path)
+        _same_shape(prob, gt, pred_path, gt_path)
+        if np.unique(gt).size > 2:
+            raise InputError(
+                f"{gt_path}: ground truth has more than two values; --mode isbi needs a binary "
+                "map (use --mode instances for label images)"
+            )
+        scores = isbi_scores(prob, gt, thresholds, membrane=membrane, unassigned=unassigned)
+        results.append({"pred": str(pred_path), "gt": str(gt_path), "scores": scores})
+    rows = []
+    for i, t in enumerate(thresholds):
+        per_pair = [r["scores"]["per_threshold"][i] for r in results]
+        row: dict = {"threshold": float(t)}
+        for key, value in per_pair[0].items():
+            if key == "threshold":
+                continue
+            values = [r[key] for r in per_pair]
+            row[key] = int(sum(values)) if isinstance(value, int) else float(np.mean(values))
+        rows.append(row)
+    return results, {"per_threshold": rows, "best": isbi_best(rows)}
+
+
+def _score_instances(pairs, iou_thresholds) -> tuple[list[dict], dict]:
+    results = []
+    for pred_path, gt_path in pairs:
+        pred = _read_labels(pred_path)
+        gt = _read_labels(gt_path)
+        _same_shape(pred, gt, pred_path, gt_path)
+        are, _, _ = adapted_rand_error(pred, gt, ignore_labels=(0,))
+        voi_split, voi_merge = variation_of_information(pred, gt)
+        f1 = object_f1(pred, gt, thresholds=iou_thresholds)
+        scores = {
+            "seg": seg_score(pred, gt),
+            "adapted_rand_error": are,
+            "v_rand": 1.0 - are,
+            "voi_split": voi_split,
+            "voi_merge": voi_merge,
+            "iou_foreground": iou(pred > 0, gt > 0, labels=(1,))[1],
+            "object_f1": {f"{t:g}": v for t, v in f1.items()},
+        }
+        results.append({"pred": str(pred_path), "gt": str(gt_path), "scores": scores})
+    mean: dict = {}
+    for key, value in results[0]["scores"].items():
+        if isinstance(value, float):
+            mean[key] = float(np.mean([r["scores"][key] for r in results]))
+    # Object counts are pooled over images before computing precision, recall and F1.
+    pooled = {}
+    for t in results[0]["scores"]["object_f1"]:
+        tp, fp, fn = (
+            sum(r["scores"]["object_f1"][t][k] for r in results) for k in ("tp", "fp", "fn")
+        )
+        if tp + fp + fn == 0:
+            prec = rec = f1 = 1.0
+        else:
+            prec = tp / (tp + fp) if tp + fp else 0.0
+            rec = tp / (tp + fn) if tp + fn else 0.0
+            f1 = 2 * tp / (2 * tp + fp + fn)
+        pooled[t] = {"precision": prec, "recall": rec, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+    mean["object_f1"] = pooled
+    return results, mean
+
+
+# --------------------------------------------------------------------------------------------
+# output
+
+
+def evaluate_folders(
+    pred: str | os.PathLike,
+    gt: str | os.PathLike,
+    *,
+    mode: str = "isbi",
+    thresholds: Sequence[float] | None = None,
+    membrane: bool = False,
+    channel: int | None = None,
+    unassigned: str = "fill",
+    iou_thresholds: Sequence[float] | None = None,
+) -> dict:
+    """Score the prediction files ``pred`` against the ground-truth files ``gt``.
+
+    Parameters
+    ----------
+    pred, gt : path
+        Image files or folders of them, paired by :func:`pair_files`.
+    mode : {"isbi", "instances"}
+        ``isbi``: ``pred`` holds probabilities of cell interior (:func:`read_probability`),
+        ``gt`` binary maps; ``instances``: both hold label images (0 = background).
+    thresholds : sequence of float, optional
+        isbi: binarisation thresholds in [0, 1] (default
+        :data:`~useg.evaluation.isbi.DEFAULT_ISBI_THRESHOLDS`).
+    membrane : bool
+        isbi: ``pred`` is a membrane probability.
+    channel : int, optional
+        isbi: channel of a multi-channel ``pred`` to score.
+    unassigned : {"fill", "singletons"}
+        isbi: predicted membrane pixels for V_rand/V_info (see
+        :func:`~useg.evaluation.isbi.isbi_scores`).
+    iou_thresholds : sequence of float, optional
+        instances: IoU thresholds in [0, 1) of the object F1 (default
+        :data:`~useg.evaluation.objects.DEFAULT_IOU_THRESHOLDS`).
+
+    Returns
+    -------
+    dict
+        ``{"mode": mode, "pairs": [{"pred", "gt", "scores"}...], "mean": ...}``: for isbi the
+        mean is ``{"per_threshold": [...], "best": {...}}`` averaged over the pairs (error
+        counts summed); for instances the mean of each score, with the object counts pooled over
+        the pairs before precision, recall and F1.
+    """
+    if mode not in ("isbi", "instances"):
+        raise InputError(f"mode must be 'isbi' or 'instances', got {mode!r}")
+    thresholds = DEFAULT_ISBI_THRESHOLDS if thresholds is None else tuple(thresholds)
+    iou_thresholds = DEFAULT_IOU_THRESHOLDS if iou_thresholds is None else tuple(iou_thresholds)
+    pairs = pair_files(pred, gt)
+    if mode == "isbi":
+        if any(not 0 <= t <= 1 for t in thresholds):
+            raise InputError(f"--thresholds must lie in [0, 1], got {list(thresholds)}")
+        results, mean = _score_isbi(pairs, thresholds, channel, membrane, unassigned)
+    else:
+        if any(not 0 <= t < 1 for t in iou_thresholds):
+            raise InputError(f"--iou-thresholds must lie in [0, 1), got {list(iou_thresholds)}")
+        results, mean = _score_instances(pairs, iou_thresholds)
+    return {"mode": mode, "pairs": results, "mean": mean}

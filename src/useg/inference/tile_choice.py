@@ -1,0 +1,278 @@
+"""Which input tile prediction uses: the cheapest within a memory budget, or one pass over the
+whole image for a network whose output depends on the tile.
+
+:func:`default_tile` scores every tile shape that changes the number of tiles along some axis by
+the convolutions of all its tiles (:func:`useg.nets.geometry.mac_terms`) and keeps the cheapest
+whose peak memory (:func:`useg.nets.geometry.peak_bytes`) fits the budget.
+:func:`tile_geometry` turns a requested tile into the tile, halo, margin and pooling step that
+:func:`useg.inference.predict.predict` and the block-wise prediction use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from useg.errors import ConfigError
+from useg.inference.tiling import plan_tiles
+from useg.nets.geometry import (
+    halo,
+    mac_terms,
+    min_input_shape,
+    output_shape,
+    peak_bytes,
+    pool_step,
+    tile_context,
+    tile_margin,
+    valid_input_shape,
+)
+from useg.nets.unet import UNet
+
+__all__ = ["default_tile", "tile_dependence", "tile_geometry", "whole_image_tile"]
+
+
+def tile_dependence(model: nn.Module) -> str | None:
+    """Why a network's output would depend on the tile it sees, or None when it does not.
+
+    A normalisation layer that uses the statistics of its own input when predicting (batch norm
+    without running statistics, instance norm) normalises every tile by that tile's content, so
+    overlap tiles would not stitch into the whole-image result.
+
+    Examples
+    --------
+    >>> tile_dependence(UNet("cicek2016", width=2)) is None
+    True
+    >>> tile_dependence(UNet("cicek2016", width=2, batch_stats=True))
+    'batch norm with the statistics of the batch'
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+            return "batch norm with the statistics of the batch"
+        if isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats:
+            return "instance norm"
+    return None
+
+
+def whole_image_tile(model: UNet, image_shape: Sequence[int]) -> tuple[int, ...]:
+    """The smallest valid input tile that predicts an image in one pass (one tile per axis).
+
+    The tile covers the image and the mirrored context the overlap-tile plan reads around it.
+
+    Examples
+    --------
+    >>> whole_image_tile(UNet("ronneberger2015"), (100, 300))
+    (284, 492)
+    """
+    cfg = model.config
+    want = [int(n) + 2 * c for n, c in zip(image_shape, tile_context(cfg), strict=True)]
+    return valid_input_shape(cfg, want, mode="up")
+
+
+def default_tile(
+    model: UNet, image_shape: Sequence[int], device: torch.device | str = "cpu",
+    budget_bytes: float | None = None,
+) -> tuple[int, ...]:
+    """The valid input tile that predicts an image with the least computation within a memory
+    budget.
+
+    Larger tiles waste less of a valid network's border and fewer of them overshoot the image's
+    edge, but they cost memory. Every tile shape that changes the number of tiles along some
+    axis is scored by the convolutions of all its tiles, counted from the configuration, and the
+    cheapest whose peak activation memory (float32, modelled on the forward pass that
+    :func:`useg.inference.predict.predict` runs) fits the budget wins.
+
+    The budget defaults, on CPU, to 1 GiB for 1D and 2D networks and to 4 GiB (at most a
+    quarter of the machine's memory) for 3D ones, where the border costs far more: with 1 GiB
+    the 2D U-Net predicts a 2048x2048 image with 1.13x the convolutions of one pass over the
+    whole image (4 GiB: 1.07x), the 3D U-Net a 256^3 volume with 9.9x (4 GiB: 2.2x). On CUDA it
+    is a quarter of the free memory.
+
+    A network whose output depends on the tile (:func:`tile_dependence`) gets the tile of one
+    pass over the whole image (:func:`whole_image_tile`), whatever the budget: a tile chosen
+    from the memory of the machine would make its result depend on the machine.
+
+    Examples
+    --------
+    >>> default_tile(UNet("ronneberger2015"), (2048, 2048))
+    (1212, 1212)
+    """
+    cfg = model.config
+    if tile_dependence(model) is not None:
+        return whole_image_tile(model, image_shape)
+    return _best_tile(cfg, image_shape, _budget(device, budget_bytes, cfg.ndim), itemsize=4)
+
+
+def _budget(device: torch.device | str, budget_bytes: float | None, ndim: int) -> float:
+    if budget_bytes is not None:
+        return float(budget_bytes)
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free / 4
+    if ndim < 3:
+        return float(1 << 30)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        physical = 16 << 30
+    return float(max(1 << 30, min(4 << 30, physical // 4)))
+
+
+def _tiles_along(cfg, axis: int, size: int, length: int, halo_: int) -> float:
+    """Number of tiles of ``size`` input pixels that cover ``length`` pixels along an axis
+    (infinite for a size that keeps nothing)."""
+    margin = tile_margin(cfg, (size,) * cfg.ndim)[axis]
+    try:
+        return plan_tiles((length,), size, halo_, margin, pool_step(cfg)[axis]).counts[0]
+    except ConfigError:
+        return math.inf
+
+
+def _first(sizes: range, ok: Callable[[int], bool]) -> int:
+    """Index of the first size for which ``ok`` holds, ``ok`` being monotone (False then True);
+    ``len(sizes)`` when it never does."""
+    lo, hi = 0, len(sizes)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(sizes[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _axis_options(cfg, axis: int, length: int, budget: float, itemsize: int,
+                  limit: int = 32) -> list[tuple[float, int]]:
+    """(number of tiles, size) along one axis: for each of the ``limit`` fewest numbers of tiles
+    that a size within the memory budget reaches, the smallest size that reaches it."""
+    smallest, step, ctx = min_input_shape(cfg), pool_step(cfg)[axis], tile_context(cfg)
+    h = halo(cfg)[axis]
+    # Valid sizes form an arithmetic sequence; none is needed beyond one tile for the axis.
+    beyond = max(0, length + 2 * ctx[axis] - smallest[axis])
+    sizes = range(smallest[axis], smallest[axis] + -(-beyond // step) * step + 1, step)
+
+    def too_big(size: int) -> bool:
+        probe = list(smallest)
+        probe[axis] = size
+        return peak_bytes(cfg, probe, itemsize) > budget
+
+    top = _first(sizes, too_big) - 1  # memory only grows with the size
+    if top < 0:
+        return [(_tiles_along(cfg, axis, sizes[0], length, h), sizes[0])]
+    # Same networks stitch exactly only when the margin covers the context: prefer such sizes.
+    exact = _first(sizes, lambda t: tile_margin(cfg, (t,) * cfg.ndim)[axis] >= ctx[axis])
+    sizes = sizes[: top + 1][exact if exact <= top else 0 :]
+    options: dict[float, int] = {}
+    fewest = _tiles_along(cfg, axis, sizes[-1], length, h)
+    for count in range(int(min(fewest, 1 << 30)), int(min(fewest, 1 << 30)) + limit):
+        i = _first(sizes, lambda t, c=count: _tiles_along(cfg, axis, t, length, h) <= c)
+        if i < len(sizes):
+            options.setdefault(_tiles_along(cfg, axis, sizes[i], length, h), sizes[i])
+        if i == 0:
+            break
+    return sorted(options.items())
+
+
+def _best_tile(cfg, image_shape: Sequence[int], budget: float, itemsize: int) -> tuple[int, ...]:
+    """The tile of least total convolution work whose peak memory fits ``budget`` bytes."""
+    smallest = min_input_shape(cfg)
+    coeffs = np.array([c for c, _ in mac_terms(cfg, smallest)], dtype=np.float64)
+    sizes, counts, lengths = [], [], []
+    for axis, n in enumerate(image_shape):
+        options = _axis_options(cfg, axis, int(n), budget, itemsize)
+        counts.append(np.array([c for c, _ in options], dtype=np.float64))
+        sizes.append([t for _, t in options])
+        # Each convolution's work is a product of per-axis lengths: tabulate them per option.
+        probes = [[t if a == axis else smallest[a] for a in range(cfg.ndim)] for t in sizes[-1]]
+        lengths.append(np.array([[s[axis] for _, s in mac_terms(cfg, p)] for p in probes],
+                                dtype=np.float64))
+    work, tiles = coeffs, np.ones(())
+    for axis in range(cfg.ndim):
+        work = work[..., None, :] * lengths[axis].reshape((1,) * axis + lengths[axis].shape)
+        tiles = tiles[..., None] * counts[axis]
+    cost = work.sum(-1) * tiles
+    for flat in np.argsort(cost, axis=None, kind="stable"):
+        index = np.unravel_index(flat, cost.shape)
+        tile = tuple(sizes[a][i] for a, i in enumerate(index))
+        if peak_bytes(cfg, tile, itemsize) <= budget:
+            return tile
+    return smallest
+
+
+def tile_geometry(
+    model: UNet, image_shape: Sequence[int], tile: Sequence[int] | int | None,
+    device: torch.device, tta: bool,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | int, tuple[int, ...]]:
+    """Tile, halo, margin and pooling step that :func:`useg.inference.predict.predict` uses for
+    an image shape: ``tile`` (:func:`default_tile` when None) rounded up to a valid one (square
+    in the (Y, X) plane for test-time augmentation), and the output a same-padding network
+    discards at the tile edges (:func:`useg.nets.geometry.tile_margin`).
+
+    Raises :class:`~useg.errors.ConfigError` for a network whose output depends on the tile
+    (:func:`tile_dependence`) when the tile does not cover the image, or when the one pass it
+    needs does not fit in the memory of ``device``.
+    """
+    cfg = model.config
+    if tile is None:
+        tile = default_tile(model, image_shape, device)
+    tile = valid_input_shape(cfg, tile, mode="up")
+    if tta and cfg.ndim >= 2 and tile[-1] != tile[-2]:
+        side = max(tile[-2:])
+        tile = valid_input_shape(cfg, (*tile[:-2], side, side), mode="up")
+    h = halo(cfg)
+    # Output within the receptive radius of a tile edge sees the tile's zero padding: a
+    # same-padding network discards it, so stitching is exact.
+    margin = tile_margin(cfg, tile) if cfg.padding == "same" else 0
+    output_shape(cfg, tile)  # validates the tile
+    _check_one_pass(model, image_shape, tile, h, margin, device)
+    return tile, h, margin, pool_step(cfg)
+
+
+def _check_one_pass(
+    model: UNet, image_shape: Sequence[int], tile: tuple[int, ...], h: tuple[int, ...],
+    margin: tuple[int, ...] | int, device: torch.device,
+) -> None:
+    """Refuse to tile a network whose output depends on the tile (one pass only), and a pass
+    that cannot fit in the memory of the device."""
+    reason = tile_dependence(model)
+    if reason is None:
+        return
+    cfg = model.config
+    path = getattr(model, "path", None)
+    name = f"model {path}" if path is not None else "this model"
+    whole = whole_image_tile(model, image_shape)
+    try:
+        counts = plan_tiles(image_shape, tile, h, margin, pool_step(cfg)).counts
+    except ConfigError:
+        counts = (2,)
+    if any(c > 1 for c in counts):
+        raise ConfigError(
+            f"{name} normalises with the statistics of its input ({reason}), so tiles of "
+            f"{tile} would give a result that depends on the tile; it predicts only in one pass "
+            f"over the whole image, with a tile of at least {whole}: predict without a tile, "
+            "or retrain with running statistics (useg train --running-stats) to predict in tiles"
+        )
+    need = peak_bytes(cfg, tile, itemsize=4)
+    have = _device_memory(device)
+    if need > have:
+        raise ConfigError(
+            f"{name} normalises with the statistics of its input ({reason}) and predicts only in "
+            f"one pass over the whole image, which needs about {need / 2**30:.1f} GiB, more "
+            f"than the {have / 2**30:.1f} GiB of {device}; predict a smaller image, or retrain "
+            "with running statistics (useg train --running-stats) to predict in tiles"
+        )
+
+
+def _device_memory(device: torch.device) -> float:
+    """Memory a single forward pass could use at most: free GPU memory, or the machine's."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: do not guess
+        return math.inf

@@ -1,0 +1,446 @@
+"""Files: the one atomic writer, JSON, listing image files, pairing them, naming results.
+
+Every problem with a file a user gave becomes one :class:`useg.errors.InputError` naming the
+file. Writers are atomic (:func:`atomic_write`): a file is either the complete old one or the
+complete new one, never half written, also after a crash (the file and its folder are synced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from useg.errors import ConfigError, input_error, one_line
+
+__all__ = [
+    "IMAGE_EXTS",
+    "atomic_write",
+    "file_stem",
+    "list_images",
+    "natural_key",
+    "pair_by_stem",
+    "plan_results",
+    "read_json",
+    "result_paths",
+    "write_json",
+]
+
+IMAGE_EXTS = (".png", ".tif", ".tiff")
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writing
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file atomically: yield a temporary path beside ``path``, then move it into place.
+
+    The body writes the complete file to the yielded path. On normal exit the temporary file is
+    flushed to disk and renamed over ``path`` with :func:`os.replace` (atomic on one file system),
+    so readers see either the old file or the new one. If the body raises, the temporary file is
+    removed and ``path`` is left untouched.
+
+    The temporary name starts with a dot and keeps the final extension of ``path``, so writers that
+    pick a format from the extension (Pillow, tifffile) behave as for ``path``.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file to create or replace. Its folder must exist.
+
+    Yields
+    ------
+    Path
+        Where the body must write.
+
+    Raises
+    ------
+    InputError
+        When the folder of ``path`` does not exist.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with atomic_write(folder / "a.txt") as tmp:
+    ...     _ = tmp.write_text("hello")
+    >>> (folder / "a.txt").read_text()
+    'hello'
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise input_error(path, f"cannot write: folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"{path}: nothing was written to the temporary file {tmp.name}")
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    # Without this a crash soon after the rename can leave an empty file under the final name.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable on POSIX; not possible (nor needed) on Windows.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in JSON")
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON, atomically (see :func:`atomic_write`).
+
+    NumPy scalars and arrays, paths and sets are converted to plain JSON values.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Destination file.
+    obj : object
+        Anything :func:`json.dumps` accepts, plus the types above.
+    indent : int
+        Indentation of the output.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = write_json(Path(tempfile.mkdtemp()) / "m.json", {"dice": np.float32(0.5)})
+    >>> read_json(p)
+    {'dice': 0.5}
+    """
+    text = json.dumps(obj, indent=indent, default=_json_default) + "\n"
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, raising :class:`InputError` naming the file when it is missing or invalid.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> read_json(write_json(Path(tempfile.mkdtemp()) / "a.json", [1, 2]))
+    [1, 2]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise input_error(path, "file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise input_error(path, f"not a valid JSON file ({one_line(exc)})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# listing and pairing files
+
+
+def natural_key(name: str | os.PathLike) -> tuple:
+    """Sort key putting ``img2`` before ``img10`` (case-insensitive, on the file name).
+
+    Examples
+    --------
+    >>> sorted(["b10.tif", "b2.tif", "a.tif"], key=natural_key)
+    ['a.tif', 'b2.tif', 'b10.tif']
+    """
+    path = Path(name)
+    parts = re.split(r"(\d+)", path.stem.lower())
+    # split() alternates text and digit runs starting with text, so equal positions compare
+    # equal types. The stem comes first so "img.tif" sorts before "img1.png"; the whole name
+    # breaks ties between names equal up to case or leading zeros.
+    key = tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
+    return key, path.suffix.lower(), path.name
+
+
+def list_images(
+    folder_or_file: str | os.PathLike, exts: Sequence[str] = IMAGE_EXTS
+) -> list[Path]:
+    """List the image files of a folder in natural order (``2.png`` before ``10.png``).
+
+    Hidden files (names starting with a dot, such as unfinished temporary files) are skipped, and
+    sub-folders are not searched. Extensions are compared case-insensitively.
+
+    Parameters
+    ----------
+    folder_or_file : str or PathLike
+        A folder, or a single image file (returned alone).
+    exts : sequence of str
+        Accepted extensions, with the dot.
+
+    Returns
+    -------
+    list of Path
+
+    Raises
+    ------
+    InputError
+        When the path does not exist, a single file has another extension, or the folder holds
+        no image file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name in ["10.png", "2.png", "notes.txt"]:
+    ...     _ = (folder / name).write_bytes(b"")
+    >>> [p.name for p in list_images(folder)]
+    ['2.png', '10.png']
+    """
+    path = Path(folder_or_file)
+    exts = tuple(e.lower() for e in exts)
+    if not path.exists():
+        raise input_error(path, "no such file or folder")
+    if path.is_file():
+        if path.suffix.lower() not in exts:
+            raise input_error(path, f"not an image file (expected {', '.join(exts)})")
+        return [path]
+    files = [
+        p
+        for p in path.iterdir()
+        if p.suffix.lower() in exts and not p.name.startswith(".") and p.is_file()
+    ]
+    if not files:
+        raise input_error(path, f"no image files ({', '.join(exts)}) in this folder")
+    return sorted(files, key=natural_key)
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """The name a file is paired by: its name without the extension (``.ome.tif`` counts as one).
+
+    Examples
+    --------
+    >>> file_stem("a/cell.ome.tif"), file_stem("cell.png")
+    ('cell', 'cell')
+    """
+    path = Path(path)
+    name = path.name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def pair_by_stem(
+    images: Iterable[str | os.PathLike], labels: Iterable[str | os.PathLike]
+) -> list[tuple[Path, Path]]:
+    """Pair image files with label files of the same name stem (``a.png`` with ``a.tif``).
+
+    Parameters
+    ----------
+    images, labels : iterable of paths
+        For example the results of :func:`list_images` on two folders.
+
+    Returns
+    -------
+    list of (Path, Path)
+        One ``(image, label)`` pair per image, in the order of ``images``.
+
+    Raises
+    ------
+    InputError
+        Naming the first file that has no partner, or two files of one list sharing a stem.
+
+    Examples
+    --------
+    >>> [(a.name, b.name) for a, b in pair_by_stem(["im/1.png"], ["lab/1.tif"])]
+    [('1.png', '1.tif')]
+    """
+    images = [Path(p) for p in images]
+    labels = [Path(p) for p in labels]
+
+    def by_stem(paths: list[Path]) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for p in paths:
+            s = file_stem(p)
+            if s in out:
+                raise input_error(p, f"has the same name stem {s!r} as {out[s]}; cannot pair them")
+            out[s] = p
+        return out
+
+    image_by = by_stem(images)
+    label_by = by_stem(labels)
+    for s, p in image_by.items():
+        if s not in label_by:
+            raise input_error(p, f"no label file with the name stem {s!r}")
+    for s, p in label_by.items():
+        if s not in image_by:
+            raise input_error(p, f"no image file with the name stem {s!r}")
+    return [(p, label_by[file_stem(p)]) for p in images]
+
+
+def result_paths(
+    out: str | os.PathLike, name: str | os.PathLike | None = None, *,
+    probabilities: bool = True, labels: bool = True,
+) -> dict[str, Path]:
+    """Where ``useg predict`` writes the results of one input (the one naming scheme of both the
+    file and the ``--dask`` path).
+
+    Parameters
+    ----------
+    out : str or PathLike
+        The output folder, or with ``name=None`` a zarr store.
+    name : str or PathLike, optional
+        The input's path relative to the folder it was listed from (its file name when it was
+        given as a file): results go to ``out/<sub-folders>/<stem>_probs.tif`` and
+        ``..._labels.tif``, mirroring the input tree. None names the arrays ``out/probs`` and
+        ``out/labels`` of a store.
+    probabilities, labels : bool
+        Which results are written.
+
+    Returns
+    -------
+    dict
+        ``"probabilities"`` and/or ``"labels"`` -> path.
+
+    Examples
+    --------
+    >>> [p.as_posix() for p in result_paths("out", "day1/cell.png").values()]
+    ['out/day1/cell_probs.tif', 'out/day1/cell_labels.tif']
+    >>> [p.as_posix() for p in result_paths("out.zarr", labels=False).values()]
+    ['out.zarr/probs']
+    """
+    out = Path(out)
+    wanted = {"probabilities": ("probs", probabilities), "labels": ("labels", labels)}
+    if name is None:
+        return {kind: out / suffix for kind, (suffix, keep) in wanted.items() if keep}
+    name = Path(name)
+    return {kind: out / name.parent / f"{name.stem}_{suffix}.tif"
+            for kind, (suffix, keep) in wanted.items() if keep}
+
+
+def _same_file_key(path: Path) -> str:
+    # Case is folded: on the file systems of macOS and Windows (and folders copied there)
+    # "X_probs.tif" and "x_probs.tif" are one file.
+    return str(path.resolve()).casefold()
+
+
+def plan_results(
+    inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
+    probabilities: bool = True, labels: bool = True, overwrite: bool = False,
+) -> list[tuple[Path, Path, dict[str, Path]]]:
+    """The image files that ``inputs`` name and the results each of them writes under ``out``,
+    checked before anything is predicted, so that no result of the run replaces another.
+
+    A file found in a folder keeps its path relative to that folder under ``out``; a file given
+    by itself writes into ``out``. Names are those of :func:`result_paths`.
+
+    Parameters
+    ----------
+    inputs : iterable of paths
+        Image files and folders (see :func:`list_images`).
+    out : str or PathLike
+        The output folder.
+    probabilities, labels : bool
+        Which results are written.
+    overwrite : bool
+        Replace results that exist already (refused otherwise).
+
+    Returns
+    -------
+    list of (Path, Path, dict)
+        Each input file, its name relative to its folder, and its :func:`result_paths`, in the
+        order of ``inputs``.
+
+    Raises
+    ------
+    InputError
+        For a missing input or a folder without images; naming both inputs when two of them
+        would write the same file (say ``a/x.png`` and ``b/x.tif`` given as two folders); when a
+        result would replace one of the inputs.
+    ConfigError
+        Naming the first result that exists already, unless ``overwrite``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ["a/x.png", "b/x.png"]:
+    ...     (root / name).parent.mkdir(exist_ok=True)
+    ...     _ = (root / name).write_bytes(b"")
+    >>> plan_results([root / "a", root / "b"], root / "out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    useg.errors.InputError: .../a/x.png and .../b/x.png: would both write .../out/x_probs.tif; ...
+    """
+    plan: list[tuple[Path, Path, dict[str, Path]]] = []
+    for item in map(Path, inputs):
+        for path in list_images(item):
+            name = path.relative_to(item) if item.is_dir() else Path(path.name)
+            plan.append(
+                (path, name, result_paths(out, name, probabilities=probabilities, labels=labels))
+            )
+    given = {_same_file_key(path): path for path, _, _ in plan}
+    writer: dict[str, Path] = {}
+    for path, _, results in plan:
+        for target in results.values():
+            key = _same_file_key(target)
+            if key in writer:
+                raise input_error(
+                    f"{writer[key]} and {path}",
+                    f"would both write {target}; predict them into different --out folders",
+                )
+            if key in given:
+                raise input_error(path, f"its result {target} would replace the input "
+                                  f"{given[key]}; choose another --out")
+            writer[key] = path
+    if not overwrite:
+        for path, _, results in plan:
+            for target in results.values():
+                if target.exists():
+                    raise ConfigError(
+                        f"{target}: already exists (the result for {path}); pass --overwrite "
+                        "to replace it, or choose another --out"
+                    )
+    return plan

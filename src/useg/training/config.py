@@ -1,0 +1,130 @@
+"""What defines a training run (:class:`TrainConfig`, saved as the run's ``config.json``) and its
+learning-rate schedule.
+
+Paper defaults: one large tile per step, SGD with momentum 0.99, dropout at the end of the
+contracting path, weighted cross-entropy. Learning rate: the paper does not give one; with the
+loss averaged over the weighted pixels and momentum 0.99 (an effective step 100x the learning
+rate) SGD defaults to 0.01, a starting point that was not calibrated: the ISBI 2012 and
+sparse-3D benches and the demo train with Adam (lr 1e-3), and SGD was not tried on ISBI 2012
+(docs/isbi2012.md). Adam/AdamW default to 1e-3 (``bench/isbi2012.py`` states what each bench
+used).
+
+Extending a run: resuming with a larger ``iterations`` (``useg train --resume --iterations N``)
+trains on from the step reached, and the learning-rate schedule is recomputed over the new total
+(poly and cosine then restart from the value the new total gives that step, a warm restart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from useg.device import check_precision
+from useg.errors import ConfigError
+from useg.io import normalize as norm
+
+__all__ = ["OPTIMIZERS", "RESUMABLE", "SCHEDULES", "SIGMA_UNIT", "TrainConfig", "lr_factor"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SIGMA_UNIT = "pixels (finest axis)"
+SCHEDULES = ("constant", "poly", "cosine")
+# Settings a resumed run may change: how it is executed and how long it runs, not what a step
+# computes. (With a batch of several tiles, which loader worker prepares a tile does not decide
+# its step either: see useg.training.stream.TileStream.)
+RESUMABLE = ("iterations", "workers", "device")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved as the run's ``config.json``)."""
+
+    net: dict[str, Any] = field(default_factory=lambda: {"ndim": 2})
+    tile: Sequence[int] | int = 572
+    iterations: int = 2000
+    batch_size: int = 1
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: 0.01 for SGD, 1e-3 for Adam/AdamW
+    momentum: float = 0.99
+    weight_decay: float = 0.0
+    schedule: str = "poly"
+    warmup: int = 0
+    # "auto": see useg.device.resolve_precision; train() records the precision it resolved to.
+    precision: str = "auto"
+    grad_clip: float | None = None
+    dice_weight: float = 0.0
+    augment: dict[str, Any] | None = field(default_factory=dict)
+    label_mode: str = "binary"
+    unlabeled: int | None = None
+    boundary_width: int = 1
+    spacing: Sequence[float] | None = None  # voxel size overriding the files' (model header)
+    w0: float = 10.0
+    sigma: float = 5.0  # in pixels of the finest axis (see useg.training.samples.make_sample)
+    class_balance: bool = True
+    normalization: dict[str, Any] = field(default_factory=lambda: dict(norm.DEFAULT))
+    val_every: int = 200
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    workers: int = 1
+    device: str = "auto"
+    labels: dict[str, Any] = field(default_factory=dict)  # class names etc., for the model file
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.iterations < 1 or self.batch_size < 1:
+            raise ConfigError("iterations and batch size must be at least 1")
+        check_precision(self.precision)
+        if self.lr is None:
+            self.lr = 0.01 if self.optimizer == "sgd" else 1e-3
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            d[key] = value
+            if key == "sigma":
+                # Files carry calibrations in other units: say which one sigma is in.
+                d["sigma_unit"] = SIGMA_UNIT
+        d["tile"] = list(self.tile) if not isinstance(self.tile, int) else self.tile
+        if self.spacing is not None:
+            d["spacing"] = [float(v) for v in self.spacing]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unit = d.get("sigma_unit", SIGMA_UNIT)
+        if unit != SIGMA_UNIT:
+            raise ConfigError(f"sigma is given in {unit!r}; this useg reads it in {SIGMA_UNIT}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def sample_options(
+        self, slices: Mapping[int, Sequence[int]] | None = None
+    ) -> dict[str, Any]:
+        """The options of :func:`useg.training.samples.make_sample` (and ``load_pairs``) that
+        this run's samples are built with; ``slices`` are the annotated slices, if sparse."""
+        return dict(
+            mode=self.label_mode, unlabeled=self.unlabeled, slices=slices, w0=self.w0,
+            sigma=self.sigma, class_balance=self.class_balance,
+            boundary_width=self.boundary_width,
+            # The normalisation the model file records, so that predicting a file sees what
+            # training saw.
+            normalization=self.normalization,
+        )
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` relative to ``cfg.lr``: warm-up, then the schedule."""
+    if cfg.warmup and step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    t = step / cfg.iterations
+    if cfg.schedule == "poly":
+        return (1 - t) ** 0.9
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    return 1.0

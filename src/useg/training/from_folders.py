@@ -1,0 +1,394 @@
+"""Training from folders of image and label files: the engine of ``useg train``, and the one
+builder of training configurations.
+
+:func:`make_config` builds a :class:`~useg.training.config.TrainConfig` for data of a dimension:
+the paper's network for it (``ronneberger2015`` in 2D, ``cicek2016`` in 3D), the pooling chosen
+from the voxel spacing (:func:`useg.nets.geometry.anisotropic_pools`), the paper's tile and the
+label mode of the dimension. ``useg train``, ``useg densify``,
+:func:`useg.workflows.densify.default_config` and the demo all build theirs with it;
+:func:`build_config` maps the command-line options
+(:class:`~useg.training.options.TrainOptions`) onto it.
+
+:func:`train_from_folders` reads the files, builds the configuration (or continues a saved run,
+refusing options that differ from it) and trains (:func:`useg.training.loop.train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from useg import io
+from useg.errors import ConfigError, InputError
+from useg.nets.config import PRESETS, UNetConfig
+from useg.nets.geometry import anisotropic_pools, min_input_shape, valid_input_shape
+from useg.training.config import RESUMABLE, TrainConfig
+from useg.training.loop import train
+from useg.training.options import NET_OPTIONS, TrainOptions, parse_pool, parse_slices
+from useg.training.run_folder import CONFIG, read_config
+from useg.training.samples import load_pairs
+
+__all__ = [
+    "build_config",
+    "check_resume_options",
+    "default_label_mode",
+    "default_preset",
+    "default_tile",
+    "make_config",
+    "resumed_config",
+    "saved_run",
+    "train_from_folders",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The configuration builder
+
+
+def default_preset(ndim: int) -> str:
+    """The paper's network for ``ndim``-D data: ``cicek2016`` in 3D, else ``ronneberger2015``."""
+    return "cicek2016" if ndim == 3 else "ronneberger2015"
+
+
+def default_label_mode(ndim: int) -> str:
+    """What labels mean unless told: instance boundaries (EM membranes) in 3D, else binary."""
+    return "boundary" if ndim == 3 else "binary"
+
+
+def default_tile(ndim: int) -> list[int]:
+    """The papers' input tiles: 116x132x132 in 3D, 572 per axis otherwise."""
+    return [116, 132, 132] if ndim == 3 else [572] * ndim
+
+
+def make_config(
+    ndim: int,
+    *,
+    in_channels: int = 1,
+    classes: int | None = None,
+    label_mode: str | None = None,
+    preset: str | None = None,
+    pool: Sequence[Sequence[int]] | None = None,
+    spacing: Sequence[float] | None = None,
+    file_spacing: Sequence[float] | None = None,
+    tile: Sequence[int] | int | None = None,
+    **options: Any,
+) -> TrainConfig:
+    """The training configuration for ``ndim``-D data.
+
+    Parameters
+    ----------
+    ndim : int
+        Spatial dimensions of the network.
+    in_channels : int
+        Channels of the images.
+    classes : int, optional
+        Output classes; default 2, or the preset's for label mode ``classes``.
+    label_mode : str, optional
+        Meaning of the labels (:data:`useg.training.samples.LABEL_MODES`); default
+        :func:`default_label_mode`.
+    preset : str, optional
+        Network preset; default :func:`default_preset`, which takes ``ndim``. A preset given
+        by name must be of ``ndim`` dimensions.
+    pool : sequence, optional
+        Pooling factors per level and axis; they set the depth. Without them, a ``spacing`` (or
+        ``file_spacing``) of anisotropic voxels chooses them (:func:`anisotropic_pools`).
+    spacing : sequence of float, optional
+        Voxel size ((Z,) Y, X) that overrides the files' and is recorded with the run and in the
+        model file.
+    file_spacing : sequence of float, optional
+        The voxel size the data files state (not recorded: the files keep it).
+    tile : int or sequence, optional
+        Input tile (1 or ``ndim`` sizes; default :func:`default_tile`), at least the network's
+        smallest valid input.
+    **options
+        :class:`~useg.training.config.TrainConfig` fields, or :class:`~useg.nets.UNetConfig`
+        fields (``width``, ``depth``, ``padding``, ``batch_stats``...) that override the preset.
+
+    Examples
+    --------
+    >>> cfg = make_config(3, spacing=(50, 4, 4), width=8, depth=2, iterations=10)
+    >>> cfg.net["pool"], cfg.label_mode, cfg.tile
+    ([[1, 2, 2], [1, 2, 2]], 'boundary', [116, 132, 132])
+    """
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    net_options = {k: options.pop(k) for k in list(options) if k not in known}
+    name = preset or default_preset(ndim)
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    values = dict(PRESETS[name])
+    if preset is not None and values["ndim"] != ndim:
+        raise ConfigError(f"preset {name} is {values['ndim']}D but the data are {ndim}D")
+    label_mode = label_mode or default_label_mode(ndim)
+    if classes is None:
+        classes = values["classes"] if label_mode == "classes" else 2
+    values.update(ndim=ndim, in_channels=in_channels, classes=classes, **net_options)
+    voxels = spacing if spacing is not None else file_spacing
+    if pool is None and values.get("pool") is None and voxels is not None:
+        levels = anisotropic_pools(tuple(voxels)[-ndim:], values["depth"])
+        if any(f != 2 for level in levels for f in level):
+            pool = levels
+    if pool is not None:
+        values["pool"] = [list(level) for level in pool]
+        values["depth"] = len(pool)
+    net = UNetConfig(**values)
+    if tile is None:
+        tile = default_tile(ndim)
+    elif isinstance(tile, int):
+        tile = [tile] * ndim
+    elif len(tile) == 1:
+        tile = list(tile) * ndim
+    elif len(tile) != ndim:
+        raise ConfigError(f"tile needs 1 or {ndim} sizes, got {list(tile)}")
+    tile = [max(int(t), m) for t, m in zip(tile, min_input_shape(net), strict=True)]
+    d = net.to_dict()
+    d["pool"] = [list(level) for level in d["pool"]] if d["pool"] is not None else None
+    return TrainConfig(
+        net=d, tile=tile, label_mode=label_mode,
+        spacing=[float(s) for s in spacing] if spacing is not None else None, **options,
+    )
+
+
+def build_config(
+    options: Any, ndim: int, in_channels: int, spacing: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """The training configuration that command-line options ask for, as
+    :class:`~useg.training.config.TrainConfig` keyword arguments (:func:`make_config`).
+
+    ``options`` has the attributes of :class:`~useg.training.options.TrainOptions` (an argparse
+    namespace of ``useg train`` or ``useg densify`` does). ``spacing`` is the voxel size the
+    data files state; ``--spacing`` overrides it. Without ``--pool``, anisotropic spacing
+    chooses the pooling per level (:func:`useg.nets.geometry.anisotropic_pools`).
+    """
+    override = getattr(options, "spacing", None)
+    # A 2D network on the slices of stacks takes the stacks' three values.
+    if override is not None and len(override) not in ((3,) if ndim == 3 else (ndim, ndim + 1)):
+        raise ConfigError(f"--spacing needs {ndim} values for {ndim}D data, got {len(override)}")
+    if options.tile is not None and len(options.tile) not in (1, ndim):
+        raise ConfigError(f"--tile needs 1 or {ndim} sizes")
+    net = {k: getattr(options, k) for k in NET_OPTIONS if getattr(options, k, None) is not None}
+    cfg = make_config(
+        ndim, in_channels=in_channels, label_mode=options.label_mode, preset=options.preset,
+        pool=parse_pool(options.pool, ndim), spacing=override, file_spacing=spacing,
+        tile=options.tile, iterations=options.iterations, batch_size=options.batch_size,
+        optimizer=options.optimizer, lr=options.lr, momentum=options.momentum,
+        weight_decay=options.weight_decay, schedule=options.schedule,
+        precision=options.precision, grad_clip=options.grad_clip, dice_weight=options.dice,
+        augment=None if options.no_augment else {"elastic": not options.no_elastic},
+        unlabeled=options.unlabeled, boundary_width=options.boundary_width, w0=options.w0,
+        sigma=options.sigma, class_balance=not options.no_class_balance,
+        val_every=options.val_every, checkpoint_every=options.checkpoint_every,
+        log_every=options.log_every, seed=options.seed, workers=options.workers,
+        device=options.device, **net,
+    )
+    return dataclasses.asdict(cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming: the options given, and whether they agree with the saved run
+
+
+def saved_run(out: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """The saved configuration of the run in ``out``, its recorded data paths, and the file."""
+    saved = read_config(out)
+    return saved, (saved.get("labels") or {}).get("data") or {}, Path(out) / CONFIG
+
+
+# Options a resumed run honours: they change how the run is executed or how long it is, not
+# what each step computes (iterations: see useg.training.loop.train).
+_RESUME_FREE = frozenset({"iterations", "workers", "device", "quiet", "resume", "out"})
+# Stands for the saved value of an option that has no counterpart in the saved run.
+_NO_COUNTERPART = object()
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _resume_values(dest: str, value: Any, saved: dict[str, Any]) -> tuple:
+    """(what the option asks for, what the saved run has) in comparable form."""
+    net = saved.get("net") or {}
+    ndim = int(net.get("ndim", 2))
+    data = (saved.get("labels") or {}).get("data") or {}
+    same_key = {"batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+                "precision", "grad_clip", "label_mode", "unlabeled", "boundary_width", "w0",
+                "sigma", "val_every", "checkpoint_every", "log_every", "seed"}
+    if dest == "precision" and value == "auto":
+        return saved.get(dest), saved.get(dest)  # the run keeps the precision it resolved to
+    if dest in same_key:
+        return value, saved.get(dest)
+    if dest in NET_OPTIONS:
+        return value, net.get(dest)
+    if dest == "dice":
+        return value, saved.get("dice_weight")
+    if dest == "no_class_balance":
+        return "off", "on" if saved.get("class_balance", True) else "off"
+    augment = saved.get("augment")
+    if dest == "no_augment":
+        return "off", "on" if augment is not None else "off"
+    if dest == "no_elastic":
+        return "off", "on" if augment is not None and augment.get("elastic", True) else "off"
+    if dest == "spacing":
+        return [float(v) for v in value], saved.get("spacing")
+    if dest == "pool":
+        return parse_pool(value, ndim), net.get("pool")
+    if dest == "slices":
+        return json.loads(json.dumps(parse_slices(value, ndim))), data.get("slices")
+    if dest == "tile":
+        tile = list(value) * ndim if len(value) == 1 else list(value)
+        recorded = saved.get("tile")
+        if tile != recorded and len(tile) == ndim:
+            # The run saved its tile rounded to a valid one: the value that was given rounds
+            # to it too.
+            rounded = list(valid_input_shape(UNetConfig.from_dict(net), tile, mode="nearest"))
+            tile = recorded if rounded == recorded else tile
+        return tile, recorded
+    if dest == "preset":
+        # Only the options that override a preset's values may differ from the preset's.
+        kept = ("in_channels", "classes", "width", "depth", "padding", "norm", "dropout",
+                "batch_stats", "pool")
+        recorded = next(
+            (name for name, values in PRESETS.items()
+             if values["ndim"] == ndim and UNetConfig(
+                 **{**values, **{k: net[k] for k in kept if k in net}}).to_dict() == net),
+            "another network",
+        )
+        return value, recorded
+    if dest in ("images", "labels", "val_images", "val_labels"):
+        recorded = data.get(dest)
+        same = recorded is not None and Path(value).resolve() == Path(recorded).resolve()
+        return (recorded if same else str(value)), recorded
+    return value, _NO_COUNTERPART
+
+
+def check_resume_options(
+    given: Sequence[tuple[str, str]], values: Mapping[str, Any], saved: dict[str, Any],
+    config_path: Path, free: Collection[str] = frozenset(),
+) -> None:
+    """Refuse, naming the option, an option given to a resumed run that differs from the saved
+    run.
+
+    ``given`` lists the options given explicitly as (name, flag) pairs, ``values`` their values
+    by name; ``free`` names more options the caller handles itself.
+    """
+    for dest, flag in given:
+        if dest in _RESUME_FREE or dest in free:
+            continue
+        wanted, recorded = _resume_values(dest, values[dest], saved)
+        if recorded is _NO_COUNTERPART:
+            raise ConfigError(f"{config_path}: {flag} cannot change when resuming; leave it out, "
+                              "or start a new run with another --out")
+        if wanted != recorded:
+            raise ConfigError(
+                f"{config_path}: {flag} {_show(wanted)} differs from the saved run's "
+                f"{_show(recorded)}; --resume continues the run as saved (leave {flag} out, or "
+                "start a new run with another --out)"
+            )
+
+
+def resumed_config(
+    saved: dict[str, Any], given: Sequence[tuple[str, str]], values: Mapping[str, Any],
+) -> TrainConfig:
+    """The saved run's :class:`~useg.training.config.TrainConfig` with the options a resumed run
+    honours (:data:`~useg.training.config.RESUMABLE`) taken from ``values`` where ``given``
+    names them."""
+    cfg = TrainConfig.from_dict(saved)
+    for dest, _ in given:
+        if dest in RESUMABLE:
+            setattr(cfg, dest, values[dest])
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# useg train
+
+
+def train_from_folders(
+    out: str | os.PathLike,
+    *,
+    images: str | os.PathLike | None = None,
+    labels: str | os.PathLike | None = None,
+    val_images: str | os.PathLike | None = None,
+    val_labels: str | os.PathLike | None = None,
+    options: TrainOptions | None = None,
+    resume: bool = False,
+    given: Sequence[tuple[str, str]] = (),
+    progress: bool = True,
+) -> Path:
+    """Train a U-Net on image and label files matched by name (``useg train``); returns the path
+    of the best model file (the last one without validation data).
+
+    Parameters
+    ----------
+    out : path
+        Run folder (:mod:`useg.training.run_folder`).
+    images, labels : path
+        Folders (or files) of training images and labels, paired by name stem; 2D images, or
+        stacks (a 3D network, or a 2D one with ``options.preset="ronneberger2015"`` on their
+        slices). Not needed to resume: the run recorded them.
+    val_images, val_labels : path, optional
+        Validation images and labels (together or not at all).
+    options : TrainOptions, optional
+        The network and training options (defaults:
+        :class:`~useg.training.options.TrainOptions`).
+    resume : bool
+        Continue the run in ``out`` with its saved configuration and data.
+    given : sequence of (str, str)
+        The options given explicitly, as (name, flag) pairs: with ``resume``, those that
+        differ from the saved run are refused, except ``iterations`` (which extends the run),
+        ``workers`` and ``device``.
+    progress : bool
+        Show a progress bar.
+    """
+    out = Path(out)
+    options = options if options is not None else TrainOptions()
+    paths = {"images": images, "labels": labels, "val_images": val_images,
+             "val_labels": val_labels}
+    if resume:
+        saved, data, config_path = saved_run(out)
+        if not data:
+            raise InputError(f"{config_path}: no data paths recorded; cannot resume")
+        values = {**dataclasses.asdict(options), **paths}
+        check_resume_options(given, values, saved, config_path)
+        cfg = resumed_config(saved, given, values)
+    else:
+        if images is None or labels is None:
+            raise ConfigError("--images and --labels are required (or --resume)")
+        for p in paths.values():
+            if p is not None and not Path(p).exists():
+                raise InputError(f"{p}: no such file or folder")
+        if (val_images is None) != (val_labels is None):
+            raise ConfigError("--val-images and --val-labels go together")
+        first, first_meta = io.read_image(io.list_images(images)[0])
+        ndim = first.ndim - 1
+        if ndim == 3 and options.preset == "ronneberger2015":
+            ndim = 2  # a 2D network trained on the slices of stacks
+        kwargs = build_config(options, ndim, first.shape[0], first_meta.get("spacing"))
+        data = {
+            "images": str(Path(images)), "labels": str(Path(labels)),
+            "val_images": str(Path(val_images)) if val_images else None,
+            "val_labels": str(Path(val_labels)) if val_labels else None,
+            "slices": parse_slices(options.slices, ndim),
+        }
+        kwargs["labels"] = {"mode": kwargs["label_mode"], "classes": ["background", "foreground"]
+                            if kwargs["label_mode"] != "boundary" else ["interior", "boundary"],
+                            "data": data}
+        cfg = TrainConfig(**kwargs)
+    net = cfg.net
+    slices = data.get("slices")
+    if slices:
+        slices = {int(k): v for k, v in slices.items()}
+    opts = cfg.sample_options(slices)
+    samples = load_pairs(data["images"], data["labels"], ndim=net["ndim"],
+                         in_channels=net["in_channels"], spacing=cfg.spacing, **opts)
+    val = None
+    if data.get("val_images"):
+        val = load_pairs(data["val_images"], data["val_labels"], ndim=net["ndim"],
+                         in_channels=net["in_channels"], spacing=cfg.spacing,
+                         **{**opts, "slices": None})
+    return train(cfg, samples, out, val_samples=val, resume=resume, progress=progress)
