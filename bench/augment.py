@@ -1,6 +1,6 @@
 """Elastic deformation: useg vs elasticdeform (2D) and TorchIO RandomElasticDeformation (3D).
 
-Run: .venv/bin/python bench/augment.py [--threads 1] [--repeats N]
+Run: .venv/bin/python bench/augment.py [--threads 1] [--repeats N] [--output FILE]
 
 Peers (bench only, not dependencies of useg):
     .venv/bin/pip install --no-binary elasticdeform elasticdeform
@@ -12,63 +12,29 @@ neighbour. 2D: 512x512, the U-Net paper's 3x3 grid with std 10 px; elasticdeform
 same control displacements (its output is compared with useg's). 3D: 128^3, a control point
 every 32 voxels (5x5x5, the 3D U-Net's setting), TorchIO with 5 control points per axis.
 All libraries run with the same number of threads (default 1: elasticdeform is single-threaded;
-SimpleITK, which TorchIO calls, and torch are set to it). Results: bench/results/augment.json.
+SimpleITK, which TorchIO calls, and torch are set to it). Results: bench/results/augment.json
+(``--output`` elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import (
+    RESULTS,
+    command_line,
+    interleaved,
+    machine_info,
+    print_timings,
+    summary,
+    write_json,
+)
 
 from useg.training.augment import DeformParams, control_grid_shape, deform, rotation_matrix
-
-
-def machine_info(threads: int) -> dict:
-    import scipy
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "threads_used": threads,
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def summary(times: list[float]) -> dict:
-    return {
-        "median_s": float(np.median(times)),
-        "min_s": float(min(times)),
-        "max_s": float(max(times)),
-        "runs": [float(t) for t in times],
-    }
-
-
-def interleaved(fns: dict, repeats: dict) -> dict:
-    """Time several functions in alternation, so that load from other users hits all of them."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times = {name: [] for name in fns}
-    for i in range(max(repeats.values())):
-        for name, fn in fns.items():
-            if i < repeats[name]:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def bench_2d(args) -> dict:
@@ -109,8 +75,8 @@ def bench_2d(args) -> dict:
             {"useg": args.repeats, "elasticdeform": args.repeats},
         )
         rows[case] = {
-            "useg": summary(times["useg"]),
-            "elasticdeform": summary(times["elasticdeform"]),
+            "useg": summary(times["useg"], "_s"),
+            "elasticdeform": summary(times["elasticdeform"], "_s"),
             "speedup_median": float(np.median(times["elasticdeform"]) / np.median(times["useg"])),
             # Same field and conventions: images agree; labels differ only where a sample lies
             # within half a pixel outside the image (useg: nearest pixel, elasticdeform: cval).
@@ -173,12 +139,12 @@ def bench_3d(args) -> dict:
         "control_grid": list(grid),
         "displacement_std": 4.0,
         "target_speedup": 4.0,
-        "useg": summary(times["useg"]),
-        "torchio": summary(times["torchio"]),
+        "useg": summary(times["useg"], "_s"),
+        "torchio": summary(times["torchio"], "_s"),
         "speedup_median": float(np.median(times["torchio"]) / np.median(times["useg"])),
     }
     if "useg_cuda" in times:
-        result["useg_cuda"] = summary(times["useg_cuda"])
+        result["useg_cuda"] = summary(times["useg_cuda"], "_s")
     return result
 
 
@@ -187,39 +153,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--peer-repeats-3d", type=int, default=5)
+    parser.add_argument("--output", type=Path, default=RESULTS / "augment.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     result = {
         "benchmark": "elastic deformation of image + label map",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine_info(args.threads),
+        "command": command_line(),
+        "machine": machine_info("elasticdeform", "torchio", "SimpleITK"),
         "2d": bench_2d(args),
         "3d": bench_3d(args),
     }
-    out = Path(__file__).resolve().parent / "results" / "augment.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.output, result)
 
     print(f"threads: {args.threads}")
-    print(f"{'case':<44}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'speedup':>9}")
+    rows = []
     for case, row in result["2d"]["cases"].items():
         for name in ("useg", "elasticdeform"):
-            s = row[name]
             speed = f"{row['speedup_median']:.1f}x" if name == "useg" else ""
-            print(
-                f"{'2D 512^2 ' + case + ' ' + name:<44}{1e3 * s['median_s']:>11.1f}"
-                f"{1e3 * s['min_s']:>9.1f}{1e3 * s['max_s']:>9.1f}{speed:>9}"
-            )
+            rows.append((f"2D 512^2 {case} {name}", row[name], speed))
     r3 = result["3d"]
     for name in ("useg", "torchio", "useg_cuda"):
         if name in r3:
-            s = r3[name]
             speed = f"{r3['speedup_median']:.1f}x" if name == "useg" else ""
-            print(
-                f"{'3D 128^3 elastic ' + name:<44}{1e3 * s['median_s']:>11.1f}"
-                f"{1e3 * s['min_s']:>9.1f}{1e3 * s['max_s']:>9.1f}{speed:>9}"
-            )
+            rows.append((f"3D 128^3 elastic {name}", r3[name], speed))
+    print_timings(rows, extra="speedup")
     print(f"-> {out}")
 
 

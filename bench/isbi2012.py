@@ -44,20 +44,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy
 import torch
+from _common import RESULTS, ROOT, command_line, machine_info, write_json
 from scipy import ndimage as ndi
 
 from useg import io
+from useg.device import resolve_precision
 from useg.evaluation.isbi import isbi_scores
 from useg.evaluation.postprocess import threshold_components
 from useg.inference.predict import predict
@@ -69,7 +68,6 @@ from useg.training.loop import train
 from useg.training.samples import Sample, make_sample
 from useg.workflows.demo import overlay
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SLICES = range(0, 15)
 VAL_SLICES = range(15, 20)
 TEST_SLICES = range(20, 25)
@@ -119,49 +117,6 @@ DESCRIPTIONS = {
 }
 SCORES = ("pixel_error", "rand_error", "adapted_rand_error", "warping_error", "v_rand", "v_info",
           "iou_membrane")
-
-
-def cpu_info() -> dict[str, Any]:
-    """The CPU's model name and its vector/matrix instruction flags (from lscpu)."""
-    info: dict[str, Any] = {"model": platform.processor() or None, "flags": []}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return info
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Model name":
-            info["model"] = value.strip()
-        elif key.strip() == "Flags":
-            info["flags"] = [f for f in value.split() if f.startswith(("avx", "amx", "fma"))]
-    return info
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu": cpu_info(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "torch": torch.__version__,
-        "load_average_at_start": list(os.getloadavg()),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-
-
-def resolve_bench_precision(requested: str) -> str:
-    """``auto`` through useg's own choice (never slower than fp32), else as given."""
-    if requested != "auto":
-        return requested
-    try:
-        from useg.device import resolve_precision
-    except ImportError:  # older useg: be safe, fp32 is never emulated
-        return "fp32"
-    return resolve_precision("auto", torch.device("cpu"))
 
 
 def _multiple(n: int, k: int) -> int:
@@ -456,7 +411,7 @@ def main() -> None:
     root = dataset("isbi2012")
     if root is None:
         sys.exit("isbi2012 not found in the shared data folder; set USEG_DATA")
-    precision = resolve_bench_precision(args.precision)
+    precision = resolve_precision(args.precision, "cpu")
     custom = args.quick or args.iterations is not None or args.set or args.out
     iterations = args.iterations or (20 if args.quick else ITERATIONS)
     overrides: dict[str, Any] = {}
@@ -469,7 +424,7 @@ def main() -> None:
         overrides.setdefault("tile", [188, 188])
     base = Path(args.out) if args.out else ROOT / "runs" / ("isbi2012-quick" if args.quick
                                                            else "isbi2012")
-    results_dir = base if custom else ROOT / "bench" / "results"
+    results_dir = base if custom else RESULTS
     variants = args.only or (list(VARIANTS) if args.ablations else ["main"])
 
     data: dict[str, Any] = {}
@@ -490,7 +445,7 @@ def main() -> None:
     report.update({
         "benchmark": "ISBI 2012 neuronal membranes: U-Net trained on slices 0..14, checkpoint "
                      "and one threshold chosen on 15..19, scored once on 20..24",
-        "command": " ".join([".venv/bin/python", "bench/isbi2012.py", *sys.argv[1:]]),
+        "command": command_line(),
         "machine": machine_info(),
         "data": {"root": "useg.io.datasets.dataset('isbi2012')", "train_slices": "0..14",
                  "validation_slices": "15..19", "test_slices": "20..24",
@@ -538,7 +493,7 @@ def main() -> None:
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
     report["total_minutes_this_invocation"] = (time.perf_counter() - t_all) / 60
     results_dir.mkdir(parents=True, exist_ok=True)
-    io.write_json(json_path, report)
+    write_json(json_path, report)
     md = markdown(report)
     (results_dir / "isbi2012.md").write_text(md)
     print(md)

@@ -11,17 +11,16 @@ instructions (avx512_bf16, amx_bf16); elsewhere it is emulated through float32 a
 ``auto`` is :func:`useg.device.resolve_precision` for this CPU, with the short measurement it
 bases its choice on (run here afresh, without the cache) and whether the CPU flags allow bf16.
 
-The JSON records the command, date, CPU model name and flags (``lscpu``), torch version and its
-CPU capability. ``--quick`` (256x256, width 16) is a smoke check; it writes
-bench/results/precision_quick.json unless ``--out`` says otherwise.
+The JSON records the command and the machine (bench/_common.py's ``machine_info``: date, CPU
+model name and vector flags from ``lscpu``, torch version and its CPU capability). ``--quick``
+(256x256, width 16) is a smoke check; it writes bench/results/precision_quick.json unless
+``--out`` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -30,33 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import RESULTS, command_line, machine_info, write_json
 
 from useg import device as dev
 from useg.errors import UsegWarning
 from useg.inference.predict import predict
 from useg.inference.tile_choice import default_tile
-from useg.io.files import write_json
 from useg.nets import UNet
-
-HERE = Path(__file__).resolve().parent
-
-
-def lscpu() -> dict[str, Any]:
-    """``Model name`` and ``Flags`` as lscpu states them (from /proc/cpuinfo without lscpu)."""
-    fields: dict[str, str] = {}
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    model, flags = dev.cpu_info()
-    return {
-        "model_name": fields.get("Model name") or model,
-        "flags": fields.get("Flags", "").split() or sorted(flags),
-        "source": "lscpu" if fields else "/proc/cpuinfo",
-    }
 
 
 def time_predictions(width: int, size: int, repeats: int) -> tuple[dict[str, list[float]], Any]:
@@ -88,11 +67,11 @@ def main() -> None:
     args = ap.parse_args()
     size = args.size or (256 if args.quick else 1024)
     width = args.width or (16 if args.quick else 64)
-    out = args.out or HERE / "results" / ("precision_quick.json" if args.quick else
-                                          "precision.json")
+    out = args.out or RESULTS / ("precision_quick.json" if args.quick else "precision.json")
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    machine = machine_info()  # before the measurements below: the load they met
     native = dev.cpu_has_native_bf16()
     probe = dev.measure_cpu_precisions()
     os.environ["USEG_PRECISION_CACHE"] = "0"  # auto as a first run on this machine decides
@@ -105,14 +84,8 @@ def main() -> None:
     seconds, tile = time_predictions(width, size, args.repeats)
     best = {p: min(v) for p, v in seconds.items()}
     result = {
-        "command": " ".join([".venv/bin/python", "bench/precision.py", *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpu": lscpu(),
-        "torch": torch.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "load_average_at_start": list(os.getloadavg()),
+        "command": command_line(),
+        "machine": machine,
         "network": {"preset": "ronneberger2015", "width": width},
         "image": [size, size],
         "tile": list(tile),
@@ -134,7 +107,7 @@ def main() -> None:
     for p in ("fp32", "bf16"):
         print(f"{p:>9} | {best[p]:8.2f} | {best[p] / best['fp32']:6.2f}x")
     print(f"{'auto':>9} | {best[auto]:8.2f} | {best[auto] / best['fp32']:6.2f}x  (picks {auto}; "
-          f"bf16 flags {'yes' if native else 'no'}; {result['cpu']['model_name']})")
+          f"bf16 flags {'yes' if native else 'no'}; {machine['cpu']['model']})")
     print(f"\nwrote {out}")
 
 

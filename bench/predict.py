@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -57,11 +56,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import (
+    RESULTS,
+    command_line,
+    cpu_line,
+    machine_info,
+    peak_rss_bytes,
+    summary,
+    write_json,
+)
 
 from useg.io.arrays import release_pages
-
-HERE = Path(__file__).resolve().parent
-
 
 # ----------------------------------------------------------------------------------------------
 # Analytic work of a network, and the machine's convolution speed
@@ -191,19 +196,6 @@ def _profile_summary(prof, wall: float) -> dict:
             for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])}
 
 
-def peak_rss() -> int:
-    """This process's peak resident memory: ``VmHWM``, the high-water mark of its own address
-    space. Not ``ru_maxrss``: on Linux that survives ``exec``, so a child started by a large
-    parent (vfork + exec) reports the parent's peak when it is the larger."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def worker(spec: dict) -> dict:
     """Run one configuration and report its time and memory (called in a fresh process)."""
     import torch
@@ -271,11 +263,12 @@ def worker(spec: dict) -> dict:
         limits.append(conv_gflops(ndim, "fp32"))
         result.update(conv_gflops_fp32=float(np.mean(limits)), conv_gflops_fp32_before_after=limits,
                       conv_gflops_bf16=conv_gflops(ndim, "bf16"))
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # where there is no VmHWM
     result.update(
         seconds=seconds,
         cpu_seconds=cpu_seconds,
         megapixels_per_s=math.prod(image.shape[1:]) / seconds / 1e6,
-        peak_rss_bytes=peak_rss(),
+        peak_rss_bytes=peak_rss_bytes() or maxrss * 1024,
         peak_rss_anon_bytes=sampler.peak["RssAnon"],
         peak_rss_file_bytes=sampler.peak["RssFile"],
         rss_anon_file_at_peak_bytes=[sampler.at_peak.get("RssAnon", 0),
@@ -332,83 +325,12 @@ def run_worker(spec: dict, script: Path = Path(__file__), env: dict | None = Non
 # Reporting
 
 
-def lscpu() -> tuple[str, list[str]]:
-    """The CPU's model name and all its flags, as ``lscpu`` reports them (``/proc/cpuinfo``
-    where there is no lscpu)."""
-    fields: dict[str, str] = {}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True,
-                             env={**os.environ, "LC_ALL": "C"}).stdout
-        fields = {k.strip(): v.strip() for k, _, v in
-                  (line.partition(":") for line in out.splitlines())}
-    except (OSError, subprocess.CalledProcessError):
-        if Path("/proc/cpuinfo").exists():
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                key, _, value = line.partition(":")
-                key = {"model name": "Model name", "flags": "Flags"}.get(key.strip())
-                if key and key not in fields:
-                    fields[key] = value.strip()
-    return fields.get("Model name", platform.processor()), fields.get("Flags", "").split()
-
-
-# Flags that decide the speed of fp32 and bf16 convolutions (printed beside the tables).
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
-               "amx_bf16", "amx_int8")
-
-
-def machine_info() -> dict:
-    import torch
-
-    model_name, all_flags = lscpu()
-    cpu = ""
-    flags: list[str] = []
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not cpu:
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = [f for f in line.split(":", 1)[1].split()
-                         if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2"))]
-    info = {
-        "cpu": cpu or platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "cpu_flags": flags,
-        "lscpu_model_name": model_name,
-        "lscpu_flags": all_flags,
-        "cpu_speed_flags": [f for f in SPEED_FLAGS if f in all_flags],
-        "bf16_instructions": any(f in all_flags for f in ("avx512_bf16", "amx_bf16")),
-        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "mkldnn": torch.backends.mkldnn.is_available(),
-    }
-    try:
-        import monai
-
-        info["monai"] = monai.__version__
-    except ImportError:
-        info["monai"] = None
-    return info
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": float(np.median(values)), "min": float(min(values)),
-            "max": float(max(values)), "runs": [float(v) for v in values]}
-
-
 def accuracy(reference: Path, other: Path) -> dict:
     """Max and mean |difference| of probabilities, fraction of changed argmax labels."""
     a, b = np.load(reference), np.load(other)
     diff = np.abs(a - b)
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
             "changed_label_fraction": float((a.argmax(0) != b.argmax(0)).mean())}
-
-
-def command_line() -> str:
-    return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], HERE.parent), *sys.argv[1:]])
 
 
 def synthetic_image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -433,7 +355,7 @@ def write_memmap_image(path: Path, n: int, base: np.ndarray) -> None:
         block = row if i % 2 == 0 else row[::-1]
         img[lo:hi] = block[: hi - lo, :n]
         img.flush()
-        release_pages(img)  # keep this (parent) process small: see peak_rss
+        release_pages(img)  # keep this (parent) process small: see peak_rss_bytes
     del img
 
 
@@ -594,7 +516,7 @@ def monai_sweep(args, ndim: int, preset: str, sizes: list[int], widths: list[int
     border; with untrained weights they disagree on many pixels whatever the tiling."""
     from useg.nets import preset as get_preset
 
-    machine, started = machine_info(), time.strftime("%Y-%m-%d %H:%M:%S %z")
+    machine, started = machine_info("monai"), time.strftime("%Y-%m-%d %H:%M:%S %z")
     precisions = sweep_precisions(args, machine)
     widths = args.sweep_widths or widths
 
@@ -709,17 +631,15 @@ def monai_sweep(args, ndim: int, preset: str, sizes: list[int], widths: list[int
     }
 
 
-def cpu_line(machine: dict) -> str:
+def machine_line(machine: dict) -> str:
     """The CPU, the flags that decide convolution speed, and whether it has bf16 instructions."""
-    flags = machine.get("cpu_speed_flags", machine.get("cpu_flags", []))
     bf16 = machine.get("bf16_instructions")
-    return (f"CPU {machine.get('lscpu_model_name', machine.get('cpu'))} x "
-            f"{machine.get('cpu_count')} (flags: {' '.join(flags) or '-'}; bf16 instructions: "
-            f"{'?' if bf16 is None else 'yes' if bf16 else 'no'})")
+    return (f"CPU {cpu_line(machine)}; bf16 instructions: "
+            f"{'?' if bf16 is None else 'yes' if bf16 else 'no'}")
 
 
 def print_sweep(part: dict) -> None:
-    print(f"MONAI sweep, {part['date']}, {cpu_line(part['machine'])}")
+    print(f"MONAI sweep, {part['date']}, {machine_line(part['machine'])}")
     for key, entry in part["cases"].items():
         rows = [(f"useg {p} (tile {'x'.join(map(str, u['tile']))})", u["megapixels_per_s"], None)
                 for p, u in entry["useg"].items()]
@@ -791,7 +711,7 @@ def main() -> None:
     parser.add_argument("--no-speed", action="store_true",
                         help="skip the speed comparison (the sweep still uses --sizes)")
     add_sweep_arguments(parser, 2)
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "predict.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "predict.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -806,12 +726,8 @@ def main() -> None:
     if memory_sizes is None:
         memory_sizes = [1024, 2048] if args.quick else [2048, 4096, 8192, 16384]
     started = time.time()
-    result: dict[str, Any] = {
-        "benchmark": "2D prediction on CPU: useg overlap tiles vs MONAI sliding window",
-        "command": command_line(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "machine": machine_info(),
-        "setup": {
+    result = result_head(
+        "2D prediction on CPU: useg overlap tiles vs MONAI sliding window", {
             "network": "ronneberger2015 (valid) for useg; the same weights with padding='same' "
                        "for MONAI",
             "image": "synthetic touching cells (useg.workflows.synthetic), float32, one channel",
@@ -820,8 +736,7 @@ def main() -> None:
             "limit": "conv GFLOP/s of a 64->64 3x3 conv at 512x512 channels_last (mean of before "
                      "and after each prediction, same process) / FLOPs per output pixel",
             "torch_threads": args.threads or "all (torch default)",
-        },
-    }
+        })
     with tempfile.TemporaryDirectory(prefix="useg-bench-") as tmp:
         tmp = Path(tmp)
         if sizes and not args.no_speed:
@@ -836,12 +751,8 @@ def main() -> None:
         if memory_sizes:
             result["memory"] = memory_series(memory_sizes, args.memory_width, tmp)
     result["elapsed_s"] = time.time() - started
-    result = merge_parts(args.output, result)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.output.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(args.output)
-    print(cpu_line(result["machine"]))
+    result = save_parts(args.output, result)
+    print(machine_line(result["machine"]))
     if "speed" in result:
         print_table(result["speed"])
     if "monai_best" in result:
@@ -854,10 +765,19 @@ def main() -> None:
 PARTS = ("speed", "profile", "memory", "allocator", "monai_best")
 
 
-def merge_parts(path: Path, result: dict) -> dict:
-    """Keep the parts of an earlier result that this run skipped (e.g. ``--sizes`` with no
-    size reruns only the memory series), each with the command, the machine and (where
-    recorded) the date that measured it: ``machine`` and ``date`` are this run's."""
+def result_head(benchmark: str, setup: dict) -> dict[str, Any]:
+    """The start of a 2D or 3D prediction result: what it measures, the command, the local date,
+    the machine (MONAI's version included) and the setup; the parts come after."""
+    return {"benchmark": benchmark, "command": command_line(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine_info("monai"),
+            "setup": setup}
+
+
+def save_parts(path: Path, result: dict) -> dict:
+    """Write ``result`` to ``path`` with the parts of an earlier result there that this run
+    skipped (e.g. ``--sizes`` with no size reruns only the memory series), each with the
+    command, the machine and (where recorded) the date that measured it: ``machine`` and
+    ``date`` are this run's. Returns what was written."""
     measured = [part for part in PARTS if part in result]
     commands = {part: result["command"] for part in measured}
     machines = {part: result["machine"] for part in measured}
@@ -876,6 +796,7 @@ def merge_parts(path: Path, result: dict) -> dict:
     result["part_commands"] = commands
     result["part_machines"] = machines
     result["part_dates"] = dates
+    write_json(path, result)
     return result
 
 

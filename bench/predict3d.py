@@ -48,17 +48,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import BENCH, RESULTS
 from predict import (
-    HERE,
     add_sweep_arguments,
-    command_line,
-    cpu_line,
-    machine_info,
-    merge_parts,
+    machine_line,
     monai_sweep,
     print_sweep,
     print_table,
+    result_head,
     run_worker,
+    save_parts,
     speed_comparison,
 )
 
@@ -86,7 +85,7 @@ def main() -> None:
     parser.add_argument("--monai-formats", nargs="+", default=["contiguous", "channels_last"],
                         choices=["contiguous", "channels_last"])
     parser.add_argument("--threads", type=int, help="torch threads per run (default: all)")
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "predict3d.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "predict3d.json")
     parser.add_argument("--profile", action="store_true",
                         help="profile one tile with and without keeping freed memory")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
@@ -102,12 +101,8 @@ def main() -> None:
     widths = args.widths or [16]
     roi = args.roi or (64 if args.quick else 128)
     started = time.time()
-    result: dict[str, Any] = {
-        "benchmark": "3D prediction on CPU: useg overlap tiles vs MONAI sliding window",
-        "command": command_line(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "machine": machine_info(),
-        "setup": {
+    result = result_head(
+        "3D prediction on CPU: useg overlap tiles vs MONAI sliding window", {
             "network": "cicek2016 with batch_stats=False (valid) for useg; the same weights with "
                        "padding='same' for MONAI",
             "volume": "synthetic touching cells (useg.workflows.synthetic), 128^3 mirror-tiled, "
@@ -118,13 +113,12 @@ def main() -> None:
                      "before and after each prediction, same process) / FLOPs per output voxel",
             "torch_threads": args.threads or "all (torch default)",
             "freed memory kept": f"environment from the worker's start: {KEEP_FREED}",
-        },
-    }
+        })
     if not args.no_speed:
         with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
             print(f"speed: sizes {sizes}, widths {widths}, {args.repeats} repeat(s)", flush=True)
             result["speed"] = speed_comparison(args, 3, "cicek2016", sizes, widths, roi,
-                                               Path(tmp), HERE / "predict.py")
+                                               Path(tmp), BENCH / "predict.py")
     if args.keep_freed:
         with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
             print(f"allocator: sizes {sizes}, widths {widths}", flush=True)
@@ -132,20 +126,16 @@ def main() -> None:
                 **vars(args), "monai_formats": ["channels_last"],
                 "useg_env_variants": {"freed memory kept": KEEP_FREED}})
             result["allocator"] = speed_comparison(variant, 3, "cicek2016", sizes, widths, roi,
-                                                   Path(tmp), HERE / "predict.py")
+                                                   Path(tmp), BENCH / "predict.py")
     if args.monai_sweep:
         with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
             result["monai_best"] = monai_sweep(args, 3, "cicek2016", sizes, widths, Path(tmp),
-                                               HERE / "predict.py")
+                                               BENCH / "predict.py")
     if args.profile:
         result["profile"] = {f"width {w}, {s}^3": profile_part(w, s) for s in sizes for w in widths}
     result["elapsed_s"] = time.time() - started
-    result = merge_parts(args.output, result)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.output.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(args.output)
-    print(cpu_line(result["machine"]))
+    result = save_parts(args.output, result)
+    print(machine_line(result["machine"]))
     for part in ("speed", "allocator"):
         if part in result:
             print_table(result[part])

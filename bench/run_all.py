@@ -13,10 +13,8 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-HERE = Path(__file__).parent
-RESULTS = HERE / "results"
+from _common import BENCH, RESULTS, ROOT, cpu_line
 
 # name -> (command, results file)
 BENCHES: dict[str, tuple[list[str], str]] = {
@@ -94,18 +92,11 @@ def _train_throughput(d):
 
 def _precision(d):
     net, side = _get(d, "network", default={}), _get(d, "image", 0)
+    cpu = _get(d, "machine", "cpu", "model", default=_get(d, "cpu", "model_name"))
     return [(f"{net.get('preset')} width {net.get('width')}, {side}x{side} on "
-             f"{_get(d, 'cpu', 'model_name')}: bf16 / fp32 seconds; what auto picks (/ fp32)",
+             f"{cpu}: bf16 / fp32 seconds; what auto picks (/ fp32)",
              f"{_fmt(_get(d, 'bf16_over_fp32'))}x; {_get(d, 'auto', 'picks')} "
              f"({_fmt(_get(d, 'auto', 'over_fp32'))}x)")]
-
-
-def _cpu(machine: dict) -> str:
-    """A machine's CPU as the results record it: lscpu model name and the flags that decide
-    convolution speed (older results: the subset of flags they kept)."""
-    flags = machine.get("cpu_speed_flags", machine.get("cpu_flags", []))
-    name = machine.get("lscpu_model_name", machine.get("cpu", "?"))
-    return f"{name} x {machine.get('cpu_count', '?')} ({', '.join(flags) or 'no flags recorded'})"
 
 
 def _monai_best(d):
@@ -114,7 +105,7 @@ def _monai_best(d):
     if not part:
         return []
     rows = [("MONAI sweep: CPU (lscpu), date, configurations",
-             f"{_cpu(part.get('machine', {}))}, {part.get('date', '?')}; "
+             f"{cpu_line(part.get('machine', {}))}, {part.get('date', '?')}; "
              f"{'/'.join(map(str, _get(part, 'sweep', 'memory_formats', default=[])))} x roi "
              f"{'/'.join(map(str, _get(part, 'sweep', 'rois', default=[])))} x overlap "
              f"{'/'.join(map(str, _get(part, 'sweep', 'overlaps', default=[])))}, "
@@ -142,7 +133,7 @@ def _part_cpus(d):
     machines = _get(d, "part_machines", default={}) or {}
     by_cpu: dict[str, list[str]] = {}
     for part in parts:
-        by_cpu.setdefault(_cpu(machines.get(part, d.get("machine", {}))), []).append(part)
+        by_cpu.setdefault(cpu_line(machines.get(part, d.get("machine", {}))), []).append(part)
     return [("CPU of each part", "; ".join(f"{', '.join(ps)}: {cpu}"
                                            for cpu, ps in by_cpu.items()))] if parts else []
 
@@ -226,6 +217,14 @@ def _sparse3d(d):
         for net, t in part.get("table2", {}).items():
             rows.append((f"{config}: {net} U-Net, slices {part.get('table2_setting')}: "
                          "boundary IoU (unannotated, argmax)", _spread(t["argmax"])))
+    # The earlier single-seed layout (a top-level table1), or kept beside the seeded parts.
+    earlier = d.get("earlier_single_seed") or (d if "table1" in d else None)
+    for r in (earlier or {}).get("table1", []):
+        rows.append((f"earlier, one seed: 3D U-Net, slices z,y,x = {r['slices_zyx']}: boundary "
+                     "IoU (unannotated, argmax)", _fmt(r["iou_boundary_unannotated"])))
+    for r in (earlier or {}).get("table2", []):
+        rows.append((f"earlier, one seed: {r['net']} U-Net, slices 3,3,2: boundary IoU "
+                     "(unannotated, argmax)", _fmt(r["iou_boundary_unannotated"])))
     return rows
 
 
@@ -284,9 +283,9 @@ def main() -> None:
         for name in args.only or BENCHES:
             cmd = [sys.executable, *BENCHES[name][0]]
             print(f"== {name}: {' '.join(cmd)}", flush=True)
-            subprocess.run(cmd, check=True, cwd=HERE.parent)
+            subprocess.run(cmd, check=True, cwd=ROOT)
     text = summarise()
-    (HERE / "README.md").write_text(text)
+    (BENCH / "README.md").write_text(text)
     print(text)
 
 

@@ -48,8 +48,8 @@ Defaults per ``--ndim`` (each can be overridden):
   1-2 Mvoxel/s per worker, so the 8.6 GB default takes hours.
 
 ``--quick`` is a smoke run (2D: 2048^2 with 16 blocks; 3D: 96^3 with 8 blocks).
-Results: bench/results/scale.json, merged with earlier entries under ``quick-2d``,
-``quick-3d``, or ``<ndim>d-<size>`` (e.g. ``2d-90112``).
+Results: bench/results/scale.json (``--output`` elsewhere), merged with earlier entries under
+``quick-2d``, ``quick-3d``, or ``<ndim>d-<size>`` (e.g. ``2d-90112``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -69,8 +68,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, command_line, machine_info, peak_rss_bytes, summary, write_json
 
-RESULTS = Path(__file__).parent / "results" / "scale.json"
 TARGET_BYTES = 8_000_000_000  # the default image holds at least this many bytes on disk
 DEFAULTS = {  # per ndim: network, chunk, tile, block (None: one tile stride); see the docstring
     2: {"width": 1, "depth": 1, "chunk": 2048, "tile": 528, "block": 4096},
@@ -207,23 +206,12 @@ def _start_sampler(dask_worker, period: float = 0.1) -> int:
     return os.getpid()
 
 
-def _high_water_mark_MB() -> float | None:
-    """The kernel's peak RSS of this process (VmHWM; Linux). Unlike ``ru_maxrss``, which a
-    spawned worker inherits from the process that forked it, it starts afresh at exec."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return None
-
-
 def _read_sampler(dask_worker) -> dict:
     state = dask_worker._useg_rss
     state["stop"] = True
-    return {"peak_rss_MB_psutil": state["peak"] / 1e6, "peak_rss_MB_vmhwm": _high_water_mark_MB(),
+    hwm = peak_rss_bytes()  # the kernel's; unlike ru_maxrss not inherited from the parent
+    return {"peak_rss_MB_psutil": state["peak"] / 1e6,
+            "peak_rss_MB_vmhwm": hwm / 1e6 if hwm is not None else None,
             "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
 
 
@@ -341,11 +329,6 @@ def peak_rss(memory: dict) -> float:
     return max(memory["peak_rss_MB_psutil"], memory.get("peak_rss_MB_vmhwm") or 0.0)
 
 
-def summarize(values: list[float]) -> dict:
-    return {"median": float(np.median(values)), "min": float(min(values)),
-            "max": float(max(values)), "n": len(values)}
-
-
 def results_key(args) -> str:
     key = f"quick-{args.ndim}d" if args.quick else f"{args.ndim}d-{args.size}"
     return key + ("-malloc-trim-dask" if args.malloc_trim == "dask" else "")
@@ -363,8 +346,7 @@ def merge_results(path: Path, key: str, entry: dict) -> None:
             k = f"3d-{k[4:]}"
         merged.setdefault(k, v)
     merged[key] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2) + "\n")
+    write_json(path, merged)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -395,6 +377,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="workers' MALLOC_TRIM_THRESHOLD_: unset (glibc's own behaviour, "
                              "default) or dask's default 65536 (twice the CPU per block)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--output", default=str(RESULTS / "scale.json"),
+                        help="results file, merged with its earlier entries "
+                             "(default bench/results/scale.json)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -422,10 +407,6 @@ def main() -> None:
         child_main(args.child)
         return
     counts = [int(w) for w in args.workers.split(",")]
-    import dask
-    import distributed
-    import torch
-    import zarr
 
     from useg.io.chunked import open_array
 
@@ -438,16 +419,10 @@ def main() -> None:
     wall_start = time.perf_counter()
     phases: dict[str, float] = {}
     entry: dict = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "note": "wall times on a machine shared with other jobs (see load average); CPU "
                 "seconds are the steadier measure of the work done; 'voxels' are pixels in 2D",
-        "machine": {
-            "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "dask": dask.__version__,
-            "distributed": distributed.__version__, "zarr": zarr.__version__,
-            "load_average_at_start": list(os.getloadavg()),
-        },
+        "machine": machine_info("dask", "distributed", "zarr"),
         "config": {"ndim": nd, "size": size, "shape": [size] * nd, "chunk": args.chunk,
                    "tile": args.tile, "block": args.block,
                    "network": f"{nd}D U-Net width {args.width} depth {args.depth} valid, "
@@ -487,10 +462,10 @@ def main() -> None:
                 outputs[w] = out
         entry["runs"] = {str(w): rs for w, rs in runs.items()}
         entry["summary"] = {
-            str(w): {"seconds": summarize([r["seconds"] for r in rs]),
-                     "worker_cpu_seconds": summarize([r["worker_cpu_seconds"] for r in rs]),
-                     "voxels_per_s": summarize([r["voxels_per_s"] for r in rs]),
-                     "voxels_per_cpu_s": summarize([r["voxels"] / r["worker_cpu_seconds"]
+            str(w): {"seconds": summary([r["seconds"] for r in rs]),
+                     "worker_cpu_seconds": summary([r["worker_cpu_seconds"] for r in rs]),
+                     "voxels_per_s": summary([r["voxels_per_s"] for r in rs]),
+                     "voxels_per_cpu_s": summary([r["voxels"] / r["worker_cpu_seconds"]
                                                     for r in rs]),
                      # the kernel's high-water mark; the 0.1 s sampler can miss a spike
                      "peak_rss_MB_per_worker": max(peak_rss(m) for r in rs
@@ -502,7 +477,7 @@ def main() -> None:
         first = counts[0]
         for w in counts[1:]:
             ratios = [a["seconds"] / b["seconds"] for a in runs[first] for b in runs[w]]
-            entry["summary"][f"speedup_{w}_vs_{first}_workers"] = summarize(ratios)
+            entry["summary"][f"speedup_{w}_vs_{first}_workers"] = summary(ratios)
         entry["output_on_disk_GB"] = {str(w): disk_usage(Path(o).parent)["GB"]
                                       for w, o in outputs.items()}
         print("comparing labels across worker counts ...", flush=True)
@@ -591,8 +566,8 @@ def main() -> None:
     print("checks:", entry["checks"])
     print("wall seconds:", {k: round(v, 1) for k, v in phases.items()})
     key = results_key(args)
-    merge_results(RESULTS, key, entry)
-    print(f"wrote {RESULTS} [{key}]")
+    merge_results(Path(args.output), key, entry)
+    print(f"wrote {args.output} [{key}]")
 
 
 if __name__ == "__main__":

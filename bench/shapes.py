@@ -7,20 +7,20 @@ one forward pass over the whole mirror-padded image (fp32 and fp64), and does th
 narrow ``cicek2016`` (batch norm with running statistics, after a few training-mode passes) with
 several tile shapes through ``useg.inference.predict.predict`` (fp32, probabilities).
 
-Run: ``.venv/bin/python bench/shapes.py [--quick]``
+Run: ``.venv/bin/python bench/shapes.py [--quick] [--output FILE]`` (default
+bench/results/shapes.json)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import RESULTS, command_line, machine_info, write_json
 from torch import nn
 
 from useg.inference.tiling import plan_tiles, predict_tiled
@@ -33,8 +33,6 @@ from useg.nets import (
     preset,
     valid_input_shape,
 )
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def seam_test(dtype: torch.dtype, size: int, tile: int) -> dict:
@@ -100,8 +98,10 @@ def seam_test_3d(width: int = 4, shape: tuple[int, ...] = (13, 17, 21)) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="skip the full-size seam test")
+    ap.add_argument("--output", type=Path, default=RESULTS / "shapes.json")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    machine = machine_info()
     tables = {}
     for name, kwargs, requests in [
         ("ronneberger2015", {"in_channels": 1, "classes": 2}, [188, 256, 512, 572, 1024, 2048]),
@@ -146,11 +146,8 @@ def main() -> None:
         for r in seam_3d["tiles"]:
             print(f"{str(r['tile']):>16} | {r['tiles']:3d} tiles | max |tiled - whole| "
                   f"{r['max_abs_diff']:.3g}")
-    RESULTS.mkdir(exist_ok=True)
-    out = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-           "torch": torch.__version__, "presets": tables, "seam_test": seams,
-           "seam_test_3d": seam_3d}
-    (RESULTS / "shapes.json").write_text(json.dumps(out, indent=2))
+    write_json(args.output, {"command": command_line(), "machine": machine,
+                             "presets": tables, "seam_test": seams, "seam_test_3d": seam_3d})
 
 
 if __name__ == "__main__":

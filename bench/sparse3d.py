@@ -73,8 +73,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -82,8 +80,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import RESULTS, ROOT, command_line, machine_info, write_json
 
 from useg import io
+from useg.device import resolve_precision
 from useg.inference.predict import predict
 from useg.io.datasets import dataset
 from useg.io.normalize import image_stats
@@ -94,7 +94,6 @@ from useg.training.config import TrainConfig
 from useg.training.loop import train
 from useg.training.samples import boundary_target, make_sample
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ((1, 1, 1), (2, 2, 1), (3, 3, 2), (5, 5, 3))
 TABLE2_SETTING = (3, 3, 2)
 # Table 2's 3D runs are Table 1's runs of the same slices (same steps, every seed); the 2D
@@ -107,22 +106,6 @@ CONFIGS = {
               "augment": True},
 }
 SPACING_UM = (0.01, 0.01, 0.01)  # FIB-SEM, 10 nm isotropic (PROVENANCE.md)
-
-
-def machine_info(threads: int) -> dict:
-    import scipy
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "threads_used": threads,
-        "load_average_at_start": list(os.getloadavg()),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def slice_positions(counts, shape) -> dict[int, list[int]]:
@@ -434,26 +417,8 @@ def merge(out: Path) -> None:
     merged = {"benchmark": "3D U-Net from sparse slice annotations (Cicek 2016 Tables 1-2 "
                            "shape), configurations side by side with seeds",
               "configurations": parts, "earlier_single_seed": earlier}
-    io.write_json(merged_path, merged)
+    write_json(merged_path, merged)
     (out / "sparse3d.md").write_text(merged_markdown(parts, earlier))
-
-
-def cpu_info() -> dict:
-    """The CPU's model name and its vector/matrix instruction flags (from lscpu)."""
-    import subprocess
-
-    info: dict = {"model": platform.processor() or None, "flags": []}
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Model name":
-            info["model"] = value.strip()
-        elif key.strip() == "Flags":
-            info["flags"] = [f for f in value.split() if f.startswith(("avx", "amx", "fma"))]
-    return info
 
 
 def main() -> None:
@@ -491,16 +456,9 @@ def main() -> None:
     args.tile3d = args.tile3d or ([32, 32, 32] if args.quick and args.padding == "same" else
                                   preset_args.get("tile3d", [44, 44, 44]))
     args.tile2d = args.tile2d or preset_args.get("tile2d", [128, 128])
-    if args.precision == "auto":
-        try:
-            from useg.device import resolve_precision
-            args.precision = resolve_precision("auto", torch.device("cpu"))
-        except ImportError:
-            args.precision = "fp32"
+    args.precision = resolve_precision(args.precision, "cpu")
     torch.set_num_threads(args.threads)
-    machine = machine_info(args.threads)
-    machine["cpu"] = cpu_info()
-    machine["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    machine = machine_info()
 
     steps = dict(STEPS_PAPER if args.config == "paper" else STEPS)
     if args.quick:
@@ -535,7 +493,7 @@ def main() -> None:
     result = {
         "benchmark": "3D U-Net from sparse slice annotations (Cicek 2016 Tables 1-2 shape)",
         "config": args.config,
-        "command": " ".join([".venv/bin/python", "bench/sparse3d.py", *sys.argv[1:]]),
+        "command": command_line(),
         "machine": machine,
         "threads": args.threads,
         "quick": args.quick,
@@ -555,9 +513,9 @@ def main() -> None:
         "table2": table2,
         "table2_runs": t2_runs,
     }
-    out = ROOT / ("runs/sparse3d-quick" if args.quick else "bench/results")
+    out = ROOT / "runs" / "sparse3d-quick" if args.quick else RESULTS
     out.mkdir(parents=True, exist_ok=True)
-    io.write_json(out / f"sparse3d_{args.config}.json", result)
+    write_json(out / f"sparse3d_{args.config}.json", result)
     (out / f"sparse3d_{args.config}.md").write_text("\n".join(config_markdown(result)))
     merge(out)
     if not args.no_figure and args.config == "chosen" and figure_run is not None:

@@ -13,24 +13,22 @@ first version of this bench did) cannot resolve a 10% difference. It also counts
 step on each side, the loader worker's included: on a machine with few cores the worker's
 "overlapped" work is taken from the training step's cores.
 
-Run: ``.venv/bin/python bench/train_throughput.py [--quick] [--blocks] [--tile 252]``
+Run: ``.venv/bin/python bench/train_throughput.py [--quick] [--blocks] [--tile 252]
+[--output FILE]``
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from _common import RESULTS, command_line, machine_info, summary, write_json
 
 from useg.device import autocast
 from useg.nets import UNet, UNetConfig, output_shape, valid_input_shape
@@ -39,8 +37,6 @@ from useg.training.loop import train
 from useg.training.losses import SegmentationLoss
 from useg.training.samples import make_sample
 from useg.workflows.synthetic import touching_cells
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _bare_setup(cfg: UNetConfig, tile):
@@ -184,10 +180,6 @@ def paired_loop(cfg: UNetConfig, tile, iterations: int, precision: str, warmup: 
     return result
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=16)
@@ -202,6 +194,9 @@ def main() -> None:
                     help="iterations of the one-thread CPU-time measurement")
     ap.add_argument("--blocks", action="store_true",
                     help="also time whole runs of each, one after the other (doubles the time)")
+    ap.add_argument("--output", type=Path, default=None,
+                    help="results file (default bench/results/train_throughput.json, "
+                         "train_throughput_quick.json with --quick)")
     args = ap.parse_args()
     if args.quick:
         args.iterations, args.repeats, args.cpu_iterations = 6, 1, 6
@@ -209,6 +204,7 @@ def main() -> None:
     cfg = UNetConfig(ndim=2, width=args.width, depth=args.depth, dropout=0.5)
     tile = valid_input_shape(cfg, args.tile)
     rows = []
+    machine = machine_info()
     load_before = os.getloadavg()
     for precision in args.precisions.split(","):
         paired = {k: [] for k in ("useg", "bare", "ratio", "wait", "cpu_ratio", "useg_cpu",
@@ -236,21 +232,21 @@ def main() -> None:
                     blocks[key].append(v)
         row = {
             "precision": precision,
-            "bare_it_s": _stats(paired["bare"]),
-            "useg_it_s": _stats(paired["useg"]),
-            "ratio_useg_over_bare": _stats(paired["ratio"]),
+            "bare_it_s": summary(paired["bare"]),
+            "useg_it_s": summary(paired["useg"]),
+            "ratio_useg_over_bare": summary(paired["ratio"]),
             "useg_data_wait_fraction": statistics.median(paired["wait"]),
             "cpu_ms_per_step_one_thread": {
-                "bare": _stats(paired["bare_cpu"]),
-                "useg_main_process": _stats(paired["useg_cpu"]),
-                "useg_loader_workers": _stats(paired["worker_cpu"]),
+                "bare": summary(paired["bare_cpu"]),
+                "useg_main_process": summary(paired["useg_cpu"]),
+                "useg_loader_workers": summary(paired["worker_cpu"]),
             },
-            "cpu_ratio_bare_over_useg_one_thread": _stats(paired["cpu_ratio"]),
+            "cpu_ratio_bare_over_useg_one_thread": summary(paired["cpu_ratio"]),
         }
         if args.blocks:
             row["blocks"] = {
-                "bare_it_s": _stats(blocks["bare"]), "useg_it_s": _stats(blocks["useg"]),
-                "ratio_useg_over_bare": _stats(blocks["ratio"]),
+                "bare_it_s": summary(blocks["bare"]), "useg_it_s": summary(blocks["useg"]),
+                "ratio_useg_over_bare": summary(blocks["ratio"]),
                 "useg_data_wait_fraction": statistics.median(blocks["wait"]),
             }
         rows.append(row)
@@ -277,10 +273,8 @@ def main() -> None:
               f"{c['useg_main_process']['median']:7.1f} + {c['useg_loader_workers']['median']:5.1f}"
               f" | {q['median']:.3f} ({q['min']:.3f}-{q['max']:.3f})")
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "torch": torch.__version__, "numpy": np.__version__,
-                    "torch_threads": torch.get_num_threads()},
+        "command": command_line(),
+        "machine": machine,
         "network": cfg.to_dict(), "tile": list(tile), "iterations": args.iterations,
         "repeats": args.repeats, "workers": args.workers, "warmup": warmup,
         "cpu_iterations": args.cpu_iterations,
@@ -294,9 +288,8 @@ def main() -> None:
         "results": rows,
         "target": "useg >= 0.9 x bare loop",
     }
-    RESULTS.mkdir(exist_ok=True)
     name = "train_throughput_quick.json" if args.quick else "train_throughput.json"
-    (RESULTS / name).write_text(json.dumps(result, indent=2))
+    write_json(args.output or RESULTS / name, result)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """U-Net border weight map: useg vs the naive one-distance-transform-per-object computation.
 
-Run: .venv/bin/python bench/weightmap.py [--repeats N]
+Run: .venv/bin/python bench/weightmap.py [--repeats N] [--output FILE]
 
 Input: a 512x512 Voronoi tessellation of 300 cells separated by 1-2 pixel background gaps (the
 situation of touching cells the weight map is made for). The naive peer computes one full
@@ -13,15 +13,18 @@ wherever d1 + d2 <= cutoff (checked below). Results: bench/results/weightmap.jso
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import scipy
+from _common import (
+    RESULTS,
+    command_line,
+    interleaved,
+    machine_info,
+    print_timings,
+    summary,
+    write_json,
+)
 from scipy import ndimage as ndi
 
 from useg.training.weights import border_cutoff, border_weight_map, class_balance_weights
@@ -60,39 +63,13 @@ def naive_border_weight_map(instances: np.ndarray, w0: float, sigma: float) -> n
     return weights.astype(np.float32)
 
 
-def interleaved(fns: dict, repeats: dict) -> dict:
-    """Time the functions in alternation, so that load from other users hits all of them."""
-    times = {name: [] for name in fns}
-    for i in range(max(repeats.values())):
-        for name, fn in fns.items():
-            if i < repeats[name]:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def machine_info() -> dict:
-    import torch
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "torch": torch.__version__,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed runs of useg")
     parser.add_argument("--naive-repeats", type=int, default=5, help="timed runs of the peer")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--cells", type=int, default=300)
+    parser.add_argument("--output", type=Path, default=RESULTS / "weightmap.json")
     args = parser.parse_args()
 
     inst = voronoi_cells((args.size, args.size), args.cells)
@@ -108,15 +85,13 @@ def main() -> None:
             "naive": lambda: naive_border_weight_map(inst, W0, SIGMA),
         },
         {"useg": args.repeats, "naive": args.naive_repeats},
+        warm_up=False,  # both ran once above, for the comparison
     )
     t_useg, t_naive = times["useg"], times["naive"]
 
-    def summary(ts):
-        return {"median_s": float(np.median(ts)), "min_s": min(ts), "max_s": max(ts), "runs": ts}
-
     result = {
         "benchmark": "border weight map (U-Net eq. 2), 2D",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "machine": machine_info(),
         "input": {
             "shape": list(inst.shape),
@@ -127,21 +102,19 @@ def main() -> None:
             "cutoff": border_cutoff(SIGMA),
         },
         "max_abs_difference": max_diff,
-        "useg": summary(t_useg),
-        "naive_edt_per_object": summary(t_naive),
+        "useg": summary(t_useg, "_s"),
+        "naive_edt_per_object": summary(t_naive, "_s"),
         "speedup_median": float(np.median(t_naive) / np.median(t_useg)),
     }
-    out = Path(__file__).resolve().parent / "results" / "weightmap.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.output, result)
 
     print(
         f"border weight map, {inst.shape[0]}x{inst.shape[1]}, {n_objects} objects, "
         f"max |useg - naive| = {max_diff:.2e}"
     )
-    print(f"{'implementation':<24}{'median ms':>12}{'min ms':>10}{'max ms':>10}")
-    for name, ts in (("useg", t_useg), ("naive (EDT per object)", t_naive)):
-        print(f"{name:<24}{1e3 * np.median(ts):>12.1f}{1e3 * min(ts):>10.1f}{1e3 * max(ts):>10.1f}")
+    print_timings([("useg", result["useg"], ""),
+                   ("naive (EDT per object)", result["naive_edt_per_object"], "")],
+                  label="implementation")
     print(f"speedup (median): {result['speedup_median']:.0f}x   -> {out}")
 
 

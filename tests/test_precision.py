@@ -149,7 +149,7 @@ def test_cache_is_written_atomically(monkeypatch, tmp_path):
         raise OSError("disk full")
 
     # A writer that fails after writing its data but before putting it in place.
-    monkeypatch.setattr(useg.io.files, "_fsync_file", crash)
+    monkeypatch.setattr(useg.io.files, "_fsync", crash)
     assert dev.resolve_precision("auto", "cpu") == "bf16"  # the failure costs nothing
     assert path.read_text() == "previous content"
     assert sorted(p.name for p in path.parent.iterdir()) == ["precision.json"]

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from useg.errors import ConfigError, UsegWarning
+from useg.errors import ConfigError, UsegWarning, check_choice
 
 __all__ = [
     "PRECISION_CHOICES",
@@ -74,11 +74,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of :data:`PRECISION_CHOICES`, else a :class:`ConfigError`."""
-    if precision not in PRECISION_CHOICES:
-        raise ConfigError(
-            f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}"
-        )
-    return precision
+    return check_choice("precision", precision, PRECISION_CHOICES)
 
 
 @functools.lru_cache(maxsize=1)
@@ -172,8 +168,7 @@ def autocast(device: torch.device, precision: str = "fp32") -> contextlib.Abstra
 
     ``auto`` must be resolved first (:func:`resolve_precision`).
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_choice("precision", precision, PRECISIONS)
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 class UsegError(ValueError):
     """Base of every error a user can cause; the CLI prints it as one line and exits with code 2."""
@@ -45,3 +49,20 @@ def input_error(where: object, problem: str) -> InputError:
     'a.tif: file not found'
     """
     return InputError(f"{where}: {problem}")
+
+
+def check_choice(name: str, value: _T, choices: Collection) -> _T:
+    """``value`` if it is one of ``choices``, else the :class:`ConfigError` naming the setting.
+
+    Examples
+    --------
+    >>> check_choice("norm", "batch", ("none", "batch"))
+    'batch'
+    >>> check_choice("norm", "group", ("none", "batch"))
+    Traceback (most recent call last):
+    ...
+    useg.errors.ConfigError: norm must be one of none, batch, got 'group'
+    """
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value

@@ -33,6 +33,17 @@ def add_precision_argument(p: argparse._ActionsContainer) -> None:
                    "emulated and much slower; fp16 needs CUDA")
 
 
+def sizes(text: str) -> tuple[int, ...]:
+    """``"572"`` or ``"64x256x256"`` (or commas) -> a tuple of positive ints (argparse type)."""
+    try:
+        values = tuple(int(v) for v in text.lower().replace("x", ",").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or NxM[xK], got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="useg", description="U-Net segmentation for microscopy images and volumes."

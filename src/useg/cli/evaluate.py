@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from useg.errors import InputError
-
 _DESCRIPTION = """\
 Score predictions against ground truth. PRED and GT are image files (.png, .tif, .tiff) or
 folders of them; files are paired by name stem (pred/12.tif with gt/12.png), and every file
@@ -159,19 +157,16 @@ def _print_instances(results: list[dict], mean: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from useg.evaluation.files import evaluate_folders
-    from useg.io.files import write_json
 
     report = evaluate_folders(
         args.pred, args.gt, mode=args.mode, thresholds=args.thresholds, membrane=args.membrane,
         channel=args.channel, unassigned=args.unassigned, iou_thresholds=args.iou_thresholds,
+        json_path=args.json,
     )
     if args.mode == "isbi":
         _print_isbi(report["pairs"], report["mean"])
     else:
         _print_instances(report["pairs"], report["mean"])
     if args.json is not None:
-        if not args.json.parent.is_dir():
-            raise InputError(f"{args.json}: the folder {args.json.parent} does not exist")
-        write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0

@@ -6,10 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from useg.cli import add_precision_argument
-from useg.cli._dask import add_arguments as add_dask_arguments
-from useg.cli._dask import sizes
-from useg.errors import ConfigError, InputError
+from useg.cli import add_precision_argument, sizes
+from useg.cli.dask_options import add_dask_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,23 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# Options that only the block-parallel (--dask) path can use.
-_DASK_ONLY = {"scheduler": "--scheduler", "workers": "--workers", "block": "--block"}
-
-
 def run(args: argparse.Namespace) -> int:
-    from useg.device import check_precision
-
-    check_precision(args.precision)
-    if args.torch_threads is not None and args.torch_threads < 1:
-        raise ConfigError(f"--torch-threads must be at least 1, got {args.torch_threads}")
-    if args.dask:
-        return _run_dask(args)
-    given = [flag for dest, flag in _DASK_ONLY.items() if getattr(args, dest) is not None]
-    if given:
-        raise ConfigError(f"{', '.join(given)}: only with --dask (block-parallel prediction of "
-                          "one large image); add --dask or leave them out")
-    from useg.inference.files import predict_files
+    from useg.inference.files import predict_paths
 
     show = not args.quiet and sys.stderr.isatty()
 
@@ -69,37 +52,22 @@ def run(args: argparse.Namespace) -> int:
         if not show:
             print(f"{path} -> {', '.join(str(p) for p in written.values())}")
 
-    predict_files(
-        args.inputs, args.out, args.model, device=args.device, tile=args.tile,
+    result = predict_paths(
+        args.inputs, args.out, args.model, dask=args.dask, scheduler=args.scheduler,
+        workers=args.workers, block=args.block, device=args.device, tile=args.tile,
         batch_size=args.batch_size, tta=args.tta, precision=args.precision,
         write_probabilities=not args.no_probs, overwrite=args.overwrite,
         torch_threads=args.torch_threads, progress=not args.quiet, on_written=report,
     )
+    if args.dask:
+        _print_summary(args.inputs[0], args.out, result)
     return 0
 
 
-def _run_dask(args: argparse.Namespace) -> int:
-    from useg.inference.dask import predict_to_store
-
-    if len(args.inputs) != 1:
-        raise InputError("--dask predicts one image (or volume) at a time; give one INPUT")
-    source, out = args.inputs[0], args.out
-    summary = predict_to_store(
-        source, out, args.model, write_probabilities=not args.no_probs,
-        scheduler=args.scheduler, workers=args.workers, torch_threads=args.torch_threads,
-        block=_one_or_all(args.block), tile=_one_or_all(args.tile), device=args.device,
-        tta=args.tta, precision=args.precision, batch_size=args.batch_size,
-        overwrite=args.overwrite, progress=not args.quiet and sys.stderr.isatty(),
-    )
+def _print_summary(source: Path, out: Path, summary: dict) -> None:
     rate = summary["voxels"] / max(summary["seconds"], 1e-9)
     print(
         f"{source} -> {out}: {len(summary['computed'])} blocks computed, "
         f"{summary['skipped']} already done, of {summary['blocks']} "
         f"({summary['seconds']:.1f} s, {rate / 1e6:.2f} Mvoxel/s)"
     )
-    return 0
-
-
-def _one_or_all(sizes: tuple[int, ...] | None) -> tuple[int, ...] | int | None:
-    """One size for every axis as an int, several as given."""
-    return sizes[0] if sizes and len(sizes) == 1 else sizes

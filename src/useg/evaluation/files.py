@@ -1,6 +1,7 @@
 """Scoring prediction files against ground-truth files: the engine of ``useg evaluate``.
 
-Files are paired by name stem (``pred/12.tif`` with ``gt/12.png``, :func:`pair_files`).
+Files are paired by name stem (``pred/12.tif`` with ``gt/12.png``,
+:func:`useg.io.files.pair_files`).
 ``mode="isbi"`` scores interior (or membrane) probability maps against binary ground truth over
 thresholds (:func:`useg.evaluation.isbi.isbi_scores`), averaged over the pairs;
 ``mode="instances"`` scores label images (:mod:`useg.evaluation.objects`,
@@ -17,47 +18,18 @@ import numpy as np
 
 from useg.errors import InputError
 from useg.evaluation.isbi import DEFAULT_ISBI_THRESHOLDS, isbi_best, isbi_scores
-from useg.evaluation.objects import DEFAULT_IOU_THRESHOLDS, object_f1, seg_score
+from useg.evaluation.objects import (
+    DEFAULT_IOU_THRESHOLDS,
+    detection_scores,
+    object_f1,
+    seg_score,
+)
 from useg.evaluation.pixel import iou
 from useg.evaluation.rand import adapted_rand_error, variation_of_information
-from useg.io.files import file_stem, list_images
+from useg.io.files import pair_files, write_json
 from useg.io.images import read_image, read_labels
 
-__all__ = ["evaluate_folders", "pair_files", "read_probability"]
-
-
-def pair_files(pred: str | os.PathLike, gt: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """Pairs of prediction and ground-truth files of the same name stem. ``pred`` and ``gt``
-    are files or folders; a single file on one side is paired with its partner in the other
-    folder, and every file of two folders must have a partner."""
-    pred, gt = Path(pred), Path(gt)
-    pred_files = list_images(pred)
-    gt_files = list_images(gt)
-    if pred.is_file() and gt.is_file():
-        return [(pred, gt)]
-
-    def stems(files: list[Path], side: str) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for f in files:
-            stem = file_stem(f)  # a.ome.tif pairs with a.png
-            if stem in out:
-                raise InputError(f"{f}: same name stem as {out[stem]} in {side}; cannot pair them")
-            out[stem] = f
-        return out
-
-    by_pred = stems(pred_files, "PRED")
-    by_gt = stems(gt_files, "GT")
-    if pred.is_file():  # one prediction against the matching file of a GT folder
-        by_gt = {s: f for s, f in by_gt.items() if s in by_pred}
-    if gt.is_file():
-        by_pred = {s: f for s, f in by_pred.items() if s in by_gt}
-    for stem, f in by_pred.items():
-        if stem not in by_gt:
-            raise InputError(f"{f}: no ground-truth file with the name stem {stem!r} in {gt}")
-    for stem, f in by_gt.items():
-        if stem not in by_pred:
-            raise InputError(f"{f}: no prediction file with the name stem {stem!r} in {pred}")
-    return [(by_pred[s], by_gt[s]) for s in by_pred]
+__all__ = ["evaluate_folders", "read_probability"]
 
 
 def read_probability(path: str | os.PathLike, channel: int | None = None) -> np.ndarray:
@@ -117,17 +89,20 @@ def _score_isbi(pairs, thresholds, channel, membrane, unassigned) -> tuple[list[
             )
         scores = isbi_scores(prob, gt, thresholds, membrane=membrane, unassigned=unassigned)
         results.append({"pred": str(pred_path), "gt": str(gt_path), "scores": scores})
-    rows = []
-    for i, t in enumerate(thresholds):
-        per_pair = [r["scores"]["per_threshold"][i] for r in results]
-        row: dict = {"threshold": float(t)}
-        for key, value in per_pair[0].items():
-            if key == "threshold":
-                continue
-            values = [r[key] for r in per_pair]
-            row[key] = int(sum(values)) if isinstance(value, int) else float(np.mean(values))
-        rows.append(row)
+    rows = [_mean_row([r["scores"]["per_threshold"][i] for r in results], t)
+            for i, t in enumerate(thresholds)]
     return results, {"per_threshold": rows, "best": isbi_best(rows)}
+
+
+def _mean_row(per_pair: list[dict], threshold: float) -> dict:
+    """The scores of the pairs at one threshold: error counts summed, the rest averaged."""
+    row: dict = {"threshold": float(threshold)}
+    for key, value in per_pair[0].items():
+        if key == "threshold":
+            continue
+        values = [r[key] for r in per_pair]
+        row[key] = int(sum(values)) if isinstance(value, int) else float(np.mean(values))
+    return row
 
 
 def _score_instances(pairs, iou_thresholds) -> tuple[list[dict], dict]:
@@ -136,42 +111,38 @@ def _score_instances(pairs, iou_thresholds) -> tuple[list[dict], dict]:
         pred = _read_labels(pred_path)
         gt = _read_labels(gt_path)
         _same_shape(pred, gt, pred_path, gt_path)
-        are, _, _ = adapted_rand_error(pred, gt, ignore_labels=(0,))
-        voi_split, voi_merge = variation_of_information(pred, gt)
-        f1 = object_f1(pred, gt, thresholds=iou_thresholds)
-        scores = {
-            "seg": seg_score(pred, gt),
-            "adapted_rand_error": are,
-            "v_rand": 1.0 - are,
-            "voi_split": voi_split,
-            "voi_merge": voi_merge,
-            "iou_foreground": iou(pred > 0, gt > 0, labels=(1,))[1],
-            "object_f1": {f"{t:g}": v for t, v in f1.items()},
-        }
+        scores = _instance_scores(pred, gt, iou_thresholds)
         results.append({"pred": str(pred_path), "gt": str(gt_path), "scores": scores})
     mean: dict = {}
     for key, value in results[0]["scores"].items():
         if isinstance(value, float):
             mean[key] = float(np.mean([r["scores"][key] for r in results]))
     # Object counts are pooled over images before computing precision, recall and F1.
-    pooled = {}
-    for t in results[0]["scores"]["object_f1"]:
-        tp, fp, fn = (
-            sum(r["scores"]["object_f1"][t][k] for r in results) for k in ("tp", "fp", "fn")
-        )
-        if tp + fp + fn == 0:
-            prec = rec = f1 = 1.0
-        else:
-            prec = tp / (tp + fp) if tp + fp else 0.0
-            rec = tp / (tp + fn) if tp + fn else 0.0
-            f1 = 2 * tp / (2 * tp + fp + fn)
-        pooled[t] = {"precision": prec, "recall": rec, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
-    mean["object_f1"] = pooled
+    mean["object_f1"] = {
+        t: detection_scores(*(sum(r["scores"]["object_f1"][t][k] for r in results)
+                              for k in ("tp", "fp", "fn")))
+        for t in results[0]["scores"]["object_f1"]
+    }
     return results, mean
 
 
+def _instance_scores(pred: np.ndarray, gt: np.ndarray, iou_thresholds) -> dict:
+    are, _, _ = adapted_rand_error(pred, gt, ignore_labels=(0,))
+    voi_split, voi_merge = variation_of_information(pred, gt)
+    f1 = object_f1(pred, gt, thresholds=iou_thresholds)
+    return {
+        "seg": seg_score(pred, gt),
+        "adapted_rand_error": are,
+        "v_rand": 1.0 - are,
+        "voi_split": voi_split,
+        "voi_merge": voi_merge,
+        "iou_foreground": iou(pred > 0, gt > 0, labels=(1,))[1],
+        "object_f1": {f"{t:g}": v for t, v in f1.items()},
+    }
+
+
 # --------------------------------------------------------------------------------------------
-# output
+# useg evaluate
 
 
 def evaluate_folders(
@@ -184,13 +155,17 @@ def evaluate_folders(
     channel: int | None = None,
     unassigned: str = "fill",
     iou_thresholds: Sequence[float] | None = None,
+    json_path: str | os.PathLike | None = None,
 ) -> dict:
-    """Score the prediction files ``pred`` against the ground-truth files ``gt``.
+    """Score the prediction files ``pred`` against the ground-truth files ``gt`` (``useg
+    evaluate``).
 
     Parameters
     ----------
     pred, gt : path
-        Image files or folders of them, paired by :func:`pair_files`.
+        Image files or folders of them, paired by name stem
+        (:func:`useg.io.files.pair_files`): a single file on one side is paired with its
+        partner in the other folder, and every file of two folders needs a partner.
     mode : {"isbi", "instances"}
         ``isbi``: ``pred`` holds probabilities of cell interior (:func:`read_probability`),
         ``gt`` binary maps; ``instances``: both hold label images (0 = background).
@@ -207,6 +182,8 @@ def evaluate_folders(
     iou_thresholds : sequence of float, optional
         instances: IoU thresholds in [0, 1) of the object F1 (default
         :data:`~useg.evaluation.objects.DEFAULT_IOU_THRESHOLDS`).
+    json_path : path, optional
+        Also write the result there as JSON (its folder must exist).
 
     Returns
     -------
@@ -218,9 +195,11 @@ def evaluate_folders(
     """
     if mode not in ("isbi", "instances"):
         raise InputError(f"mode must be 'isbi' or 'instances', got {mode!r}")
+    if json_path is not None and not Path(json_path).parent.is_dir():
+        raise InputError(f"{json_path}: the folder {Path(json_path).parent} does not exist")
     thresholds = DEFAULT_ISBI_THRESHOLDS if thresholds is None else tuple(thresholds)
     iou_thresholds = DEFAULT_IOU_THRESHOLDS if iou_thresholds is None else tuple(iou_thresholds)
-    pairs = pair_files(pred, gt)
+    pairs = pair_files(pred, gt, names=("prediction", "ground-truth"), one_file_picks=True)
     if mode == "isbi":
         if any(not 0 <= t <= 1 for t in thresholds):
             raise InputError(f"--thresholds must lie in [0, 1], got {list(thresholds)}")
@@ -229,4 +208,7 @@ def evaluate_folders(
         if any(not 0 <= t < 1 for t in iou_thresholds):
             raise InputError(f"--iou-thresholds must lie in [0, 1), got {list(iou_thresholds)}")
         results, mean = _score_instances(pairs, iou_thresholds)
-    return {"mode": mode, "pairs": results, "mean": mean}
+    report = {"mode": mode, "pairs": results, "mean": mean}
+    if json_path is not None:
+        write_json(json_path, report)
+    return report

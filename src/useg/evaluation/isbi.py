@@ -172,6 +172,28 @@ def isbi_scores(
     >>> r["best"]["v_rand"], r["best"]["warping_error"]["value"]
     ({'value': 1.0, 'threshold': 0.5}, 0.0)
     """
+    p, gt, thresholds = _isbi_inputs(prob, gt_binary, thresholds, membrane, unassigned)
+    gt_fg = gt.astype(bool)
+    gt_regions = [ndi.label(g, _CROSS2)[0] for g in gt_fg]
+    rows = []
+    for t in thresholds:
+        per_slice = [
+            _isbi_slice(ps, gs, rs, t, unassigned)
+            for ps, gs, rs in zip(p, gt_fg, gt_regions, strict=True)
+        ]
+        rows.append({"threshold": t, **_over_slices(per_slice)})
+    return {"thresholds": thresholds, "per_threshold": rows, "best": isbi_best(rows)}
+
+
+def _isbi_inputs(
+    prob: np.ndarray,
+    gt_binary: np.ndarray,
+    thresholds: Sequence[float],
+    membrane: bool,
+    unassigned: str,
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """The arguments of :func:`isbi_scores` checked: interior probability and ground truth as
+    stacks ``(Z, Y, X)``, and the thresholds as floats."""
     p, gt = check_pair(prob, gt_binary, "prob", "gt_binary")
     if p.ndim not in (2, 3):
         raise InputError(f"ISBI scores need 2D images or 3D stacks, got shape {p.shape}")
@@ -187,20 +209,16 @@ def isbi_scores(
         raise InputError(f"thresholds must be a non-empty list of values in [0, 1]: {thresholds}")
     if p.ndim == 2:
         p, gt = p[None], gt[None]
-    gt_fg = gt.astype(bool)
-    gt_regions = [ndi.label(g, _CROSS2)[0] for g in gt_fg]
-    rows = []
-    for t in thresholds:
-        per_slice = [
-            _isbi_slice(ps, gs, rs, t, unassigned)
-            for ps, gs, rs in zip(p, gt_fg, gt_regions, strict=True)
-        ]
-        row: dict = {"threshold": t}
-        for key, value in per_slice[0].items():
-            values = [s[key] for s in per_slice]
-            if isinstance(value, int):
-                row[key] = int(sum(values))
-            else:
-                row[key] = float(np.mean(values))
-        rows.append(row)
-    return {"thresholds": thresholds, "per_threshold": rows, "best": isbi_best(rows)}
+    return p, gt, thresholds
+
+
+def _over_slices(per_slice: list[dict]) -> dict:
+    """Scores of a stack from those of its slices: counts summed, the others averaged."""
+    row: dict = {}
+    for key, value in per_slice[0].items():
+        values = [s[key] for s in per_slice]
+        if isinstance(value, int):
+            row[key] = int(sum(values))
+        else:
+            row[key] = float(np.mean(values))
+    return row

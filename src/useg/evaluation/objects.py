@@ -21,7 +21,7 @@ import numpy as np
 from useg.errors import InputError
 from useg.evaluation.contingency import check_pair, contingency_table
 
-__all__ = ["DEFAULT_IOU_THRESHOLDS", "object_f1", "seg_score"]
+__all__ = ["DEFAULT_IOU_THRESHOLDS", "detection_scores", "object_f1", "seg_score"]
 
 #: IoU thresholds of :func:`object_f1` unless told otherwise.
 DEFAULT_IOU_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -177,19 +177,24 @@ def object_f1(
         if not 0.0 <= t < 1.0:
             raise InputError(f"IoU thresholds must lie in [0, 1), got {t}")
         tp = _match_count(o, t)
-        fp, fn = o.n_pred - tp, o.n_gt - tp
-        if tp + fp + fn == 0:
-            precision = recall = f1 = 1.0
-        else:
-            precision = tp / (tp + fp) if tp + fp else 0.0
-            recall = tp / (tp + fn) if tp + fn else 0.0
-            f1 = 2 * tp / (2 * tp + fp + fn)
-        out[t] = {
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-            "tp": int(tp),
-            "fp": int(fp),
-            "fn": int(fn),
-        }
+        out[t] = detection_scores(tp, o.n_pred - tp, o.n_gt - tp)
     return out
+
+
+def detection_scores(tp: int, fp: int, fn: int) -> dict:
+    """Precision, recall and F1 of ``tp`` matches, ``fp`` unmatched predictions and ``fn``
+    unmatched references, with the counts (see :func:`object_f1`).
+
+    Examples
+    --------
+    >>> detection_scores(2, 0, 1)["f1"], detection_scores(0, 0, 0)["f1"]
+    (0.8, 1.0)
+    """
+    if tp + fp + fn == 0:
+        precision = recall = f1 = 1.0
+    else:
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * tp / (2 * tp + fp + fn)
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+            "tp": int(tp), "fp": int(fp), "fn": int(fn)}

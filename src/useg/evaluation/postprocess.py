@@ -245,24 +245,36 @@ def watershed_segmentation(
     lo, hi = float(b.min()), float(b.max())
     if lo < 0.0 or hi > 1.0:
         b = (b - lo) / (hi - lo)
+    seeds = _watershed_seeds(b, markers, mask, threshold, min_seed_distance, structure)
+    levels = np.round(b * 255).astype(np.int16)
+    return _flood(levels, seeds, mask, structure).astype(np.int32)
+
+
+def _watershed_seeds(
+    b: np.ndarray,
+    markers: np.ndarray | None,
+    mask: np.ndarray,
+    threshold: float,
+    min_seed_distance: float | None,
+    structure: np.ndarray,
+) -> np.ndarray:
+    """The seeds of :func:`watershed_segmentation`: ``markers`` checked, or, without them, found
+    in the boundary map ``b`` (scaled to [0, 1])."""
     if markers is None:
         interior = (b < threshold) & mask
         if min_seed_distance is None:
-            seeds, _ = ndi.label(interior, structure)
-        else:
-            if min_seed_distance <= 0:
-                raise InputError(f"min_seed_distance must be positive, got {min_seed_distance}")
-            seeds = _seeds_from_distance(interior, float(min_seed_distance))
-    else:
-        seeds = np.asarray(markers)
-        if seeds.shape != b.shape:
-            raise InputError(f"markers have shape {seeds.shape} but prob_boundary has {b.shape}")
-        if not np.issubdtype(seeds.dtype, np.integer) or seeds.min() < 0:
-            raise InputError("markers must be non-negative integers (0 = no seed)")
-        if seeds.max() >= np.iinfo(np.int32).max:
-            raise InputError("markers exceed the int32 range")
-    levels = np.round(b * 255).astype(np.int16)
-    return _flood(levels, seeds, mask, structure).astype(np.int32)
+            return ndi.label(interior, structure)[0]
+        if min_seed_distance <= 0:
+            raise InputError(f"min_seed_distance must be positive, got {min_seed_distance}")
+        return _seeds_from_distance(interior, float(min_seed_distance))
+    seeds = np.asarray(markers)
+    if seeds.shape != b.shape:
+        raise InputError(f"markers have shape {seeds.shape} but prob_boundary has {b.shape}")
+    if not np.issubdtype(seeds.dtype, np.integer) or seeds.min() < 0:
+        raise InputError("markers must be non-negative integers (0 = no seed)")
+    if seeds.max() >= np.iinfo(np.int32).max:
+        raise InputError("markers exceed the int32 range")
+    return seeds
 
 
 def remove_small_objects(labels: np.ndarray, min_size: int, connectivity: int = 1) -> np.ndarray:

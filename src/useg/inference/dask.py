@@ -24,13 +24,20 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from useg.errors import ConfigError, InputError
-from useg.inference.blocks import finished_blocks, marker_name, plan_blocks, predict_block
+from useg.inference.blocks import (
+    BlockPlan,
+    finished_blocks,
+    marker_name,
+    plan_blocks,
+    predict_block,
+)
 from useg.inference.tiling import plan_tiles
 from useg.io import normalize as norm
 from useg.io.chunked import as_channels_first, create_array, is_array_spec, open_array, parse_spec
@@ -270,9 +277,6 @@ def predict_dask(
     >>> bool(np.array_equal(open_array(out + "/probs")[0][:], predict(net, img, tile=60)))
     True
     """
-    from useg.nets.checkpoint import load_model, resolve_model, save_model
-    from useg.nets.unet import UNet
-
     started = time.perf_counter()
     if output is None and labels is None:
         raise ConfigError("give output (probabilities) or labels, or both")
@@ -283,34 +287,60 @@ def predict_dask(
     for spec in outputs.values():
         if spec is not None:
             _zarr_dir(spec)
-
-    # The model: a file the workers load by path.
-    tmp_model = None
-    if isinstance(model, UNet):
-        net = model.cpu()
-        folder = run_dir.parent.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".useg-model-", suffix=".safetensors", dir=folder)
-        os.close(fd)
-        tmp_model = Path(tmp)
-        meta = {k: v for k, v in (getattr(model, "meta", None) or {}).items()
-                if k not in ("format", "format_version", "config")}
-        save_model(net, tmp_model, meta)
-        model_path = tmp_model
-    else:
-        model_path = resolve_model(model).resolve()
-        net = load_model(model_path)
+    settings = _Settings(
+        outputs, run_dir, block=block, tile=tile, device=device, scheduler=scheduler,
+        workers=workers, tta=tta, precision=precision, batch_size=batch_size, stats=stats,
+        overwrite=overwrite, progress=progress, torch_threads=torch_threads,
+        zarr_format=zarr_format, on_block=on_block,
+    )
+    net, model_path, tmp_model = _model_for_workers(model, run_dir.parent.parent)
     try:
-        return _run(
-            net, model_path, tmp_model, image, outputs, run_dir, block=block, tile=tile,
-            device=device, scheduler=scheduler, workers=workers, tta=tta, precision=precision,
-            batch_size=batch_size, stats=stats, overwrite=overwrite, progress=progress,
-            torch_threads=torch_threads, zarr_format=zarr_format, on_block=on_block,
-            started=started,
-        )
+        return _run(net, model_path, tmp_model, image, settings, started)
     finally:
         if tmp_model is not None:
             tmp_model.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The settings of one :func:`predict_dask` call (see its parameters), checked."""
+
+    outputs: dict[str, str | None]  # absolute specs of "probabilities" and "labels"
+    run_dir: Path  # the run's record: <output array>/.useg-run
+    block: Sequence[int] | int | None
+    tile: Sequence[int] | int | None
+    device: str
+    scheduler: Any
+    workers: int | None
+    tta: bool
+    precision: str  # resolved: the one precision of every block
+    batch_size: int
+    stats: dict[str, Any] | None
+    overwrite: bool
+    progress: bool
+    torch_threads: int | None
+    zarr_format: int
+    on_block: Callable[[dict[str, Any]], None] | None
+
+
+def _model_for_workers(model: Any, folder: Path) -> tuple[Any, Path, Path | None]:
+    """The network, the model file the workers load, and that file again when it is a
+    temporary one: a network given in Python is saved in ``folder``, where any worker that can
+    write the output can also read it."""
+    from useg.nets.checkpoint import load_model, resolve_model, save_model
+    from useg.nets.unet import UNet
+
+    if not isinstance(model, UNet):
+        model_path = resolve_model(model).resolve()
+        return load_model(model_path), model_path, None
+    net = model.cpu()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".useg-model-", suffix=".safetensors", dir=folder)
+    os.close(fd)
+    meta = {k: v for k, v in (getattr(model, "meta", None) or {}).items()
+            if k not in ("format", "format_version", "config")}
+    save_model(net, Path(tmp), meta)
+    return net, Path(tmp), Path(tmp)
 
 
 def _run_precision(precision: str, device: str) -> str:
@@ -339,159 +369,260 @@ def _absolute(spec: str | os.PathLike | None) -> str | None:
     return f"{container}:/{sp.inner}" if sp.kind == "hdf5" else f"{container}/{sp.inner}"
 
 
-def _run(net, model_path, tmp_model, image, outputs, run_dir, *, block, tile, device, scheduler,
-         workers, tta, precision, batch_size, stats, overwrite, progress, torch_threads,
-         zarr_format, on_block, started):
-    import torch
+# ----------------------------------------------------------------------------------------------
+# One run: plan, resume or start, compute the blocks left
 
+
+def _run(net, model_path: Path, tmp_model: Path | None, image: Any, s: _Settings,
+         started: float) -> dict[str, Any]:
+    """Plan the blocks, resume the recorded run or start a new one, compute the blocks not
+    done yet; returns :func:`predict_dask`'s summary."""
+    source = _open_input(image, net)
+    geometry = _plan(net, source, s)
+    record = _run_record(model_path, source, geometry, s)
+    stats = _prepare_outputs(net, source, geometry, record, s)
+    model_file = _kept_model(model_path, tmp_model, s.run_dir)
+    job = {
+        "model": model_file, "input": source.spec, "axes": source.axes, "blocks": geometry.blocks,
+        "tile": geometry.tile, "device": str(s.device), "precision": s.precision,
+        "tta": bool(s.tta), "batch_size": int(s.batch_size), "stats": stats,
+        "done_dir": str(s.run_dir / "done"), "probabilities": s.outputs["probabilities"],
+        "labels": s.outputs["labels"], "torch_threads": s.torch_threads,
+    }
+    return _compute_blocks(job, source.data, geometry, s, started)
+
+
+@dataclass(frozen=True)
+class _Input:
+    """The input image, opened as ``(C, *spatial)`` without reading it."""
+
+    spec: str | None  # absolute array spec; None for an in-memory array
+    axes: str | None
+    spacing: tuple[float, ...] | None
+    data: Any  # the in-memory array sent to the workers; None for a spec
+    view: Any  # channels first
+    described: dict[str, Any]  # as the run's record names it
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return tuple(self.view.shape[1:])
+
+
+def _open_input(image: Any, net) -> _Input:
+    """``image`` (a spec or an array-like) opened for ``net``; raises
+    :class:`~useg.errors.InputError` naming it when the network cannot predict it."""
     from useg.inference.predict import check_image
-    from useg.inference.tile_choice import tile_geometry
 
-    cfg = net.config
-    # The input, as (C, *spatial) without reading it.
+    ndim = net.config.ndim
     if isinstance(image, (str, os.PathLike)):
-        input_spec = _absolute(image)
-        array, meta = open_array(input_spec)
-        axes = meta["axes"]
-        spacing = meta["spacing"]
-        data = None
-        view = as_channels_first(array, axes, cfg.ndim)
-        described = {"spec": input_spec, "shape": list(array.shape), "dtype": str(array.dtype)}
+        spec = _absolute(image)
+        array, meta = open_array(spec)
+        axes, spacing, data = meta["axes"], meta["spacing"], None
+        view = as_channels_first(array, axes, ndim)
+        described = {"spec": spec, "shape": list(array.shape), "dtype": str(array.dtype)}
     else:
-        input_spec, axes, spacing, data = None, None, None, image
-        view = as_channels_first(image, None, cfg.ndim)
+        spec, axes, spacing, data = None, None, None, image
+        view = as_channels_first(image, None, ndim)
         described = {"spec": None, "shape": list(image.shape), "dtype": str(image.dtype)}
     try:
         check_image(net, view)
     except InputError as exc:
-        raise InputError(f"{input_spec or 'image'}: {exc}") from None
-    if spacing is not None and len(spacing) != cfg.ndim:
+        raise InputError(f"{spec or 'image'}: {exc}") from None
+    if spacing is not None and len(spacing) != ndim:
         spacing = None
-    spatial = tuple(view.shape[1:])
-    tile, h, margin, step = tile_geometry(net, spatial, tile, torch.device("cpu"), tta)
-    tiles = plan_tiles(spatial, tile, h, margin, step)
-    blocks = plan_blocks(tiles, block)
-    classes = cfg.classes
-    label_dtype = class_dtype(classes)
+    return _Input(spec, axes, spacing, data, view, described)
 
-    model_sha = _sha256(model_path)
-    record = _as_json({
-        "format": RUN_FORMAT, "version": RUN_VERSION, "model_sha256": model_sha,
-        "input": described, "tile": tile, "halo": h, "margin": margin, "step": step,
-        "block": blocks.block, "tta": bool(tta), "precision": precision,
-        "batch_size": int(batch_size), "outputs": outputs,
+
+@dataclass(frozen=True)
+class _Geometry:
+    """The overlap tiles of the whole image (as ``predict`` would use them) and its blocks."""
+
+    tile: Any
+    halo: Any
+    margin: Any
+    step: Any
+    blocks: BlockPlan
+
+
+def _plan(net, source: _Input, s: _Settings) -> _Geometry:
+    import torch
+
+    from useg.inference.tile_choice import tile_geometry
+
+    tile, h, margin, step = tile_geometry(net, source.spatial, s.tile, torch.device("cpu"), s.tta)
+    tiles = plan_tiles(source.spatial, tile, h, margin, step)
+    return _Geometry(tile, h, margin, step, plan_blocks(tiles, s.block))
+
+
+def _run_record(
+    model_path: Path, source: _Input, g: _Geometry, s: _Settings
+) -> dict[str, Any]:
+    """The run's settings as ``run.json`` keeps them (without the normalisation)."""
+    return _as_json({
+        "format": RUN_FORMAT, "version": RUN_VERSION, "model_sha256": _sha256(model_path),
+        "input": source.described, "tile": g.tile, "halo": g.halo, "margin": g.margin,
+        "step": g.step, "block": g.blocks.block, "tta": bool(s.tta), "precision": s.precision,
+        "batch_size": int(s.batch_size), "outputs": s.outputs,
     })
-    previous = None if overwrite else _read_run(run_dir)
-    resumable = previous is not None and _first_difference(
-        {k: v for k, v in previous.items() if k != "stats"}, record) is None
-    if resumable and stats is not None and _as_json(stats) != previous.get("stats"):
-        resumable = False
-    if resumable:
-        for spec in outputs.values():
-            if spec is not None:
-                try:
-                    open_array(spec)
-                except InputError:
-                    resumable = False
-    if resumable:
-        stats = previous["stats"]
-    else:
-        exists = []
-        for spec in outputs.values():
-            if spec is None:
-                continue
-            try:
-                open_array(spec)
-                exists.append(spec)
-            except InputError:
-                pass
-        if exists and not overwrite:
-            why = "no record of the run that wrote it"
-            if previous is not None:
-                key = _first_difference(
-                    {k: v for k, v in previous.items() if k != "stats"}, record) or "stats"
-                why = f"written with a different {key}"
-            raise ConfigError(
-                f"{exists[0]}: already exists, {why}; pass overwrite (--overwrite) to replace "
-                "it, or choose another output"
-            )
-        if stats is None:
-            stats = norm.image_stats(view, (getattr(net, "meta", None) or {}).get("normalization"))
-        spatial_axes = "ZYX"[3 - cfg.ndim:]
-        if outputs["probabilities"]:
-            create_array(outputs["probabilities"], (classes, *spatial), np.float32,
-                         (classes, *blocks.block), spacing, axes="C" + spatial_axes,
-                         fill_value=float("nan"), zarr_format=zarr_format, overwrite=True)
-        if outputs["labels"]:
-            create_array(outputs["labels"], spatial, label_dtype, blocks.block, spacing,
-                         axes=spatial_axes, fill_value=0, zarr_format=zarr_format,
-                         overwrite=True)
-        (run_dir / "done").mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "run.json", {**record, "stats": _as_json(stats)})
-    model_file = str(model_path)
-    if tmp_model is not None:
-        kept = run_dir / "model.safetensors"
-        os.replace(tmp_model, kept)
-        model_file = str(kept)
 
-    done_dir = run_dir / "done"
-    finished = finished_blocks(done_dir)
-    everything = list(blocks.indices())
+
+def _prepare_outputs(
+    net, source: _Input, g: _Geometry, record: dict[str, Any], s: _Settings
+) -> dict[str, Any]:
+    """The normalisation of the run: the recorded one when the run can be resumed; otherwise
+    that of ``s.stats`` or of the whole image, after creating the outputs (refusing ones that
+    another run wrote, unless overwriting) and writing the run's record."""
+    previous = None if s.overwrite else _read_run(s.run_dir)
+    if _resumable(previous, record, s):
+        return previous["stats"]
+    _refuse_existing(previous, record, s)
+    stats = s.stats
+    if stats is None:
+        stats = norm.image_stats(
+            source.view, (getattr(net, "meta", None) or {}).get("normalization")
+        )
+    _create_outputs(net.config, source, g.blocks, s)
+    (s.run_dir / "done").mkdir(parents=True, exist_ok=True)
+    write_json(s.run_dir / "run.json", {**record, "stats": _as_json(stats)})
+    return stats
+
+
+def _settings_of(previous: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in previous.items() if k != "stats"}
+
+
+def _resumable(previous: dict[str, Any] | None, record: dict[str, Any], s: _Settings) -> bool:
+    """Whether the outputs are those of a run with these settings (and normalisation, when
+    given), all still readable."""
+    if previous is None or _first_difference(_settings_of(previous), record) is not None:
+        return False
+    if s.stats is not None and _as_json(s.stats) != previous.get("stats"):
+        return False
+    return all(_readable(spec) for spec in s.outputs.values() if spec is not None)
+
+
+def _readable(spec: str) -> bool:
+    try:
+        open_array(spec)
+    except InputError:
+        return False
+    return True
+
+
+def _refuse_existing(
+    previous: dict[str, Any] | None, record: dict[str, Any], s: _Settings
+) -> None:
+    """Raise :class:`~useg.errors.ConfigError` for an existing output, unless overwriting,
+    naming the setting it was written with that differs."""
+    exists = [spec for spec in s.outputs.values() if spec is not None and _readable(spec)]
+    if exists and not s.overwrite:
+        why = "no record of the run that wrote it"
+        if previous is not None:
+            key = _first_difference(_settings_of(previous), record) or "stats"
+            why = f"written with a different {key}"
+        raise ConfigError(
+            f"{exists[0]}: already exists, {why}; pass overwrite (--overwrite) to replace "
+            "it, or choose another output"
+        )
+
+
+def _create_outputs(cfg, source: _Input, blocks: BlockPlan, s: _Settings) -> None:
+    """New output arrays (replacing old ones), chunked by the block."""
+    spatial_axes = "ZYX"[3 - cfg.ndim:]
+    classes, spatial = cfg.classes, source.spatial
+    if s.outputs["probabilities"]:
+        create_array(s.outputs["probabilities"], (classes, *spatial), np.float32,
+                     (classes, *blocks.block), source.spacing, axes="C" + spatial_axes,
+                     fill_value=float("nan"), zarr_format=s.zarr_format, overwrite=True)
+    if s.outputs["labels"]:
+        create_array(s.outputs["labels"], spatial, class_dtype(classes), blocks.block,
+                     source.spacing, axes=spatial_axes, fill_value=0,
+                     zarr_format=s.zarr_format, overwrite=True)
+
+
+def _kept_model(model_path: Path, tmp_model: Path | None, run_dir: Path) -> str:
+    """The model file the workers load; a temporary one is kept in the run's folder."""
+    if tmp_model is None:
+        return str(model_path)
+    kept = run_dir / "model.safetensors"
+    os.replace(tmp_model, kept)
+    return str(kept)
+
+
+def _compute_blocks(
+    job: dict[str, Any], data: Any, g: _Geometry, s: _Settings, started: float
+) -> dict[str, Any]:
+    """Compute the blocks without a marker; returns :func:`predict_dask`'s summary."""
+    finished = finished_blocks(s.run_dir / "done")
+    everything = list(g.blocks.indices())
     todo = [idx for idx in everything if marker_name(idx) not in finished]
-    region_voxels = {idx: math.prod(r.stop - r.start for r in blocks.region(idx))
-                     for idx in everything}
-    job = {
-        "model": model_file, "input": input_spec, "axes": axes, "blocks": blocks,
-        "tile": tile, "device": str(device), "precision": precision, "tta": bool(tta),
-        "batch_size": int(batch_size), "stats": stats, "done_dir": str(done_dir),
-        "probabilities": outputs["probabilities"], "labels": outputs["labels"],
-        "torch_threads": torch_threads,
-    }
-    computed: list[tuple[int, ...]] = []
-    total = sum(region_voxels.values())
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=total - sum(region_voxels[i] for i in todo),
-                   unit="vox", unit_scale=True, desc="predict", smoothing=0.1)
-
-    def on_result(result: dict[str, Any]) -> None:
-        idx = tuple(result["block"])
-        if not result.get("skipped"):
-            computed.append(idx)
-        if bar is not None:
-            bar.update(region_voxels[idx])
-            bar.set_postfix_str(f"{len(everything) - len(todo) + len(computed)}/"
-                                f"{len(everything)} blocks", refresh=False)
-        if on_block is not None:
-            on_block(result)
-
+    tally = _Tally(g.blocks, everything, todo, s.progress, s.on_block)
     try:
         if todo:
-            kind, sched, own = _resolve_scheduler(scheduler, workers)
-            try:
-                if kind == "local":
-                    _run_local(job, todo, sched, workers, torch_threads, data, on_result)
-                else:
-                    _run_distributed(sched, job, todo, data, on_result)
-            finally:
-                if own:
-                    sched.close()
+            _schedule(job, todo, data, s, tally.on_result)
     finally:
-        if bar is not None:
-            bar.close()
+        tally.close()
     return {
         "blocks": len(everything),
-        "computed": sorted(computed),
+        "computed": sorted(tally.computed),
         "skipped": len(everything) - len(todo),
         "seconds": time.perf_counter() - started,
-        "voxels": sum(region_voxels[i] for i in computed),
-        "block": blocks.block,
-        "block_counts": blocks.counts,
-        "tile": tuple(tile),
-        "outputs": outputs,
+        "voxels": sum(tally.region_voxels[i] for i in tally.computed),
+        "block": g.blocks.block,
+        "block_counts": g.blocks.counts,
+        "tile": tuple(g.tile),
+        "outputs": s.outputs,
     }
+
+
+class _Tally:
+    """The blocks computed so far: a progress bar in voxels, and ``on_block`` for each."""
+
+    def __init__(self, blocks: BlockPlan, everything: list[tuple[int, ...]],
+                 todo: list[tuple[int, ...]], progress: bool,
+                 on_block: Callable[[dict[str, Any]], None] | None) -> None:
+        self.blocks_total, self.blocks_before = len(everything), len(everything) - len(todo)
+        self.region_voxels = {idx: math.prod(r.stop - r.start for r in blocks.region(idx))
+                              for idx in everything}
+        self.computed: list[tuple[int, ...]] = []
+        self.on_block = on_block
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            total = sum(self.region_voxels.values())
+            self.bar = tqdm(total=total,
+                            initial=total - sum(self.region_voxels[i] for i in todo),
+                            unit="vox", unit_scale=True, desc="predict", smoothing=0.1)
+
+    def on_result(self, result: dict[str, Any]) -> None:
+        idx = tuple(result["block"])
+        if not result.get("skipped"):
+            self.computed.append(idx)
+        if self.bar is not None:
+            self.bar.update(self.region_voxels[idx])
+            self.bar.set_postfix_str(f"{self.blocks_before + len(self.computed)}/"
+                                     f"{self.blocks_total} blocks", refresh=False)
+        if self.on_block is not None:
+            self.on_block(result)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _schedule(job: dict[str, Any], todo: list[tuple[int, ...]], data: Any, s: _Settings,
+              on_result: Callable[[dict[str, Any]], None]) -> None:
+    """Run the blocks ``todo`` on the scheduler asked for (closing a client opened here)."""
+    kind, sched, own = _resolve_scheduler(s.scheduler, s.workers)
+    try:
+        if kind == "local":
+            _run_local(job, todo, sched, s.workers, s.torch_threads, data, on_result)
+        else:
+            _run_distributed(sched, job, todo, data, on_result)
+    finally:
+        if own:
+            sched.close()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,28 +3,30 @@
 :func:`predict_files` names every result of a run and checks them against each other, the
 inputs and what exists (:func:`useg.io.files.plan_results`) before the first image is
 predicted; :func:`predict_file` predicts one file and writes ``<stem>_probs.tif`` (class
-probabilities) and ``<stem>_labels.tif`` (most likely class).
+probabilities) and ``<stem>_labels.tif`` (most likely class) with :func:`write_results`.
+:func:`predict_paths` is ``useg predict``: :func:`predict_files`, or with ``--dask``
+:func:`useg.inference.dask.predict_to_store`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from useg import io
-from useg.device import resolve_device, resolve_precision
-from useg.errors import InputError
+from useg.device import check_precision, resolve_device, resolve_precision
+from useg.errors import ConfigError, InputError
 from useg.inference.predict import predict
 from useg.labels import class_dtype, most_likely_class
 from useg.nets.checkpoint import load_model
 from useg.nets.unet import UNet
 
-__all__ = ["predict_file", "predict_files"]
+__all__ = ["predict_file", "predict_files", "predict_paths", "write_results"]
 
 
 def predict_file(
@@ -60,20 +62,35 @@ def predict_file(
             probs = predict(model, image, **kwargs)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
-    spacing = meta.get("spacing")
-    written: dict[str, Path] = {}
+    return write_results(targets, probs, meta.get("spacing"))
+
+
+def write_results(
+    targets: Mapping[str, Path], probs: np.ndarray, spacing: Sequence[float] | None = None, *,
+    labels: np.ndarray | None = None,
+) -> dict[str, Path]:
+    """Write class probabilities ``(C, *spatial)`` and/or their most likely class into the
+    result files ``targets`` (``"probabilities"``, ``"labels"``: see
+    :func:`useg.io.files.result_paths`), with the calibration ``spacing``.
+
+    ``labels`` are the most likely classes when the caller has them already. Returns the files
+    written, by kind; missing folders are created.
+    """
     for target in targets.values():
         target.parent.mkdir(parents=True, exist_ok=True)
-    if write_probabilities:
+    axes = "ZYX"[3 - (probs.ndim - 1):]
+    written: dict[str, Path] = {}
+    if "probabilities" in targets:
         target = targets["probabilities"]
-        axes = "C" + "ZYX"[3 - (probs.ndim - 1):]
-        io.write_image(target, probs.astype(np.float32, copy=False), spacing=spacing, axes=axes)
+        io.write_image(target, probs.astype(np.float32, copy=False), spacing=spacing,
+                       axes="C" + axes)
         written["probabilities"] = target
-    if write_labels:
-        labels = np.empty(probs.shape[1:], dtype=class_dtype(cfg.classes))
-        most_likely_class(probs, out=labels)
+    if "labels" in targets:
+        if labels is None:
+            labels = np.empty(probs.shape[1:], dtype=class_dtype(probs.shape[0]))
+            most_likely_class(probs, out=labels)
         target = targets["labels"]
-        io.write_image(target, labels, spacing=spacing, axes="ZYX"[3 - labels.ndim:])
+        io.write_image(target, labels, spacing=spacing, axes=axes)
         written["labels"] = target
     return written
 
@@ -130,25 +147,14 @@ def predict_files(
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
-    for item in inputs:
-        if not Path(item).exists():
-            raise InputError(f"{item}: no such file or folder")
-    plan = io.plan_results(inputs, out_dir, probabilities=write_probabilities,
-                           overwrite=overwrite)
-    if not plan:
-        raise InputError(f"{', '.join(map(str, inputs))}: no PNG or TIFF images found")
+    plan = _planned_results(inputs, out_dir, write_probabilities, overwrite)
     if torch_threads is not None:
         import torch
 
         torch.set_num_threads(torch_threads)
     precision = resolve_precision(precision, device)  # once, not per image
     net = load_model(model, device=device)
-    if tile is not None and not isinstance(tile, int):
-        if len(tile) not in (1, net.config.ndim):
-            raise InputError(
-                f"--tile needs 1 or {net.config.ndim} sizes for this {net.config.ndim}D model"
-            )
-        tile = tile[0] if len(tile) == 1 else tuple(tile)
+    tile = _tile_for(tile, net.config.ndim)
     show = progress and sys.stderr.isatty()
     outer = tqdm(plan, unit="image", desc="images", disable=not show or len(plan) == 1)
     done = []
@@ -162,3 +168,87 @@ def predict_files(
         if on_written is not None:
             on_written(path, written)
     return done
+
+
+def _planned_results(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    write_probabilities: bool,
+    overwrite: bool,
+) -> list:
+    """The images found in ``inputs`` with their result names
+    (:func:`useg.io.files.plan_results`); raises :class:`~useg.errors.InputError` for a missing
+    input or when there is no image."""
+    for item in inputs:
+        if not Path(item).exists():
+            raise InputError(f"{item}: no such file or folder")
+    plan = io.plan_results(inputs, out_dir, probabilities=write_probabilities,
+                           overwrite=overwrite)
+    if not plan:
+        raise InputError(f"{', '.join(map(str, inputs))}: no PNG or TIFF images found")
+    return plan
+
+
+def _tile_for(tile: Sequence[int] | int | None, ndim: int) -> Sequence[int] | int | None:
+    """``tile`` as :func:`useg.inference.predict.predict` takes it for an ``ndim``-D model."""
+    if tile is None or isinstance(tile, int):
+        return tile
+    if len(tile) not in (1, ndim):
+        raise InputError(f"--tile needs 1 or {ndim} sizes for this {ndim}D model")
+    return tile[0] if len(tile) == 1 else tuple(tile)
+
+
+# Options that only the block-parallel (dask) path takes, by their command-line flags.
+_DASK_ONLY = ("--scheduler", "--workers", "--block")
+
+
+def predict_paths(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    model: str | os.PathLike,
+    *,
+    dask: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    block: Sequence[int] | None = None,
+    **options: Any,
+) -> list[tuple[Path, dict[str, Path]]] | dict[str, Any]:
+    """``useg predict``: image files and folders into result files in the folder ``out``
+    (:func:`predict_files`, whose list is returned), or with ``dask`` one image or chunked array
+    block by block into the zarr store ``out``
+    (:func:`useg.inference.dask.predict_to_store`, whose summary is returned).
+
+    ``options`` are those of :func:`predict_files` (``on_written`` only without ``dask``);
+    ``scheduler``, ``workers`` and ``block`` (one size for every axis, or one per axis) are only
+    for ``dask``. Settings are checked before anything is read.
+    """
+    check_precision(options.get("precision", "auto"))
+    threads = options.get("torch_threads")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--torch-threads must be at least 1, got {threads}")
+    if dask:
+        return _predict_store(inputs, out, model, scheduler, workers, block, options)
+    given = [flag for flag, value in zip(_DASK_ONLY, (scheduler, workers, block), strict=True)
+             if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only with --dask (block-parallel prediction of "
+                          "one large image); add --dask or leave them out")
+    return predict_files(inputs, out, model, **options)
+
+
+def _predict_store(inputs, out, model, scheduler, workers, block, options) -> dict[str, Any]:
+    if len(inputs) != 1:
+        raise InputError("--dask predicts one image (or volume) at a time; give one INPUT")
+    from useg.inference.dask import predict_to_store
+
+    options = {k: v for k, v in options.items() if k != "on_written"}
+    progress = options.pop("progress", True) and sys.stderr.isatty()
+    return predict_to_store(
+        inputs[0], out, model, scheduler=scheduler, workers=workers, block=_one_or_all(block),
+        tile=_one_or_all(options.pop("tile", None)), progress=progress, **options,
+    )
+
+
+def _one_or_all(sizes: Sequence[int] | None) -> tuple[int, ...] | int | None:
+    """One size for every axis as an int, several as given."""
+    return sizes[0] if sizes and len(sizes) == 1 else sizes

@@ -29,6 +29,7 @@ any preallocated array-like.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -260,67 +261,117 @@ def predict_tiled(
     spatial = tuple(image.shape[1:])
     plan = plan_tiles(spatial, tile, halo, margin, step)
     origin, extent, ranges = _region_on_plan(plan, region)
+    out = _output_array(out, (out_channels, *extent), dtype)
+    tiles = _tiles_in_box(plan, ranges, origin)
+    batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
+    shown = _Progress(progress, len(tiles))
+    reading = _read_ahead(batches, functools.partial(_gather, image, plan), prefetch)
+    try:
+        for batch, x in reading:
+            _write_batch(out, np.asarray(predictor(x)), batch, plan, out_channels, dtype)
+            release_pages(out)
+            shown.update(len(batch))
+    finally:
+        reading.close()  # stops the background read before the caller goes on
+        shown.close()
+    return out
+
+
+# A tile to predict: its input start, where its output goes in ``out`` and which part of the
+# predictor's output (after the margin) goes there.
+_Tile = tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]
+
+
+def _output_array(out: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    """``out`` when it has ``shape`` (else :class:`~useg.errors.ConfigError`), or a new array."""
     if out is None:
-        out = np.empty((out_channels, *extent), dtype=dtype)
-    elif tuple(out.shape) != (out_channels, *extent):
-        raise ConfigError(f"out has shape {out.shape}, expected {(out_channels, *extent)}")
-    tiles = [
+        return np.empty(shape, dtype=dtype)
+    if tuple(out.shape) != shape:
+        raise ConfigError(f"out has shape {out.shape}, expected {shape}")
+    return out
+
+
+def _tiles_in_box(
+    plan: TilePlan, ranges: list[range], origin: tuple[int, ...]
+) -> list[_Tile]:
+    """The tiles of ``plan`` in ``ranges``, writing relative to the box starting at ``origin``."""
+    return [
         (start, tuple(slice(d.start - o, d.stop - o) for d, o in zip(dst, origin, strict=True)),
          src)
         for start, dst, src in plan.tiles(ranges)
     ]
-    batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
-    margin_t = plan.margin
 
+
+class _Progress:
+    """Tiles done, on a tqdm bar (``progress=True``) or to a callable (tiles done, total)."""
+
+    def __init__(self, progress: bool | Callable[[int, int], None], total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        self.bar = None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="tile", desc="predict", leave=False)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif callable(self.progress):
+            self.progress(self.done, self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _read_ahead(
+    batches: list[list[_Tile]], read: Callable[[list[_Tile]], np.ndarray], prefetch: bool
+) -> Iterator[tuple[list[_Tile], np.ndarray]]:
+    """Each batch with its input (``read(batch)``); with ``prefetch``, the next batch is read in
+    a background thread while the caller predicts the current one."""
+    pool = ThreadPoolExecutor(1) if prefetch and len(batches) > 1 else None
+    try:
+        pending = pool.submit(read, batches[0]) if pool else None
+        for bi, batch in enumerate(batches):
+            x = pending.result() if pool else read(batch)
+            if pool and bi + 1 < len(batches):
+                pending = pool.submit(read, batches[bi + 1])
+            yield batch, x
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _gather(image: Any, plan: TilePlan, batch: list[_Tile]) -> np.ndarray:
+    """The input tiles of ``batch`` as float32 ``(B, C, *tile)``, mirrored beyond the image."""
     # A tile's rows of a wide memmap map far more than the tile (whole pages, and Linux maps up
     # to 64 KiB around each page fault): read a memmap in slabs and unmap each, so that reading
     # the next tile adds little to the memory the predictor holds meanwhile.
     slab = 64 if isinstance(image, np.memmap) else plan.tile[0]
+    x = np.empty((len(batch), image.shape[0], *plan.tile), dtype=np.float32)
+    for k, (start, _, _) in enumerate(batch):
+        for lo in range(0, plan.tile[0], slab):
+            hi = min(lo + slab, plan.tile[0])
+            x[k, :, lo:hi] = read_tile(image, (start[0] + lo, *start[1:]),
+                                       (hi - lo, *plan.tile[1:]))
+            release_pages(image)
+    return x
 
-    def gather(batch):
-        x = np.empty((len(batch), image.shape[0], *plan.tile), dtype=np.float32)
-        for k, (start, _, _) in enumerate(batch):
-            for lo in range(0, plan.tile[0], slab):
-                hi = min(lo + slab, plan.tile[0])
-                x[k, :, lo:hi] = read_tile(image, (start[0] + lo, *start[1:]),
-                                           (hi - lo, *plan.tile[1:]))
-                release_pages(image)
-        return x
 
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(tiles), unit="tile", desc="predict", leave=False)
-    done = 0
-    pool = ThreadPoolExecutor(1) if prefetch and len(batches) > 1 else None
-    try:
-        pending = pool.submit(gather, batches[0]) if pool else None
-        for bi, batch in enumerate(batches):
-            x = pending.result() if pool else gather(batch)
-            if pool and bi + 1 < len(batches):
-                pending = pool.submit(gather, batches[bi + 1])
-            y = np.asarray(predictor(x))
-            expect = tuple(t - 2 * h for t, h in zip(plan.tile, plan.halo, strict=True))
-            if y.shape[1:] != (out_channels, *expect):
-                raise ConfigError(
-                    f"predictor returned tiles of shape {y.shape[1:]}, expected "
-                    f"{(out_channels, *expect)} for input tiles {plan.tile}"
-                )
-            for k, (_, dst, src) in enumerate(batch):
-                region = tuple(
-                    slice(m + s.start, m + s.stop) for m, s in zip(margin_t, src, strict=True)
-                )
-                out[(slice(None), *dst)] = y[(k, slice(None), *region)].astype(dtype, copy=False)
-            done += len(batch)
-            release_pages(out)
-            if bar is not None:
-                bar.update(len(batch))
-            elif callable(progress):
-                progress(done, len(tiles))
-    finally:
-        if pool:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if bar is not None:
-            bar.close()
-    return out
+def _write_batch(
+    out: Any, y: np.ndarray, batch: list[_Tile], plan: TilePlan, out_channels: int, dtype: Any
+) -> None:
+    """Write the predictor's outputs ``y`` of ``batch`` into ``out``, each without its margin;
+    raises :class:`~useg.errors.ConfigError` when ``y`` has the wrong shape."""
+    expect = tuple(t - 2 * h for t, h in zip(plan.tile, plan.halo, strict=True))
+    if y.shape[1:] != (out_channels, *expect):
+        raise ConfigError(
+            f"predictor returned tiles of shape {y.shape[1:]}, expected "
+            f"{(out_channels, *expect)} for input tiles {plan.tile}"
+        )
+    for k, (_, dst, src) in enumerate(batch):
+        region = tuple(
+            slice(m + s.start, m + s.stop) for m, s in zip(plan.margin, src, strict=True)
+        )
+        out[(slice(None), *dst)] = y[(k, slice(None), *region)].astype(dtype, copy=False)

@@ -1,9 +1,11 @@
-"""Reading boxes of array-likes: mirrored beyond the border, and without keeping file pages.
+"""Reading boxes of array-likes: mirrored or filled beyond the border, and without keeping file
+pages.
 
 Training reads its windows and prediction its tiles with :func:`read_tile`, from any
 ``(C, *spatial)`` array-like with slicing (NumPy, memmap, zarr, h5py); positions outside the
-image are mirrored (:func:`mirror_indices`, NumPy's ``reflect``). :func:`release_pages` keeps
-reading or writing a huge memmap from growing the resident memory to the file's size.
+image are mirrored (:func:`mirror_indices`, NumPy's ``reflect``), or for training targets and
+weights set to a fill value. :func:`release_pages` keeps reading or writing a huge memmap from
+growing the resident memory to the file's size.
 """
 
 from __future__ import annotations
@@ -36,12 +38,23 @@ def mirror_indices(start: int, length: int, size: int) -> np.ndarray:
     return np.where(idx < size, idx, period - idx).astype(np.intp)
 
 
-def read_tile(image: Any, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+def read_tile(
+    image: Any, start: Sequence[int], shape: Sequence[int], *, fill: float | None = None
+) -> np.ndarray:
     """Read one tile ``(C, *shape)`` at spatial ``start`` from a ``(C, *spatial)`` array-like.
 
     Only the bounding box of the needed pixels is read (one slice per axis), so memmaps and
-    chunked arrays are touched no more than necessary; positions outside the image are mirrored.
+    chunked arrays are touched no more than necessary. Positions outside the image are mirrored,
+    or hold ``fill`` when it is given.
+
+    Examples
+    --------
+    >>> row = np.arange(4)[np.newaxis, np.newaxis]
+    >>> read_tile(row, (0, -2), (1, 6)).tolist(), read_tile(row, (0, -2), (1, 6), fill=9).tolist()
+    ([[[2, 1, 0, 1, 2, 3]]], [[[9, 9, 0, 1, 2, 3]]])
     """
+    if fill is not None:
+        return _read_filled(image, start, shape, fill)
     spatial = image.shape[1:]
     box, local = [], []
     for s, n, size in zip(start, shape, spatial, strict=True):
@@ -54,6 +67,20 @@ def read_tile(image: Any, start: Sequence[int], shape: Sequence[int]) -> np.ndar
     for axis, (loc, b) in enumerate(zip(local, box, strict=True)):
         if not (loc[0] == 0 and len(loc) == b.stop - b.start and np.all(np.diff(loc) == 1)):
             out = np.take(out, loc, axis=axis + 1)
+    return out
+
+
+def _read_filled(image: Any, start: Sequence[int], shape: Sequence[int],
+                 fill: float) -> np.ndarray:
+    out = np.full((image.shape[0], *shape), fill, dtype=image.dtype)
+    src, dst = [slice(None)], [slice(None)]
+    for s, n, size in zip(start, shape, image.shape[1:], strict=True):
+        lo, hi = max(s, 0), min(s + n, size)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = image[tuple(src)]
     return out
 
 

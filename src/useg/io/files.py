@@ -27,6 +27,7 @@ __all__ = [
     "list_images",
     "natural_key",
     "pair_by_stem",
+    "pair_files",
     "plan_results",
     "read_json",
     "result_paths",
@@ -84,33 +85,21 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"{path}: nothing was written to the temporary file {tmp.name}")
-        _fsync_file(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    _fsync(path.parent)
 
 
-def _fsync_file(path: Path) -> None:
-    # Without this a crash soon after the rename can leave an empty file under the final name.
+def _fsync(path: Path) -> None:
+    # Syncing the file: without it a crash soon after the rename can leave an empty file under
+    # the final name. Syncing its folder makes the rename itself durable on POSIX (not possible,
+    # nor needed, on Windows).
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; not possible (nor needed) on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -272,52 +261,95 @@ def file_stem(path: str | os.PathLike) -> str:
     return path.stem
 
 
+def _by_stem(paths: list[Path]) -> dict[str, Path]:
+    """The files by name stem, refusing two of one stem."""
+    out: dict[str, Path] = {}
+    for p in paths:
+        s = file_stem(p)
+        if s in out:
+            raise input_error(p, f"has the same name stem {s!r} as {out[s]}; cannot pair them")
+        out[s] = p
+    return out
+
+
 def pair_by_stem(
-    images: Iterable[str | os.PathLike], labels: Iterable[str | os.PathLike]
+    first: Iterable[str | os.PathLike],
+    second: Iterable[str | os.PathLike],
+    *,
+    names: tuple[str, str] = ("image", "label"),
+    partial: tuple[bool, bool] = (False, False),
 ) -> list[tuple[Path, Path]]:
-    """Pair image files with label files of the same name stem (``a.png`` with ``a.tif``).
+    """Pair the files of two lists by name stem (``a.png`` with ``a.tif``).
 
     Parameters
     ----------
-    images, labels : iterable of paths
-        For example the results of :func:`list_images` on two folders.
+    first, second : iterable of paths
+        For example the results of :func:`list_images` on two folders (images and labels).
+    names : (str, str)
+        What the files of each list are, for the messages ("no label file with ...").
+    partial : (bool, bool)
+        Whether files of ``first`` (``second``) without a partner are left out; by default
+        every file needs one.
 
     Returns
     -------
     list of (Path, Path)
-        One ``(image, label)`` pair per image, in the order of ``images``.
+        One pair per paired file of ``first``, in the order of ``first``.
 
     Raises
     ------
     InputError
-        Naming the first file that has no partner, or two files of one list sharing a stem.
+        Naming the first file that has no partner (unless ``partial`` leaves it out), or two
+        files of one list sharing a stem.
 
     Examples
     --------
     >>> [(a.name, b.name) for a, b in pair_by_stem(["im/1.png"], ["lab/1.tif"])]
     [('1.png', '1.tif')]
     """
-    images = [Path(p) for p in images]
-    labels = [Path(p) for p in labels]
+    by_first = _by_stem([Path(p) for p in first])
+    by_second = _by_stem([Path(p) for p in second])
+    sides = ((by_first, by_second, names[1], partial[0]),
+             (by_second, by_first, names[0], partial[1]))
+    for own, other, other_name, leave_out in sides:
+        for s, p in own.items():
+            if s not in other and not leave_out:
+                raise input_error(p, f"no {other_name} file with the name stem {s!r}")
+    return [(p, by_second[s]) for s, p in by_first.items() if s in by_second]
 
-    def by_stem(paths: list[Path]) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for p in paths:
-            s = file_stem(p)
-            if s in out:
-                raise input_error(p, f"has the same name stem {s!r} as {out[s]}; cannot pair them")
-            out[s] = p
-        return out
 
-    image_by = by_stem(images)
-    label_by = by_stem(labels)
-    for s, p in image_by.items():
-        if s not in label_by:
-            raise input_error(p, f"no label file with the name stem {s!r}")
-    for s, p in label_by.items():
-        if s not in image_by:
-            raise input_error(p, f"no image file with the name stem {s!r}")
-    return [(p, label_by[file_stem(p)]) for p in images]
+def pair_files(
+    first: str | os.PathLike,
+    second: str | os.PathLike,
+    *,
+    names: tuple[str, str] = ("image", "label"),
+    one_file_picks: bool = False,
+) -> list[tuple[Path, Path]]:
+    """Pair the image files of two files or folders (see :func:`list_images`) by name stem
+    (:func:`pair_by_stem`); two files are one pair whatever their names.
+
+    With ``one_file_picks``, a file on one side is paired with its partner in the folder on the
+    other side (the folder's other files are left out).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ["im/2.png", "im/10.png", "lab/10.tif", "lab/2.tif"]:
+    ...     (root / name).parent.mkdir(exist_ok=True)
+    ...     _ = (root / name).write_bytes(b"")
+    >>> [(a.name, b.name) for a, b in pair_files(root / "im", root / "lab")]
+    [('2.png', '2.tif'), ('10.png', '10.tif')]
+    >>> [(a.name, b.name) for a, b in pair_files(root / "im/2.png", root / "lab",
+    ...                                         one_file_picks=True)]
+    [('2.png', '2.tif')]
+    """
+    first_files, second_files = list_images(first), list_images(second)
+    first, second = Path(first), Path(second)
+    if first.is_file() and second.is_file():
+        return [(first, second)]
+    partial = (second.is_file(), first.is_file()) if one_file_picks else (False, False)
+    return pair_by_stem(first_files, second_files, names=names, partial=partial)
 
 
 def result_paths(
@@ -421,6 +453,14 @@ def plan_results(
             plan.append(
                 (path, name, result_paths(out, name, probabilities=probabilities, labels=labels))
             )
+    _refuse_collisions(plan)
+    if not overwrite:
+        _refuse_existing(plan)
+    return plan
+
+
+def _refuse_collisions(plan: list[tuple[Path, Path, dict[str, Path]]]) -> None:
+    """Refuse two inputs writing one result, and a result replacing an input."""
     given = {_same_file_key(path): path for path, _, _ in plan}
     writer: dict[str, Path] = {}
     for path, _, results in plan:
@@ -435,12 +475,13 @@ def plan_results(
                 raise input_error(path, f"its result {target} would replace the input "
                                   f"{given[key]}; choose another --out")
             writer[key] = path
-    if not overwrite:
-        for path, _, results in plan:
-            for target in results.values():
-                if target.exists():
-                    raise ConfigError(
-                        f"{target}: already exists (the result for {path}); pass --overwrite "
-                        "to replace it, or choose another --out"
-                    )
-    return plan
+
+
+def _refuse_existing(plan: list[tuple[Path, Path, dict[str, Path]]]) -> None:
+    for path, _, results in plan:
+        for target in results.values():
+            if target.exists():
+                raise ConfigError(
+                    f"{target}: already exists (the result for {path}); pass --overwrite "
+                    "to replace it, or choose another --out"
+                )

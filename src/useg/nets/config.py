@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from useg.errors import ConfigError
+from useg.errors import ConfigError, check_choice
 
 __all__ = ["PRESETS", "UNetConfig", "preset"]
 
@@ -101,10 +101,8 @@ class UNetConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.depth < 0:
             raise ConfigError(f"depth must be >= 0, got {self.depth}")
-        if self.padding not in _PADDINGS:
-            raise ConfigError(f"padding must be one of {_PADDINGS}, got {self.padding!r}")
-        if self.norm not in _NORMS:
-            raise ConfigError(f"norm must be one of {_NORMS}, got {self.norm!r}")
+        check_choice("padding", self.padding, _PADDINGS)
+        check_choice("norm", self.norm, _NORMS)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.double_within_level and self.width % 1:

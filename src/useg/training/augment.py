@@ -565,6 +565,39 @@ def deform(
     >>> bool(torch.allclose(out, img))
     True
     """
+    params, out_shape, label_shape = _deform_settings(
+        image, labels, weights, params, out_shape, label_shape, interpolation
+    )
+    spatial = tuple(image.shape[1:])
+    if not image.is_floating_point():
+        image = image.float()
+    dtype = image.dtype
+    grid = _sampling_grid(params, spatial, out_shape, image.device, dtype)
+    out_image = F.grid_sample(
+        image[None],
+        grid[None],
+        mode={"linear": "bilinear", "cubic": "bicubic"}[interpolation],
+        padding_mode="reflection",
+        align_corners=True,
+    )[0]
+    if labels is None and weights is None:
+        return out_image, None, None
+    label_grid = _label_grid(grid, params, spatial, out_shape, label_shape)
+    out_labels, out_weights = _sample_nearest(labels, weights, label_grid, ignore_index, dtype)
+    return out_image, out_labels, out_weights
+
+
+def _deform_settings(
+    image: torch.Tensor,
+    labels: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    params: DeformParams | None,
+    out_shape: Sequence[int] | None,
+    label_shape: Sequence[int] | None,
+    interpolation: str,
+) -> tuple[DeformParams, tuple[int, ...], tuple[int, ...]]:
+    """The arguments of :func:`deform` checked, with their defaults: the parameters, the image
+    output shape and the label output shape."""
     if image.ndim not in (3, 4):
         raise InputError(f"image must be (C, Y, X) or (C, Z, Y, X), got shape {tuple(image.shape)}")
     spatial = tuple(image.shape[1:])
@@ -588,30 +621,36 @@ def deform(
     for name, shape in (("out_shape", out_shape), ("label_shape", label_shape)):
         if len(shape) != ndim or any(not 0 < o <= s for o, s in zip(shape, spatial, strict=True)):
             raise ConfigError(f"{name} {shape} must be a crop of the input shape {spatial}")
+    return params, out_shape, label_shape
 
-    if not image.is_floating_point():
-        image = image.float()
-    dtype = image.dtype
-    grid = _sampling_grid(params, spatial, out_shape, image.device, dtype)
-    out_image = F.grid_sample(
-        image[None],
-        grid[None],
-        mode={"linear": "bilinear", "cubic": "bicubic"}[interpolation],
-        padding_mode="reflection",
-        align_corners=True,
-    )[0]
-    if labels is None and weights is None:
-        return out_image, None, None
 
+def _label_grid(
+    grid: torch.Tensor,
+    params: DeformParams,
+    spatial: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    label_shape: tuple[int, ...],
+) -> torch.Tensor:
+    """The sampling grid of the labels' centred crop, given the image's ``grid``."""
     if all(lab <= out for lab, out in zip(label_shape, out_shape, strict=True)):
         # Both are centred crops of one frame: the label grid is a sub-box of the image grid.
         box = tuple(
             slice((s - lab) // 2 - (s - o) // 2, (s - lab) // 2 - (s - o) // 2 + lab)
             for s, o, lab in zip(spatial, out_shape, label_shape, strict=True)
         )
-        label_grid = grid[box]
-    else:
-        label_grid = _sampling_grid(params, spatial, label_shape, image.device, dtype)
+        return grid[box]
+    return _sampling_grid(params, spatial, label_shape, grid.device, grid.dtype)
+
+
+def _sample_nearest(
+    labels: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    label_grid: torch.Tensor,
+    ignore_index: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Labels and weights resampled through ``label_grid`` (nearest neighbour); outside the
+    input, labels are ``ignore_index`` and weights 0. ``dtype``: the image's float type."""
     if labels is not None and not labels.is_signed() and ignore_index < 0:
         labels = labels.long()  # so that voxels from outside can hold a negative ignore_index
     # Labels and weights share one nearest-neighbour pass. Zero padding marks outside voxels:
@@ -619,10 +658,11 @@ def deform(
     sample_dtype = dtype
     if labels is not None and not _exact_in(labels, ignore_index, dtype):
         sample_dtype = torch.float64
+    spatial = (labels if labels is not None else weights).shape
     # Both go into one buffer directly (no per-array copy, then a stack).
     stacked = torch.empty(
         ((labels is not None) + (weights is not None), *spatial),
-        dtype=sample_dtype, device=image.device,
+        dtype=sample_dtype, device=label_grid.device,
     )
     if labels is not None:
         stacked[0].copy_(labels).sub_(ignore_index)
@@ -641,7 +681,7 @@ def deform(
         out_labels = sampled[0].add_(ignore_index).to(labels.dtype)
     if weights is not None:
         out_weights = sampled[-1].to(weights.dtype if weights.is_floating_point() else dtype)
-    return out_image, out_labels, out_weights
+    return out_labels, out_weights
 
 
 def adjust_gray(image: torch.Tensor, params: GrayParams) -> torch.Tensor:

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from useg.device import check_precision
-from useg.errors import ConfigError
+from useg.errors import ConfigError, check_choice
 from useg.io import normalize as norm
+from useg.training.options import TrainOptions
 
 __all__ = ["OPTIMIZERS", "RESUMABLE", "SCHEDULES", "SIGMA_UNIT", "TrainConfig", "lr_factor"]
 
@@ -37,46 +38,50 @@ SCHEDULES = ("constant", "poly", "cosine")
 RESUMABLE = ("iterations", "workers", "device")
 
 
+# The settings that useg train and densify expose take their defaults from the command line's
+# (TrainOptions, which needs no torch): one default per setting.
+_CLI = TrainOptions()
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (saved as the run's ``config.json``)."""
 
     net: dict[str, Any] = field(default_factory=lambda: {"ndim": 2})
     tile: Sequence[int] | int = 572
-    iterations: int = 2000
-    batch_size: int = 1
-    optimizer: str = "sgd"
-    lr: float | None = None  # None: 0.01 for SGD, 1e-3 for Adam/AdamW
-    momentum: float = 0.99
-    weight_decay: float = 0.0
-    schedule: str = "poly"
+    iterations: int = _CLI.iterations
+    batch_size: int = _CLI.batch_size
+    optimizer: str = _CLI.optimizer
+    lr: float | None = _CLI.lr  # None: 0.01 for SGD, 1e-3 for Adam/AdamW
+    momentum: float = _CLI.momentum
+    weight_decay: float = _CLI.weight_decay
+    schedule: str = _CLI.schedule
     warmup: int = 0
     # "auto": see useg.device.resolve_precision; train() records the precision it resolved to.
-    precision: str = "auto"
-    grad_clip: float | None = None
-    dice_weight: float = 0.0
+    precision: str = _CLI.precision
+    grad_clip: float | None = _CLI.grad_clip
+    dice_weight: float = _CLI.dice
     augment: dict[str, Any] | None = field(default_factory=dict)
     label_mode: str = "binary"
-    unlabeled: int | None = None
-    boundary_width: int = 1
-    spacing: Sequence[float] | None = None  # voxel size overriding the files' (model header)
-    w0: float = 10.0
-    sigma: float = 5.0  # in pixels of the finest axis (see useg.training.samples.make_sample)
+    unlabeled: int | None = _CLI.unlabeled
+    boundary_width: int = _CLI.boundary_width
+    # The voxel size overriding the files' (recorded in the model header).
+    spacing: Sequence[float] | None = _CLI.spacing
+    w0: float = _CLI.w0
+    sigma: float = _CLI.sigma  # pixels of the finest axis (useg.training.samples.make_sample)
     class_balance: bool = True
     normalization: dict[str, Any] = field(default_factory=lambda: dict(norm.DEFAULT))
-    val_every: int = 200
-    checkpoint_every: int = 100
-    log_every: int = 10
-    seed: int = 0
-    workers: int = 1
-    device: str = "auto"
+    val_every: int = _CLI.val_every
+    checkpoint_every: int = _CLI.checkpoint_every
+    log_every: int = _CLI.log_every
+    seed: int = _CLI.seed
+    workers: int = _CLI.workers
+    device: str = _CLI.device
     labels: dict[str, Any] = field(default_factory=dict)  # class names etc., for the model file
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
         if self.iterations < 1 or self.batch_size < 1:
             raise ConfigError("iterations and batch size must be at least 1")
         check_precision(self.precision)

@@ -5,12 +5,14 @@ builder of training configurations.
 the paper's network for it (``ronneberger2015`` in 2D, ``cicek2016`` in 3D), the pooling chosen
 from the voxel spacing (:func:`useg.nets.geometry.anisotropic_pools`), the paper's tile and the
 label mode of the dimension. ``useg train``, ``useg densify``,
-:func:`useg.workflows.densify.default_config` and the demo all build theirs with it;
+:func:`useg.workflows.densify.densify` and the demo all build theirs with it;
 :func:`build_config` maps the command-line options
 (:class:`~useg.training.options.TrainOptions`) onto it.
 
 :func:`train_from_folders` reads the files, builds the configuration (or continues a saved run,
-refusing options that differ from it) and trains (:func:`useg.training.loop.train`).
+refusing options that differ from it: :func:`resumed_config`) and trains
+(:func:`useg.training.loop.train`). :func:`labels_record` is what a run records about its labels
+and data files, :func:`recorded_slices` the annotated slices it recorded.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from useg.training.config import RESUMABLE, TrainConfig
 from useg.training.loop import train
 from useg.training.options import NET_OPTIONS, TrainOptions, parse_pool, parse_slices
 from useg.training.run_folder import CONFIG, read_config
-from useg.training.samples import load_pairs
+from useg.training.samples import Sample, load_pairs
 
 __all__ = [
     "build_config",
@@ -38,7 +40,9 @@ __all__ = [
     "default_label_mode",
     "default_preset",
     "default_tile",
+    "labels_record",
     "make_config",
+    "recorded_slices",
     "resumed_config",
     "saved_run",
     "train_from_folders",
@@ -116,17 +120,34 @@ def make_config(
     """
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     net_options = {k: options.pop(k) for k in list(options) if k not in known}
+    label_mode = label_mode or default_label_mode(ndim)
+    net = _network(
+        ndim, preset, label_mode, in_channels=in_channels, classes=classes, pool=pool,
+        voxels=spacing if spacing is not None else file_spacing, **net_options,
+    )
+    d = net.to_dict()
+    d["pool"] = [list(level) for level in d["pool"]] if d["pool"] is not None else None
+    return TrainConfig(
+        net=d, tile=_input_tile(tile, net), label_mode=label_mode,
+        spacing=[float(s) for s in spacing] if spacing is not None else None, **options,
+    )
+
+
+def _network(
+    ndim: int, preset: str | None, label_mode: str, *, in_channels: int, classes: int | None,
+    pool: Sequence[Sequence[int]] | None, voxels: Sequence[float] | None, **net_options: Any,
+) -> UNetConfig:
+    """The preset's network for the data, its pooling chosen from the voxel size (see
+    :func:`make_config`)."""
     name = preset or default_preset(ndim)
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     values = dict(PRESETS[name])
     if preset is not None and values["ndim"] != ndim:
         raise ConfigError(f"preset {name} is {values['ndim']}D but the data are {ndim}D")
-    label_mode = label_mode or default_label_mode(ndim)
     if classes is None:
         classes = values["classes"] if label_mode == "classes" else 2
     values.update(ndim=ndim, in_channels=in_channels, classes=classes, **net_options)
-    voxels = spacing if spacing is not None else file_spacing
     if pool is None and values.get("pool") is None and voxels is not None:
         levels = anisotropic_pools(tuple(voxels)[-ndim:], values["depth"])
         if any(f != 2 for level in levels for f in level):
@@ -134,7 +155,13 @@ def make_config(
     if pool is not None:
         values["pool"] = [list(level) for level in pool]
         values["depth"] = len(pool)
-    net = UNetConfig(**values)
+    return UNetConfig(**values)
+
+
+def _input_tile(tile: Sequence[int] | int | None, net: UNetConfig) -> list[int]:
+    """``tile`` as ``net.ndim`` sizes (default :func:`default_tile`), each at least the
+    network's smallest valid input."""
+    ndim = net.ndim
     if tile is None:
         tile = default_tile(ndim)
     elif isinstance(tile, int):
@@ -143,13 +170,7 @@ def make_config(
         tile = list(tile) * ndim
     elif len(tile) != ndim:
         raise ConfigError(f"tile needs 1 or {ndim} sizes, got {list(tile)}")
-    tile = [max(int(t), m) for t, m in zip(tile, min_input_shape(net), strict=True)]
-    d = net.to_dict()
-    d["pool"] = [list(level) for level in d["pool"]] if d["pool"] is not None else None
-    return TrainConfig(
-        net=d, tile=tile, label_mode=label_mode,
-        spacing=[float(s) for s in spacing] if spacing is not None else None, **options,
-    )
+    return [max(int(t), m) for t, m in zip(tile, min_input_shape(net), strict=True)]
 
 
 def build_config(
@@ -167,8 +188,6 @@ def build_config(
     # A 2D network on the slices of stacks takes the stacks' three values.
     if override is not None and len(override) not in ((3,) if ndim == 3 else (ndim, ndim + 1)):
         raise ConfigError(f"--spacing needs {ndim} values for {ndim}D data, got {len(override)}")
-    if options.tile is not None and len(options.tile) not in (1, ndim):
-        raise ConfigError(f"--tile needs 1 or {ndim} sizes")
     net = {k: getattr(options, k) for k in NET_OPTIONS if getattr(options, k, None) is not None}
     cfg = make_config(
         ndim, in_channels=in_channels, label_mode=options.label_mode, preset=options.preset,
@@ -293,15 +312,40 @@ def check_resume_options(
 
 def resumed_config(
     saved: dict[str, Any], given: Sequence[tuple[str, str]], values: Mapping[str, Any],
+    config_path: Path, free: Collection[str] = frozenset(),
 ) -> TrainConfig:
     """The saved run's :class:`~useg.training.config.TrainConfig` with the options a resumed run
     honours (:data:`~useg.training.config.RESUMABLE`) taken from ``values`` where ``given``
-    names them."""
+    names them, after refusing the others that differ from the saved run
+    (:func:`check_resume_options`, with ``config_path`` and ``free``)."""
+    check_resume_options(given, values, saved, config_path, free)
     cfg = TrainConfig.from_dict(saved)
     for dest, _ in given:
         if dest in RESUMABLE:
             setattr(cfg, dest, values[dest])
     return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# What a run records about its data
+
+
+def labels_record(mode: str, classes: int, data: dict[str, Any]) -> dict[str, Any]:
+    """The ``labels`` of a :class:`~useg.training.config.TrainConfig` (kept in the model file):
+    the label mode, a name per class and the data files (``data``) the run trains on."""
+    if mode == "boundary":
+        names = ["interior", "boundary"]
+    elif mode == "classes":
+        names = [f"class {i}" for i in range(classes)]
+    else:
+        names = ["background", "foreground"]
+    return {"mode": mode, "classes": names, "data": data}
+
+
+def recorded_slices(data: Mapping[str, Any]) -> dict[int, list[int]] | None:
+    """The annotated slices a run's data record names (axis -> indices), if sparse."""
+    slices = data.get("slices")
+    return {int(k): v for k, v in slices.items()} if slices else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,37 +397,44 @@ def train_from_folders(
         saved, data, config_path = saved_run(out)
         if not data:
             raise InputError(f"{config_path}: no data paths recorded; cannot resume")
-        values = {**dataclasses.asdict(options), **paths}
-        check_resume_options(given, values, saved, config_path)
-        cfg = resumed_config(saved, given, values)
+        cfg = resumed_config(saved, given, {**dataclasses.asdict(options), **paths}, config_path)
     else:
-        if images is None or labels is None:
-            raise ConfigError("--images and --labels are required (or --resume)")
-        for p in paths.values():
-            if p is not None and not Path(p).exists():
-                raise InputError(f"{p}: no such file or folder")
-        if (val_images is None) != (val_labels is None):
-            raise ConfigError("--val-images and --val-labels go together")
-        first, first_meta = io.read_image(io.list_images(images)[0])
-        ndim = first.ndim - 1
-        if ndim == 3 and options.preset == "ronneberger2015":
-            ndim = 2  # a 2D network trained on the slices of stacks
-        kwargs = build_config(options, ndim, first.shape[0], first_meta.get("spacing"))
-        data = {
-            "images": str(Path(images)), "labels": str(Path(labels)),
-            "val_images": str(Path(val_images)) if val_images else None,
-            "val_labels": str(Path(val_labels)) if val_labels else None,
-            "slices": parse_slices(options.slices, ndim),
-        }
-        kwargs["labels"] = {"mode": kwargs["label_mode"], "classes": ["background", "foreground"]
-                            if kwargs["label_mode"] != "boundary" else ["interior", "boundary"],
-                            "data": data}
-        cfg = TrainConfig(**kwargs)
-    net = cfg.net
-    slices = data.get("slices")
-    if slices:
-        slices = {int(k): v for k, v in slices.items()}
-    opts = cfg.sample_options(slices)
+        cfg = _new_run_config(options, **paths)
+    samples, val = _training_samples(cfg)
+    return train(cfg, samples, out, val_samples=val, resume=resume, progress=progress)
+
+
+def _new_run_config(
+    options: TrainOptions, images: str | os.PathLike | None, labels: str | os.PathLike | None,
+    val_images: str | os.PathLike | None, val_labels: str | os.PathLike | None,
+) -> TrainConfig:
+    """The configuration of a new ``useg train`` run, from the options and the first image."""
+    if images is None or labels is None:
+        raise ConfigError("--images and --labels are required (or --resume)")
+    for p in (images, labels, val_images, val_labels):
+        if p is not None and not Path(p).exists():
+            raise InputError(f"{p}: no such file or folder")
+    if (val_images is None) != (val_labels is None):
+        raise ConfigError("--val-images and --val-labels go together")
+    first, first_meta = io.read_image(io.list_images(images)[0])
+    ndim = first.ndim - 1
+    if ndim == 3 and options.preset == "ronneberger2015":
+        ndim = 2  # a 2D network trained on the slices of stacks
+    kwargs = build_config(options, ndim, first.shape[0], first_meta.get("spacing"))
+    data = {
+        "images": str(Path(images)), "labels": str(Path(labels)),
+        "val_images": str(Path(val_images)) if val_images else None,
+        "val_labels": str(Path(val_labels)) if val_labels else None,
+        "slices": parse_slices(options.slices, ndim),
+    }
+    kwargs["labels"] = labels_record(kwargs["label_mode"], kwargs["net"]["classes"], data)
+    return TrainConfig(**kwargs)
+
+
+def _training_samples(cfg: TrainConfig) -> tuple[list[Sample], list[Sample] | None]:
+    """The training and validation samples of the files ``cfg`` records."""
+    data, net = cfg.labels["data"], cfg.net
+    opts = cfg.sample_options(recorded_slices(data))
     samples = load_pairs(data["images"], data["labels"], ndim=net["ndim"],
                          in_channels=net["in_channels"], spacing=cfg.spacing, **opts)
     val = None
@@ -391,4 +442,4 @@ def train_from_folders(
         val = load_pairs(data["val_images"], data["val_labels"], ndim=net["ndim"],
                          in_channels=net["in_channels"], spacing=cfg.spacing,
                          **{**opts, "slices": None})
-    return train(cfg, samples, out, val_samples=val, resume=resume, progress=progress)
+    return samples, val

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from useg.nets.forward import memory_format
 from useg.nets.geometry import output_shape, valid_input_shape
 from useg.nets.unet import UNet
 from useg.training.config import TrainConfig, lr_factor
-from useg.training.distributed import all_reduce_sum, init_distributed, shared_precision
+from useg.training.distributed import Dist, all_reduce_sum, init_distributed, shared_precision
 from useg.training.run_folder import (
     LOG,
     STATE,
@@ -84,17 +85,221 @@ def train(
     the learning-rate schedule is recomputed over the new total; the saved configuration is
     updated.
     """
-    from useg.training.losses import SegmentationLoss
-
     out = Path(out_dir)
-    state_path = out / STATE
+    cfg, resumed_from = _open_run_folder(cfg, out, resume)
+    run = _start_run(cfg, out, samples, resume, resumed_from)
+    stream, loader = _tile_loader(run, samples)
+    bar = _progress_bar(run) if progress and run.dist.main else None
+    run.model.train()
+    batches = iter(loader)
+    try:
+        while run.step < cfg.iterations:
+            run.train_step(batches, stream)
+            if run.due(cfg.log_every):
+                run.log(val_samples, callback)
+            if run.due(cfg.checkpoint_every):
+                run.checkpoint()
+            if bar is not None:
+                _show_progress(bar, run)
+    finally:
+        if bar is not None:
+            bar.close()
+        del batches  # shuts the loader's worker processes down now, not when collected
+        _leave_process_group(run.dist)
+    if not (out / "best.safetensors").exists():
+        return out / "last.safetensors"
+    return out / "best.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: its state, one step, log rows and checkpoints
+
+
+@dataclass
+class _Run:
+    """A training run in progress: what it trains with, and how far it has got.
+
+    Every process steps and settles its losses (a sum across processes); only the main one
+    validates, logs and writes checkpoints.
+    """
+
+    cfg: TrainConfig
+    out: Path
+    dist: Dist
+    device: torch.device
+    tile: tuple[int, ...]
+    out_tile: tuple[int, ...]
+    fmt: torch.memory_format
+    model: UNet
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    loss_fn: torch.nn.Module
+    scaler: torch.amp.GradScaler | None
+    meta: dict[str, Any]  # the header of every model file the run writes
+    step: int = 0
+    best: float | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    window: list[float] = field(default_factory=list)  # losses since the last log row
+    # Losses stay on the device until a log row or checkpoint needs them: reading one back is a
+    # host sync, which on a GPU would stop the loop from queueing the next step meanwhile.
+    pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    last_value: float = math.nan
+    data_wait: float = 0.0  # seconds spent waiting for batches
+    compute: float = 0.0  # seconds spent in steps
+
+    def due(self, every: int) -> bool:
+        """Whether the step reached is a multiple of ``every`` or the last one."""
+        return self.step % every == 0 or self.step == self.cfg.iterations
+
+    # ------------------------------------------------------------------------------------------
+    # One step
+
+    def train_step(self, batches: Iterator[Any], stream: TileStream) -> None:
+        """One optimizer step on the next batch of ``batches``; its loss joins ``pending``."""
+        t0 = time.perf_counter()
+        packed = torch.as_tensor(next(batches))
+        t1 = time.perf_counter()
+        x, y, w = self._on_device(packed, stream)
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.lr * lr_factor(self.cfg, self.step)
+        # Dropout of step k depends on (seed, k, rank) only.
+        torch.manual_seed(_step_seed(self.cfg.seed, self.step, self.dist.rank))
+        with autocast(self.device, self.cfg.precision):
+            logits = self.net(x)
+        loss = self._loss(logits, y, w)
+        self._descend(loss)
+        self.pending.append((self.step, loss.detach()))
+        self.step += 1
+        self.data_wait += t1 - t0
+        self.compute += time.perf_counter() - t1
+
+    def _on_device(
+        self, packed: torch.Tensor, stream: TileStream
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.device.type == "cuda" and not packed.is_pinned():
+            packed = packed.pin_memory()  # so that the copy below does not wait
+        # One transfer for the whole batch, then views of images, targets and weights.
+        x, y, w = stream.unpack(packed.to(self.device, non_blocking=True), self.cfg.batch_size)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=self.fmt)
+        return x, y, w
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fn(logits.float(), y, w)
+        if self.dist.world > 1:
+            # DDP averages gradients over processes; scale each process's loss so that the
+            # average equals the loss normalised by the weight of the whole global batch.
+            local = w.sum() if self.cfg.dice_weight == 0 else torch.ones((), device=self.device)
+            total = all_reduce_sum(local.detach(), self.dist)
+            loss = loss * local * self.dist.world / total.clamp_min(1e-12)
+        return loss
+
+    def _descend(self, loss: torch.Tensor) -> None:
+        """Backward pass, gradient clipping and optimizer step (through the fp16 scaler)."""
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+
+    # ------------------------------------------------------------------------------------------
+    # Log rows, validation and checkpoints
+
+    def settle(self) -> None:
+        """Read the pending losses back (averaged over processes) into ``window``; raise
+        :class:`~useg.errors.ConfigError` at the first one that is not finite."""
+        for k, loss_k in self.pending:
+            value = float(all_reduce_sum(loss_k, self.dist)) / self.dist.world
+            if not math.isfinite(value):
+                raise ConfigError(
+                    f"training diverged at step {k} (loss {value}); "
+                    "lower --lr or use --grad-clip"
+                )
+            self.window.append(value)
+            self.last_value = value
+        self.pending.clear()
+
+    def log(
+        self,
+        val_samples: list[Sample] | None,
+        callback: Callable[[int, dict[str, Any]], None] | None,
+    ) -> None:
+        """Add a log row (mean loss since the last one, learning rate, share of time spent
+        waiting for data), with validation metrics at validation steps."""
+        self.settle()
+        row = {
+            "step": self.step,
+            "loss": float(np.mean(self.window)),
+            "lr": self.opt.param_groups[0]["lr"],
+            "data_wait": self.data_wait / max(self.data_wait + self.compute, 1e-9),
+        }
+        self.window.clear()
+        if val_samples and self.dist.main and self.due(self.cfg.val_every):
+            self._validate(row, val_samples)
+        self.rows.append(row)
+        if callback:
+            callback(self.step, row)
+
+    def _validate(self, row: dict[str, Any], val_samples: list[Sample]) -> None:
+        """Add the validation metrics to ``row``; save ``best`` when the score is the best yet."""
+        row.update(
+            evaluate_samples(self.model, val_samples, self.device, self.tile, self.cfg.precision)
+        )
+        score = row["val_iou"]
+        if self.best is None or score > self.best:
+            self.best = score
+            meta = {**self.meta, "step": self.step, "val": row}
+            save_model(self.model, self.out / "best.safetensors", meta)
+        self.model.train()
+
+    def checkpoint(self) -> None:
+        """Write a checkpoint of the step reached (main process only)."""
+        self.settle()  # never write a state whose losses were not checked
+        if not self.dist.main:
+            return
+        info = {"step": self.step, "best": self.best, "window": list(self.window)}
+        write_checkpoint(self.out, self.model, self.opt, info, self.rows, self.meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# Setting up a run
+
+
+def _open_run_folder(
+    cfg: TrainConfig, out: Path, resume: bool
+) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The configuration to train with and, when resuming, the saved one; creates ``out``.
+
+    Raises :class:`~useg.errors.InputError` when ``out`` holds a run and ``resume`` is False.
+    """
     resumed_from = None
     if resume:
         check_resumable(out)
         cfg, resumed_from = resume_config(cfg, out)
-    elif state_path.exists():
+    elif (out / STATE).exists():
         raise InputError(f"{out}: a run already exists here; use --resume or another --out")
     out.mkdir(parents=True, exist_ok=True)
+    return cfg, resumed_from
+
+
+def _start_run(
+    cfg: TrainConfig,
+    out: Path,
+    samples: list[Sample],
+    resume: bool,
+    resumed_from: dict[str, Any] | None,
+) -> _Run:
+    """Join the job, settle precision and tile, save the configuration, build the network and
+    optimizer, and load the trainer state when resuming."""
+    from useg.training.losses import SegmentationLoss
 
     net_cfg = UNetConfig.from_dict(cfg.net)
     dist_info, device = init_distributed(cfg.device)
@@ -105,8 +310,25 @@ def train(
     if dist_info.main and (not resume or cfg.to_dict() != resumed_from):
         # A resumed run records what it changed, so that the next --resume continues it.
         write_config(out, cfg)
+    model, net, fmt = _build_network(net_cfg, cfg.seed, device, dist_info)
+    opt = _optimizer(cfg, model.parameters())
+    run = _Run(
+        cfg, out, dist_info, device, tile, out_tile, fmt, model, net, opt,
+        loss_fn=SegmentationLoss(dice_weight=cfg.dice_weight),
+        scaler=_grad_scaler(cfg.precision, device),
+        meta=_model_meta(cfg, samples),
+    )
+    if resume:
+        _load_progress(run)
+    return run
 
-    torch.manual_seed(cfg.seed)
+
+def _build_network(
+    net_cfg: UNetConfig, seed: int, device: torch.device, dist_info: Dist
+) -> tuple[UNet, torch.nn.Module, torch.memory_format]:
+    """The model (initialised from ``seed``), the module that trains it (the model, or its
+    DistributedDataParallel wrapper) and the memory format of its inputs."""
+    torch.manual_seed(seed)
     model = UNet(net_cfg).to(device)
     fmt = memory_format(net_cfg.ndim)
     if device.type == "cpu":
@@ -118,34 +340,47 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
-    opt = _optimizer(cfg, model.parameters())
-    loss_fn = SegmentationLoss(dice_weight=cfg.dice_weight)
-    step, best, rows = 0, None, []
-    window: list[float] = []  # losses since the last log row
-    if resume:
-        info = load_state(state_path, model, opt)
-        step, best = int(info["step"]), info.get("best")
-        window = [float(v) for v in info.get("window", [])]
-        # A killed run may have logged past its last checkpoint: drop those rows.
-        rows = [r for r in read_log(out / LOG) if int(r["step"]) <= step]
+    return model, net, fmt
 
-    scaler = (
-        torch.amp.GradScaler("cuda")
-        if (cfg.precision == "fp16" and device.type == "cuda")
-        else None
-    )
+
+def _grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+    if precision == "fp16" and device.type == "cuda":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def _model_meta(cfg: TrainConfig, samples: list[Sample]) -> dict[str, Any]:
+    """The header of the run's model files: spacing, normalisation, labels, provenance."""
     spacing = cfg.spacing if cfg.spacing is not None else samples[0].spacing if samples else None
-    meta = {
+    return {
         "spacing": [float(v) for v in spacing] if spacing is not None else None,
         "normalization": cfg.normalization,
         "labels": cfg.labels or {"mode": cfg.label_mode},
         "provenance": {"trainer": "useg", "config": cfg.to_dict()},
     }
 
+
+def _load_progress(run: _Run) -> None:
+    """Load the trainer state of ``run.out`` into the run: weights, optimizer, step, best score,
+    unlogged losses and log rows."""
+    info = load_state(run.out / STATE, run.model, run.opt)
+    run.step, run.best = int(info["step"]), info.get("best")
+    run.window = [float(v) for v in info.get("window", [])]
+    # A killed run may have logged past its last checkpoint: drop those rows.
+    run.rows = [r for r in read_log(run.out / LOG) if int(r["step"]) <= run.step]
+
+
+def _tile_loader(
+    run: _Run, samples: list[Sample]
+) -> tuple[TileStream, torch.utils.data.DataLoader]:
+    """This process's share of the training tiles from the step reached, and their loader."""
+    cfg = run.cfg
     stream = TileStream(
-        samples, tile, out_tile, augment=cfg.augment, seed=cfg.seed, start=step * cfg.batch_size
+        samples, run.tile, run.out_tile, augment=cfg.augment, seed=cfg.seed,
+        start=run.step * cfg.batch_size,
     )
-    stream.shard(dist_info.rank, dist_info.world, cfg.batch_size)
+    stream.shard(run.dist.rank, run.dist.world, cfg.batch_size)
     workers = max(0, int(cfg.workers))
     loader = torch.utils.data.DataLoader(
         stream,
@@ -155,129 +390,37 @@ def train(
         worker_init_fn=_worker_init if workers else None,
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
-        pin_memory=device.type == "cuda",
+        pin_memory=run.device.type == "cuda",
     )
-
-    bar = None
-    if progress and dist_info.main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.iterations, initial=step, unit="it", desc="train", dynamic_ncols=True)
-
-    def checkpoint(current_step: int) -> None:
-        if not dist_info.main:
-            return
-        info = {"step": current_step, "best": best, "window": list(window)}
-        write_checkpoint(out, model, opt, info, rows, meta)
-
-    # Losses stay on the device until a log row or checkpoint needs them: reading one back is a
-    # host sync, which on a GPU would stop the loop from queueing the next step meanwhile.
-    pending: list[tuple[int, torch.Tensor]] = []
-    last_value = [math.nan]
-
-    def settle() -> None:
-        for k, loss_k in pending:
-            value = float(all_reduce_sum(loss_k, dist_info)) / dist_info.world
-            if not math.isfinite(value):
-                raise ConfigError(
-                    f"training diverged at step {k} (loss {value}); "
-                    "lower --lr or use --grad-clip"
-                )
-            window.append(value)
-            last_value[0] = value
-        pending.clear()
-
-    model.train()
-    data_wait = compute = 0.0
-    it = iter(loader)
-    try:
-        while step < cfg.iterations:
-            t0 = time.perf_counter()
-            packed = torch.as_tensor(next(it))
-            t1 = time.perf_counter()
-            if device.type == "cuda" and not packed.is_pinned():
-                packed = packed.pin_memory()  # so that the copy below does not wait
-            # One transfer for the whole batch, then views of images, targets and weights.
-            x, y, w = stream.unpack(packed.to(device, non_blocking=True), cfg.batch_size)
-            if device.type == "cpu":
-                x = x.contiguous(memory_format=fmt)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg, step)
-            # Dropout of step k depends on (seed, k, rank) only.
-            torch.manual_seed(_step_seed(cfg.seed, step, dist_info.rank))
-            with autocast(device, cfg.precision):
-                logits = net(x)
-            loss = loss_fn(logits.float(), y, w)
-            if dist_info.world > 1:
-                # DDP averages gradients over processes; scale each process's loss so that the
-                # average equals the loss normalised by the weight of the whole global batch.
-                local = w.sum() if cfg.dice_weight == 0 else torch.ones((), device=device)
-                total = all_reduce_sum(local.detach(), dist_info)
-                loss = loss * local * dist_info.world / total.clamp_min(1e-12)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            pending.append((step, loss.detach()))
-            step += 1
-            t2 = time.perf_counter()
-            data_wait += t1 - t0
-            compute += t2 - t1
-            if step % cfg.log_every == 0 or step == cfg.iterations:
-                settle()
-                row = {
-                    "step": step,
-                    "loss": float(np.mean(window)),
-                    "lr": opt.param_groups[0]["lr"],
-                    "data_wait": data_wait / max(data_wait + compute, 1e-9),
-                }
-                window.clear()
-                if (
-                    val_samples
-                    and dist_info.main
-                    and (step % cfg.val_every == 0 or step == cfg.iterations)
-                ):
-                    row.update(evaluate_samples(model, val_samples, device, tile, cfg.precision))
-                    score = row["val_iou"]
-                    if best is None or score > best:
-                        best = score
-                        save_model(
-                            model, out / "best.safetensors", {**meta, "step": step, "val": row}
-                        )
-                    model.train()
-                rows.append(row)
-                if callback:
-                    callback(step, row)
-            if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
-                settle()  # never write a state whose losses were not checked
-                checkpoint(step)
-            if bar is not None:
-                bar.update(1)
-                if not pending:
-                    bar.set_postfix(loss=f"{last_value[0]:.4f}", refresh=False)
-    finally:
-        if bar is not None:
-            bar.close()
-        del it
-        if dist_info.world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-    if not (out / "best.safetensors").exists():
-        return out / "last.safetensors"
-    return out / "best.safetensors"
+    return stream, loader
 
 
 def _worker_init(_: int) -> None:
     # Workers prepare tiles; one thread each leaves the cores to the training step.
     torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress and teardown
+
+
+def _progress_bar(run: _Run) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=run.cfg.iterations, initial=run.step, unit="it", desc="train", dynamic_ncols=True
+    )
+
+
+def _show_progress(bar: Any, run: _Run) -> None:
+    bar.update(1)
+    if not run.pending:  # the last loss is shown only once read back: no extra host sync
+        bar.set_postfix(loss=f"{run.last_value:.4f}", refresh=False)
+
+
+def _leave_process_group(dist_info: Dist) -> None:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

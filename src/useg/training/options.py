@@ -16,7 +16,10 @@ __all__ = ["NET_OPTIONS", "TrainOptions", "parse_pool", "parse_slices"]
 @dataclass
 class TrainOptions:
     """The options of ``useg train`` and ``useg densify``, named and defaulted as on the
-    command line (``--no-augment`` is ``no_augment``; None leaves the preset's value)."""
+    command line (``--no-augment`` is ``no_augment``; None leaves the preset's value).
+
+    The defaults of the training settings are also those of
+    :class:`~useg.training.config.TrainConfig`, which takes them from here."""
 
     # network
     preset: str | None = None

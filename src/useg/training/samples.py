@@ -284,18 +284,8 @@ def load_pairs(
     """
     from useg import io
 
-    image_files = io.list_images(images)
-    label_files = io.list_images(labels)
-    if not image_files:
-        raise InputError(f"{images}: no PNG or TIFF images found")
-    if not label_files:
-        raise InputError(f"{labels}: no PNG or TIFF label images found")
-    if Path(images).is_file() and Path(labels).is_file():
-        pairs = [(Path(images), Path(labels))]
-    else:
-        pairs = io.pair_by_stem(image_files, label_files)
     samples = []
-    for img_path, lab_path in pairs:
+    for img_path, lab_path in io.pair_files(images, labels):
         image, meta = io.read_image(img_path)
         lab, _ = io.read_labels(lab_path)
         if in_channels is not None and image.shape[0] != in_channels:

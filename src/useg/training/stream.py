@@ -24,21 +24,6 @@ from useg.training.samples import Sample
 __all__ = ["TileStream", "item_generator"]
 
 
-def _read_labels_tile(array: np.ndarray, start: Sequence[int], shape: Sequence[int],
-                      fill: float) -> np.ndarray:
-    """Like :func:`useg.io.arrays.read_tile` for channel-less arrays, but ``fill`` outside."""
-    out = np.full(tuple(shape), fill, dtype=array.dtype)
-    src, dst = [], []
-    for s, n, size in zip(start, shape, array.shape, strict=True):
-        lo, hi = max(s, 0), min(s + n, size)
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s, hi - s))
-    out[tuple(dst)] = array[tuple(src)]
-    return out
-
-
 # Packed batches from this size on travel from loader workers in shared memory (measured
 # crossover on a 2-core machine: below it, pickling through the pipe costs less CPU and latency).
 _SHARED_BATCH_BYTES = 1 << 20
@@ -108,8 +93,9 @@ class TileStream(torch.utils.data.IterableDataset):
             window = tuple(int(math.ceil(n * grow)) + 8 for n in self.in_shape)
         start = tuple(c - w // 2 for c, w in zip(centre, window, strict=True))
         image = read_tile(sample.image, start, window)
-        target = _read_labels_tile(sample.target, start, window, IGNORE)
-        weight = _read_labels_tile(sample.weight, start, window, 0.0)
+        # Targets and weights: no label (weight 0) outside, which mirroring would invent.
+        target = read_tile(sample.target[np.newaxis], start, window, fill=IGNORE)[0]
+        weight = read_tile(sample.weight[np.newaxis], start, window, fill=0.0)[0]
         if self.augment is not None:
             image, target, weight = _augment(image, target, weight, self.in_shape,
                                              self.out_shape, rng, self.augment, sample.spacing)

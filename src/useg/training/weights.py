@@ -186,29 +186,49 @@ def border_weight_map(
         raise InputError(f"instances must be an integer array, got dtype {instances.dtype}")
     if instances.ndim == 0:
         raise InputError("instances must have at least one dimension")
-    ndim = instances.ndim
-    spacing = _check_spacing(spacing, ndim)
+    spacing = _check_spacing(spacing, instances.ndim)
     if not sigma > 0:
         raise ConfigError(f"sigma must be > 0, got {sigma}")
     if not w0 >= 0:
         raise ConfigError(f"w0 must be >= 0, got {w0}")
     if not 0 < tol < 1:
         raise ConfigError(f"tol must be in (0, 1), got {tol}")
-
     is_background = instances == background
-    if class_weights is True:
-        weights = class_balance_weights(is_background.view(np.uint8))
-    elif class_weights is False:
-        weights = np.ones(instances.shape, np.float32)
-    else:
-        weights = np.array(class_weights, dtype=np.float32)
-        if weights.shape != instances.shape:
-            raise InputError(
-                f"class_weights has shape {weights.shape}, instances have {instances.shape}"
-            )
+    weights = _class_weight_map(instances, is_background, class_weights)
     if w0 == 0:
         return weights
+    _add_border_term(weights, instances, is_background, background, spacing, w0, sigma, tol)
+    return weights
 
+
+def _class_weight_map(
+    instances: np.ndarray, is_background: np.ndarray, class_weights: bool | np.ndarray
+) -> np.ndarray:
+    """``w_c`` of :func:`border_weight_map` (a new float32 array)."""
+    if class_weights is True:
+        return class_balance_weights(is_background.view(np.uint8))
+    if class_weights is False:
+        return np.ones(instances.shape, np.float32)
+    weights = np.array(class_weights, dtype=np.float32)
+    if weights.shape != instances.shape:
+        raise InputError(
+            f"class_weights has shape {weights.shape}, instances have {instances.shape}"
+        )
+    return weights
+
+
+def _add_border_term(
+    weights: np.ndarray,
+    instances: np.ndarray,
+    is_background: np.ndarray,
+    background: int,
+    spacing: tuple[float, ...],
+    w0: float,
+    sigma: float,
+    tol: float,
+) -> None:
+    """Add ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` to ``weights`` on background pixels where
+    it is at least ``tol * w0``, in place."""
     cutoff = border_cutoff(sigma, tol)
     sq1, sq2 = _two_nearest_squared(instances, is_background, background, spacing, cutoff)
     # d1 <= d2, so d1 + d2 <= cutoff needs d2 <= cutoff: only those pixels need square roots.
@@ -218,7 +238,6 @@ def border_weight_map(
     keep = total <= cutoff
     term = w0 * np.exp(-(total[keep] ** 2) / (2.0 * sigma**2))
     weights.reshape(-1)[near[keep]] += term.astype(np.float32)
-    return weights
 
 
 def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:

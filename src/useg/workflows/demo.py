@@ -24,9 +24,10 @@ from useg.inference.predict import predict
 from useg.io.datasets import dataset
 from useg.io.files import atomic_write
 from useg.nets.checkpoint import load_model
+from useg.training.config import TrainConfig
 from useg.training.from_folders import make_config
 from useg.training.loop import train
-from useg.training.samples import boundary_target, make_sample
+from useg.training.samples import Sample, boundary_target, make_sample
 from useg.workflows import synthetic
 
 __all__ = ["overlay", "run_demo"]
@@ -95,42 +96,8 @@ def run_demo(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    root = dataset("isbi2012") if data in ("auto", "isbi") else None
-    if data == "isbi" and root is None:
-        raise InputError("isbi2012 not found in the shared data folder (set USEG_DATA)")
-    opts = dict(mode="binary", w0=10.0, sigma=5.0)
-    if root is not None:
-        d = _isbi_data(root)
-        name = d["name"]
-        train_s = [make_sample(io.read_image(i)[0], io.read_labels(lab)[0], name=str(i), **opts)
-                   for i, lab in d["train"]]
-        val_pairs = [(io.read_image(i)[0], io.read_labels(lab)[0]) for i, lab in d["val"]]
-        test_image, test_truth = val_pairs[-1]
-        val_s = [make_sample(im, lab, name="val", **opts) for im, lab in val_pairs[:2]]
-    else:
-        name = "synthetic touching cells (built in)"
-        train_s = []
-        for i in range(6):
-            img, inst = synthetic.touching_cells((256, 256), rng=seed * 1000 + i)
-            train_s.append(make_sample(img, inst, mode="instances", name=f"synth{i}",
-                                       **{k: v for k, v in opts.items() if k != "mode"}))
-        img, inst = synthetic.touching_cells((256, 256), rng=seed * 1000 + 100)
-        val_s = [make_sample(img, inst, mode="instances", name="val",
-                             **{k: v for k, v in opts.items() if k != "mode"})]
-        # A large image, predicted with overlap tiles; its truth is foreground without borders.
-        test_image, test_inst = synthetic.touching_cells((1024, 1024), rng=seed * 1000 + 200)
-        test_truth = np.where(make_sample(test_image, test_inst, mode="instances",
-                                          w0=0).target == 1, 255, 0)
-
-    # The 2D U-Net of the paper (valid padding, dropout 0.5), narrower and shallower.
-    cfg = make_config(
-        2, in_channels=train_s[0].image.shape[0], width=16, depth=3,
-        tile=[188, 188], iterations=iterations or 400, optimizer="adam", lr=1e-3,
-        schedule="cosine", augment={"elastic": True}, val_every=100, checkpoint_every=100,
-        log_every=10, seed=seed, device=device, workers=1,
-        labels={"mode": "binary", "classes": ["background/membrane", "foreground"],
-                "data": {"demo": name}},
-    )
+    name, train_s, val_s, test_image, test_truth = _demo_data(data, seed)
+    cfg = _demo_config(train_s, name, iterations, seed, device)
     t0 = time.perf_counter()
     state = out / "run"
     resume = (state / "state.safetensors").exists()
@@ -143,16 +110,7 @@ def run_demo(
     probs = predict(model, test_image, tile=380, device=device, progress=progress)
     predict_seconds = time.perf_counter() - t0
     fg = probs[1]
-    # Membrane pixels join their nearest segment, as in the ISBI evaluation.
-    segments = threshold_components(fg, 0.5, fill=True)
-    truth_bin = (np.asarray(test_truth) > 0)
-    truth_seg = threshold_components(truth_bin.astype(np.float32), 0.5)
-    scores = {
-        "pixel_error": pixel_error(fg > 0.5, truth_bin),
-        "adapted_rand_error": adapted_rand_error(segments, truth_seg)[0],
-        "iou_foreground": iou((fg > 0.5).astype(int), truth_bin.astype(int))[1],
-    }
-    scores = {k: float(v) for k, v in scores.items()}
+    segments, truth_seg, scores = _demo_scores(fg, test_truth)
     io.write_image(out / "probability.tif", fg.astype(np.float32))
     io.write_image(out / "segments.tif", segments.astype(np.uint16))
     view = (slice(0, 512), slice(0, 512))  # a readable crop of the large image
@@ -164,12 +122,88 @@ def run_demo(
         "iterations": cfg.iterations, "model": str(best), **scores,
     }
     io.write_json(out / "summary.json", summary)
-    report = out / "report.md"
+    report = _write_report(out, name, cfg.iterations, (train_seconds, predict_seconds), fg.shape,
+                           scores)
+    print(json.dumps(summary, indent=2))
+    return report
+
+
+def _demo_data(data: str, seed: int) -> tuple[str, list[Sample], list[Sample], Any, Any]:
+    """The data's name, training and validation samples, and the test image and its truth
+    (foreground 255): ISBI 2012 when ``data`` allows and it is there, else synthetic cells."""
+    root = dataset("isbi2012") if data in ("auto", "isbi") else None
+    if data == "isbi" and root is None:
+        raise InputError("isbi2012 not found in the shared data folder (set USEG_DATA)")
+    opts = dict(mode="binary", w0=10.0, sigma=5.0)
+    if root is not None:
+        d = _isbi_data(root)
+        train_s = [make_sample(io.read_image(i)[0], io.read_labels(lab)[0], name=str(i), **opts)
+                   for i, lab in d["train"]]
+        val_pairs = [(io.read_image(i)[0], io.read_labels(lab)[0]) for i, lab in d["val"]]
+        test_image, test_truth = val_pairs[-1]
+        val_s = [make_sample(im, lab, name="val", **opts) for im, lab in val_pairs[:2]]
+        return d["name"], train_s, val_s, test_image, test_truth
+    opts = {k: v for k, v in opts.items() if k != "mode"}
+    train_s = []
+    for i in range(6):
+        img, inst = synthetic.touching_cells((256, 256), rng=seed * 1000 + i)
+        train_s.append(make_sample(img, inst, mode="instances", name=f"synth{i}", **opts))
+    img, inst = synthetic.touching_cells((256, 256), rng=seed * 1000 + 100)
+    val_s = [make_sample(img, inst, mode="instances", name="val", **opts)]
+    # A large image, predicted with overlap tiles; its truth is foreground without borders.
+    test_image, test_inst = synthetic.touching_cells((1024, 1024), rng=seed * 1000 + 200)
+    test_truth = np.where(make_sample(test_image, test_inst, mode="instances",
+                                      w0=0).target == 1, 255, 0)
+    return "synthetic touching cells (built in)", train_s, val_s, test_image, test_truth
+
+
+def _demo_config(
+    train_s: list[Sample], name: str, iterations: int | None, seed: int, device: str
+) -> TrainConfig:
+    # The 2D U-Net of the paper (valid padding, dropout 0.5), narrower and shallower.
+    return make_config(
+        2, in_channels=train_s[0].image.shape[0], width=16, depth=3,
+        tile=[188, 188], iterations=iterations or 400, optimizer="adam", lr=1e-3,
+        schedule="cosine", augment={"elastic": True}, val_every=100, checkpoint_every=100,
+        log_every=10, seed=seed, device=device, workers=1,
+        labels={"mode": "binary", "classes": ["background/membrane", "foreground"],
+                "data": {"demo": name}},
+    )
+
+
+def _demo_scores(
+    fg: np.ndarray, test_truth: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Predicted segments, true segments, and pixel error, adapted Rand error and foreground
+    IoU of the foreground probability ``fg`` at 0.5."""
+    # Membrane pixels join their nearest segment, as in the ISBI evaluation.
+    segments = threshold_components(fg, 0.5, fill=True)
+    truth_bin = (np.asarray(test_truth) > 0)
+    truth_seg = threshold_components(truth_bin.astype(np.float32), 0.5)
+    scores = {
+        "pixel_error": pixel_error(fg > 0.5, truth_bin),
+        "adapted_rand_error": adapted_rand_error(segments, truth_seg)[0],
+        "iou_foreground": iou((fg > 0.5).astype(int), truth_bin.astype(int))[1],
+    }
+    return segments, truth_seg, {k: float(v) for k, v in scores.items()}
+
+
+def _write_report(
+    out: Path,
+    name: str,
+    iterations: int,
+    seconds: tuple[float, float],
+    shape: tuple[int, ...],
+    scores: dict[str, float],
+) -> Path:
+    """``out/report.md``: what was trained (``iterations`` steps) and predicted (an image of
+    ``shape``), the time each took (``seconds``), the scores and the overlay."""
+    train_seconds, predict_seconds = seconds
     lines = [
         "# useg demo", "",
         f"Data: {name}. A U-Net (ronneberger2015 layout, width 16, depth 3, valid padding) "
-        f"trained for {cfg.iterations} steps in {train_seconds:.0f} s, then a "
-        f"{fg.shape[0]}x{fg.shape[1]} image predicted with overlap tiles in "
+        f"trained for {iterations} steps in {train_seconds:.0f} s, then a "
+        f"{shape[0]}x{shape[1]} image predicted with overlap tiles in "
         f"{predict_seconds:.1f} s.", "",
         "| measure | value |", "|---|---|",
         *[f"| {k} | {v:.4f} |" for k, v in scores.items()], "",
@@ -179,7 +213,7 @@ def run_demo(
         "Training curves: `run/curves.png`; model: `run/best.safetensors` "
         "(use it with `useg predict --model`).", "",
     ]
+    report = out / "report.md"
     with atomic_write(report) as tmp:
         tmp.write_text("\n".join(lines))
-    print(json.dumps(summary, indent=2))
     return report

@@ -27,6 +27,7 @@ import numpy as np
 
 from useg import io
 from useg.errors import ConfigError, InputError
+from useg.inference.files import write_results
 from useg.inference.predict import predict
 from useg.labels import most_likely_class
 from useg.nets.checkpoint import load_model
@@ -35,20 +36,20 @@ from useg.nets.geometry import min_input_shape, output_shape, pool_step, valid_i
 from useg.training.config import TrainConfig
 from useg.training.from_folders import (
     build_config,
-    check_resume_options,
+    labels_record,
     make_config,
+    recorded_slices,
     resumed_config,
     saved_run,
 )
 from useg.training.loop import train
 from useg.training.options import TrainOptions, parse_slices
 from useg.training.run_folder import check_resumable, resume_config, saved_config
-from useg.training.samples import make_sample
+from useg.training.samples import Sample, make_sample
 
 __all__ = [
     "DensifyResult",
     "check_slices",
-    "default_config",
     "densify",
     "densify_file",
     "fit_tile",
@@ -63,33 +64,6 @@ class DensifyResult:
     probabilities: np.ndarray  # (classes, *spatial) float32
     labels: np.ndarray  # (*spatial) most likely class
     model: Path  # the model file that produced them
-
-
-def default_config(
-    ndim: int = 3,
-    *,
-    in_channels: int = 1,
-    spacing: Sequence[float] | None = None,
-    label_mode: str | None = None,
-    classes: int = 2,
-    **options: Any,
-) -> TrainConfig:
-    """Training configuration for densifying a volume: the paper's network for its dimension.
-
-    ``cicek2016`` for 3D volumes (``ronneberger2015`` for 2D images), label mode ``boundary``
-    in 3D (``binary`` in 2D); anisotropic ``spacing`` chooses the pooling per level with
-    :func:`useg.nets.geometry.anisotropic_pools`. ``options`` are
-    :class:`~useg.training.config.TrainConfig` fields, or network fields (``width``, ``depth``,
-    ``padding``, ``batch_stats``...). Built by :func:`useg.training.from_folders.make_config`.
-
-    Examples
-    --------
-    >>> cfg = default_config(3, spacing=(50, 4, 4), width=8, depth=2, iterations=10)
-    >>> cfg.net["pool"], cfg.label_mode
-    ([[1, 2, 2], [1, 2, 2]], 'boundary')
-    """
-    return make_config(ndim, in_channels=in_channels, spacing=spacing, label_mode=label_mode,
-                       classes=classes, **options)
 
 
 def check_slices(
@@ -192,8 +166,9 @@ def densify(
     unlabeled : int, optional
         Label value of unannotated voxels (overrides ``config.unlabeled``).
     config : TrainConfig, optional
-        Network and training; :func:`default_config` when omitted. Its tile is reduced so that
-        the output tile fits in the volume (:func:`fit_tile`).
+        Network and training; when omitted, the paper's for the volume
+        (:func:`useg.training.from_folders.make_config`). Its tile is reduced so that the output
+        tile fits in the volume (:func:`fit_tile`).
     spacing : sequence of float, optional
         Voxel size ((Z,) Y, X); overrides ``config.spacing``. Decides the rotation planes of
         the augmentation (all planes only for isotropic voxels) and is stored in the model.
@@ -216,42 +191,82 @@ def densify(
     >>> from useg.workflows.synthetic import touching_cells
     >>> import tempfile
     >>> img, cells = touching_cells((16, 32, 32), rng=0)
-    >>> cfg = default_config(3, width=2, depth=1, tile=20, iterations=2, augment=None,
-    ...                      device="cpu", workers=0)
+    >>> cfg = make_config(3, width=2, depth=1, tile=20, iterations=2, augment=None,
+    ...                   device="cpu", workers=0)
     >>> res = densify(img, cells, tempfile.mkdtemp(), slices={0: [8]}, config=cfg,
     ...               progress=False)
     >>> res.probabilities.shape, res.labels.shape
     ((2, 16, 32, 32), (16, 32, 32))
     """
+    image, labels = _as_volume(image, labels, image_name, labels_name)
+    out = Path(out_dir)
+    if resume:
+        cfg = _resumed_config(out, config)
+    else:
+        cfg = _new_config(config, image, unlabeled, spacing)
+    net = UNetConfig.from_dict(cfg.net)
+    _check_network(net, image, image_name)
+    if not resume:
+        cfg.tile = list(fit_tile(net, cfg.tile, labels.shape))
+    sample = _annotated_sample(image, labels, cfg, net, slices, labels_name)
+    model_path = train(cfg, [sample], out, resume=resume, progress=progress)
+    model = load_model(model_path)
+    # The tile comes from the memory budget, or is the whole volume for a network whose output
+    # depends on the tile (batch statistics): predict decides, as for useg predict.
+    probs = predict(model, image, device=cfg.device, precision=cfg.precision,
+                    progress=progress)
+    return DensifyResult(probs, most_likely_class(probs), model_path)
+
+
+def _as_volume(image: Any, labels: Any, image_name: str,
+               labels_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, *spatial)`` image and ``spatial`` annotation of one volume, checked."""
     image = np.asarray(image)
     labels = np.asarray(labels)
     if image.ndim == labels.ndim:
         image = image[np.newaxis]
+    _check_annotation_shape(image, labels, image_name, labels_name)
+    if image.ndim - 1 not in (1, 2, 3):
+        raise InputError(f"{image_name}: expected a volume (Z, Y, X), got shape {image.shape}")
+    return image, labels
+
+
+def _check_annotation_shape(image: np.ndarray, labels: np.ndarray, image_name: str,
+                            labels_name: str) -> None:
     if image.shape[1:] != labels.shape:
         raise InputError(
             f"{labels_name}: annotation of shape {labels.shape} does not match the volume "
             f"{image_name} of shape {image.shape[1:]}"
         )
-    if image.ndim - 1 not in (1, 2, 3):
-        raise InputError(f"{image_name}: expected a volume (Z, Y, X), got shape {image.shape}")
-    out = Path(out_dir)
-    if resume:
-        check_resumable(out)
-        cfg = saved_config(out)
-        if config is not None:
-            # The saved run, with what a resumed run may change (more iterations, another
-            # device...) taken from config; any other difference is refused.
-            cfg, _ = resume_config(config, out)
-    else:
-        cfg = config if config is not None else default_config(
-            image.ndim - 1, in_channels=image.shape[0], spacing=spacing)
-        cfg = TrainConfig.from_dict(cfg.to_dict())  # a copy: the caller's stays untouched
-        if unlabeled is not None:
-            cfg.unlabeled = int(unlabeled)
-        if spacing is not None:
-            cfg.spacing = [float(s) for s in spacing]
-    net = UNetConfig.from_dict(cfg.net)
-    spatial = labels.shape
+
+
+def _resumed_config(out: Path, config: TrainConfig | None) -> TrainConfig:
+    check_resumable(out)
+    if config is None:
+        return saved_config(out)
+    # The saved run, with what a resumed run may change (more iterations, another device...)
+    # taken from config; any other difference is refused.
+    cfg, _ = resume_config(config, out)
+    return cfg
+
+
+def _new_config(config: TrainConfig | None, image: np.ndarray, unlabeled: int | None,
+                spacing: Sequence[float] | None) -> TrainConfig:
+    """A copy of ``config`` (the caller's stays untouched), or the paper's configuration for the
+    volume, with ``unlabeled`` and ``spacing`` where given."""
+    cfg = config if config is not None else make_config(
+        image.ndim - 1, in_channels=image.shape[0], spacing=spacing)
+    cfg = TrainConfig.from_dict(cfg.to_dict())
+    if unlabeled is not None:
+        cfg.unlabeled = int(unlabeled)
+    if spacing is not None:
+        cfg.spacing = [float(s) for s in spacing]
+    return cfg
+
+
+def _check_network(net: UNetConfig, image: np.ndarray, image_name: str) -> None:
+    """Refuse a network of another dimension or channel count, or larger than the volume."""
+    spatial = image.shape[1:]
     if net.ndim != len(spatial):
         raise ConfigError(f"the network is {net.ndim}D but {image_name} is {len(spatial)}D")
     if net.in_channels != image.shape[0]:
@@ -263,13 +278,16 @@ def densify(
             f"{image_name}: volume of shape {spatial} is smaller than one tile of the network "
             f"(at least {need}); use a smaller --depth"
         )
-    if not resume:
-        cfg.tile = list(fit_tile(net, cfg.tile, spatial))
+
+
+def _annotated_sample(image: np.ndarray, labels: np.ndarray, cfg: TrainConfig, net: UNetConfig,
+                      slices: Mapping[int, Sequence[int]] | None, labels_name: str) -> Sample:
+    """The training sample of the volume: its annotated voxels, checked against the network."""
+    spatial = labels.shape
     slices = check_slices(slices, spatial, labels_name)
-    sample_spacing = cfg.spacing
-    if sample_spacing is not None and len(sample_spacing) != len(spatial):
-        raise ConfigError(f"spacing {tuple(sample_spacing)} needs {len(spatial)} values")
-    sample = make_sample(image, labels, spacing=sample_spacing, name=labels_name,
+    if cfg.spacing is not None and len(cfg.spacing) != len(spatial):
+        raise ConfigError(f"spacing {tuple(cfg.spacing)} needs {len(spatial)} values")
+    sample = make_sample(image, labels, spacing=cfg.spacing, name=labels_name,
                          **cfg.sample_options(slices))
     top = int(sample.target.max())
     if top >= net.classes:
@@ -277,13 +295,7 @@ def densify(
             f"{labels_name}: class {top} is annotated but the network has {net.classes} classes "
             f"(0..{net.classes - 1}); mark unannotated voxels with --unlabeled"
         )
-    model_path = train(cfg, [sample], out, resume=resume, progress=progress)
-    model = load_model(model_path)
-    # The tile comes from the memory budget, or is the whole volume for a network whose output
-    # depends on the tile (batch statistics): predict decides, as for useg predict.
-    probs = predict(model, image, device=cfg.device, precision=cfg.precision,
-                    progress=progress)
-    return DensifyResult(probs, most_likely_class(probs), model_path)
+    return sample
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,61 +363,61 @@ def densify_file(
     out = Path(out)
     options = options if options is not None else TrainOptions()
     if resume:
-        saved, data, config_path = saved_run(out)
-        if "volume" not in data:
-            raise InputError(f"{config_path}: not a 'useg densify' run; cannot resume")
-        if not (_same(volume, data["volume"]) and _same(labels, data["labels"])):
-            raise ConfigError(f"{out} densifies {data['volume']} with {data['labels']}; "
-                              "--resume continues it (omit VOLUME and --labels)")
-        # VOLUME and --labels are checked above; --no-probs only chooses the outputs.
-        values = dataclasses.asdict(options)
-        check_resume_options(given, values, saved, config_path, free={"labels", "no_probs"})
-        volume, labels_path = Path(data["volume"]), Path(data["labels"])
-        cfg = resumed_config(saved, given, values)
-    else:
-        if volume is None or labels is None:
-            raise ConfigError("VOLUME and --labels are required (or --resume with --out)")
-        volume, labels_path = Path(volume), Path(labels)
-    for path in (volume, labels_path):
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
-        if path.is_dir():
-            raise InputError(f"{path}: a folder; densify takes one volume file")
+        cfg = _resumed_file_config(out, volume, labels, options, given)
+        volume, labels = cfg.labels["data"]["volume"], cfg.labels["data"]["labels"]
+    elif volume is None or labels is None:
+        raise ConfigError("VOLUME and --labels are required (or --resume with --out)")
+    volume, labels_path = _volume_file(volume), _volume_file(labels)
     image, meta = io.read_image(volume)
     annotation, _ = io.read_labels(labels_path)
-    if image.shape[1:] != annotation.shape:
-        raise InputError(
-            f"{labels_path}: annotation of shape {annotation.shape} does not match the volume "
-            f"{volume.name} of shape {image.shape[1:]}"
-        )
-    ndim = annotation.ndim
+    _check_annotation_shape(image, annotation, str(volume), str(labels_path))
     if not resume:
-        kwargs = build_config(options, ndim, image.shape[0], meta.get("spacing"))
-        if kwargs["label_mode"] == "classes":
-            kwargs["net"]["classes"] = _classes(annotation, kwargs["unlabeled"], labels_path)
-        slices = parse_slices(options.slices, ndim)
-        mode = kwargs["label_mode"]
-        kwargs["labels"] = {
-            "mode": mode,
-            "classes": ["interior", "boundary"] if mode == "boundary" else
-            ["background", "foreground"] if mode != "classes" else
-            [f"class {i}" for i in range(kwargs["net"]["classes"])],
-            "data": {"volume": str(volume), "labels": str(labels_path), "slices": slices},
-        }
-        cfg = TrainConfig(**kwargs)
-    else:
-        slices = data.get("slices")
-        slices = {int(k): v for k, v in slices.items()} if slices else None
+        cfg = _new_file_config(options, image, meta, annotation, volume, labels_path)
     spacing = cfg.spacing if cfg.spacing is not None else meta.get("spacing")
     result = densify(
-        image, annotation, out, slices=slices, config=cfg, spacing=spacing, resume=resume,
-        progress=progress, image_name=str(volume), labels_name=str(labels_path),
+        image, annotation, out, slices=recorded_slices(cfg.labels["data"]), config=cfg,
+        spacing=spacing, resume=resume, progress=progress, image_name=str(volume),
+        labels_name=str(labels_path),
     )
-    axes = "ZYX"[3 - ndim:]
     # The outputs keep the input file's calibration; --spacing only steers the training.
-    written = [io.write_image(out / f"{volume.stem}_labels.tif", result.labels,
-                              spacing=meta.get("spacing"), axes=axes)]
-    if write_probabilities:
-        written.append(io.write_image(out / f"{volume.stem}_probs.tif", result.probabilities,
-                                      spacing=meta.get("spacing"), axes="C" + axes))
-    return result, written
+    targets = io.result_paths(out, volume.name, probabilities=write_probabilities)
+    written = write_results(targets, result.probabilities, meta.get("spacing"),
+                            labels=result.labels)
+    return result, [written[kind] for kind in ("labels", "probabilities") if kind in written]
+
+
+def _resumed_file_config(out: Path, volume: str | os.PathLike | None,
+                         labels: str | os.PathLike | None, options: TrainOptions,
+                         given: Sequence[tuple[str, str]]) -> TrainConfig:
+    """The saved ``useg densify`` run in ``out``, refusing other files or options."""
+    saved, data, config_path = saved_run(out)
+    if "volume" not in data:
+        raise InputError(f"{config_path}: not a 'useg densify' run; cannot resume")
+    if not (_same(volume, data["volume"]) and _same(labels, data["labels"])):
+        raise ConfigError(f"{out} densifies {data['volume']} with {data['labels']}; "
+                          "--resume continues it (omit VOLUME and --labels)")
+    # VOLUME and --labels are checked above; --no-probs only chooses the outputs.
+    return resumed_config(saved, given, dataclasses.asdict(options), config_path,
+                          free={"labels", "no_probs"})
+
+
+def _volume_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: a folder; densify takes one volume file")
+    return path
+
+
+def _new_file_config(options: TrainOptions, image: np.ndarray, meta: dict[str, Any],
+                     annotation: np.ndarray, volume: Path, labels_path: Path) -> TrainConfig:
+    """The configuration of a new ``useg densify`` run, with what it records of its files."""
+    ndim = annotation.ndim
+    kwargs = build_config(options, ndim, image.shape[0], meta.get("spacing"))
+    if kwargs["label_mode"] == "classes":
+        kwargs["net"]["classes"] = _classes(annotation, kwargs["unlabeled"], labels_path)
+    data = {"volume": str(volume), "labels": str(labels_path),
+            "slices": parse_slices(options.slices, ndim)}
+    kwargs["labels"] = labels_record(kwargs["label_mode"], kwargs["net"]["classes"], data)
+    return TrainConfig(**kwargs)

@@ -196,12 +196,7 @@ def touching_cells(
     (True, True)
     """
     shape = tuple(int(s) for s in shape)
-    if len(shape) not in (2, 3) or min(shape) < 1:
-        raise InputError(f"shape must be (Y, X) or (Z, Y, X) with positive sizes, not {shape}")
-    if not 0.0 <= background < 1.0:
-        raise InputError(f"background must be in [0, 1), not {background}")
-    if blur < 0 or noise < 0:
-        raise InputError(f"blur and noise must be >= 0, not {blur} and {noise}")
+    _check_cell_settings(shape, background, blur, noise)
     ndim = len(shape)
     rng = _as_rng(rng)
     d = _CELL_SPACING[ndim]
@@ -212,32 +207,68 @@ def touching_cells(
         raise InputError(f"n_cells must be >= 1, not {n_cells}")
     d = (volume / n_cells) ** (1.0 / ndim)  # actual mean spacing for these many cells
 
+    # The random draws come in a fixed order (seeds, weights, warp, background, membranes,
+    # rendering), so that a seed always gives the same image.
     seeds = _seeds(shape, n_cells, rng)
     n = len(seeds)
     weights = (rng.uniform(0.0, 0.55, n) * d) ** 2
     warp = np.stack([_smooth_noise(shape, 0.6 * d, rng) for _ in range(ndim)]) * (0.12 * d)
     regions = _partition(shape, seeds, weights, warp)
-
-    # Background: cells whose seed lies where a smooth field is high, so empty areas cluster.
     if background > 0 and n > 1:
-        field = _smooth_noise(shape, 2.0 * d, rng)
-        at_seed = field[tuple(np.clip(seeds.astype(int), 0, np.asarray(shape) - 1).T)]
-        n_bg = min(n - 1, round(background * n))
-        is_bg = np.zeros(n + 1, bool)
-        is_bg[1:][np.argsort(-at_seed, kind="stable")[:n_bg]] = True
-        regions[is_bg[regions]] = 0
-
+        _clear_background(regions, seeds, background, d, rng)
     membrane = _membranes(regions, _thick_flags(membrane_width, n, rng))
-    cells = np.where(membrane, 0, regions)
-    # Drop cells too small to show an interior (slivers at the border, eaten by membranes).
+    instances = _number_cells(np.where(membrane, 0, regions), n, d)
+    img = _render(instances, regions, membrane, blur, noise, rng)
+    return img[np.newaxis].astype(np.float32, copy=False), instances
+
+
+def _check_cell_settings(
+    shape: tuple[int, ...], background: float, blur: float, noise: float
+) -> None:
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise InputError(f"shape must be (Y, X) or (Z, Y, X) with positive sizes, not {shape}")
+    if not 0.0 <= background < 1.0:
+        raise InputError(f"background must be in [0, 1), not {background}")
+    if blur < 0 or noise < 0:
+        raise InputError(f"blur and noise must be >= 0, not {blur} and {noise}")
+
+
+def _clear_background(
+    regions: np.ndarray, seeds: np.ndarray, background: float, d: float, rng: np.random.Generator
+) -> None:
+    """Turn the fraction ``background`` of the cells of ``regions`` into background (0), in
+    place: those whose seed lies where a smooth field is high, so empty areas cluster."""
+    n = len(seeds)
+    field = _smooth_noise(regions.shape, 2.0 * d, rng)
+    at_seed = field[tuple(np.clip(seeds.astype(int), 0, np.asarray(regions.shape) - 1).T)]
+    n_bg = min(n - 1, round(background * n))
+    is_bg = np.zeros(n + 1, bool)
+    is_bg[1:][np.argsort(-at_seed, kind="stable")[:n_bg]] = True
+    regions[is_bg[regions]] = 0
+
+
+def _number_cells(cells: np.ndarray, n: int, d: float) -> np.ndarray:
+    """``cells`` (ids up to ``n``) numbered 1..K without those too small to show an interior
+    (slivers at the border, eaten by membranes)."""
     sizes = np.bincount(cells.ravel(), minlength=n + 1)
-    keep = sizes >= max(4, 0.05 * d**ndim)
+    keep = sizes >= max(4, 0.05 * d**cells.ndim)
     keep[0] = False
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    instances = lut[cells]
+    return lut[cells]
 
-    # Rendering.
+
+def _render(
+    instances: np.ndarray,
+    regions: np.ndarray,
+    membrane: np.ndarray,
+    blur: float,
+    noise: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The image of the cells: per-cell brightness and texture, organelles, dark membranes,
+    shading, blur and noise, clipped to [0, 1]."""
+    shape = instances.shape
     k = int(instances.max())
     brightness = rng.uniform(0.55, 0.85, k + 1).astype(np.float32)
     brightness[0] = rng.uniform(0.32, 0.45)  # empty background
@@ -254,7 +285,7 @@ def touching_cells(
     if noise > 0:
         img += noise * rng.standard_normal(shape, dtype=np.float32)
     np.clip(img, 0.0, 1.0, out=img)
-    return img[np.newaxis].astype(np.float32, copy=False), instances
+    return img
 
 
 def make_dataset(
@@ -307,11 +338,7 @@ def make_dataset(
     if n_images < 1:
         raise InputError(f"n_images must be >= 1, not {n_images}")
     folder = Path(folder)
-    img_dir, lab_dir = folder / "images", folder / "labels"
-    for sub in (img_dir, lab_dir):
-        if sub.is_dir() and any(sub.iterdir()) and not exist_ok:
-            raise InputError(f"{sub}: folder is not empty; choose another folder or pass exist_ok")
-        sub.mkdir(parents=True, exist_ok=True)
+    img_dir, lab_dir = _dataset_folders(folder, exist_ok)
     shape = tuple(int(s) for s in shape)
     axes = "ZYX" if len(shape) == 3 else "YX"
     pairs = []
@@ -319,11 +346,8 @@ def make_dataset(
         image, instances = touching_cells(shape, rng=np.random.default_rng(child))
         name = f"synth_{i:03d}.tif"
         img8 = np.round(image[0] * 255.0).astype(np.uint8)
-        if labels == "binary":
-            lab = np.where(instances > 0, 255, 0).astype(np.uint8)
-        else:
-            lab = instances.astype(np.uint16 if instances.max() < 2**16 else np.int32)
         image_path = write_image(img_dir / name, img8, axes=axes)
+        lab = _label_image(instances, labels)
         pairs.append((image_path, write_image(lab_dir / name, lab, axes=axes)))
     write_json(
         folder / "synthetic.json",
@@ -340,3 +364,21 @@ def make_dataset(
         },
     )
     return pairs
+
+
+def _dataset_folders(folder: Path, exist_ok: bool) -> tuple[Path, Path]:
+    """``folder/images`` and ``folder/labels``, created; raises
+    :class:`~useg.errors.InputError` for one that holds files, unless ``exist_ok``."""
+    img_dir, lab_dir = folder / "images", folder / "labels"
+    for sub in (img_dir, lab_dir):
+        if sub.is_dir() and any(sub.iterdir()) and not exist_ok:
+            raise InputError(f"{sub}: folder is not empty; choose another folder or pass exist_ok")
+        sub.mkdir(parents=True, exist_ok=True)
+    return img_dir, lab_dir
+
+
+def _label_image(instances: np.ndarray, labels: str) -> np.ndarray:
+    """The label file's pixels: 255 inside cells (``binary``) or the cell ids (``instances``)."""
+    if labels == "binary":
+        return np.where(instances > 0, 255, 0).astype(np.uint8)
+    return instances.astype(np.uint16 if instances.max() < 2**16 else np.int32)

@@ -1,23 +1,15 @@
 """The ``--dask`` options of ``useg predict`` (one large image, block by block, into zarr):
-argument definitions only; :func:`useg.inference.dask.predict_to_store` runs them."""
+argument definitions only; :func:`useg.inference.files.predict_paths` runs them."""
 
 from __future__ import annotations
 
 import argparse
 
-
-def sizes(text: str) -> tuple[int, ...]:
-    """``"572"`` or ``"64x256x256"`` (or commas) -> a tuple of positive ints (argparse type)."""
-    try:
-        values = tuple(int(v) for v in text.lower().replace("x", ",").split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or NxM[xK], got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return values
+from useg.cli import sizes
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_dask_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``--dask``, ``--scheduler``, ``--workers`` and ``--block`` to ``p``."""
     g = p.add_argument_group(
         "block-parallel prediction with dask (one large image; see docs/scale.md)"
     )
