@@ -11,14 +11,87 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 import warnings
+from collections.abc import Callable
 
 from useg.errors import UsegError, UsegWarning
 
 # Subcommand modules, in the order ``useg --help`` lists them. A module missing here is skipped,
 # so the CLI keeps working while a subcommand is being written.
 _COMMANDS = ("predict", "train", "demo", "densify", "evaluate")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``useg <command>: error: <message>``, and
+    exit code 2, like every other bad input (argparse prints its whole usage block first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Typed values of numeric options (argparse types): every subcommand uses these, so that a
+# negative, zero, NaN or infinite value is refused when parsing, naming the option.
+
+
+def _number(kind: type, text: str, what: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """The argparse type of an integer ``>= low``."""
+    what = {1: "a positive integer", 0: "a non-negative integer"}.get(
+        low, f"an integer of at least {low}")
+
+    def parse(text: str) -> int:
+        value = _number(int, text, what)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def float_range(low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
+                high_open: bool = False) -> Callable[[str], float]:
+    """The argparse type of a finite float in the range from ``low`` to ``high`` (closed ends
+    unless ``low_open`` / ``high_open``)."""
+    if low == -math.inf and high == math.inf:
+        what = "a finite number"
+    elif high == math.inf:
+        what = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        what = (f"a number in {'(' if low_open else '['}{low:g}, {high:g}"
+                f"{')' if high_open else ']'}")
+
+    def parse(text: str) -> float:
+        value = _number(float, text, what)
+        if value < low or value > high or (low_open and value == low) or (
+                high_open and value == high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+finite_float = float_range()
+positive_float = float_range(0.0, low_open=True)
+non_negative_float = float_range(0.0)
+fraction = float_range(0.0, 1.0)
 
 
 def add_precision_argument(p: argparse._ActionsContainer) -> None:
@@ -45,7 +118,7 @@ def sizes(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="useg", description="U-Net segmentation for microscopy images and volumes."
     )
     from useg import __version__
@@ -65,7 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as exc:  # a bad argument (Parser.error: one line), --help or --version
+        return exc.code if isinstance(exc.code, int) else 2
+    if unknown:  # named after the subcommand they were given to, like its other errors
+        prog = f"useg {args.command}" if getattr(args, "command", None) else "useg"
+        print(f"{prog}: error: unrecognized arguments: {' '.join(unknown)}", file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

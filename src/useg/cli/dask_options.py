@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from useg.cli import sizes
+from useg.cli import positive_int, sizes
 
 
 def add_dask_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def add_dask_arguments(p: argparse.ArgumentParser) -> None:
         help="dask scheduler address (tcp://host:8786), or threads / processes / synchronous "
         "(default: a local cluster of --workers processes, or threads)",
     )
-    g.add_argument("--workers", type=int, default=None,
+    g.add_argument("--workers", type=positive_int, default=None,
                    help="worker processes of a local cluster started when no --scheduler is "
                    "given")
     g.add_argument("--block", type=sizes, default=None,

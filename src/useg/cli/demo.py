@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from useg.cli import non_negative_int, positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,10 +16,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "with overlap tiles, evaluate it and write report.md with overlays. Rerunning resumes.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    p.add_argument("--iterations", type=int, default=None, help="training steps (default 400)")
+    p.add_argument("--iterations", type=positive_int, default=None,
+                   help="training steps (default 400)")
     p.add_argument("--data", choices=["auto", "isbi", "synthetic"], default="auto")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -6,6 +6,7 @@ The scoring is :func:`useg.evaluation.files.evaluate_folders`; this module parse
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 _DESCRIPTION = """\
@@ -36,7 +37,18 @@ def _float_list(text: str) -> tuple[float, ...]:
         ) from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one number")
+    if not all(math.isfinite(v) and 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected numbers in [0, 1], got {text!r}")
     return values
+
+
+def _json_path(text: str) -> Path:
+    """``--json``: a file to write, not a folder (checked before anything is scored)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text} is a folder; give the file to write, e.g. {path / 'scores.json'}")
+    return path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,7 +61,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("pred", metavar="PRED", type=Path, help="prediction file or folder")
     p.add_argument("gt", metavar="GT", type=Path, help="ground-truth file or folder")
     p.add_argument("--mode", choices=("isbi", "instances"), default="isbi", help="default: isbi")
-    p.add_argument("--json", metavar="OUT.json", type=Path, help="also write the scores here")
+    p.add_argument("--json", metavar="OUT.json", type=_json_path, help="also write the scores here")
     p.add_argument(
         "--thresholds",
         type=_float_list,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from useg.cli import add_precision_argument, sizes
+from useg.cli import add_precision_argument, positive_int, sizes
 from useg.cli.dask_options import add_dask_arguments
 
 
@@ -27,13 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--tile", type=sizes, default=None,
                    help="input tile, e.g. 572 or 572x572 (default: as large as memory allows)")
-    p.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="tiles per forward pass")
     p.add_argument("--tta", action="store_true",
                    help="average over flips and quarter turns (8x slower in 2D)")
     add_precision_argument(p)
     p.add_argument("--no-probs", action="store_true", help="write label masks only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--torch-threads", type=int, default=None,
+    p.add_argument("--torch-threads", type=positive_int, default=None,
                    help="torch threads (default: torch's; with --dask: per worker, cores / "
                    "workers for local workers)")
     p.add_argument("--overwrite", action="store_true",

@@ -7,8 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from useg.cli import add_precision_argument
-from useg.training.options import TrainOptions
+from useg.cli import add_precision_argument, float_range, int_at_least
+from useg.training.options import RANGES, TrainOptions
 
 _DEFAULTS = TrainOptions()
 
@@ -25,16 +25,27 @@ def parse_spacing(text: str) -> tuple[float, ...]:
     return values
 
 
+def _typed(name: str) -> Any:
+    """The argparse type of the numeric training setting ``name``: its range in
+    :data:`useg.training.options.RANGES`, which TrainOptions and TrainConfig check too."""
+    integer, low, high, low_open, high_open = RANGES[name]
+    if integer:
+        return int_at_least(int(low)) if low > float("-inf") else int
+    return float_range(low, high, low_open=low_open, high_open=high_open)
+
+
 def add_common_training_args(p: argparse.ArgumentParser) -> None:
     """Options shared by ``useg train`` and ``useg densify``."""
     g = p.add_argument_group("network")
     g.add_argument("--preset", default=_DEFAULTS.preset, choices=["ronneberger2015", "cicek2016"],
                    help="network preset (default: ronneberger2015 for 2D data, cicek2016 for 3D)")
-    g.add_argument("--width", type=int, help="channels of the first level (preset's by default)")
-    g.add_argument("--depth", type=int, help="number of poolings")
+    g.add_argument("--width", type=_typed("width"),
+                   help="channels of the first level (preset's by default)")
+    g.add_argument("--depth", type=_typed("depth"), help="number of poolings")
     g.add_argument("--padding", choices=["valid", "same"], help="convolution padding")
     g.add_argument("--norm", choices=["none", "batch", "instance"], help="normalisation")
-    g.add_argument("--dropout", type=float, help="dropout at the end of the contracting path")
+    g.add_argument("--dropout", type=_typed("dropout"),
+                   help="dropout at the end of the contracting path")
     g.add_argument("--pool", help="per-level pooling, e.g. 1x2x2,2x2x2,2x2x2 (default: from "
                    "the voxel spacing, see useg.nets.geometry.anisotropic_pools)")
     stats = g.add_mutually_exclusive_group()
@@ -46,27 +57,30 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
                        help="batch norm uses the running averages of training when predicting "
                        "(default; seamless overlap tiles)")
     g = p.add_argument_group("training")
-    g.add_argument("--tile", type=int, nargs="+", help="input tile size (rounded to a valid one)")
-    g.add_argument("--iterations", type=int, default=_DEFAULTS.iterations,
+    g.add_argument("--tile", type=_typed("tile"), nargs="+",
+                   help="input tile size (rounded to a valid one)")
+    g.add_argument("--iterations", type=_typed("iterations"), default=_DEFAULTS.iterations,
                    help="training steps (default 2000); with --resume, a new total extends a "
                    "finished or interrupted run (the learning-rate schedule is then recomputed "
                    "over the new total from the step reached)")
-    g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    g.add_argument("--batch-size", type=_typed("batch_size"), default=_DEFAULTS.batch_size)
     g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=_DEFAULTS.optimizer)
-    g.add_argument("--lr", type=float, default=_DEFAULTS.lr,
+    g.add_argument("--lr", type=_typed("lr"), default=_DEFAULTS.lr,
                    help="learning rate (default 0.01 for SGD with momentum 0.99, 1e-3 for Adam)")
-    g.add_argument("--momentum", type=float, default=_DEFAULTS.momentum)
-    g.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
+    g.add_argument("--momentum", type=_typed("momentum"), default=_DEFAULTS.momentum)
+    g.add_argument("--weight-decay", type=_typed("weight_decay"),
+                   default=_DEFAULTS.weight_decay)
     g.add_argument("--schedule", choices=["constant", "poly", "cosine"],
                    default=_DEFAULTS.schedule)
     add_precision_argument(g)
-    g.add_argument("--grad-clip", type=float, default=_DEFAULTS.grad_clip)
-    g.add_argument("--dice", type=float, default=_DEFAULTS.dice, help="weight of a soft Dice term")
+    g.add_argument("--grad-clip", type=_typed("grad_clip"), default=_DEFAULTS.grad_clip)
+    g.add_argument("--dice", type=_typed("dice"), default=_DEFAULTS.dice,
+                   help="weight of a soft Dice term")
     g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     g.add_argument("--no-elastic", action="store_true", help="no elastic deformation")
-    g.add_argument("--w0", type=float, default=_DEFAULTS.w0,
+    g.add_argument("--w0", type=_typed("w0"), default=_DEFAULTS.w0,
                    help="border weight amplitude (0: off)")
-    g.add_argument("--sigma", type=float, default=_DEFAULTS.sigma,
+    g.add_argument("--sigma", type=_typed("sigma"), default=_DEFAULTS.sigma,
                    help="border weight width, in pixels of the finest axis whatever the files' "
                    "calibration (coarser axes count their spacing relative to it)")
     g.add_argument("--no-class-balance", action="store_true")
@@ -74,20 +88,22 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
                    default=_DEFAULTS.label_mode, help="meaning of label values (default: "
                    "binary in 2D, "
                    "boundary in 3D)")
-    g.add_argument("--unlabeled", type=int, default=_DEFAULTS.unlabeled,
+    g.add_argument("--unlabeled", type=_typed("unlabeled"), default=_DEFAULTS.unlabeled,
                    help="label value of unannotated pixels (weight 0)")
-    g.add_argument("--boundary-width", type=int, default=_DEFAULTS.boundary_width,
+    g.add_argument("--boundary-width", type=_typed("boundary_width"),
+                   default=_DEFAULTS.boundary_width,
                    help="thickness of the boundary class in label mode 'boundary'")
     g.add_argument("--spacing", type=parse_spacing, metavar="Z,Y,X",
                    help="voxel size, e.g. 50,4,4 (overrides the files'; stored in the model)")
     g.add_argument("--slices", nargs="+", metavar="AXIS=I,J",
                    help="only these slices are annotated, e.g. z=10,40 y=64 x=20")
-    g.add_argument("--val-every", type=int, default=_DEFAULTS.val_every)
-    g.add_argument("--log-every", type=int, default=_DEFAULTS.log_every)
-    g.add_argument("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every)
-    g.add_argument("--workers", type=int, default=_DEFAULTS.workers,
+    g.add_argument("--val-every", type=_typed("val_every"), default=_DEFAULTS.val_every)
+    g.add_argument("--log-every", type=_typed("log_every"), default=_DEFAULTS.log_every)
+    g.add_argument("--checkpoint-every", type=_typed("checkpoint_every"),
+                   default=_DEFAULTS.checkpoint_every)
+    g.add_argument("--workers", type=_typed("workers"), default=_DEFAULTS.workers,
                    help="data worker processes")
-    g.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    g.add_argument("--seed", type=_typed("seed"), default=_DEFAULTS.seed)
     g.add_argument("--device", default=_DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -10,6 +10,7 @@ probabilities) and ``<stem>_labels.tif`` (most likely class) with :func:`write_r
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -226,6 +227,9 @@ def predict_paths(
     threads = options.get("torch_threads")
     if threads is not None and threads < 1:
         raise ConfigError(f"--torch-threads must be at least 1, got {threads}")
+    batch = options.get("batch_size", 1)
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch!r}")
     if dask:
         return _predict_store(inputs, out, model, scheduler, workers, block, options)
     given = [flag for flag, value in zip(_DASK_ONLY, (scheduler, workers, block), strict=True)

@@ -230,6 +230,14 @@ def tile_geometry(
     margin = tile_margin(cfg, tile) if cfg.padding == "same" else 0
     output_shape(cfg, tile)  # validates the tile
     _check_one_pass(model, image_shape, tile, h, margin, device)
+    need = peak_bytes(cfg, tile, itemsize=4)
+    have = _device_memory(device)
+    if need > have:
+        raise ConfigError(
+            f"a tile of {tile} needs about {need / 2**30:.1f} GiB for one forward pass, more "
+            f"than the {have / 2**30:.1f} GiB of {device}; give a smaller tile (or none: the "
+            "default tile fits the memory)"
+        )
     return tile, h, margin, pool_step(cfg)
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -258,6 +259,9 @@ def predict_tiled(
     """
     if image.ndim < 2:
         raise ConfigError(f"image must be (C, *spatial), got shape {image.shape}")
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1):
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     spatial = tuple(image.shape[1:])
     plan = plan_tiles(spatial, tile, halo, margin, step)
     origin, extent, ranges = _region_on_plan(plan, region)

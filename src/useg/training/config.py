@@ -25,7 +25,7 @@ from typing import Any
 from useg.device import check_precision
 from useg.errors import ConfigError, check_choice
 from useg.io import normalize as norm
-from useg.training.options import TrainOptions
+from useg.training.options import TrainOptions, check_ranges
 
 __all__ = ["OPTIMIZERS", "RESUMABLE", "SCHEDULES", "SIGMA_UNIT", "TrainConfig", "lr_factor"]
 
@@ -82,8 +82,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
-        if self.iterations < 1 or self.batch_size < 1:
-            raise ConfigError("iterations and batch size must be at least 1")
+        # The ranges useg train checks on its command line, so that Python users get the same
+        # one-line error (the Dice weight is named dice_weight here).
+        values = {k: v for k, v in vars(self).items() if k != "dice_weight"}
+        check_ranges({**values, "dice": self.dice_weight}, names={"dice": "dice_weight"})
         check_precision(self.precision)
         if self.lr is None:
             self.lr = 0.01 if self.optimizer == "sgd" else 1e-3

@@ -5,12 +5,88 @@ takes its defaults from here without importing torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from useg.errors import ConfigError
 
-__all__ = ["NET_OPTIONS", "TrainOptions", "parse_pool", "parse_slices"]
+__all__ = ["NET_OPTIONS", "RANGES", "TrainOptions", "check_ranges", "parse_pool", "parse_slices"]
+
+
+# The range of each numeric training setting, by its name in TrainOptions (TrainConfig names the
+# Dice weight dice_weight): (integer?, low, high, low open?, high open?). useg train and densify
+# give the same ranges to their argparse types (useg.cli.train).
+RANGES: dict[str, tuple[bool, float, float, bool, bool]] = {
+    "width": (True, 1, math.inf, False, False),
+    "depth": (True, 0, math.inf, False, False),
+    "dropout": (False, 0.0, 1.0, False, True),
+    "tile": (True, 1, math.inf, False, False),
+    "iterations": (True, 1, math.inf, False, False),
+    "batch_size": (True, 1, math.inf, False, False),
+    "lr": (False, 0.0, math.inf, True, False),
+    "momentum": (False, 0.0, 1.0, False, False),
+    "weight_decay": (False, 0.0, math.inf, False, False),
+    "grad_clip": (False, 0.0, math.inf, False, False),  # 0: off, like None
+    "dice": (False, 0.0, math.inf, False, False),
+    "w0": (False, 0.0, math.inf, False, False),  # 0: no border weights
+    "sigma": (False, 0.0, math.inf, True, False),
+    "unlabeled": (True, -math.inf, math.inf, False, False),
+    "boundary_width": (True, 1, math.inf, False, False),
+    "spacing": (False, 0.0, math.inf, True, False),
+    "val_every": (True, 1, math.inf, False, False),
+    "log_every": (True, 1, math.inf, False, False),
+    "checkpoint_every": (True, 1, math.inf, False, False),
+    "workers": (True, 0, math.inf, False, False),  # 0: tiles made in the training process
+    "seed": (True, 0, math.inf, False, False),
+    "warmup": (True, 0, math.inf, False, False),
+}
+
+
+def describe_range(name: str) -> str:
+    """``"a positive integer"``, ``"a number in [0, 1)"``... for the setting ``name``."""
+    integer, low, high, low_open, high_open = RANGES[name]
+    if integer:
+        if low == -math.inf:
+            return "an integer"
+        return {1: "a positive integer", 0: "a non-negative integer"}.get(
+            int(low), f"an integer of at least {low:g}")
+    if high == math.inf:
+        if low == 0:
+            return "a positive finite number" if low_open else "a non-negative finite number"
+        return f"a finite number {'>' if low_open else '>='} {low:g}"
+    return f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def in_range(name: str, value: object) -> bool:
+    """Whether ``value`` (one number) lies in the range of the setting ``name``."""
+    integer, low, high, low_open, high_open = RANGES[name]
+    if isinstance(value, bool) or not isinstance(
+            value, numbers.Integral if integer else numbers.Real):
+        return False
+    if not math.isfinite(value):
+        return False
+    return (low < value if low_open else low <= value) and (
+        value < high if high_open else value <= high)
+
+
+def check_ranges(values: Mapping[str, object], names: Mapping[str, str] | None = None) -> None:
+    """Raise the :class:`ConfigError` naming the first setting of ``values`` (a name of
+    :data:`RANGES` -> a number, a sequence of numbers or None) out of its range; ``names``
+    renames settings in the message."""
+    names = names or {}
+    for key, value in values.items():
+        if value is None or key not in RANGES:
+            continue
+        items: Iterable[object] = (
+            value if isinstance(value, Sequence) and not isinstance(value, str) else (value,))
+        if isinstance(value, Sequence) and not isinstance(value, str) and not value:
+            items = ("an empty list",)
+        if not all(in_range(key, v) for v in items):
+            many = " (each)" if items is value else ""
+            raise ConfigError(f"{names.get(key, key)}{many} must be {describe_range(key)}, "
+                              f"got {value!r}")
 
 
 @dataclass
@@ -58,6 +134,9 @@ class TrainOptions:
     workers: int = 1
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_ranges(vars(self))
 
 
 # Options of the network that override the preset's value when given.
