@@ -230,15 +230,19 @@ def tile_geometry(
     margin = tile_margin(cfg, tile) if cfg.padding == "same" else 0
     output_shape(cfg, tile)  # validates the tile
     _check_one_pass(model, image_shape, tile, h, margin, device)
+    _refuse_too_large(cfg, tile, device, f"a tile of {tile} needs", "give a smaller tile "
+                      "(or none: the default tile fits the memory)")
+    return tile, h, margin, pool_step(cfg)
+
+
+def _refuse_too_large(cfg, tile: tuple[int, ...], device: torch.device, what: str,
+                      advice: str) -> None:
+    """One forward pass of ``tile`` must fit in the memory of ``device``."""
     need = peak_bytes(cfg, tile, itemsize=4)
     have = _device_memory(device)
     if need > have:
-        raise ConfigError(
-            f"a tile of {tile} needs about {need / 2**30:.1f} GiB for one forward pass, more "
-            f"than the {have / 2**30:.1f} GiB of {device}; give a smaller tile (or none: the "
-            "default tile fits the memory)"
-        )
-    return tile, h, margin, pool_step(cfg)
+        raise ConfigError(f"{what} about {need / 2**30:.1f} GiB for one forward pass, more "
+                          f"than the {have / 2**30:.1f} GiB of {device}; {advice}")
 
 
 def _check_one_pass(
@@ -265,15 +269,11 @@ def _check_one_pass(
             f"over the whole image, with a tile of at least {whole}: predict without a tile, "
             "or retrain with running statistics (useg train --running-stats) to predict in tiles"
         )
-    need = peak_bytes(cfg, tile, itemsize=4)
-    have = _device_memory(device)
-    if need > have:
-        raise ConfigError(
-            f"{name} normalises with the statistics of its input ({reason}) and predicts only in "
-            f"one pass over the whole image, which needs about {need / 2**30:.1f} GiB, more "
-            f"than the {have / 2**30:.1f} GiB of {device}; predict a smaller image, or retrain "
-            "with running statistics (useg train --running-stats) to predict in tiles"
-        )
+    _refuse_too_large(
+        cfg, tile, device, f"{name} normalises with the statistics of its input ({reason}) and "
+        "predicts only in one pass over the whole image, which needs", "predict a smaller "
+        "image, or retrain with running statistics (useg train --running-stats) to predict in "
+        "tiles")
 
 
 def _device_memory(device: torch.device) -> float:
