@@ -59,6 +59,11 @@ def _shapes(d) -> list[tuple[str, str]]:
     for s in _get(d, "seam_test", default=[]):
         rows.append((f"seam test {s['dtype']} ({s['tiles']} tiles of {s['tile']})",
                      f"max abs diff {_fmt(s['max_abs_diff'])}"))
+    s3 = _get(d, "seam_test_3d")
+    if s3:
+        rows.append((f"seam test {s3['preset']}, batch norm with running statistics, float32 "
+                     f"({', '.join(str(t['tiles']) for t in s3['tiles'])} tiles)",
+                     f"max abs diff {_fmt(max(t['max_abs_diff'] for t in s3['tiles']))}"))
     return rows
 
 
