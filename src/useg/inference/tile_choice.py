@@ -229,9 +229,12 @@ def tile_geometry(
     # same-padding network discards it, so stitching is exact.
     margin = tile_margin(cfg, tile) if cfg.padding == "same" else 0
     output_shape(cfg, tile)  # validates the tile
-    _check_one_pass(model, image_shape, tile, h, margin, device)
-    _refuse_too_large(cfg, tile, device, f"a tile of {tile} needs", "give a smaller tile "
-                      "(or none: the default tile fits the memory)")
+    reason = tile_dependence(model)
+    if reason is not None:
+        _check_one_pass(model, reason, image_shape, tile, h, margin, device)
+    else:
+        _refuse_too_large(cfg, tile, device, f"a tile of {tile} needs", "give a smaller tile "
+                          "(or none: the default tile fits the memory)")
     return tile, h, margin, pool_step(cfg)
 
 
@@ -246,23 +249,20 @@ def _refuse_too_large(cfg, tile: tuple[int, ...], device: torch.device, what: st
 
 
 def _check_one_pass(
-    model: UNet, image_shape: Sequence[int], tile: tuple[int, ...], h: tuple[int, ...],
-    margin: tuple[int, ...] | int, device: torch.device,
+    model: UNet, reason: str, image_shape: Sequence[int], tile: tuple[int, ...],
+    h: tuple[int, ...], margin: tuple[int, ...] | int, device: torch.device,
 ) -> None:
-    """Refuse to tile a network whose output depends on the tile (one pass only), and a pass
-    that cannot fit in the memory of the device."""
-    reason = tile_dependence(model)
-    if reason is None:
-        return
+    """Refuse to tile a network whose output depends on the tile (``reason``, from
+    :func:`tile_dependence`): one pass only, and one that fits in the memory of the device."""
     cfg = model.config
     path = getattr(model, "path", None)
     name = f"model {path}" if path is not None else "this model"
-    whole = whole_image_tile(model, image_shape)
     try:
         counts = plan_tiles(image_shape, tile, h, margin, pool_step(cfg)).counts
     except ConfigError:
         counts = (2,)
     if any(c > 1 for c in counts):
+        whole = whole_image_tile(model, image_shape)
         raise ConfigError(
             f"{name} normalises with the statistics of its input ({reason}), so tiles of "
             f"{tile} would give a result that depends on the tile; it predicts only in one pass "
