@@ -64,6 +64,9 @@ running statistics at prediction, as Caffe's TEST phase, and the paper's augment
 trained with every seed of ``--seeds`` (3 by default) and reported as mean, standard deviation
 and range; a rise between two cells counts only when it is larger than the spread of both.
 
+Every finished run is kept in bench/results/sparse3d_runs/ (with the network, crop and budget
+it was made with): an interrupted bench, rerun with the same arguments, resumes there.
+
 Results: bench/results/sparse3d_<config>.json and .md per configuration, and
 bench/results/sparse3d.json and .md with both side by side (and the earlier single-seed result
 of the chosen configuration); figure docs/figures/sparse3d.png (chosen configuration, seed 0).
@@ -466,58 +469,88 @@ def main() -> None:
     steps3 = args.steps3d or steps["table1_3d"]
     steps2_t2 = args.steps2d or steps["table2_2d"]
     exp = Experiment(args)
-    print(f"[{args.config}] crop {args.crop}, {args.precision}, seeds {args.seeds}: Table 1 "
-          f"{steps3} steps per run", flush=True)
-    runs, figure_run = [], None
-    for seed in args.seeds:
-        for counts in SETTINGS:
-            r = exp.run(3, counts, steps3, seed=seed)
-            if seed == args.seeds[0] and counts == SETTINGS[-1]:
-                figure_run = r
-            runs.append(strip(r))
-            print(f"  seed {seed} {','.join(map(str, counts)):>6}: train {r['train_s']:5.0f} s,"
-                  f" IoU argmax {r['iou_boundary_unannotated']:.3f}, calibrated "
-                  f"{r['iou_boundary_unannotated_calibrated']:.3f}", flush=True)
-    table1 = summarise_table1(runs)
-    t2_runs: dict[str, list] = {
-        "3D": [r for r in runs if tuple(r["slices_zyx"]) == TABLE2_SETTING], "2D": []}
-    for seed in args.seeds:
-        t2_runs["2D"].append(strip(exp.run(2, TABLE2_SETTING, steps2_t2, seed=seed)))
-    table2 = {net: {"iterations": rows[0]["iterations"],
-                    **{name: spread([r[key] for r in rows]) for name, key in KEYS.items()}}
-              for net, rows in t2_runs.items()}
-    for net, t in table2.items():
-        print(f"  Table 2 {net}: IoU argmax {_cell(t['argmax'])}, calibrated "
-              f"{_cell(t['calibrated'])}", flush=True)
-
-    result = {
-        "benchmark": "3D U-Net from sparse slice annotations (Cicek 2016 Tables 1-2 shape)",
-        "config": args.config,
-        "command": command_line(),
-        "machine": machine,
-        "threads": args.threads,
-        "quick": args.quick,
-        "seeds": args.seeds,
-        "steps": {"table1_3d": steps3, "table2_3d": steps3, "table2_2d": steps2_t2},
-        "crop": args.crop,
-        "box_zyx": exp.box,
-        "network": (f"cicek2016 width {args.width} depth {args.depth}, {args.padding} padding, "
-                    f"batch norm with {args.stats} statistics at prediction; 3D tile "
-                    f"{args.tile3d}, 2D tile {args.tile2d}; Adam lr {args.lr}, poly schedule, "
-                    f"{args.precision}, "
-                    f"{'paper augmentation' if args.augment else 'no augmentation'}"),
-        "table1": table1,
-        "table1_rise": rises(table1),
-        "table1_runs": runs,
-        "table2_setting": list(TABLE2_SETTING),
-        "table2": table2,
-        "table2_runs": t2_runs,
-    }
+    network = (f"cicek2016 width {args.width} depth {args.depth}, {args.padding} padding, "
+               f"batch norm with {args.stats} statistics at prediction; 3D tile "
+               f"{args.tile3d}, 2D tile {args.tile2d}; Adam lr {args.lr}, poly schedule, "
+               f"{args.precision}, "
+               f"{'paper augmentation' if args.augment else 'no augmentation'}")
     out = ROOT / "runs" / "sparse3d-quick" if args.quick else RESULTS
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"sparse3d_{args.config}.json", result)
-    (out / f"sparse3d_{args.config}.md").write_text("\n".join(config_markdown(result)))
-    merge(out)
+    # Every finished run is kept on disk, so an interrupted bench resumes where it stopped
+    # and the tables fill up across sessions; a run is reused only if it was made with the
+    # same network, crop and budget.
+    cache = out / "sparse3d_runs"
+    identity = {"config": args.config, "network": network, "crop": args.crop,
+                "steps": {"3D": steps3, "2D": steps2_t2}}
+    print(f"[{args.config}] crop {args.crop}, {args.precision}, seeds {args.seeds}: Table 1 "
+          f"{steps3} steps per run; finished runs in {cache}", flush=True)
+    figure_run = None
+
+    def one_run(ndim: int, counts, seed: int) -> dict:
+        nonlocal figure_run
+        path = cache / (f"{args.config}_{ndim}d_{''.join(map(str, counts))}_seed{seed}.json")
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("identity") == identity:
+                return saved["run"]
+        r = exp.run(ndim, counts, steps3 if ndim == 3 else steps2_t2, seed=seed)
+        if ndim == 3 and seed == args.seeds[0] and counts == SETTINGS[-1]:
+            figure_run = r
+        r = strip(r)
+        r["machine_cpu"] = machine["cpu"]["model"]
+        r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        write_json(path, {"identity": identity, "run": r})
+        return r
+
+    def summary(runs: list[dict], runs_2d: list[dict]) -> dict:
+        table1 = summarise_table1(runs)
+        t2_runs = {"3D": [r for r in runs if tuple(r["slices_zyx"]) == TABLE2_SETTING],
+                   "2D": runs_2d}
+        table2 = {net: {"iterations": rows[0]["iterations"],
+                        **{name: spread([r[key] for r in rows]) for name, key in KEYS.items()}}
+                  for net, rows in t2_runs.items() if rows}
+        return {
+            "benchmark": "3D U-Net from sparse slice annotations (Cicek 2016 Tables 1-2 shape)",
+            "config": args.config,
+            "command": command_line(),
+            "machine": machine,
+            "threads": args.threads,
+            "quick": args.quick,
+            "seeds": args.seeds,
+            "seeds_done": sorted({r["seed"] for r in runs_2d}),
+            "steps": {"table1_3d": steps3, "table2_3d": steps3, "table2_2d": steps2_t2},
+            "crop": args.crop,
+            "box_zyx": exp.box,
+            "network": network,
+            "table1": table1,
+            "table1_rise": rises(table1) if len(table1) == len(SETTINGS) else None,
+            "table1_runs": runs,
+            "table2_setting": list(TABLE2_SETTING),
+            "table2": table2,
+            "table2_runs": t2_runs,
+        }
+
+    def publish(result: dict) -> None:
+        write_json(out / f"sparse3d_{args.config}.json", result)
+        (out / f"sparse3d_{args.config}.md").write_text("\n".join(config_markdown(result)))
+        merge(out)
+
+    # Seed by seed, every cell of both tables, so that a stopped bench leaves whole seeds.
+    runs, runs_2d = [], []
+    for seed in args.seeds:
+        for counts in SETTINGS:
+            r = one_run(3, counts, seed)
+            runs.append(r)
+            print(f"  seed {seed} 3D {','.join(map(str, counts)):>6}: train {r['train_s']:5.0f} s,"
+                  f" IoU argmax {r['iou_boundary_unannotated']:.3f}, calibrated "
+                  f"{r['iou_boundary_unannotated_calibrated']:.3f}", flush=True)
+        r = one_run(2, TABLE2_SETTING, seed)
+        runs_2d.append(r)
+        print(f"  seed {seed} 2D {','.join(map(str, TABLE2_SETTING)):>6}: train "
+              f"{r['train_s']:5.0f} s, IoU argmax {r['iou_boundary_unannotated']:.3f}, "
+              f"calibrated {r['iou_boundary_unannotated_calibrated']:.3f}", flush=True)
+        result = summary(runs, runs_2d)
+        publish(result)
     if not args.no_figure and args.config == "chosen" and figure_run is not None:
         figure(exp, figure_run, (out if args.quick else ROOT / "docs" / "figures") /
                "sparse3d.png")
