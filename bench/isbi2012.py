@@ -58,7 +58,7 @@ from scipy import ndimage as ndi
 from useg import io
 from useg.device import resolve_precision
 from useg.evaluation.isbi import isbi_scores
-from useg.evaluation.postprocess import threshold_components
+from useg.postprocess.segments import threshold_components
 from useg.inference.predict import predict
 from useg.io.datasets import dataset
 from useg.nets import UNetConfig, halo, output_shape, valid_input_shape

@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from useg.errors import InputError
-from useg.evaluation.postprocess import (
+from useg.postprocess.segments import (
     fill_unassigned,
     probabilities_to_labels,
     relabel_sequential,

@@ -20,7 +20,7 @@ from scipy import ndimage as ndi
 from useg.errors import InputError
 from useg.evaluation.contingency import check_pair
 from useg.evaluation.pixel import iou, pixel_error
-from useg.evaluation.postprocess import fill_unassigned
+from useg.postprocess.segments import fill_unassigned
 from useg.evaluation.rand import adapted_rand_error, rand_error, v_info, variation_of_information
 from useg.evaluation.warping import warping_error
 
@@ -155,7 +155,7 @@ def isbi_scores(
         ``prob`` is a membrane probability; it is replaced by ``1 - prob``.
     unassigned : {"fill", "singletons"}
         Predicted membrane pixels: ``"fill"`` gives each the label of the nearest predicted
-        region (:func:`useg.evaluation.postprocess.fill_unassigned`, per slice, the default), so
+        region (:func:`useg.postprocess.segments.fill_unassigned`, per slice, the default), so
         that the predicted labelling covers every pixel; ``"singletons"`` makes each its own
         segment, the SNEMI3D convention.
 

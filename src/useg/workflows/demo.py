@@ -19,7 +19,7 @@ import numpy as np
 from useg import io
 from useg.errors import InputError
 from useg.evaluation import adapted_rand_error, iou, pixel_error
-from useg.evaluation.postprocess import threshold_components
+from useg.postprocess.segments import threshold_components
 from useg.inference.predict import predict
 from useg.io.datasets import dataset
 from useg.io.files import atomic_write
