@@ -58,11 +58,11 @@ from scipy import ndimage as ndi
 from useg import io
 from useg.device import resolve_precision
 from useg.evaluation.isbi import isbi_scores
-from useg.postprocess.segments import threshold_components
 from useg.inference.predict import predict
 from useg.io.datasets import dataset
 from useg.nets import UNetConfig, halo, output_shape, valid_input_shape
 from useg.nets.checkpoint import load_model, save_model
+from useg.postprocess.segments import threshold_components
 from useg.training.config import TrainConfig
 from useg.training.loop import train
 from useg.training.samples import Sample, make_sample

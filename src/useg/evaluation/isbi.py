@@ -20,9 +20,9 @@ from scipy import ndimage as ndi
 from useg.errors import InputError
 from useg.evaluation.contingency import check_pair
 from useg.evaluation.pixel import iou, pixel_error
-from useg.postprocess.segments import fill_unassigned
 from useg.evaluation.rand import adapted_rand_error, rand_error, v_info, variation_of_information
 from useg.evaluation.warping import warping_error
+from useg.postprocess.segments import fill_unassigned
 
 __all__ = ["DEFAULT_ISBI_THRESHOLDS", "isbi_best", "isbi_scores"]
 

@@ -70,8 +70,8 @@ def _adapted_rand(probs: np.ndarray, target: np.ndarray, mask: np.ndarray) -> fl
     if probs.shape[0] != 2 or target.ndim != 2 or not mask.all():
         return None
     try:
-        from useg.postprocess.segments import threshold_components
         from useg.evaluation.rand import adapted_rand_error
+        from useg.postprocess.segments import threshold_components
     except ImportError:
         return None
     from scipy import ndimage as ndi

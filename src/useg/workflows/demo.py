@@ -19,11 +19,11 @@ import numpy as np
 from useg import io
 from useg.errors import InputError
 from useg.evaluation import adapted_rand_error, iou, pixel_error
-from useg.postprocess.segments import threshold_components
 from useg.inference.predict import predict
 from useg.io.datasets import dataset
 from useg.io.files import atomic_write
 from useg.nets.checkpoint import load_model
+from useg.postprocess.segments import threshold_components
 from useg.training.config import TrainConfig
 from useg.training.from_folders import make_config
 from useg.training.loop import train
