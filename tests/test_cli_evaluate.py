@@ -96,11 +96,59 @@ def test_instances_mode(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    assert "SEG" in capsys.readouterr().out
-    scores = json.loads(out.read_text())["pairs"][0]["scores"]
+    printed = capsys.readouterr().out
+    for column in ("F1@0.5", "P@0.5", "R@0.5", "AP50:95", "AJI", "SEG", "mIoU@0.5", "n_pred"):
+        assert column in printed
+    report = json.loads(out.read_text())
+    scores = report["pairs"][0]["scores"]
+    assert set(scores) == INSTANCE_KEYS and set(report["mean"]) == INSTANCE_KEYS
     assert scores["seg"] == pytest.approx(0.5)  # object 1 perfect, object 2 covered < 50%
     assert scores["object_f1"]["0.5"]["tp"] == 1 and scores["object_f1"]["0.5"]["fn"] == 1
     assert scores["object_f1"]["0.3"]["tp"] == 2  # IoU 6/15 = 0.4 > 0.3
+    # IoUs 1 and 0.4: one match at every threshold 0.5 ... 0.95, TP / (TP + FP + FN) = 1/3.
+    assert scores["average_precision"] == pytest.approx(1 / 3)
+    assert list(scores["average_precision_by_threshold"]) == [
+        "0.5", "0.55", "0.6", "0.65", "0.7", "0.75", "0.8", "0.85", "0.9", "0.95"]
+    assert scores["aji"] == pytest.approx((12 + 6) / (12 + 15))
+    assert scores["mean_matched_iou"] == 1.0
+    assert (scores["n_pred"], scores["n_gt"]) == (2, 2)
+
+
+INSTANCE_KEYS = {
+    "seg", "average_precision", "aji", "mean_matched_iou", "adapted_rand_error", "v_rand",
+    "voi_split", "voi_merge", "iou_foreground", "n_pred", "n_gt", "object_f1",
+    "average_precision_by_threshold",
+}
+
+
+def test_instances_mean_pools_counts_and_averages_scores(tmp_path, capsys):
+    gt = np.zeros((8, 8), np.uint32)
+    gt[0:4, 0:4] = 70000
+    gt[5:8, 5:8] = 2
+    (tmp_path / "g").mkdir()
+    (tmp_path / "p").mkdir()
+    tifffile.imwrite(tmp_path / "g" / "a.tif", gt)
+    tifffile.imwrite(tmp_path / "g" / "b.tif", gt)
+    tifffile.imwrite(tmp_path / "p" / "a.tif", gt)  # perfect
+    tifffile.imwrite(tmp_path / "p" / "b.tif", np.where(gt == 2, 9, 0).astype(np.uint32))
+    out = tmp_path / "s.json"
+    rc = main(["evaluate", str(tmp_path / "p"), str(tmp_path / "g"), "--mode", "instances",
+               "--json", str(out)])
+    assert rc == 0
+    assert "pooled" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    b = report["pairs"][1]["scores"]
+    assert b["average_precision"] == 0.5 and b["aji"] == pytest.approx(9 / 25)
+    mean = report["mean"]
+    # Scores averaged over the two images ...
+    assert mean["average_precision"] == pytest.approx(0.75)
+    assert mean["average_precision_by_threshold"]["0.95"] == pytest.approx(0.75)
+    assert mean["aji"] == pytest.approx((1 + 9 / 25) / 2)
+    assert mean["mean_matched_iou"] == 1.0
+    # ... counts summed, and F1 from the pooled counts: TP 3, FP 0, FN 1.
+    assert (mean["n_pred"], mean["n_gt"]) == (3, 4)
+    assert mean["object_f1"]["0.5"]["f1"] == pytest.approx(6 / 7)
+    assert mean["object_f1"]["0.5"]["recall"] == pytest.approx(3 / 4)
 
 
 def test_shape_mismatch_returns_2_and_names_the_file(tmp_path, capsys):

@@ -23,6 +23,10 @@ class ConfigError(UsegError):
     """A configuration value is out of range or inconsistent."""
 
 
+class OutputError(UsegError):
+    """A result cannot be written: its place is not a folder, not writable, or the disk is full."""
+
+
 class UsegWarning(UserWarning):
     """A setting that works but is likely not what the user wants; the CLI prints it as one line."""
 

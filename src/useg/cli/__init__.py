@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsegError as exc:
         print(f"useg {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"useg {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # its message, if any, says how to resume
+        print(f"useg {args.command}: interrupted{f'; {exc}' if str(exc) else ''}",
+              file=sys.stderr)
         return 130
 
 

@@ -22,9 +22,13 @@ Reports, per threshold, pixel error, Rand error, adapted Rand error / V_rand, va
 information and V_info, warping error with split and merger counts, and membrane IoU; stacks
 are scored per 2D slice.
 
---mode instances: PRED and GT are label images (0 = background). Reports the Cell Tracking
-Challenge SEG score, object precision/recall/F1 at IoU thresholds, adapted Rand error (GT
-background ignored), variation of information (background included) and foreground IoU.
+--mode instances: PRED and GT are label images (0 = background). Reports object F1, precision
+and recall at IoU 0.5 (at the first of --iou-thresholds without 0.5), the Data Science Bowl 2018
+average precision over IoU 0.5:0.95, the aggregated Jaccard index (AJI), the Cell Tracking
+Challenge SEG score, the mean IoU of objects matched at IoU 0.5, V_rand (GT background
+ignored), variation of information (background included), foreground IoU and the numbers of
+objects. The mean row pools the object counts of all pairs for F1, precision and recall, sums
+the numbers of objects and averages every other score over the pairs.
 """
 
 
@@ -144,18 +148,27 @@ def _print_isbi(results: list[dict], summary: dict) -> None:
 
 def _print_instances(results: list[dict], mean: dict) -> None:
     keys = list(results[0]["scores"]["object_f1"])
-    t0 = keys[0]
-    header = ["pair", "SEG", f"F1@{t0}", "V_rand", "VOI_split", "VOI_merge", "IoU_fg"]
+    t0 = "0.5" if "0.5" in keys else keys[0]
+    header = ["pair", f"F1@{t0}", f"P@{t0}", f"R@{t0}", "AP50:95", "AJI", "SEG", "mIoU@0.5",
+              "V_rand", "VOI_split", "VOI_merge", "IoU_fg", "n_pred", "n_gt"]
 
     def line(name: str, s: dict) -> list[str]:
+        f1 = s["object_f1"][t0]
         return [
             name,
+            f"{f1['f1']:.4f}",
+            f"{f1['precision']:.4f}",
+            f"{f1['recall']:.4f}",
+            f"{s['average_precision']:.4f}",
+            f"{s['aji']:.4f}",
             f"{s['seg']:.4f}",
-            f"{s['object_f1'][t0]['f1']:.4f}",
+            f"{s['mean_matched_iou']:.4f}",
             f"{s['v_rand']:.4f}",
             f"{s['voi_split']:.4f}",
             f"{s['voi_merge']:.4f}",
             f"{s['iou_foreground']:.4f}",
+            f"{s['n_pred']:d}",
+            f"{s['n_gt']:d}",
         ]
 
     rows = [line(Path(r["pred"]).name, r["scores"]) for r in results]
@@ -163,6 +176,9 @@ def _print_instances(results: list[dict], mean: dict) -> None:
         rows.append(line("mean", mean))
     print("Instance segmentation scores")
     print(_table(header, rows))
+    if len(results) > 1:
+        print("mean: F1, P and R from the pooled object counts, n_pred and n_gt summed, "
+              "the rest averaged over the pairs")
     f1s = ", ".join(f"{t}: {mean['object_f1'][t]['f1']:.4f}" for t in keys)
     print(f"object F1 by IoU threshold (pooled): {f1s}")
 

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from useg.cli import add_precision_argument, positive_int, sizes
+from useg.cli import (
+    add_precision_argument,
+    float_range,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    sizes,
+)
 from useg.cli.dask_options import add_dask_arguments
 
 
@@ -16,9 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="predict probability maps and label masks",
         description="Predict images (PNG/TIFF, 2D or 3D stacks; files or folders) with overlap "
         "tiles. Writes <name>_probs.tif (class probabilities, channels first) and "
-        "<name>_labels.tif (most likely class) into --out; images found in a folder keep their "
-        "path relative to it. Two inputs that would write the same file, and results that exist "
-        "already (without --overwrite), are refused before anything is predicted.",
+        "<name>_labels.tif (most likely class) into --out, and with --instances "
+        "<name>_instances.tif (one id per object, 0 = background); images found in a folder "
+        "keep their path relative to it. Two inputs that would write the same file, and "
+        "results that exist already (without --overwrite), are refused before anything is "
+        "predicted.",
     )
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     p.add_argument("--model", required=True,
@@ -32,6 +41,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="average over flips and quarter turns (8x slower in 2D)")
     add_precision_argument(p)
     p.add_argument("--no-probs", action="store_true", help="write label masks only")
+    g = p.add_argument_group(
+        "objects", "--instances splits the foreground into objects (seeded watershed). Its "
+        "settings default to those chosen on validation data when the model was trained "
+        "(stored in the model file), else to built-in defaults; each option below overrides one.")
+    g.add_argument("--instances", action="store_true",
+                   help="also write <name>_instances.tif (uint16, or uint32 past 65,535 objects)")
+    g.add_argument("--instance-threshold", type=float_range(0.0, 1.0, low_open=True,
+                                                            high_open=True),
+                   default=None, help="probability above which a pixel is object (interior)")
+    g.add_argument("--seed-distance", type=non_negative_float, default=None,
+                   help="in pixels of the finest axis: how far inside an object its seed lies; "
+                   "larger merges more")
+    g.add_argument("--min-size", type=non_negative_int, default=None,
+                   help="in pixels (voxels in 3D): smaller objects are removed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--torch-threads", type=positive_int, default=None,
                    help="torch threads (default: torch's; with --dask: per worker, cores / "
@@ -44,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from useg.inference.files import predict_paths
+    from useg.workflows.segment import segment_paths
 
     show = not args.quiet and sys.stderr.isatty()
 
@@ -52,8 +75,12 @@ def run(args: argparse.Namespace) -> int:
         if not show:
             print(f"{path} -> {', '.join(str(p) for p in written.values())}")
 
-    result = predict_paths(
-        args.inputs, args.out, args.model, dask=args.dask, scheduler=args.scheduler,
+    instance_options = {"threshold": args.instance_threshold,
+                        "seed_distance": args.seed_distance, "min_size": args.min_size}
+    result = segment_paths(
+        args.inputs, args.out, args.model, instances=args.instances,
+        instance_options=instance_options, on_settings=lambda line: print(line, file=sys.stderr),
+        dask=args.dask, scheduler=args.scheduler,
         workers=args.workers, block=args.block, device=args.device, tile=args.tile,
         batch_size=args.batch_size, tta=args.tta, precision=args.precision,
         write_probabilities=not args.no_probs, overwrite=args.overwrite,

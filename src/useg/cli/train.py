@@ -84,7 +84,8 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
                    help="border weight width, in pixels of the finest axis whatever the files' "
                    "calibration (coarser axes count their spacing relative to it)")
     g.add_argument("--no-class-balance", action="store_true")
-    g.add_argument("--label-mode", choices=["binary", "instances", "boundary", "classes"],
+    g.add_argument("--label-mode",
+                   choices=["binary", "instances", "three_class", "boundary", "classes"],
                    default=_DEFAULTS.label_mode, help="meaning of label values (default: "
                    "binary in 2D, "
                    "boundary in 3D)")
@@ -92,7 +93,8 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
                    help="label value of unannotated pixels (weight 0)")
     g.add_argument("--boundary-width", type=_typed("boundary_width"),
                    default=_DEFAULTS.boundary_width,
-                   help="thickness of the boundary class in label mode 'boundary'")
+                   help="thickness of the boundary class in label modes 'boundary' and "
+                   "'three_class'")
     g.add_argument("--spacing", type=parse_spacing, metavar="Z,Y,X",
                    help="voxel size, e.g. 50,4,4 (overrides the files'; stored in the model)")
     g.add_argument("--slices", nargs="+", metavar="AXIS=I,J",
@@ -167,12 +169,16 @@ def training_options(args: argparse.Namespace) -> TrainOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from useg.training.from_folders import train_from_folders
+    from useg.workflows.tune_instances import train_and_tune
 
-    best = train_from_folders(
+    best, instances = train_and_tune(
         args.out, images=args.images, labels=args.labels, val_images=args.val_images,
         val_labels=args.val_labels, options=training_options(args), resume=args.resume,
         given=args.given_options, progress=not args.quiet,
     )
     print(f"model: {best}")
+    if instances is not None:
+        settings = ", ".join(f"{k} {v}" for k, v in instances["params"].items())
+        print(f"instances: {settings} ({instances['chosen_on']}); stored in the model for "
+              "useg predict --instances")
     return 0

@@ -4,8 +4,12 @@ Files are paired by name stem (``pred/12.tif`` with ``gt/12.png``,
 :func:`useg.io.files.pair_files`).
 ``mode="isbi"`` scores interior (or membrane) probability maps against binary ground truth over
 thresholds (:func:`useg.evaluation.isbi.isbi_scores`), averaged over the pairs;
-``mode="instances"`` scores label images (:mod:`useg.evaluation.objects`,
-:mod:`useg.evaluation.rand`), with the object counts pooled over the pairs.
+``mode="instances"`` scores label images (:func:`useg.evaluation.objects.object_scores`,
+:mod:`useg.evaluation.rand`). Its mean over the pairs: object precision, recall and F1 from the
+object counts pooled over the pairs; the numbers of objects summed; every other score (SEG,
+average precision at each threshold and over 0.5:0.95, AJI, mean matched IoU, Rand, VOI,
+foreground IoU) averaged over the pairs, each image counting once, as the Data Science Bowl 2018
+averages its score over images.
 """
 
 from __future__ import annotations
@@ -18,12 +22,7 @@ import numpy as np
 
 from useg.errors import InputError
 from useg.evaluation.isbi import DEFAULT_ISBI_THRESHOLDS, isbi_best, isbi_scores
-from useg.evaluation.objects import (
-    DEFAULT_IOU_THRESHOLDS,
-    detection_scores,
-    object_f1,
-    seg_score,
-)
+from useg.evaluation.objects import DEFAULT_IOU_THRESHOLDS, detection_scores, object_scores
 from useg.evaluation.pixel import iou
 from useg.evaluation.rand import adapted_rand_error, variation_of_information
 from useg.io.files import pair_files, write_json
@@ -117,27 +116,42 @@ def _score_instances(pairs, iou_thresholds) -> tuple[list[dict], dict]:
     for key, value in results[0]["scores"].items():
         if isinstance(value, float):
             mean[key] = float(np.mean([r["scores"][key] for r in results]))
+    # Average precision per threshold: averaged over images, as the Data Science Bowl 2018 does.
+    mean["average_precision_by_threshold"] = {
+        t: float(np.mean([r["scores"]["average_precision_by_threshold"][t] for r in results]))
+        for t in results[0]["scores"]["average_precision_by_threshold"]
+    }
     # Object counts are pooled over images before computing precision, recall and F1.
     mean["object_f1"] = {
         t: detection_scores(*(sum(r["scores"]["object_f1"][t][k] for r in results)
                               for k in ("tp", "fp", "fn")))
         for t in results[0]["scores"]["object_f1"]
     }
+    for key in ("n_pred", "n_gt"):
+        mean[key] = int(sum(r["scores"][key] for r in results))
     return results, mean
 
 
 def _instance_scores(pred: np.ndarray, gt: np.ndarray, iou_thresholds) -> dict:
     are, _, _ = adapted_rand_error(pred, gt, ignore_labels=(0,))
     voi_split, voi_merge = variation_of_information(pred, gt)
-    f1 = object_f1(pred, gt, thresholds=iou_thresholds)
+    obj = object_scores(pred, gt, iou_thresholds=iou_thresholds)
     return {
-        "seg": seg_score(pred, gt),
+        "seg": obj["seg"],
+        "average_precision": obj["average_precision"],
+        "aji": obj["aji"],
+        "mean_matched_iou": obj["mean_matched_iou"],
         "adapted_rand_error": are,
         "v_rand": 1.0 - are,
         "voi_split": voi_split,
         "voi_merge": voi_merge,
         "iou_foreground": iou(pred > 0, gt > 0, labels=(1,))[1],
-        "object_f1": {f"{t:g}": v for t, v in f1.items()},
+        "n_pred": obj["n_pred"],
+        "n_gt": obj["n_gt"],
+        "object_f1": {f"{t:g}": v for t, v in obj["object_f1"].items()},
+        "average_precision_by_threshold": {
+            f"{t:g}": v for t, v in obj["average_precision_by_threshold"].items()
+        },
     }
 
 
@@ -190,8 +204,13 @@ def evaluate_folders(
     dict
         ``{"mode": mode, "pairs": [{"pred", "gt", "scores"}...], "mean": ...}``: for isbi the
         mean is ``{"per_threshold": [...], "best": {...}}`` averaged over the pairs (error
-        counts summed); for instances the mean of each score, with the object counts pooled over
-        the pairs before precision, recall and F1.
+        counts summed). For instances, the scores of a pair are ``seg``, ``average_precision``
+        (over IoU 0.5:0.95), ``aji``, ``mean_matched_iou`` (at IoU 0.5), ``adapted_rand_error``,
+        ``v_rand``, ``voi_split``, ``voi_merge``, ``iou_foreground``, ``n_pred``, ``n_gt``,
+        ``object_f1`` (threshold -> precision, recall, f1, tp, fp, fn) and
+        ``average_precision_by_threshold`` (threshold -> AP); the mean has the same keys:
+        precision, recall and F1 from the counts pooled over the pairs, ``n_pred`` and ``n_gt``
+        summed, every other score averaged over the pairs.
     """
     if mode not in ("isbi", "instances"):
         raise InputError(f"mode must be 'isbi' or 'instances', got {mode!r}")

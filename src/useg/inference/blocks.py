@@ -45,7 +45,7 @@ from useg.errors import ConfigError
 from useg.inference.tiling import TilePlan
 from useg.io.arrays import mirror_indices
 from useg.io.chunked import as_channels_first, open_array
-from useg.io.files import write_json
+from useg.io.files import make_folder, write_json
 from useg.labels import most_likely_class
 
 __all__ = ["BlockPlan", "finished_blocks", "marker_name", "plan_blocks", "predict_block"]
@@ -147,8 +147,7 @@ def marker_name(index: Sequence[int]) -> str:
 def finished_blocks(done_dir: str | os.PathLike) -> set[str]:
     """Marker names of the blocks done in ``done_dir`` (created when missing). A marker whose
     writer was killed before its rename (a hidden temporary file) is removed."""
-    done_dir = Path(done_dir)
-    done_dir.mkdir(parents=True, exist_ok=True)
+    done_dir = make_folder(done_dir)
     finished = set()
     for name in os.listdir(done_dir):
         if name.startswith("."):

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from useg.errors import ConfigError, InputError
+from useg.errors import ConfigError, InputError, OutputError, UsegError, one_line
 from useg.inference.blocks import (
     BlockPlan,
     finished_blocks,
@@ -41,7 +41,15 @@ from useg.inference.blocks import (
 from useg.inference.tiling import plan_tiles
 from useg.io import normalize as norm
 from useg.io.chunked import as_channels_first, create_array, is_array_spec, open_array, parse_spec
-from useg.io.files import read_json, result_paths, write_json
+from useg.io.files import (
+    check_output_folder,
+    make_folder,
+    read_json,
+    remove_stale_temporaries,
+    result_paths,
+    write_error,
+    write_json,
+)
 from useg.io.images import read_image
 from useg.labels import class_dtype
 
@@ -334,7 +342,7 @@ def _model_for_workers(model: Any, folder: Path) -> tuple[Any, Path, Path | None
         model_path = resolve_model(model).resolve()
         return load_model(model_path), model_path, None
     net = model.cpu()
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     fd, tmp = tempfile.mkstemp(prefix=".useg-model-", suffix=".safetensors", dir=folder)
     os.close(fd)
     meta = {k: v for k, v in (getattr(model, "meta", None) or {}).items()
@@ -389,7 +397,30 @@ def _run(net, model_path: Path, tmp_model: Path | None, image: Any, s: _Settings
         "done_dir": str(s.run_dir / "done"), "probabilities": s.outputs["probabilities"],
         "labels": s.outputs["labels"], "torch_threads": s.torch_threads,
     }
-    return _compute_blocks(job, source.data, geometry, s, started)
+    remove_stale_temporaries([s.run_dir])  # of a run killed earlier (kill -9)
+    try:
+        return _compute_blocks(job, source.data, geometry, s, started)
+    except (UsegError, OSError, KeyboardInterrupt) as exc:
+        raise _resumable_failure(exc, s, geometry.blocks) from exc
+
+
+def _resumable_failure(exc: BaseException, s: _Settings, blocks: BlockPlan) -> BaseException:
+    """``exc``, of a run stopped after its outputs and record were written, as one line that
+    says how much is done and that the same command resumes the run."""
+    try:
+        done = len(finished_blocks(s.run_dir / "done"))
+    except OSError:
+        done = 0
+    total = math.prod(blocks.counts)
+    hint = (f"{done} of {total} blocks are done in {s.run_dir.parent}; rerun the same command "
+            "to resume")
+    if isinstance(exc, KeyboardInterrupt):
+        return KeyboardInterrupt(hint)
+    if isinstance(exc, OSError):
+        text = (str(write_error(exc.filename or s.run_dir.parent, exc)) if exc.errno
+                else one_line(exc))
+        return OutputError(f"{text}; {hint}")
+    return type(exc)(f"{exc}; {hint}")
 
 
 @dataclass(frozen=True)
@@ -482,7 +513,7 @@ def _prepare_outputs(
             source.view, (getattr(net, "meta", None) or {}).get("normalization")
         )
     _create_outputs(net.config, source, g.blocks, s)
-    (s.run_dir / "done").mkdir(parents=True, exist_ok=True)
+    make_folder(s.run_dir / "done")
     write_json(s.run_dir / "run.json", {**record, "stats": _as_json(stats)})
     return stats
 
@@ -520,9 +551,11 @@ def _refuse_existing(
         if previous is not None:
             key = _first_difference(_settings_of(previous), record) or "stats"
             why = f"written with a different {key}"
+        rest = "or choose another output" if previous is None else (
+            "choose another output, or rerun the command that wrote it to resume that run")
         raise ConfigError(
-            f"{exists[0]}: already exists, {why}; pass overwrite (--overwrite) to replace "
-            "it, or choose another output"
+            f"{exists[0]}: already exists, {why}; pass overwrite (--overwrite) to replace it, "
+            f"{rest}"
         )
 
 
@@ -667,14 +700,15 @@ def predict_to_store(
     processes (and ``torch_threads`` defaults to cores / workers), closed at the end. Other
     arguments go to :func:`predict_dask`, whose summary is returned.
     """
-    source = str(source)
-    image: Any = source
-    if not is_array_spec(source):
-        image, _ = read_image(source)  # an ordinary image file is read whole
     out = str(out)
     results = result_paths(out, None, probabilities=write_probabilities)
     if parse_spec(out).kind != "zarr":
         raise InputError(f"{out}: with --dask, --out is a zarr store (e.g. result.zarr)")
+    check_output_folder(parse_spec(out).container)
+    source = str(source)
+    image: Any = source
+    if not is_array_spec(source):
+        image, _ = read_image(source)  # an ordinary image file is read whole
     cluster = None
     if scheduler is None and workers and workers > 1:
         cluster = scheduler = local_cluster(workers)

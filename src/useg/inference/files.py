@@ -3,7 +3,10 @@
 :func:`predict_files` names every result of a run and checks them against each other, the
 inputs and what exists (:func:`useg.io.files.plan_results`) before the first image is
 predicted; :func:`predict_file` predicts one file and writes ``<stem>_probs.tif`` (class
-probabilities) and ``<stem>_labels.tif`` (most likely class) with :func:`write_results`.
+probabilities) and ``<stem>_labels.tif`` (most likely class) with :func:`write_results`, and
+results derived from the probabilities by functions the caller passes (``derive``: the
+instances of :mod:`useg.workflows.segment`), so that prediction knows nothing of what comes
+after it.
 :func:`predict_paths` is ``useg predict``: :func:`predict_files`, or with ``--dask``
 :func:`useg.inference.dask.predict_to_store`.
 """
@@ -27,7 +30,11 @@ from useg.labels import class_dtype, most_likely_class
 from useg.nets.checkpoint import load_model
 from useg.nets.unet import UNet
 
-__all__ = ["predict_file", "predict_files", "predict_paths", "write_results"]
+__all__ = ["Derive", "predict_file", "predict_files", "predict_paths", "write_results"]
+
+# A result computed from the class probabilities ``(C, *spatial)`` and the image's calibration
+# (or None), written as ``<stem>_<kind>.tif`` beside the probabilities.
+Derive = Callable[[np.ndarray, Sequence[float] | None], np.ndarray]
 
 
 def predict_file(
@@ -38,9 +45,12 @@ def predict_file(
     write_probabilities: bool = True,
     write_labels: bool = True,
     name: str | os.PathLike | None = None,
+    derive: Mapping[str, Derive] | None = None,
     **kwargs: Any,
 ) -> dict[str, Path]:
-    """Predict one image file and write ``<stem>_probs.tif`` and ``<stem>_labels.tif``.
+    """Predict one image file and write ``<stem>_probs.tif`` and ``<stem>_labels.tif``, and
+    ``<stem>_<kind>.tif`` for each function of ``derive`` (called with the probabilities and
+    the file's calibration).
 
     A 2D model applied to a 3D stack predicts slice by slice. Outputs are written to temporary
     files and renamed when complete, so an interrupted run leaves no half-written file. ``name``
@@ -50,8 +60,10 @@ def predict_file(
     :func:`useg.inference.predict.predict`.
     """
     path = Path(path)
+    derive = dict(derive or {})
     targets = io.result_paths(out_dir, path.name if name is None else name,
-                              probabilities=write_probabilities, labels=write_labels)
+                              probabilities=write_probabilities, labels=write_labels,
+                              extra=tuple(derive))
     image, meta = io.read_image(path)
     cfg = model.config
     stack = cfg.ndim == 2 and image.ndim == 4
@@ -63,36 +75,45 @@ def predict_file(
             probs = predict(model, image, **kwargs)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
-    return write_results(targets, probs, meta.get("spacing"))
+    spacing = meta.get("spacing")
+    derived = {kind: fn(probs, spacing) for kind, fn in derive.items()}
+    return write_results(targets, probs, spacing, derived=derived)
 
 
 def write_results(
     targets: Mapping[str, Path], probs: np.ndarray, spacing: Sequence[float] | None = None, *,
-    labels: np.ndarray | None = None,
+    labels: np.ndarray | None = None, derived: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Path]:
     """Write class probabilities ``(C, *spatial)`` and/or their most likely class into the
     result files ``targets`` (``"probabilities"``, ``"labels"``: see
     :func:`useg.io.files.result_paths`), with the calibration ``spacing``.
 
-    ``labels`` are the most likely classes when the caller has them already. Returns the files
-    written, by kind; missing folders are created.
+    ``labels`` are the most likely classes when the caller has them already; ``derived`` are
+    further label images by kind (written where ``targets`` names them). Returns the files
+    written, by kind; missing folders are created. The files are marked as results
+    (:data:`useg.io.files.RESULT_SOFTWARE`), so that a later run listing their folder as input
+    skips them (:func:`useg.io.files.is_result_file`).
     """
     for target in targets.values():
-        target.parent.mkdir(parents=True, exist_ok=True)
+        io.make_folder(target.parent)
     axes = "ZYX"[3 - (probs.ndim - 1):]
     written: dict[str, Path] = {}
     if "probabilities" in targets:
         target = targets["probabilities"]
         io.write_image(target, probs.astype(np.float32, copy=False), spacing=spacing,
-                       axes="C" + axes)
+                       axes="C" + axes, software=io.RESULT_SOFTWARE)
         written["probabilities"] = target
     if "labels" in targets:
         if labels is None:
             labels = np.empty(probs.shape[1:], dtype=class_dtype(probs.shape[0]))
             most_likely_class(probs, out=labels)
         target = targets["labels"]
-        io.write_image(target, labels, spacing=spacing, axes=axes)
+        io.write_image(target, labels, spacing=spacing, axes=axes, software=io.RESULT_SOFTWARE)
         written["labels"] = target
+    for kind, array in (derived or {}).items():
+        io.write_image(targets[kind], array, spacing=spacing, axes=axes,
+                       software=io.RESULT_SOFTWARE)
+        written[kind] = targets[kind]
     return written
 
 
@@ -111,12 +132,16 @@ def predict_files(
     torch_threads: int | None = None,
     progress: bool = True,
     on_written: Callable[[Path, dict[str, Path]], None] | None = None,
+    derive: Mapping[str, Derive] | None = None,
 ) -> list[tuple[Path, dict[str, Path]]]:
     """Predict image files and folders of them into ``out_dir`` (``useg predict``).
 
     Every result is named and checked (:func:`useg.io.files.plan_results`) before the first
     image is predicted, so a refusal costs nothing; images found in a folder keep their path
-    relative to it. The model file is loaded once and the precision resolved once.
+    relative to it. The model file is loaded once and the precision resolved once. The output
+    folder is checked first (:func:`useg.io.files.check_output_folder`), and the temporary files
+    that a killed run left in the folders written to are removed
+    (:func:`useg.io.files.remove_stale_temporaries`).
 
     Parameters
     ----------
@@ -139,6 +164,8 @@ def predict_files(
         is a terminal).
     on_written : callable, optional
         Called with each input file and its written results, as soon as they are written.
+    derive : mapping of str to callable, optional
+        Results derived from each image's probabilities, by kind (:func:`predict_file`).
 
     Returns
     -------
@@ -147,8 +174,12 @@ def predict_files(
     """
     from tqdm.auto import tqdm
 
+    io.check_output_folder(out_dir)
     device = resolve_device(device)
-    plan = _planned_results(inputs, out_dir, write_probabilities, overwrite)
+    derive = dict(derive or {})
+    plan = _planned_results(inputs, out_dir, write_probabilities, overwrite, tuple(derive))
+    # Temporary files of a run killed earlier (kill -9), in the folders this run writes to.
+    io.remove_stale_temporaries({Path(out_dir), *(t.parent for *_, r in plan for t in r.values())})
     if torch_threads is not None:
         import torch
 
@@ -163,7 +194,7 @@ def predict_files(
         written = predict_file(
             net, path, out_dir, write_probabilities=write_probabilities, tile=tile,
             device=device, precision=precision, tta=tta, batch_size=batch_size,
-            progress=progress, name=name,
+            progress=progress, name=name, derive=derive,
         )
         done.append((path, written))
         if on_written is not None:
@@ -176,6 +207,7 @@ def _planned_results(
     out_dir: str | os.PathLike,
     write_probabilities: bool,
     overwrite: bool,
+    extra: Sequence[str] = (),
 ) -> list:
     """The images found in ``inputs`` with their result names
     (:func:`useg.io.files.plan_results`); raises :class:`~useg.errors.InputError` for a missing
@@ -183,7 +215,7 @@ def _planned_results(
     for item in inputs:
         if not Path(item).exists():
             raise InputError(f"{item}: no such file or folder")
-    plan = io.plan_results(inputs, out_dir, probabilities=write_probabilities,
+    plan = io.plan_results(inputs, out_dir, probabilities=write_probabilities, extra=extra,
                            overwrite=overwrite)
     if not plan:
         raise InputError(f"{', '.join(map(str, inputs))}: no PNG or TIFF images found")

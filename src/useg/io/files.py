@@ -12,25 +12,36 @@ import json
 import os
 import re
 import secrets
+import stat
+import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from useg.errors import ConfigError, input_error, one_line
+from useg.errors import ConfigError, OutputError, UsegWarning, input_error, one_line
 
 __all__ = [
     "IMAGE_EXTS",
+    "RESULT_SOFTWARE",
+    "RESULT_SUFFIXES",
+    "SOFTWARE",
     "atomic_write",
+    "check_output_folder",
     "file_stem",
+    "is_result_file",
     "list_images",
+    "make_folder",
     "natural_key",
     "pair_by_stem",
     "pair_files",
     "plan_results",
     "read_json",
+    "remove_stale_temporaries",
     "result_paths",
+    "write_error",
     "write_json",
 ]
 
@@ -51,7 +62,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     removed and ``path`` is left untouched.
 
     The temporary name starts with a dot and keeps the final extension of ``path``, so writers that
-    pick a format from the extension (Pillow, tifffile) behave as for ``path``.
+    pick a format from the extension (Pillow, tifffile) behave as for ``path``; it also holds the
+    writer's process id, so that a temporary file left by a killed process can be recognised
+    and removed (:func:`remove_stale_temporaries`).
 
     Parameters
     ----------
@@ -67,6 +80,10 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     ------
     InputError
         When the folder of ``path`` does not exist.
+    OutputError
+        When ``path`` is a folder or another file that is not a regular file (a device such as
+        ``/dev/null``), and for an :class:`OSError` while writing (a full disk, no permission):
+        one line naming ``path`` and the reason; the temporary file is removed.
 
     Examples
     --------
@@ -80,18 +97,184 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         raise input_error(path, f"cannot write: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give the name of a file to write")
+    if path.exists() and not path.is_file():
+        # Replacing a device such as /dev/null by a file would be a disaster for root.
+        raise OutputError(f"{path}: not a regular file ({_kind(path)}); cannot write it")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    _WRITING.add(os.path.abspath(tmp))
     try:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"{path}: nothing was written to the temporary file {tmp.name}")
         _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise write_error(path, exc) from exc
         raise
+    finally:
+        _WRITING.discard(os.path.abspath(tmp))
     _fsync(path.parent)
+
+
+# The temporary files this process is writing now, which remove_stale_temporaries leaves alone
+# even when a killed process of the same id (a container restarted) left others.
+_WRITING: set[str] = set()
+# The name atomic_write gives a temporary file: .<name>.<pid>-<8 hex digits>.tmp<extension>
+_TEMPORARY = re.compile(r"\..+\.(?P<pid>[0-9]+)-[0-9a-f]{8}\.tmp(\.[^./]*)?")
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> OutputError:
+    """The :class:`OutputError` for an :class:`OSError` while writing ``path``: one line with
+    the reason (``no space left on device``, ``permission denied``...).
+
+    Examples
+    --------
+    >>> import errno
+    >>> str(write_error("out/a.tif", OSError(errno.ENOSPC, "No space left on device")))
+    'out/a.tif: cannot write (no space left on device)'
+    """
+    reason = os.strerror(exc.errno).lower() if exc.errno else one_line(exc)
+    return OutputError(f"{path}: cannot write ({reason})")
+
+
+def _kind(path: Path) -> str:
+    """What a path that exists is, in words (``a file``, ``a device``...)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "unreadable"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    return "not a folder nor a regular file"
+
+
+def _not_writable(folder: Path) -> str | None:
+    """Why this process cannot create files in the existing folder ``folder``, or None."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return None
+    with contextlib.suppress(OSError, AttributeError):
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    return "permission denied"
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Check, without creating anything, that results can be written into the folder ``path``
+    (it may not exist yet): called before a command does any work, so that an output folder
+    that is a file, a device such as ``/dev/null``, below a file, or not writable is refused at
+    once, in one line. Returns ``path``.
+
+    Raises
+    ------
+    OutputError
+        Naming ``path`` and the problem.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> check_output_folder(root / "new" / "folder") == root / "new" / "folder"
+    True
+    >>> _ = (root / "a.txt").write_text("")
+    >>> check_output_folder(root / "a.txt")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    useg.errors.OutputError: .../a.txt: is a file, not a folder; results go into a folder
+    """
+    path = Path(path)
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as exc:  # a name too long, a loop of links...
+        raise write_error(path, exc) from None
+    except StopIteration:  # nothing of the path exists: a relative path's "." always does
+        existing = Path.cwd()
+    if not existing.is_dir():
+        if existing == path:
+            raise OutputError(f"{path}: is {_kind(path)}, not a folder; results go into a folder")
+        raise OutputError(f"{path}: cannot create this folder, {existing} is {_kind(existing)}")
+    why = _not_writable(existing)
+    if why is not None:
+        where = "" if existing == path else f" in {existing}"
+        raise OutputError(f"{path}: cannot write ({why}{where})")
+    return path
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` (and its parents) if needed, refusing what
+    :func:`check_output_folder` refuses and turning any :class:`OSError` into one line
+    (:func:`write_error`). Returns ``path``."""
+    path = check_output_folder(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    return path
+
+
+def _writer_alive(pid: int) -> bool:
+    """Whether the process ``pid`` runs on this machine (True when that cannot be known)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would interrupt the process on Windows
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(
+    folders: Iterable[str | os.PathLike], *, min_age: float = 60.0
+) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_write` left in ``folders`` when its process
+    was killed (SIGKILL, a power cut): those of its name pattern whose writer is no longer
+    running on this machine and that nobody has modified for ``min_age`` seconds (a writer on
+    another machine of a shared file system keeps its file fresh while it writes). Other files,
+    and folders that do not exist, are left alone. Returns the files removed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> left = folder / ".a.tif.999999999-0123abcd.tmp.tif"  # no process has this id
+    >>> _ = left.write_bytes(b"")
+    >>> [p.name for p in remove_stale_temporaries([folder], min_age=0)]
+    ['.a.tif.999999999-0123abcd.tmp.tif']
+    """
+    removed = []
+    now = time.time()
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMPORARY.fullmatch(entry.name)
+            if match is None or os.path.abspath(entry.path) in _WRITING:
+                continue
+            pid = int(match["pid"])
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if (not stat.S_ISREG(info.st_mode) or now - info.st_mtime < min_age
+                        or (pid != os.getpid() and _writer_alive(pid))):
+                    continue
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            removed.append(Path(entry.path))
+    return removed
 
 
 def _fsync(path: Path) -> None:
@@ -352,9 +535,49 @@ def pair_files(
     return pair_by_stem(first_files, second_files, names=names, partial=partial)
 
 
+#: The Software tag of the TIFF files useg writes (:func:`useg.io.images.write_image`)...
+SOFTWARE = "useg"
+#: ... and of its results (``useg predict``, ``useg densify``: :func:`is_result_file`).
+RESULT_SOFTWARE = "useg result"
+#: The name endings of result files (:func:`result_paths`), before the extension.
+RESULT_SUFFIXES = ("_probs", "_labels", "_instances")
+
+
+def is_result_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a result useg wrote: a TIFF named like one (``<stem>_probs.tif``,
+    ``_labels``, ``_instances``) whose Software tag says so (:data:`RESULT_SOFTWARE`, written
+    by :func:`useg.inference.files.write_results`). Both are needed, so that an image named
+    ``x_labels.tif`` (by a user, or by useg's :func:`~useg.io.images.write_image`) is not taken
+    for a result.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from useg.io.images import write_image
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> image = np.zeros((4, 4), np.float32)
+    >>> is_result_file(write_image(folder / "a_probs.tif", image, software=RESULT_SOFTWARE))
+    True
+    >>> is_result_file(write_image(folder / "b_probs.tif", image))
+    False
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff") or not file_stem(path).endswith(
+            RESULT_SUFFIXES):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            software = tif.pages.first.software
+    except Exception:  # unreadable: not ours, and the reader says why when it is read
+        return False
+    return software == RESULT_SOFTWARE
+
+
 def result_paths(
     out: str | os.PathLike, name: str | os.PathLike | None = None, *,
-    probabilities: bool = True, labels: bool = True,
+    probabilities: bool = True, labels: bool = True, extra: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Where ``useg predict`` writes the results of one input (the one naming scheme of both the
     file and the ``--dask`` path).
@@ -370,11 +593,14 @@ def result_paths(
         ``out/labels`` of a store.
     probabilities, labels : bool
         Which results are written.
+    extra : sequence of str
+        Further results derived from the probabilities, each named by its kind (``"instances"``
+        writes ``<stem>_instances.tif``, or the array ``instances`` of a store).
 
     Returns
     -------
     dict
-        ``"probabilities"`` and/or ``"labels"`` -> path.
+        ``"probabilities"`` and/or ``"labels"`` and the ``extra`` kinds -> path.
 
     Examples
     --------
@@ -384,7 +610,8 @@ def result_paths(
     ['out.zarr/probs']
     """
     out = Path(out)
-    wanted = {"probabilities": ("probs", probabilities), "labels": ("labels", labels)}
+    wanted = {"probabilities": ("probs", probabilities), "labels": ("labels", labels),
+              **{kind: (kind, True) for kind in extra}}
     if name is None:
         return {kind: out / suffix for kind, (suffix, keep) in wanted.items() if keep}
     name = Path(name)
@@ -400,13 +627,16 @@ def _same_file_key(path: Path) -> str:
 
 def plan_results(
     inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
-    probabilities: bool = True, labels: bool = True, overwrite: bool = False,
+    probabilities: bool = True, labels: bool = True, extra: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> list[tuple[Path, Path, dict[str, Path]]]:
     """The image files that ``inputs`` name and the results each of them writes under ``out``,
     checked before anything is predicted, so that no result of the run replaces another.
 
     A file found in a folder keeps its path relative to that folder under ``out``; a file given
-    by itself writes into ``out``. Names are those of :func:`result_paths`.
+    by itself writes into ``out``. Names are those of :func:`result_paths`. Results of an earlier
+    run found in a folder (:func:`is_result_file`: an ``--out`` inside or equal to an input
+    folder) are skipped with a warning, never predicted as images; given by name, they are.
 
     Parameters
     ----------
@@ -414,8 +644,8 @@ def plan_results(
         Image files and folders (see :func:`list_images`).
     out : str or PathLike
         The output folder.
-    probabilities, labels : bool
-        Which results are written.
+    probabilities, labels, extra
+        Which results are written (:func:`result_paths`).
     overwrite : bool
         Replace results that exist already (refused otherwise).
 
@@ -447,15 +677,25 @@ def plan_results(
     useg.errors.InputError: .../a/x.png and .../b/x.png: would both write .../out/x_probs.tif; ...
     """
     plan: list[tuple[Path, Path, dict[str, Path]]] = []
+    skipped: dict[Path, list[Path]] = {}
     for item in map(Path, inputs):
         for path in list_images(item):
+            if item.is_dir() and is_result_file(path):
+                skipped.setdefault(item, []).append(path)
+                continue
             name = path.relative_to(item) if item.is_dir() else Path(path.name)
             plan.append(
-                (path, name, result_paths(out, name, probabilities=probabilities, labels=labels))
+                (path, name, result_paths(out, name, probabilities=probabilities, labels=labels,
+                                       extra=extra))
             )
     _refuse_collisions(plan)
     if not overwrite:
         _refuse_existing(plan)
+    for item, paths in skipped.items():  # after the refusals: a refusal is one line
+        names = ", ".join(p.name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+        warnings.warn(UsegWarning(
+            f"{item}: skipped {len(paths)} result file(s) of an earlier useg run ({names}); "
+            "name a file to predict it anyway"), stacklevel=2)
     return plan
 
 

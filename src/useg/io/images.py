@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from useg.errors import InputError, input_error, one_line
-from useg.io.files import IMAGE_EXTS, atomic_write
+from useg.io.files import IMAGE_EXTS, SOFTWARE, atomic_write
 
 __all__ = ["read_image", "read_labels", "write_image"]
 
@@ -486,13 +486,14 @@ def write_image(
     spacing: Sequence[float] | None = None,
     axes: str | None = None,
     compress: bool = True,
+    software: str = SOFTWARE,
 ) -> Path:
     """Write an image or label array to TIFF or PNG, atomically.
 
     TIFF: uint8, uint16 and float32 arrays are written as ImageJ hyperstacks (Fiji opens them with
     their axes and calibration); other pixel types as plain TIFFs whose description holds the axes
-    and spacing, which :func:`read_image` restores. Spacing (micrometres) also goes into the
-    resolution tags. ``compress`` uses lossless zlib (deflate).
+    and spacing, which :func:`read_image` restores. The Software tag is ``software``. Spacing
+    (micrometres) also goes into the resolution tags. ``compress`` uses lossless zlib (deflate).
 
     PNG: only 2D uint8 or uint16 arrays (a leading channel axis of size 1 is allowed); the XY
     spacing is stored in the pHYs chunk.
@@ -512,6 +513,9 @@ def write_image(
         Axes of ``array``; required for 3D arrays, where channels and Z cannot be told apart.
     compress : bool
         Compress losslessly (TIFF: zlib; PNG: zlib level 6 instead of 0).
+    software : str
+        The TIFF Software tag: ``useg``, or for results :data:`useg.io.files.RESULT_SOFTWARE`
+        (:func:`useg.io.files.is_result_file`).
 
     Returns
     -------
@@ -548,7 +552,7 @@ def write_image(
     if ext == ".png":
         _write_png(path, arr, axes, sp, compress)
     else:
-        _write_tiff(path, arr, axes, sp, compress)
+        _write_tiff(path, arr, axes, sp, compress, software)
     return path
 
 
@@ -574,7 +578,8 @@ def _write_png(path: Path, arr: np.ndarray, axes: str, sp: list[float], compress
         im.save(tmp, **kwargs)
 
 
-def _write_tiff(path: Path, arr: np.ndarray, axes: str, sp: list[float], compress: bool) -> None:
+def _write_tiff(path: Path, arr: np.ndarray, axes: str, sp: list[float], compress: bool,
+                software: str = SOFTWARE) -> None:
     import tifffile
 
     arr = np.ascontiguousarray(arr)
@@ -582,6 +587,8 @@ def _write_tiff(path: Path, arr: np.ndarray, axes: str, sp: list[float], compres
         "photometric": "minisblack",
         "compression": "zlib" if compress else None,
         "ome": False,
+        # Tells useg's own results from images (useg.io.files.is_result_file).
+        "software": software,
     }
     if arr.dtype in (np.uint8, np.uint16, np.float32):
         # ImageJ orders hyperstacks (T)ZC YX.

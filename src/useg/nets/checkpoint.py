@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from useg.errors import ModelFileError, one_line
-from useg.io.files import atomic_write
+from useg.io.files import atomic_write, make_folder
 from useg.nets.config import UNetConfig
 from useg.nets.unet import UNet
 
-__all__ = ["FORMAT", "check_header", "load_model", "model_info", "resolve_model", "save_model"]
+__all__ = ["FORMAT", "check_header", "load_model", "model_info", "resolve_model", "save_model",
+           "update_header"]
 
 FORMAT = "useg-model"
 FORMAT_VERSION = 1
@@ -68,26 +70,75 @@ def save_model(model: UNet, path: str | os.PathLike, meta: dict[str, Any] | None
         **(meta or {}),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={"useg": json.dumps(header)})
         _usual_permissions(tmp)
     return path
 
 
+def update_header(path: str | os.PathLike, changes: dict[str, Any]) -> Path:
+    """Replace entries of a model file's header (not its network configuration), atomically.
+
+    Used to record what was learnt about a model after it was written, e.g. the
+    post-processing chosen on validation data (``"instances"``).
+    """
+    if {"format", "format_version", "config"} & set(changes):
+        raise ValueError("update_header changes the extras of a header, not its format or "
+                         "network configuration")
+    model = load_model(path)
+    meta = {k: v for k, v in model.meta.items()
+            if k not in ("format", "format_version", "config")}
+    return save_model(model, model.path, {**meta, **changes})
+
+
 def resolve_model(name: str | os.PathLike) -> Path:
-    """Path of a model given as a file, a folder with ``model.safetensors`` or a packaged name."""
-    path = Path(name)
-    if path.is_dir():
+    """Path of a model given as a file, a folder with ``model.safetensors`` or a packaged name.
+
+    A packaged model is looked up only for a plain name (letters, digits, ``.``, ``_``, ``-``;
+    no path separator, not starting with a dot), so that no name reaches a file outside the
+    packaged models (``../../x``, ``/etc/x``); anything else is a path.
+
+    Raises
+    ------
+    ModelFileError
+        ``no such model file or packaged model: NAME (packaged: a, b)``.
+
+    Examples
+    --------
+    >>> resolve_model("em-membrane").name
+    'em-membrane.safetensors'
+    >>> resolve_model("../models/em-membrane")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    useg.errors.ModelFileError: no such model file or packaged model: ../models/em-membrane ...
+    """
+    text = os.fspath(name)
+    path = Path(text)
+    if _exists(path, Path.is_dir):
         path = path / "model.safetensors"
-    if path.is_file():
+    if _exists(path, Path.is_file):
         return path
-    packaged = _PACKAGED / f"{name}.safetensors"
-    if packaged.is_file():
-        return packaged
+    if isinstance(text, str) and _MODEL_NAME.fullmatch(text):
+        packaged = _PACKAGED / f"{text}.safetensors"
+        if packaged.is_file():
+            return packaged
     names = sorted(p.stem for p in _PACKAGED.glob("*.safetensors"))
-    hint = f" (packaged models: {', '.join(names)})" if names else ""
-    raise ModelFileError(f"{name}: no such model file{hint}")
+    raise ModelFileError(f"no such model file or packaged model: {text} "
+                         f"(packaged: {', '.join(names) or 'none'})")
+
+
+# What a packaged model's name may be: a file name in src/useg/models, without separators.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def _exists(path: Path, test: Any) -> bool:
+    """``test(path)`` (``Path.is_file``...), False for a path the system cannot look up (too
+    long, a NUL character) instead of an OSError."""
+    try:
+        return bool(test(path))
+    except (OSError, ValueError):
+        return False
 
 
 def model_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -217,7 +268,7 @@ def _check_extras(header: dict[str, Any]) -> str | None:
             isinstance(spacing, list) and 1 <= len(spacing) <= 3
             and all(_is_number(v) and v > 0 for v in spacing)):
         return f"'spacing' must be null or 1 to 3 positive numbers, got {_short(spacing)}"
-    for name in ("labels", "provenance"):
+    for name in ("labels", "provenance", "instances"):
         if header.get(name) is not None and not isinstance(header[name], dict):
             return f"{name!r} must be a JSON object, got {_short(header[name])}"
     return None

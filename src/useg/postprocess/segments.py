@@ -1,13 +1,14 @@
 """From network outputs to label images: thresholding, seeded watershed and label clean-up.
 
 All functions are N-dimensional (arrays ``(Z,) Y, X``, class probabilities ``(C, (Z,) Y, X)``)
-and need only NumPy and SciPy.
+and need NumPy, SciPy and, for the watershed, scikit-image.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.segmentation import watershed
 
 from useg.errors import InputError
 from useg.labels import most_likely_class
@@ -123,59 +124,6 @@ def _seeds_from_distance(interior: np.ndarray, min_distance: float) -> np.ndarra
     return seeds
 
 
-def _flood(levels: np.ndarray, seeds: np.ndarray, allowed: np.ndarray, structure) -> np.ndarray:
-    """Watershed by flooding: every allowed pixel joins the seed it can be reached from through the
-    lowest possible maximum level; among equal ones, the label arriving first breadth-first."""
-    shape = levels.shape
-    lev = np.pad(levels, 1).ravel()
-    lab = np.pad(np.where(allowed, seeds, -1), 1, constant_values=-1).astype(np.int64).ravel()
-    padded = [n + 2 for n in shape]
-    strides = np.array([int(np.prod(padded[k + 1 :])) for k in range(len(shape))])
-    # Flat-index steps to the neighbours given by the structuring element.
-    steps = np.argwhere(structure) - np.array(structure.shape) // 2
-    offsets = steps @ strides
-    offsets = offsets[offsets != 0]
-    buckets: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-
-    def reach(src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        nb = (src[:, None] + offsets[None, :]).ravel()
-        lb = np.repeat(lab[src], offsets.size)
-        free = lab[nb] == 0
-        return nb[free], lb[free]
-
-    def defer(nb: np.ndarray, lb: np.ndarray) -> None:
-        if not nb.size:
-            return
-        lv = lev[nb]
-        order = np.argsort(lv, kind="stable")
-        nb, lb, lv = nb[order], lb[order], lv[order]
-        starts = np.flatnonzero(np.r_[True, lv[1:] != lv[:-1]])
-        for a, b in zip(starts, np.r_[starts[1:], lv.size], strict=True):
-            buckets.setdefault(int(lv[a]), []).append((nb[a:b], lb[a:b]))
-
-    defer(*reach(np.flatnonzero(lab > 0)))
-    while buckets:
-        level = min(buckets)
-        parts = buckets.pop(level)
-        nb = np.concatenate([q for q, _ in parts])
-        lb = np.concatenate([q for _, q in parts])
-        while nb.size:
-            free = lab[nb] == 0
-            nb, lb = nb[free], lb[free]
-            if not nb.size:
-                break
-            # The first claim on a pixel wins: claims are in breadth-first order.
-            nb, first = np.unique(nb, return_index=True)
-            lab[nb] = lb[first]
-            nb, lb = reach(nb)
-            now = lev[nb] <= level
-            if not now.all():
-                defer(nb[~now], lb[~now])
-            nb, lb = nb[now], lb[now]
-    out = lab.reshape(padded)[(slice(1, -1),) * len(shape)]
-    return np.maximum(out, 0)
-
-
 def watershed_segmentation(
     prob_boundary: np.ndarray,
     markers: np.ndarray | None = None,
@@ -189,10 +137,12 @@ def watershed_segmentation(
 
     Regions grow from the seeds by flooding: a pixel joins the seed it can be reached from
     along a path whose highest boundary value is lowest (the boundary map is quantised to 256
-    levels; on ties the region arriving first, breadth-first, wins), so that neighbouring
-    regions meet on the ridges of the boundary map (Beucher & Meyer 1993). The flooding is
-    vectorised NumPy (no scikit-image needed; :func:`scipy.ndimage.watershed_ift` is avoided
-    because it lets a later marker overrun regions across ridges). Seeds, when not given, are:
+    levels; among pixels of equal level the one queued first is flooded first), so that
+    neighbouring regions meet on the ridges of the boundary map (Beucher & Meyer 1993). The
+    flooding is :func:`skimage.segmentation.watershed` (a priority queue, compiled; unlike a
+    breadth-first flood in NumPy its time does not grow with the length of the paths through
+    plateaus, and :func:`scipy.ndimage.watershed_ift` is avoided because it lets a later
+    marker overrun regions across ridges). Seeds, when not given, are:
 
     * ``min_seed_distance=None``: the connected components of ``prob_boundary < threshold``
       (the interiors separated by boundaries);
@@ -246,8 +196,10 @@ def watershed_segmentation(
     if lo < 0.0 or hi > 1.0:
         b = (b - lo) / (hi - lo)
     seeds = _watershed_seeds(b, markers, mask, threshold, min_seed_distance, structure)
-    levels = np.round(b * 255).astype(np.int16)
-    return _flood(levels, seeds, mask, structure).astype(np.int32)
+    seeds = np.where(mask, seeds, 0).astype(np.int32)
+    # Seeds are imposed minima: all of them start flooding at once, whatever their level.
+    levels = np.where(seeds > 0, -1, np.round(b * 255)).astype(np.int16)
+    return watershed(levels, seeds, connectivity=structure, mask=mask).astype(np.int32)
 
 
 def _watershed_seeds(
@@ -313,11 +265,22 @@ def remove_small_objects(labels: np.ndarray, min_size: int, connectivity: int = 
         return remove_small_objects(comp, min_size) > 0
     if not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"labels must be an integer or boolean array, got dtype {arr.dtype}")
+    out = arr.copy()
+    if _small_ids(arr):  # counting is faster than np.unique's sort
+        small = np.bincount(arr.ravel()) < min_size
+        small[0] = False
+        out[small[arr]] = 0
+        return out
     values, inverse, counts = np.unique(arr, return_inverse=True, return_counts=True)
     small = (counts < min_size) & (values != 0)
-    out = arr.copy()
     out[small[inverse.reshape(arr.shape)]] = 0
     return out
+
+
+def _small_ids(labels: np.ndarray) -> bool:
+    """Whether ``labels`` (integers) are non-negative and at most a few times their number, so
+    that tables indexed by label are cheap."""
+    return bool(labels.size) and labels.min() >= 0 and labels.max() <= 4 * labels.size + 16
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
@@ -343,6 +306,12 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
         raise InputError(f"labels must be an integer array, got dtype {arr.dtype}")
     if arr.size and arr.min() < 0:
         raise InputError("labels must be non-negative")
+    if arr.dtype != bool and _small_ids(arr):  # a table by label instead of np.unique's sort
+        present = np.zeros(int(arr.max()) + 1, bool)
+        present[arr.ravel()] = True
+        # The rank of each present value, from 0 when 0 is present, else from 1.
+        new = np.cumsum(present) - (1 if present[0] else 0)
+        return new.astype(_label_dtype(int(present.sum())))[arr]
     values, inverse = np.unique(arr, return_inverse=True)
     # Map the sorted unique values to 0..K, with 0 reserved for background.
     new = np.arange(values.size) + (0 if values.size and values[0] == 0 else 1)

@@ -119,6 +119,7 @@ class TrainConfig:
             mode=self.label_mode, unlabeled=self.unlabeled, slices=slices, w0=self.w0,
             sigma=self.sigma, class_balance=self.class_balance,
             boundary_width=self.boundary_width,
+            classes=self.net.get("classes"),  # the label values of mode "classes" are checked
             # The normalisation the model file records, so that predicting a file sees what
             # training saw.
             normalization=self.normalization,

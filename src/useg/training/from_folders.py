@@ -32,7 +32,7 @@ from useg.training.config import RESUMABLE, TrainConfig
 from useg.training.loop import train
 from useg.training.options import NET_OPTIONS, TrainOptions, parse_pool, parse_slices
 from useg.training.run_folder import CONFIG, read_config
-from useg.training.samples import Sample, load_pairs
+from useg.training.samples import MODE_CLASSES, Sample, load_pairs
 
 __all__ = [
     "build_config",
@@ -90,7 +90,8 @@ def make_config(
     in_channels : int
         Channels of the images.
     classes : int, optional
-        Output classes; default 2, or the preset's for label mode ``classes``.
+        Output classes; default :data:`useg.training.samples.MODE_CLASSES` of the label mode
+        (3 for ``three_class``, else 2), or the preset's for label mode ``classes``.
     label_mode : str, optional
         Meaning of the labels (:data:`useg.training.samples.LABEL_MODES`); default
         :func:`default_label_mode`.
@@ -146,7 +147,7 @@ def _network(
     if preset is not None and values["ndim"] != ndim:
         raise ConfigError(f"preset {name} is {values['ndim']}D but the data are {ndim}D")
     if classes is None:
-        classes = values["classes"] if label_mode == "classes" else 2
+        classes = MODE_CLASSES.get(label_mode, values["classes"])
     values.update(ndim=ndim, in_channels=in_channels, classes=classes, **net_options)
     if pool is None and values.get("pool") is None and voxels is not None:
         levels = anisotropic_pools(tuple(voxels)[-ndim:], values["depth"])
@@ -335,6 +336,8 @@ def labels_record(mode: str, classes: int, data: dict[str, Any]) -> dict[str, An
     the label mode, a name per class and the data files (``data``) the run trains on."""
     if mode == "boundary":
         names = ["interior", "boundary"]
+    elif mode == "three_class":
+        names = ["background", "interior", "boundary"]
     elif mode == "classes":
         names = [f"class {i}" for i in range(classes)]
     else:
@@ -389,7 +392,7 @@ def train_from_folders(
     progress : bool
         Show a progress bar.
     """
-    out = Path(out)
+    out = io.check_output_folder(out)
     options = options if options is not None else TrainOptions()
     paths = {"images": images, "labels": labels, "val_images": val_images,
              "val_labels": val_labels}

@@ -26,6 +26,7 @@ import torch
 
 from useg.device import autocast
 from useg.errors import ConfigError, InputError
+from useg.io.files import make_folder, remove_stale_temporaries
 from useg.nets.checkpoint import save_model
 from useg.nets.config import UNetConfig
 from useg.nets.forward import memory_format
@@ -286,7 +287,8 @@ def _open_run_folder(
         cfg, resumed_from = resume_config(cfg, out)
     elif (out / STATE).exists():
         raise InputError(f"{out}: a run already exists here; use --resume or another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
+    remove_stale_temporaries([out])  # of a run killed earlier (kill -9)
     return cfg, resumed_from
 
 

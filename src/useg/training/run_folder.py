@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from useg.errors import ConfigError, InputError
+from useg.errors import ConfigError, InputError, one_line
 from useg.io.files import atomic_write, read_json, write_json
 from useg.nets.checkpoint import save_model
 from useg.nets.config import UNetConfig
@@ -59,7 +59,9 @@ CURVES = "curves.png"
 def read_config(out: str | os.PathLike) -> dict[str, Any]:
     """The saved configuration of the run in ``out`` (its ``config.json``), as a dict.
 
-    Raises :class:`~useg.errors.InputError` when there is none or it is not a configuration.
+    Raises :class:`~useg.errors.InputError` when there is none or it is not a complete run
+    configuration (a network section that builds a network, settings in their ranges), so that
+    a damaged or hand-edited file is one line naming it, not a failure in the middle of a run.
     """
     path = Path(out) / CONFIG
     if not path.is_file():
@@ -67,7 +69,21 @@ def read_config(out: str | os.PathLike) -> dict[str, Any]:
     saved = read_json(path)
     if not isinstance(saved, dict):
         raise InputError(f"{path}: not a run configuration (a JSON object)")
+    net = saved.get("net")
+    missing = [k for k in _NET_KEYS if not isinstance(net, dict) or k not in net]
+    if missing:
+        raise InputError(f"{path}: not a complete run configuration (its network section 'net' "
+                         f"lacks {', '.join(missing)})")
+    try:
+        UNetConfig.from_dict(net)
+        TrainConfig.from_dict(saved)
+    except (TypeError, ValueError) as exc:  # ValueError: UsegError included
+        raise InputError(f"{path}: unreadable run configuration ({one_line(exc)})") from None
     return saved
+
+
+# The network settings that a run's configuration must state (the others have defaults).
+_NET_KEYS = ("ndim", "in_channels", "classes")
 
 
 def saved_config(out: str | os.PathLike) -> TrainConfig:

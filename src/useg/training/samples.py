@@ -22,8 +22,10 @@ from useg.labels import IGNORE
 
 __all__ = [
     "LABEL_MODES",
+    "MODE_CLASSES",
     "Sample",
     "boundary_target",
+    "check_label_values",
     "load_pairs",
     "make_sample",
     "relative_spacing",
@@ -31,7 +33,10 @@ __all__ = [
     "targets_from_labels",
 ]
 
-LABEL_MODES = ("binary", "instances", "boundary", "classes")
+LABEL_MODES = ("binary", "instances", "three_class", "boundary", "classes")
+
+#: Number of classes of the label modes that fix it (``classes`` takes it from the labels).
+MODE_CLASSES = {"binary": 2, "instances": 2, "three_class": 3, "boundary": 2}
 
 
 def boundary_target(instances: np.ndarray, width: int = 1, ignore: int | None = None) -> np.ndarray:
@@ -90,6 +95,13 @@ def targets_from_labels(
     ``instances``
         Each id is one object (0 background); one-pixel borders between touching objects become
         background, as in the paper's cell-tracking experiments. Classes as ``binary``.
+    ``three_class``
+        Each id is one object (0 background). Classes: 0 background, 1 interior, 2 boundary:
+        the object pixels within ``boundary_width`` pixels (city-block) of a pixel of another
+        id, background or another object (``unlabeled`` pixels do not count). The instances
+        returned for the border weights are the objects' interiors, so that the border term
+        of the weight map lies on the boundary pixels between touching objects (and on the
+        background gaps between close ones).
     ``boundary``
         EM membranes from instance labels: class 1 where the id changes (see
         :func:`boundary_target`), 0 inside objects; ``unlabeled`` ids are ignored.
@@ -118,6 +130,12 @@ def targets_from_labels(
         if unl is not None:
             instances = np.where(unl, 0, instances)
         target = ((instances > 0) & ~_touches_other_object(instances)).astype(np.int64)
+    elif mode == "three_class":
+        ids = labels.astype(np.int64)
+        objects = ids > 0 if unl is None else (ids > 0) & ~unl
+        edge = boundary_target(ids, boundary_width, ignore=unlabeled) == 1
+        target = np.where(objects, np.where(edge, 2, 1), 0).astype(np.int64)
+        instances = np.where(target == 1, ids, 0)
     elif mode == "boundary":
         target = boundary_target(labels, boundary_width, ignore=unlabeled)
         return target, None
@@ -172,6 +190,86 @@ def sparsify(target: np.ndarray, slices: Mapping[int, Sequence[int]]) -> np.ndar
     return np.where(keep, target, IGNORE)
 
 
+def check_label_values(
+    labels: np.ndarray,
+    mode: str,
+    *,
+    unlabeled: int | None = None,
+    classes: int | None = None,
+    name: object = "labels",
+) -> None:
+    """Refuse label values that mean nothing in label ``mode``, before anything is trained.
+
+    Allowed, besides the ``unlabeled`` value (allowed in every mode): ``binary`` 0 and one
+    foreground value (1, or 255 as in ISBI 2012; several foreground values are object or class
+    ids given to the wrong mode); ``classes`` 0 to ``classes - 1`` (any value >= 0 when
+    ``classes`` is None); ``instances``, ``three_class`` and ``boundary`` ids >= 0. Negative
+    values are refused in every mode (an unlabeled value is marked with ``unlabeled``). Modes
+    not listed here are not checked.
+
+    Raises
+    ------
+    InputError
+        Naming ``name`` (the label file), the first few values refused and the allowed ones.
+
+    Examples
+    --------
+    >>> check_label_values(np.array([[0, 255], [255, 9]]), "binary", unlabeled=9)
+    >>> check_label_values(np.array([[0, 1, 255]]), "binary", name="a.png")
+    Traceback (most recent call last):
+    ...
+    useg.errors.InputError: a.png: label values 1, 255 are not allowed in label mode 'binary', \
+which allows 0 (background) and one foreground value (such as 1 or 255); object ids need \
+--label-mode instances, class ids --label-mode classes
+    """
+    labels = np.asarray(labels)
+    if labels.dtype == bool or labels.size == 0 or mode not in _ALLOWED:
+        return
+    annotated = None if unlabeled is None else labels != unlabeled
+
+    def found(bad: np.ndarray) -> np.ndarray:
+        if annotated is not None:
+            bad &= annotated
+        return np.unique(labels[bad]) if bad.any() else np.empty(0, labels.dtype)
+
+    allowed = _ALLOWED[mode]
+    if mode == "classes" and classes is not None:
+        allowed = f"0 to {classes - 1} (the network's {classes} classes)"
+    hint = ""
+    bad = found(labels < 0) if labels.dtype.kind in "if" else np.empty(0)
+    if bad.size:
+        hint = "" if unlabeled is not None else "; mark unannotated pixels with --unlabeled"
+    elif mode == "classes" and classes is not None:
+        bad = found(labels >= classes)
+    elif mode == "binary":
+        foreground = labels > 0
+        if annotated is not None:
+            foreground &= annotated
+        top = np.max(labels, where=foreground, initial=0)
+        if np.any(foreground & (labels != top)):
+            bad = found(foreground)
+            hint = "; object ids need --label-mode instances, class ids --label-mode classes"
+    if not bad.size:
+        return
+    shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in bad[:5])
+    if bad.size > 5:
+        shown += f", ... ({bad.size} values)"
+    also = "" if unlabeled is None else f" and {unlabeled} (unlabeled)"
+    raise InputError(f"{name}: label value{'s' if bad.size > 1 else ''} {shown} "
+                     f"{'are' if bad.size > 1 else 'is'} not allowed in label mode {mode!r}, "
+                     f"which allows {allowed}{also}{hint}")
+
+
+# The label values each mode allows (check_label_values), in words.
+_ALLOWED = {
+    "binary": "0 (background) and one foreground value (such as 1 or 255)",
+    "classes": "class ids >= 0",
+    "instances": "0 (background) and object ids > 0",
+    "three_class": "0 (background) and object ids > 0",
+    "boundary": "object ids >= 0",
+}
+
+
 @dataclass
 class Sample:
     """One training image in memory, ready for tile sampling."""
@@ -198,6 +296,7 @@ def make_sample(
     spacing: Sequence[float] | None = None,
     normalization: dict[str, Any] | None = None,
     name: str = "",
+    classes: int | None = None,
 ) -> Sample:
     """Build a :class:`Sample`: normalised image, class target and the paper's weight map.
 
@@ -209,6 +308,8 @@ def make_sample(
     relative ``spacing`` counts (an axis twice as coarse as the finest has steps of 2), so the
     calibration a file happens to carry (a 72-dpi PNG, a TIFF in nanometres) does not change
     the weights.
+
+    Label values are checked first (:func:`check_label_values`, with the network's ``classes``).
     """
     from useg.training.weights import border_weight_map, class_balance_weights
 
@@ -217,6 +318,7 @@ def make_sample(
             f"{name}: image of spatial shape {image.shape[1:]} and labels of shape "
             f"{labels.shape} differ"
         )
+    check_label_values(labels, mode, unlabeled=unlabeled, classes=classes, name=name or "labels")
     target, instances = targets_from_labels(
         labels, mode, unlabeled=unlabeled, boundary_width=boundary_width
     )
@@ -288,6 +390,9 @@ def load_pairs(
     for img_path, lab_path in io.pair_files(images, labels):
         image, meta = io.read_image(img_path)
         lab, _ = io.read_labels(lab_path)
+        check_label_values(lab, sample_options.get("mode", "binary"),
+                           unlabeled=sample_options.get("unlabeled"),
+                           classes=sample_options.get("classes"), name=lab_path)
         if in_channels is not None and image.shape[0] != in_channels:
             raise InputError(
                 f"{img_path}: image has {image.shape[0]} channel(s), the network expects "

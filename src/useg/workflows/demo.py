@@ -94,9 +94,9 @@ def run_demo(
     data : {"auto", "isbi", "synthetic"}
         ``auto`` uses ISBI 2012 when the shared data folder has it.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = io.check_output_folder(out_dir)
     name, train_s, val_s, test_image, test_truth = _demo_data(data, seed)
+    io.make_folder(out)
     cfg = _demo_config(train_s, name, iterations, seed, device)
     t0 = time.perf_counter()
     state = out / "run"

@@ -360,7 +360,7 @@ def densify_file(
     (DensifyResult, list of Path)
         The result of :func:`densify` and the files written.
     """
-    out = Path(out)
+    out = io.check_output_folder(out)
     options = options if options is not None else TrainOptions()
     if resume:
         cfg = _resumed_file_config(out, volume, labels, options, given)

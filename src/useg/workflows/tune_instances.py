@@ -1,0 +1,160 @@
+"""Post-processing chosen on validation data and stored in the model file.
+
+After ``useg train`` with validation images whose labels hold one id per object (label modes
+``instances`` and ``three_class``), the instance step's settings (threshold, seed distance,
+minimum size) are searched on a grid for the largest object F1 at IoU 0.5 over the validation
+images, and written into the model file's header (``"instances"``), so that
+``useg predict --instances`` uses them without flags. Only validation images are looked at;
+reported test data never are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from useg import io
+from useg.errors import InputError
+from useg.evaluation.objects import object_f1
+from useg.inference.predict import predict
+from useg.nets.checkpoint import load_model, update_header
+from useg.postprocess.instances import InstanceParams, instances_from_probabilities
+from useg.training.from_folders import saved_run, train_from_folders
+from useg.workflows.segment import INSTANCE_TARGETS, instance_spacing
+
+__all__ = ["DEFAULT_GRID", "TUNED_MODES", "choose_instance_params", "train_and_tune",
+           "tune_model_instances"]
+
+# Candidate settings. Minimum sizes and seed distances are in pixels (voxels in 3D).
+DEFAULT_GRID: dict[str, tuple] = {
+    "threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "seed_distance": (0.0, 1.0, 2.0, 3.0, 5.0),
+    "min_size": (0, 8, 16, 32, 64, 128),
+}
+# Label modes whose label files hold one id per object (the reference of the object F1).
+TUNED_MODES = ("instances", "three_class")
+
+
+def choose_instance_params(
+    probs: Sequence[np.ndarray],
+    references: Sequence[np.ndarray],
+    target: str,
+    *,
+    spacings: Sequence[Sequence[float] | None] | None = None,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+) -> tuple[InstanceParams, dict[str, Any]]:
+    """The instance settings with the largest pooled object F1 at IoU 0.5.
+
+    The matches, false positives and false negatives of all images are summed before the F1 is
+    computed, so that large images count in proportion to their objects. Ties go to the
+    earlier candidate of the grid (lower thresholds, seed distances and sizes first).
+
+    Parameters
+    ----------
+    probs : sequence of ndarray
+        Class probabilities ``(C, *spatial)`` of each validation image.
+    references : sequence of ndarray
+        Their reference instance labels (0 = background).
+    target : str
+        The instance target of the model (:data:`useg.workflows.segment.INSTANCE_TARGETS`).
+    spacings : sequence, optional
+        Relative voxel size of each image (None: isotropic).
+    grid : mapping, optional
+        Candidate values per setting (default :data:`DEFAULT_GRID`).
+
+    Returns
+    -------
+    params : InstanceParams
+    record : dict
+        ``object_f1`` of the choice, the candidates tried and the counts.
+    """
+    if len(probs) != len(references) or not probs:
+        raise InputError("choose_instance_params needs as many references as probability maps "
+                         "(at least one)")
+    grid = dict(DEFAULT_GRID if grid is None else grid)
+    spacings = list(spacings) if spacings is not None else [None] * len(probs)
+    names = list(grid)
+    best: tuple[float, InstanceParams, dict] | None = None
+    for values in itertools.product(*(grid[n] for n in names)):
+        params = InstanceParams.from_dict(dict(zip(names, values, strict=True)), source="grid")
+        tp = fp = fn = 0
+        for p, ref, sp in zip(probs, references, spacings, strict=True):
+            found = instances_from_probabilities(p, target, params, spacing=sp)
+            counts = object_f1(found, ref, thresholds=(0.5,))[0.5]
+            tp, fp, fn = tp + counts["tp"], fp + counts["fp"], fn + counts["fn"]
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+        if best is None or f1 > best[0]:
+            best = (f1, params, {"tp": tp, "fp": fp, "fn": fn})
+    assert best is not None
+    f1, params, counts = best
+    record = {"object_f1": f1, **counts, "images": len(probs),
+              "grid": {n: list(grid[n]) for n in names}}
+    return params, record
+
+
+def tune_model_instances(
+    model: str | os.PathLike,
+    images: str | os.PathLike,
+    labels: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    precision: str = "auto",
+    grid: Mapping[str, Sequence[Any]] | None = None,
+) -> dict[str, Any]:
+    """Choose the instance settings of ``model`` on validation ``images`` and their instance
+    ``labels`` (paired by name) and write them into the model file; returns what was written.
+
+    The images are predicted as ``useg predict`` would (whole images, overlap tiles).
+    """
+    net = load_model(model, device=device)
+    mode = (net.meta.get("labels") or {}).get("mode")
+    if mode not in TUNED_MODES:
+        raise InputError(f"{net.path}: instance settings are chosen for models trained with "
+                         f"--labels {' or '.join(TUNED_MODES)}, not {mode!r}")
+    target = INSTANCE_TARGETS[mode]
+    probs, refs, spacings, names = [], [], [], []
+    for img_path, lab_path in io.pair_files(images, labels):
+        image, meta = io.read_image(img_path)
+        ref, _ = io.read_labels(lab_path)
+        p = predict(net, image, device=device, precision=precision, progress=False)
+        if p.shape[1:] != ref.shape:
+            raise InputError(f"{lab_path}: labels of shape {ref.shape} do not match the "
+                             f"prediction of {img_path.name} {p.shape[1:]}")
+        probs.append(p)
+        refs.append(ref)
+        spacings.append(instance_spacing(meta.get("spacing"), ref.ndim))
+        names.append(Path(img_path).name)
+    params, record = choose_instance_params(probs, refs, target, spacings=spacings, grid=grid)
+    entry = {
+        "target": target,
+        "params": params.to_dict(),
+        "chosen_on": f"object F1@0.5 {record['object_f1']:.3f} on {len(names)} validation "
+                     f"image(s)",
+        "validation": {**record, "files": names},
+    }
+    update_header(net.path, {"instances": entry})
+    return entry
+
+
+def train_and_tune(out: str | os.PathLike, **kwargs: Any) -> tuple[Path, dict[str, Any] | None]:
+    """``useg train``: :func:`useg.training.from_folders.train_from_folders`, then, when the run
+    has validation data with one id per object, :func:`tune_model_instances` on its model.
+
+    Returns the model file and the instance settings written (None when there was nothing to
+    choose them on).
+    """
+    best = train_from_folders(out, **kwargs)
+    saved, data, _ = saved_run(out)
+    mode = (saved.get("labels") or {}).get("mode")
+    if mode not in TUNED_MODES or not data.get("val_images"):
+        return best, None
+    device = str(saved.get("device") or "cpu")
+    entry = tune_model_instances(best, data["val_images"], data["val_labels"],
+                                 device="cpu" if device == "auto" else device,
+                                 precision=str(saved.get("precision", "auto")))
+    return best, entry
