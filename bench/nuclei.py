@@ -26,7 +26,8 @@ distance transform, seeds at its local maxima at least ``min_distance`` apart, w
 objects under ``min_size`` px removed; ``min_distance`` and ``min_size`` chosen on gbm31-35.
 
 Peer: bench/peers/cellpose_nuclei.py run with another Python (``--peer-python``) where Cellpose
-installs; trained from scratch on gbm01-30 in ``--peer-minutes``, settings chosen on gbm31-35.
+installs; trained from scratch on gbm01-30 in ``--peer-minutes`` (default: the training time of
+useg's chosen run), with the same number of threads, settings chosen on gbm31-35.
 
 Scores (useg.evaluation.objects.object_scores, pooled over the five test images): object F1,
 precision and recall at IoU 0.5, average precision over IoU 0.5:0.95 (DSB 2018), aggregated
@@ -284,7 +285,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peer-python", default=None)
-    parser.add_argument("--peer-minutes", type=float, default=15.0)
+    parser.add_argument("--peer-minutes", type=float, default=None,
+                        help="the peer's training budget (default: useg's training time)")
     args = parser.parse_args()
     args.steps = args.steps or (20 if args.quick else STEPS)
     torch.set_num_threads(args.threads)
@@ -309,6 +311,8 @@ def main() -> None:
         base = run_classical(val, test)
         print(f"classical: val F1 {base['val_object_f1']:.3f}, test F1 {base['test']['f1']:.3f}",
               flush=True)
+        if args.peer_minutes is None:  # the same budget as useg's chosen run
+            args.peer_minutes = round(chosen["train_s"] / 60, 1)
         peer = run_peer(args, folders, tmp, test)
         name = sorted(test[1])[0]
         methods = {f"useg ({chosen['mode']})": chosen["test_predictions"][name],

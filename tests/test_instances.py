@@ -409,3 +409,20 @@ def test_three_class_label_mode_is_known_wherever_label_modes_are_dispatched(tmp
                       augment=None, seed=1, label_mode="three_class")
     best = train(cfg, [sample], tmp_path / "run", val_samples=[sample], progress=False)
     assert best.exists()
+
+
+def test_instances_mode_puts_the_border_term_on_the_gaps_between_touching_objects():
+    # Two squares touching along a vertical line; the instances target carves a gap there.
+    lab = np.zeros((12, 16), np.int64)
+    lab[2:10, 2:8] = 1
+    lab[2:10, 8:14] = 2
+    image = np.zeros((1, *lab.shape), np.float32)
+    with_border = make_sample(image, lab, mode="instances", w0=10.0, sigma=5.0)
+    without = make_sample(image, lab, mode="instances", w0=0.0, sigma=5.0)
+    gap = (lab > 0) & (with_border.target == 0)
+    assert gap.any()
+    term = with_border.weight - without.weight
+    # On the gap the two nearest objects are each about one pixel away: the term is near w0.
+    assert term[gap].min() > 10 * np.exp(-(2 + 2) ** 2 / 50)
+    # It is larger there than on background far from the contact line.
+    assert term[gap].min() > term[0, 0] + 3

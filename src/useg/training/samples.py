@@ -130,6 +130,9 @@ def targets_from_labels(
         if unl is not None:
             instances = np.where(unl, 0, instances)
         target = ((instances > 0) & ~_touches_other_object(instances)).astype(np.int64)
+        # The gaps are background, as in the paper's separated objects: the border term must
+        # lie on them, where the distances to the two objects are smallest.
+        instances = np.where(target == 1, instances, 0)
     elif mode == "three_class":
         ids = labels.astype(np.int64)
         objects = ids > 0 if unl is None else (ids > 0) & ~unl
