@@ -20,7 +20,7 @@ from useg.errors import UsegError, UsegWarning
 
 # Subcommand modules, in the order ``useg --help`` lists them. A module missing here is skipped,
 # so the CLI keeps working while a subcommand is being written.
-_COMMANDS = ("predict", "train", "demo", "densify", "evaluate")
+_COMMANDS = ("predict", "train", "demo", "densify", "evaluate", "export")
 
 
 class Parser(argparse.ArgumentParser):

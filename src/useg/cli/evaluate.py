@@ -10,9 +10,9 @@ import math
 from pathlib import Path
 
 _DESCRIPTION = """\
-Score predictions against ground truth. PRED and GT are image files (.png, .tif, .tiff) or
-folders of them; files are paired by name stem (pred/12.tif with gt/12.png), and every file
-must have a partner.
+Score predictions against ground truth. PRED and GT are image files (.png, .tif, .tiff, .nii,
+.nii.gz) or folders of them; files are paired by name stem (pred/12.tif with gt/12.png,
+gt/12.nii.gz), and every file must have a partner.
 
 --mode isbi: PRED is a probability of cell interior (0 = membrane, the ISBI 2012 submission
 format; use --membrane for a membrane probability) or a binary map. Integer files are divided

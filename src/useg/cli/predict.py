@@ -21,11 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="predict probability maps and label masks",
-        description="Predict images (PNG/TIFF, 2D or 3D stacks; files or folders) with overlap "
-        "tiles. Writes <name>_probs.tif (class probabilities, channels first) and "
+        description="Predict images (PNG/TIFF/NIfTI, 2D or 3D stacks; files or folders) with "
+        "overlap tiles. Writes <name>_probs.tif (class probabilities, channels first) and "
         "<name>_labels.tif (most likely class) into --out, and with --instances "
         "<name>_instances.tif (one id per object, 0 = background); images found in a folder "
-        "keep their path relative to it. Two inputs that would write the same file, and "
+        "keep their path relative to it; a NIfTI input (.nii, .nii.gz) gives NIfTI results "
+        "with its affine. Two inputs that would write the same file, and "
         "results that exist already (without --overwrite), are refused before anything is "
         "predicted.",
     )

@@ -77,19 +77,22 @@ def predict_file(
         raise InputError(f"{path}: {exc}") from None
     spacing = meta.get("spacing")
     derived = {kind: fn(probs, spacing) for kind, fn in derive.items()}
-    return write_results(targets, probs, spacing, derived=derived)
+    return write_results(targets, probs, spacing, derived=derived, nifti=meta.get("nifti"))
 
 
 def write_results(
     targets: Mapping[str, Path], probs: np.ndarray, spacing: Sequence[float] | None = None, *,
     labels: np.ndarray | None = None, derived: Mapping[str, np.ndarray] | None = None,
+    nifti: Any = None,
 ) -> dict[str, Path]:
     """Write class probabilities ``(C, *spatial)`` and/or their most likely class into the
     result files ``targets`` (``"probabilities"``, ``"labels"``: see
     :func:`useg.io.files.result_paths`), with the calibration ``spacing``.
 
     ``labels`` are the most likely classes when the caller has them already; ``derived`` are
-    further label images by kind (written where ``targets`` names them). Returns the files
+    further label images by kind (written where ``targets`` names them). ``nifti`` is the
+    header of a NIfTI input (``meta["nifti"]`` of :func:`useg.io.images.read_image`): NIfTI
+    targets (``.nii.gz``, named so for NIfTI inputs) take its affine. Returns the files
     written, by kind; missing folders are created. The files are marked as results
     (:data:`useg.io.files.RESULT_SOFTWARE`), so that a later run listing their folder as input
     skips them (:func:`useg.io.files.is_result_file`).
@@ -101,18 +104,19 @@ def write_results(
     if "probabilities" in targets:
         target = targets["probabilities"]
         io.write_image(target, probs.astype(np.float32, copy=False), spacing=spacing,
-                       axes="C" + axes, software=io.RESULT_SOFTWARE)
+                       axes="C" + axes, software=io.RESULT_SOFTWARE, reference=nifti)
         written["probabilities"] = target
     if "labels" in targets:
         if labels is None:
             labels = np.empty(probs.shape[1:], dtype=class_dtype(probs.shape[0]))
             most_likely_class(probs, out=labels)
         target = targets["labels"]
-        io.write_image(target, labels, spacing=spacing, axes=axes, software=io.RESULT_SOFTWARE)
+        io.write_image(target, labels, spacing=spacing, axes=axes, software=io.RESULT_SOFTWARE,
+                       reference=nifti)
         written["labels"] = target
     for kind, array in (derived or {}).items():
         io.write_image(targets[kind], array, spacing=spacing, axes=axes,
-                       software=io.RESULT_SOFTWARE)
+                       software=io.RESULT_SOFTWARE, reference=nifti)
         written[kind] = targets[kind]
     return written
 

@@ -25,12 +25,14 @@ from useg.errors import ConfigError, OutputError, UsegWarning, input_error, one_
 
 __all__ = [
     "IMAGE_EXTS",
+    "NIFTI_EXTS",
     "RESULT_SOFTWARE",
     "RESULT_SUFFIXES",
     "SOFTWARE",
     "atomic_write",
     "check_output_folder",
     "file_stem",
+    "image_ext",
     "is_result_file",
     "list_images",
     "make_folder",
@@ -45,7 +47,22 @@ __all__ = [
     "write_json",
 ]
 
-IMAGE_EXTS = (".png", ".tif", ".tiff")
+IMAGE_EXTS = (".png", ".tif", ".tiff", ".nii", ".nii.gz")
+#: NIfTI-1/2 volumes (read and written with nibabel: ``pip install useg[nifti]``).
+NIFTI_EXTS = (".nii", ".nii.gz")
+
+
+def image_ext(path: str | os.PathLike) -> str:
+    """The extension of an image file, lower case, ``.nii.gz`` counting as one.
+
+    Examples
+    --------
+    >>> image_ext("a/brain.NII.GZ"), image_ext("cell.tif"), image_ext("x.gz")
+    ('.nii.gz', '.tif', '.gz')
+    """
+    path = Path(path)
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,13 +432,13 @@ def list_images(
     if not path.exists():
         raise input_error(path, "no such file or folder")
     if path.is_file():
-        if path.suffix.lower() not in exts:
+        if image_ext(path) not in exts:
             raise input_error(path, f"not an image file (expected {', '.join(exts)})")
         return [path]
     files = [
         p
         for p in path.iterdir()
-        if p.suffix.lower() in exts and not p.name.startswith(".") and p.is_file()
+        if image_ext(p) in exts and not p.name.startswith(".") and p.is_file()
     ]
     if not files:
         raise input_error(path, f"no image files ({', '.join(exts)}) in this folder")
@@ -429,16 +446,17 @@ def list_images(
 
 
 def file_stem(path: str | os.PathLike) -> str:
-    """The name a file is paired by: its name without the extension (``.ome.tif`` counts as one).
+    """The name a file is paired by: its name without the extension (``.ome.tif`` and
+    ``.nii.gz`` count as one).
 
     Examples
     --------
-    >>> file_stem("a/cell.ome.tif"), file_stem("cell.png")
-    ('cell', 'cell')
+    >>> file_stem("a/cell.ome.tif"), file_stem("cell.png"), file_stem("brain.nii.gz")
+    ('cell', 'cell', 'brain')
     """
     path = Path(path)
     name = path.name
-    for ext in (".ome.tiff", ".ome.tif"):
+    for ext in (".ome.tiff", ".ome.tif", ".nii.gz"):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return path.stem
@@ -546,7 +564,8 @@ RESULT_SUFFIXES = ("_probs", "_labels", "_instances")
 def is_result_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a result useg wrote: a TIFF named like one (``<stem>_probs.tif``,
     ``_labels``, ``_instances``) whose Software tag says so (:data:`RESULT_SOFTWARE`, written
-    by :func:`useg.inference.files.write_results`). Both are needed, so that an image named
+    by :func:`useg.inference.files.write_results`), or a NIfTI file named like one whose header
+    description (``descrip``) says so. Both are needed, so that an image named
     ``x_labels.tif`` (by a user, or by useg's :func:`~useg.io.images.write_image`) is not taken
     for a result.
 
@@ -562,6 +581,14 @@ def is_result_file(path: str | os.PathLike) -> bool:
     False
     """
     path = Path(path)
+    if image_ext(path) in NIFTI_EXTS and file_stem(path).endswith(RESULT_SUFFIXES):
+        try:
+            import nibabel
+
+            descrip = nibabel.load(path).header["descrip"]
+            return descrip.item().decode(errors="replace") == RESULT_SOFTWARE
+        except Exception:  # unreadable or no nibabel: not ours; the reader says why
+            return False
     if path.suffix.lower() not in (".tif", ".tiff") or not file_stem(path).endswith(
             RESULT_SUFFIXES):
         return False
@@ -589,8 +616,11 @@ def result_paths(
     name : str or PathLike, optional
         The input's path relative to the folder it was listed from (its file name when it was
         given as a file): results go to ``out/<sub-folders>/<stem>_probs.tif`` and
-        ``..._labels.tif``, mirroring the input tree. None names the arrays ``out/probs`` and
-        ``out/labels`` of a store.
+        ``..._labels.tif``, mirroring the input tree; the results of a NIfTI input are NIfTI
+        files with its extension (``<stem>_probs.nii.gz`` for ``<stem>.nii.gz``). None names
+        the arrays ``out/probs`` and ``out/labels`` of a store; of an OME-Zarr store
+        (``*.ome.zarr``) the probabilities are the image itself, the others its label images
+        ``out/labels/classes`` and ``out/labels/<kind>``.
     probabilities, labels : bool
         Which results are written.
     extra : sequence of str
@@ -608,14 +638,25 @@ def result_paths(
     ['out/day1/cell_probs.tif', 'out/day1/cell_labels.tif']
     >>> [p.as_posix() for p in result_paths("out.zarr", labels=False).values()]
     ['out.zarr/probs']
+    >>> [p.name for p in result_paths("out", "brain.nii.gz").values()]
+    ['brain_probs.nii.gz', 'brain_labels.nii.gz']
+    >>> [p.as_posix() for p in result_paths("r.ome.zarr", extra=("instances",)).values()]
+    ['r.ome.zarr', 'r.ome.zarr/labels/classes', 'r.ome.zarr/labels/instances']
     """
     out = Path(out)
     wanted = {"probabilities": ("probs", probabilities), "labels": ("labels", labels),
               **{kind: (kind, True) for kind in extra}}
+    if name is None and out.name.lower().endswith(".ome.zarr"):
+        where = {"probabilities": out, "labels": out / "labels" / "classes"}
+        return {kind: where.get(kind, out / "labels" / suffix)
+                for kind, (suffix, keep) in wanted.items() if keep}
     if name is None:
         return {kind: out / suffix for kind, (suffix, keep) in wanted.items() if keep}
     name = Path(name)
-    return {kind: out / name.parent / f"{name.stem}_{suffix}.tif"
+    ext = image_ext(name)
+    # A NIfTI input gives NIfTI results (with its affine: useg.inference.files.write_results).
+    stem, ext = (file_stem(name), ext) if ext in NIFTI_EXTS else (name.stem, ".tif")
+    return {kind: out / name.parent / f"{stem}_{suffix}{ext}"
             for kind, (suffix, keep) in wanted.items() if keep}
 
 

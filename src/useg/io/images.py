@@ -1,4 +1,4 @@
-"""Reading and writing microscopy images (PNG, TIFF) in the library's axis order.
+"""Reading and writing microscopy images (PNG, TIFF, NIfTI) in the library's axis order.
 
 Images come back as ``(C, Y, X)`` or ``(C, Z, Y, X)`` arrays with the channel axis always present;
 label images as ``(Y, X)`` or ``(Z, Y, X)``. Every problem with a file a user gave becomes one
@@ -7,10 +7,17 @@ label images as ``(Y, X)`` or ``(Z, Y, X)``. Every problem with a file a user ga
 
 Voxel spacing is reported in micrometres when the file states a unit, otherwise in whatever unit
 the file holds (often none, in which case the spacing is ``None``).
+
+NIfTI (``.nii``, ``.nii.gz``; needs nibabel: ``pip install useg[nifti]``) stores its voxels in
+X, Y, Z order (then time and channels); they are read into useg's order (C, Z, Y, X), the
+fourth axis being channels, with the spacing from the voxel sizes (``pixdim``) in the unit of
+the header. ``meta["nifti"]`` holds the file's header (affine included), which
+:func:`write_image` takes as ``reference`` to write results in the input's space.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -20,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from useg.errors import InputError, input_error, one_line
-from useg.io.files import IMAGE_EXTS, SOFTWARE, atomic_write
+from useg.io.files import IMAGE_EXTS, NIFTI_EXTS, SOFTWARE, atomic_write, image_ext
 
 __all__ = ["read_image", "read_labels", "write_image"]
 
@@ -55,10 +62,49 @@ def _check_readable(path: Path, exts: Sequence[str] = IMAGE_EXTS) -> None:
         raise input_error(path, "file not found")
     if path.is_dir():
         raise input_error(path, "is a folder, not an image file")
-    if path.suffix.lower() not in exts:
+    if image_ext(path) not in exts:
         raise input_error(
-            path, f"unsupported format {path.suffix or '(no extension)'!r}; use PNG or TIFF"
+            path,
+            f"unsupported format {path.suffix or '(no extension)'!r}; use PNG, TIFF or NIfTI"
         )
+
+
+def _nibabel(path: Path) -> Any:
+    """The nibabel module, or one line saying how to install it."""
+    try:
+        import nibabel
+    except ImportError:
+        raise input_error(path, "reading and writing NIfTI needs nibabel: "
+                          "pip install useg[nifti]") from None
+    return nibabel
+
+
+# NIfTI xyzt spatial units -> micrometres (an unknown unit is kept as it is).
+_NIFTI_UNIT_UM = {"meter": 1e6, "mm": 1e3, "micron": 1.0}
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, str, dict[str, float], str, Any]:
+    """Return (array in the file's X, Y, Z, T, C order, axes letters, spacing by axis letter,
+    original dtype name, header)."""
+    nib = _nibabel(path)
+    img = nib.load(path)
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise input_error(path, f"not a single-file NIfTI image ({type(img).__name__})")
+    header = img.header
+    arr = np.asanyarray(img.dataobj)  # scaled by scl_slope / scl_inter when the file has them
+    if arr.ndim > 5:
+        raise input_error(path, f"NIfTI image of {arr.ndim} dimensions {arr.shape}; at most "
+                          "X, Y, Z, time and channels are read")
+    # The fourth axis of a 4D file is read as channels (a volume per channel or class); a 5D
+    # file is (X, Y, Z, time, vector), whose vector axis (dim 5) holds channels.
+    axes = ("XYZC" if arr.ndim == 4 else "XYZTC")[: arr.ndim]
+    zooms = [float(z) for z in header.get_zooms()[: min(arr.ndim, 3)]]
+    factor = _NIFTI_UNIT_UM.get(header.get_xyzt_units()[0], 1.0)
+    spacing: dict[str, float] = {}
+    if all(np.isfinite(z) and z > 0 for z in zooms):
+        spacing = {a: z * factor for a, z in zip("XYZ", zooms, strict=False)}
+    dtype = str(np.dtype(header.get_data_dtype()).newbyteorder("="))
+    return arr, axes, spacing, dtype, header.copy()
 
 
 def _read_png(path: Path, *, labels: bool) -> tuple[np.ndarray, str, dict[str, float], str]:
@@ -204,11 +250,20 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, dict[str, float], str]:
     return arr, axes, spacing, str(arr.dtype)
 
 
-def _read_any(path: Path, *, labels: bool) -> tuple[np.ndarray, str, dict[str, float], str]:
+def _read_any(path: Path, *, labels: bool
+              ) -> tuple[np.ndarray, str, dict[str, float], str, dict[str, Any]]:
+    """Return (array, axes letters, spacing by axis letter, original dtype name, extras of the
+    meta dictionary: the header of a NIfTI file)."""
     _check_readable(path)
+    ext = image_ext(path)
+    extras: dict[str, Any] = {}
+    if ext in NIFTI_EXTS:
+        _nibabel(path)  # a missing nibabel is one line of its own, not a "corrupt" file
     try:
-        if path.suffix.lower() == ".png":
+        if ext == ".png":
             arr, axes, spacing, dtype = _read_png(path, labels=labels)
+        elif ext in NIFTI_EXTS:
+            arr, axes, spacing, dtype, extras["nifti"] = _read_nifti(path)
         else:
             arr, axes, spacing, dtype = _read_tiff(path)
     except InputError:
@@ -216,7 +271,7 @@ def _read_any(path: Path, *, labels: bool) -> tuple[np.ndarray, str, dict[str, f
     except MemoryError:
         raise input_error(path, "image too large to fit in memory") from None
     except Exception as exc:  # decoders raise many types; to the user they all mean "corrupt"
-        kind = "PNG" if path.suffix.lower() == ".png" else "TIFF"
+        kind = {".png": "PNG", ".nii": "NIfTI", ".nii.gz": "NIfTI"}.get(ext, "TIFF")
         raise input_error(
             path, f"not a readable {kind} image or corrupt ({one_line(exc)})"
         ) from None
@@ -227,7 +282,7 @@ def _read_any(path: Path, *, labels: bool) -> tuple[np.ndarray, str, dict[str, f
         raise input_error(path, f"unsupported pixel type {arr.dtype}")
     if arr.size == 0:
         raise input_error(path, f"empty image (shape {tuple(arr.shape)})")
-    return arr, axes, spacing, dtype
+    return arr, axes, spacing, dtype, extras
 
 
 def _normalise_axes(
@@ -328,8 +383,9 @@ def read_image(
     Parameters
     ----------
     path : str or PathLike
-        A ``.png``, ``.tif`` or ``.tiff`` file. For TIFFs holding several series (pyramids,
-        thumbnails), the first series is read.
+        A ``.png``, ``.tif``, ``.tiff``, ``.nii`` or ``.nii.gz`` file. For TIFFs holding several
+        series (pyramids, thumbnails), the first series is read. A NIfTI file's X, Y, Z axes
+        become Z, Y, X; its fourth axis is the channel axis.
     channel_axis : int, optional
         Axis of the stored array that holds channels (negative counts from the end).
     ndim : {2, 3}, optional
@@ -342,7 +398,8 @@ def read_image(
     meta : dict
         ``spacing`` (tuple of floats per spatial axis Z, Y, X in micrometres when the file states
         a unit, or None when the file holds no spacing), ``axes`` (``"CYX"`` or ``"CZYX"``),
-        ``dtype`` (the file's pixel type) and ``path``.
+        ``dtype`` (the file's pixel type) and ``path``; for NIfTI also ``nifti``, the file's
+        header (its affine: ``meta["nifti"].get_best_affine()``).
 
     Raises
     ------
@@ -362,7 +419,7 @@ def read_image(
     path = Path(path)
     if ndim not in (None, 2, 3):
         raise InputError(f"ndim must be 2, 3 or None, not {ndim!r}")
-    arr, axes, found, dtype = _read_any(path, labels=False)
+    arr, axes, found, dtype, extras = _read_any(path, labels=False)
     arr, has_z = _normalise_axes(path, arr, axes, channel_axis=channel_axis, ndim=ndim)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -375,6 +432,7 @@ def read_image(
         "axes": "CZYX" if has_z else "CYX",
         "dtype": dtype,
         "path": str(path),
+        **extras,
     }
     return arr, meta
 
@@ -390,7 +448,7 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     Parameters
     ----------
     path : str or PathLike
-        A ``.png``, ``.tif`` or ``.tiff`` file.
+        A ``.png``, ``.tif``, ``.tiff``, ``.nii`` or ``.nii.gz`` file.
 
     Returns
     -------
@@ -398,7 +456,7 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         ``(Y, X)`` or ``(Z, Y, X)``.
     meta : dict
         ``spacing`` (per spatial axis or None), ``axes`` (``"YX"`` or ``"ZYX"``), ``dtype`` (the
-        file's pixel type) and ``path``.
+        file's pixel type) and ``path`` (and ``nifti`` as for :func:`read_image`).
 
     Raises
     ------
@@ -414,7 +472,7 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     (dtype('uint16'), 'YX', True)
     """
     path = Path(path)
-    arr, axes, found, dtype = _read_any(path, labels=True)
+    arr, axes, found, dtype, extras = _read_any(path, labels=True)
     arr, has_z = _normalise_axes(path, arr, axes, channel_axis=None, ndim=None)
     if arr.shape[0] > 1:
         if not (arr == arr[:1]).all():
@@ -437,6 +495,7 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         "axes": "ZYX" if has_z else "YX",
         "dtype": dtype,
         "path": str(path),
+        **extras,
     }
     return np.ascontiguousarray(arr), meta
 
@@ -487,8 +546,9 @@ def write_image(
     axes: str | None = None,
     compress: bool = True,
     software: str = SOFTWARE,
+    reference: Any = None,
 ) -> Path:
-    """Write an image or label array to TIFF or PNG, atomically.
+    """Write an image or label array to TIFF, PNG or NIfTI, atomically.
 
     TIFF: uint8, uint16 and float32 arrays are written as ImageJ hyperstacks (Fiji opens them with
     their axes and calibration); other pixel types as plain TIFFs whose description holds the axes
@@ -498,13 +558,19 @@ def write_image(
     PNG: only 2D uint8 or uint16 arrays (a leading channel axis of size 1 is allowed); the XY
     spacing is stored in the pHYs chunk.
 
+    NIfTI (``.nii``, ``.nii.gz``; needs nibabel): the array is stored as X, Y, Z with channels
+    as the fourth axis. With a ``reference`` header (``meta["nifti"]`` of :func:`read_image`)
+    the file keeps its affine, voxel sizes and units (``spacing`` is then not used); without
+    one the affine is the diagonal of ``spacing`` in micrometres. The description (``descrip``)
+    is ``software``.
+
     The file is written to a temporary name first and moved into place only when complete (see
     :func:`atomic_write`). Boolean arrays are written as uint8 0/1.
 
     Parameters
     ----------
     path : str or PathLike
-        Destination, ending in ``.tif``, ``.tiff`` or ``.png``.
+        Destination, ending in ``.tif``, ``.tiff``, ``.png``, ``.nii`` or ``.nii.gz``.
     array : ndarray
         In the library's axis order, described by ``axes``.
     spacing : sequence of float, optional
@@ -515,7 +581,11 @@ def write_image(
         Compress losslessly (TIFF: zlib; PNG: zlib level 6 instead of 0).
     software : str
         The TIFF Software tag: ``useg``, or for results :data:`useg.io.files.RESULT_SOFTWARE`
-        (:func:`useg.io.files.is_result_file`).
+        (:func:`useg.io.files.is_result_file`); NIfTI: the header's ``descrip``.
+    reference : nibabel NIfTI header, optional
+        NIfTI only: the header whose affine, voxel sizes and units the file takes (of the
+        image the array was computed from; its spatial shape must match). Ignored for the
+        other formats.
 
     Returns
     -------
@@ -535,10 +605,11 @@ def write_image(
     (1, 4, 6)
     """
     path = Path(path)
-    ext = path.suffix.lower()
+    ext = image_ext(path)
     if ext not in IMAGE_EXTS:
         raise input_error(
-            path, f"unsupported format {path.suffix or '(no extension)'!r}; use PNG or TIFF"
+            path,
+            f"unsupported format {path.suffix or '(no extension)'!r}; use PNG, TIFF or NIfTI"
         )
     arr = np.asarray(array)
     if arr.dtype == bool:
@@ -551,6 +622,8 @@ def write_image(
     sp = _check_spacing(spacing, sum(a in "ZYX" for a in axes), path)
     if ext == ".png":
         _write_png(path, arr, axes, sp, compress)
+    elif ext in NIFTI_EXTS:
+        _write_nifti(path, arr, axes, sp, compress, software, reference)
     else:
         _write_tiff(path, arr, axes, sp, compress, software)
     return path
@@ -613,3 +686,39 @@ def _write_tiff(path: Path, arr: np.ndarray, axes: str, sp: list[float], compres
         kwargs.update(metadata=meta)
     with atomic_write(path) as tmp:
         tifffile.imwrite(tmp, np.ascontiguousarray(arr), **kwargs)
+
+
+def _write_nifti(path: Path, arr: np.ndarray, axes: str, sp: list[float], compress: bool,
+                 software: str, reference: Any) -> None:
+    nib = _nibabel(path)
+    # useg's (C,) (Z,) Y, X -> NIfTI's X, Y, Z (, C).
+    spatial = arr if "C" not in axes else np.moveaxis(arr, 0, -1)
+    n = len(axes) - ("C" in axes)
+    order = [*reversed(range(n)), *([n] if "C" in axes else [])]
+    data = np.transpose(spatial, order)
+    if n == 2 and "C" in axes:
+        data = data[:, :, np.newaxis]  # (X, Y, 1, C): the channels stay the fourth axis
+    if reference is not None:
+        ref_shape = tuple(int(v) for v in reference.get_data_shape()[:3])
+        ref_shape += (1,) * (3 - len(ref_shape))
+        have = tuple(data.shape[:3]) + (1,) * (3 - min(data.ndim, 3))
+        if have != ref_shape:
+            raise input_error(path, f"array of spatial shape (X, Y, Z) {have} does not match "
+                              f"its reference NIfTI header's {ref_shape}")
+        kind = nib.Nifti2Image if isinstance(reference, nib.Nifti2Header) else nib.Nifti1Image
+        img = kind(data, reference.get_best_affine(), header=reference.copy())
+        img.header["cal_min"], img.header["cal_max"] = 0, 0  # the input's display range
+    else:
+        img = nib.Nifti1Image(data, np.diag([*(reversed(sp) if sp else [1.0] * n),
+                                             *([1.0] * (3 - n)), 1.0]))
+        img.header.set_xyzt_units("micron" if sp else "unknown")
+    img.set_data_dtype(data.dtype)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["descrip"] = software.encode()[:79]
+    with atomic_write(path) as tmp, open(tmp, "wb") as raw:
+        if path.name.lower().endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6 if compress else 1,
+                               mtime=0) as stream:
+                img.to_stream(stream)
+        else:
+            img.to_stream(raw)

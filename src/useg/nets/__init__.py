@@ -1,6 +1,7 @@
 """The network: its configuration and presets (:mod:`~useg.nets.config`), shape algebra and cost
 model (:mod:`~useg.nets.geometry`), the U-Net itself (:mod:`~useg.nets.unet`), its inference
-forward pass (:mod:`~useg.nets.forward`) and the model file (:mod:`~useg.nets.checkpoint`).
+forward pass (:mod:`~useg.nets.forward`), the model file (:mod:`~useg.nets.checkpoint`) and its
+export to ONNX or TorchScript (:mod:`~useg.nets.export`, imported on use: ``useg export``).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,7 @@ def densify(
     progress: bool = True,
     image_name: str = "volume",
     labels_name: str = "labels",
+    say: Callable[[str], None] | None = None,
 ) -> DensifyResult:
     """Train on the annotated voxels of one volume, then segment all of it (semi-automated).
 
@@ -180,6 +181,8 @@ def densify(
         Progress bars for training and prediction.
     image_name, labels_name : str
         Names (file paths) used in error messages.
+    say : callable, optional
+        Receives the training run's one-line notes (:func:`useg.training.loop.train`).
 
     Returns
     -------
@@ -209,7 +212,7 @@ def densify(
     if not resume:
         cfg.tile = list(fit_tile(net, cfg.tile, labels.shape))
     sample = _annotated_sample(image, labels, cfg, net, slices, labels_name)
-    model_path = train(cfg, [sample], out, resume=resume, progress=progress)
+    model_path = train(cfg, [sample], out, resume=resume, progress=progress, say=say)
     model = load_model(model_path)
     # The tile comes from the memory budget, or is the whole volume for a network whose output
     # depends on the tile (batch statistics): predict decides, as for useg predict.
@@ -327,6 +330,7 @@ def densify_file(
     given: Sequence[tuple[str, str]] = (),
     write_probabilities: bool = True,
     progress: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[DensifyResult, list[Path]]:
     """Densify a volume file from its annotation file (``useg densify``).
 
@@ -354,6 +358,8 @@ def densify_file(
         Write the class probabilities too.
     progress : bool
         Progress bars for training and prediction.
+    say : callable, optional
+        Receives the training run's one-line notes (:func:`useg.training.loop.train`).
 
     Returns
     -------
@@ -376,13 +382,13 @@ def densify_file(
     spacing = cfg.spacing if cfg.spacing is not None else meta.get("spacing")
     result = densify(
         image, annotation, out, slices=recorded_slices(cfg.labels["data"]), config=cfg,
-        spacing=spacing, resume=resume, progress=progress, image_name=str(volume),
+        spacing=spacing, resume=resume, progress=progress, say=say, image_name=str(volume),
         labels_name=str(labels_path),
     )
     # The outputs keep the input file's calibration; --spacing only steers the training.
     targets = io.result_paths(out, volume.name, probabilities=write_probabilities)
     written = write_results(targets, result.probabilities, meta.get("spacing"),
-                            labels=result.labels)
+                            labels=result.labels, nifti=meta.get("nifti"))
     return result, [written[kind] for kind in ("labels", "probabilities") if kind in written]
 
 
