@@ -9,7 +9,6 @@ from useg.io.chunked import (
     as_channels_first,
     create_array,
     is_array_spec,
-    ome_metadata,
     open_array,
     parse_spec,
 )
@@ -86,6 +85,7 @@ def test_create_refuses_to_clobber_and_overwrites_on_request(tmp_path):
 
 @pytest.mark.parametrize("fmt, version", [(2, "0.4"), (3, "0.5")])
 def test_ome_zarr_written_minimal_and_read_back(tmp_path, fmt, version):
+    pytest.importorskip("ome_zarr", reason="writing OME-Zarr needs ome-zarr-py (useg[ome])")
     spec = tmp_path / "img.ome.zarr"
     a = create_array(spec, (2, 5, 8, 8), np.float32, (1, 5, 4, 4), spacing=(1.5, 0.2, 0.1),
                      zarr_format=fmt)
@@ -139,16 +139,24 @@ def test_ome_zarr_from_another_writer_levels_units_and_global_scale(tmp_path):
     assert view.shape == (1, 6, 8, 8)
 
 
-def test_ome_metadata_checks_axes_and_spacing():
-    with pytest.raises(ConfigError):
-        ome_metadata("ZCYX")  # channel after space
-    with pytest.raises(ConfigError):
-        ome_metadata("CYX", (1.0,))
-    meta = ome_metadata("YX", (0.3, 0.3), version="0.5", levels=("0", "1"))
-    scales = [d["coordinateTransformations"][0]["scale"]
-              for d in meta["ome"]["multiscales"][0]["datasets"]]
-    assert scales == [[0.3, 0.3], [0.6, 0.6]]
-    json.dumps(meta)  # JSON-serialisable as written
+def test_ome_image_checks_axes_and_spacing_and_names_the_extra(tmp_path, monkeypatch):
+    pytest.importorskip("ome_zarr", reason="writing OME-Zarr needs ome-zarr-py (useg[ome])")
+    with pytest.raises(ConfigError, match="axes 'ZCYX' must be letters of TCZYX in that order"):
+        create_array(tmp_path / "a.ome.zarr", (2, 1, 4, 4), np.uint8, (2, 1, 4, 4), axes="ZCYX")
+    with pytest.raises(ConfigError, match=r"spacing \(1\.0,\) does not fit"):
+        create_array(tmp_path / "b.ome.zarr", (1, 4, 4), np.uint8, (1, 4, 4), (1.0,),
+                     axes="CYX")
+    create_array(tmp_path / "c.ome.zarr", (4, 4), np.uint8, (4, 4), (0.3, 0.3))
+    meta = zarr.open_group(str(tmp_path / "c.ome.zarr"), mode="r").attrs.asdict()
+    assert [d["coordinateTransformations"] for d in meta["ome"]["multiscales"][0]["datasets"]
+            ] == [[{"type": "scale", "scale": [0.3, 0.3]}]]
+    json.dumps(meta)
+    # Without ome-zarr-py, one line naming the extra to install (and nothing written).
+    monkeypatch.setitem(__import__("sys").modules, "ome_zarr", None)
+    with pytest.raises(ConfigError, match=r"d\.ome\.zarr: writing an OME-Zarr image needs "
+                       r"ome-zarr-py; install it with pip install 'useg\[ome\]'"):
+        create_array(tmp_path / "d.ome.zarr", (4, 4), np.uint8, (4, 4))
+    assert not (tmp_path / "d.ome.zarr").exists()
 
 
 def test_hdf5_path_syntax_round_trip(tmp_path, rng):

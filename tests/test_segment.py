@@ -4,6 +4,7 @@ workflows.tune_instances)."""
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 import useg.inference.files as inference_files
 from useg.cli import main
@@ -35,6 +36,7 @@ def _probs_of(labels):
 
 
 def _model(tmp_path, mode="instances", classes=2, name="m.safetensors"):
+    torch.manual_seed(0)  # the same random network every run
     net = UNet("ronneberger2015", width=4, depth=2, classes=classes)
     return save_model(net, tmp_path / name, {"labels": {"mode": mode, "classes": ["a"] * classes}})
 

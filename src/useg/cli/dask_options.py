@@ -16,8 +16,11 @@ def add_dask_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dask", action="store_true",
         help="predict block by block with dask, resuming an interrupted run; INPUT may be a "
-        "chunked array (vol.zarr/raw, image.ome.zarr, file.h5:/raw) and --out is a zarr store "
-        "that receives OUT/probs and OUT/labels",
+        "chunked array (vol.zarr/raw, image.ome.zarr, a level image.ome.zarr/1, file.h5:/raw) "
+        "and --out is a zarr store that receives OUT/probs and OUT/labels; an --out ending in "
+        ".ome.zarr is an OME-Zarr image of the probabilities with a pyramid and the label "
+        "images OUT/labels/classes (and /instances), in the input's voxel size (needs "
+        "useg[ome])",
     )
     g.add_argument(
         "--scheduler", default=None,

@@ -51,6 +51,7 @@ from useg.io.files import (
     write_json,
 )
 from useg.io.images import read_image
+from useg.io.ome import fill_levels, require_writer
 from useg.labels import class_dtype
 
 __all__ = ["local_cluster", "plan_blocks", "predict_dask", "predict_to_store"]
@@ -210,6 +211,8 @@ def predict_dask(
     torch_threads: int | None = None,
     zarr_format: int = 3,
     on_block: Callable[[dict[str, Any]], None] | None = None,
+    spacing: Sequence[float] | None = None,
+    unit: str | None = "micrometer",
 ) -> dict[str, Any]:
     """Predict a large image block by block with dask, into zarr, resuming unfinished runs.
 
@@ -227,10 +230,13 @@ def predict_dask(
         :mod:`useg.io.chunked`), or an array-like ``(C, *spatial)`` (or ``spatial`` for
         one-channel models); in-memory arrays are sent to every worker.
     output : str or path, optional
-        Zarr array spec for the ``(classes, *spatial)`` float32 probabilities.
+        Zarr array spec for the ``(classes, *spatial)`` float32 probabilities. An OME-Zarr
+        image (``result.ome.zarr``) gets a pyramid (:mod:`useg.io.ome`), filled once every
+        block is done.
     labels : str or path, optional
         Zarr array spec for the most likely class per pixel (uint8, or uint16 beyond 255
-        classes). At least one of ``output`` and ``labels`` is needed.
+        classes); in an OME-Zarr store, a label image such as ``result.ome.zarr/labels/classes``
+        (with a pyramid of modes). At least one of ``output`` and ``labels`` is needed.
     block : int or tuple, optional
         Block size in pixels, rounded up to whole tile strides (default about 256 per axis in
         3D, 2048 in 2D); also the output chunk shape.
@@ -264,6 +270,9 @@ def predict_dask(
         Format of new output stores.
     on_block : callable, optional
         Called on the driver with each finished block's record.
+    spacing, unit
+        Voxel size and its unit of an in-memory image, written to the outputs (an array spec
+        brings its own; None: unknown, OME-Zarr outputs then name no unit).
 
     Returns
     -------
@@ -299,7 +308,7 @@ def predict_dask(
         outputs, run_dir, block=block, tile=tile, device=device, scheduler=scheduler,
         workers=workers, tta=tta, precision=precision, batch_size=batch_size, stats=stats,
         overwrite=overwrite, progress=progress, torch_threads=torch_threads,
-        zarr_format=zarr_format, on_block=on_block,
+        zarr_format=zarr_format, on_block=on_block, spacing=spacing, unit=unit,
     )
     net, model_path, tmp_model = _model_for_workers(model, run_dir.parent.parent)
     try:
@@ -329,6 +338,8 @@ class _Settings:
     torch_threads: int | None
     zarr_format: int
     on_block: Callable[[dict[str, Any]], None] | None
+    spacing: Sequence[float] | None  # of an in-memory image
+    unit: str | None
 
 
 def _model_for_workers(model: Any, folder: Path) -> tuple[Any, Path, Path | None]:
@@ -385,7 +396,7 @@ def _run(net, model_path: Path, tmp_model: Path | None, image: Any, s: _Settings
          started: float) -> dict[str, Any]:
     """Plan the blocks, resume the recorded run or start a new one, compute the blocks not
     done yet; returns :func:`predict_dask`'s summary."""
-    source = _open_input(image, net)
+    source = _open_input(image, net, s)
     geometry = _plan(net, source, s)
     record = _run_record(model_path, source, geometry, s)
     stats = _prepare_outputs(net, source, geometry, record, s)
@@ -399,9 +410,27 @@ def _run(net, model_path: Path, tmp_model: Path | None, image: Any, s: _Settings
     }
     remove_stale_temporaries([s.run_dir])  # of a run killed earlier (kill -9)
     try:
-        return _compute_blocks(job, source.data, geometry, s, started)
+        summary = _compute_blocks(job, source.data, geometry, s, started)
+        _fill_pyramids(s, bool(summary["computed"]))
     except (UsegError, OSError, KeyboardInterrupt) as exc:
         raise _resumable_failure(exc, s, geometry.blocks) from exc
+    summary["seconds"] = time.perf_counter() - started
+    return summary
+
+
+def _fill_pyramids(s: _Settings, computed_now: bool) -> None:
+    """Fill the lower levels of OME-Zarr outputs from their level 0, once every block is done:
+    again when blocks were computed now or when the run that computed them stopped before its
+    levels were marked filled."""
+    marker = s.run_dir / "levels.json"
+    if not computed_now and marker.is_file():
+        return
+    marker.unlink(missing_ok=True)
+    filled = {}
+    for kind, method in (("probabilities", "mean"), ("labels", "mode")):
+        if s.outputs[kind] is not None:
+            filled[kind] = fill_levels(s.outputs[kind], method)
+    write_json(marker, {"levels_filled": filled})
 
 
 def _resumable_failure(exc: BaseException, s: _Settings, blocks: BlockPlan) -> BaseException:
@@ -430,6 +459,7 @@ class _Input:
     spec: str | None  # absolute array spec; None for an in-memory array
     axes: str | None
     spacing: tuple[float, ...] | None
+    unit: str | None  # of the spacing; None when unknown
     data: Any  # the in-memory array sent to the workers; None for a spec
     view: Any  # channels first
     described: dict[str, Any]  # as the run's record names it
@@ -439,20 +469,22 @@ class _Input:
         return tuple(self.view.shape[1:])
 
 
-def _open_input(image: Any, net) -> _Input:
-    """``image`` (a spec or an array-like) opened for ``net``; raises
-    :class:`~useg.errors.InputError` naming it when the network cannot predict it."""
+def _open_input(image: Any, net, s: _Settings) -> _Input:
+    """``image`` (a spec or an array-like, whose voxel size ``s`` gives) opened for ``net``;
+    raises :class:`~useg.errors.InputError` naming it when the network cannot predict it."""
     from useg.inference.predict import check_image
 
     ndim = net.config.ndim
     if isinstance(image, (str, os.PathLike)):
         spec = _absolute(image)
         array, meta = open_array(spec)
-        axes, spacing, data = meta["axes"], meta["spacing"], None
+        axes, spacing, unit, data = meta["axes"], meta["spacing"], meta.get("unit"), None
         view = as_channels_first(array, axes, ndim)
         described = {"spec": spec, "shape": list(array.shape), "dtype": str(array.dtype)}
     else:
-        spec, axes, spacing, data = None, None, None, image
+        spec, axes, data = None, None, image
+        spacing = None if s.spacing is None else tuple(float(v) for v in s.spacing)
+        unit = s.unit if spacing is not None else None
         view = as_channels_first(image, None, ndim)
         described = {"spec": None, "shape": list(image.shape), "dtype": str(image.dtype)}
     try:
@@ -460,8 +492,8 @@ def _open_input(image: Any, net) -> _Input:
     except InputError as exc:
         raise InputError(f"{spec or 'image'}: {exc}") from None
     if spacing is not None and len(spacing) != ndim:
-        spacing = None
-    return _Input(spec, axes, spacing, data, view, described)
+        spacing = unit = None
+    return _Input(spec, axes, spacing, unit, data, view, described)
 
 
 @dataclass(frozen=True)
@@ -513,6 +545,7 @@ def _prepare_outputs(
             source.view, (getattr(net, "meta", None) or {}).get("normalization")
         )
     _create_outputs(net.config, source, g.blocks, s)
+    (s.run_dir / "levels.json").unlink(missing_ok=True)
     make_folder(s.run_dir / "done")
     write_json(s.run_dir / "run.json", {**record, "stats": _as_json(stats)})
     return stats
@@ -566,11 +599,12 @@ def _create_outputs(cfg, source: _Input, blocks: BlockPlan, s: _Settings) -> Non
     if s.outputs["probabilities"]:
         create_array(s.outputs["probabilities"], (classes, *spatial), np.float32,
                      (classes, *blocks.block), source.spacing, axes="C" + spatial_axes,
-                     fill_value=float("nan"), zarr_format=s.zarr_format, overwrite=True)
+                     fill_value=float("nan"), zarr_format=s.zarr_format, unit=source.unit,
+                     pyramid=True, overwrite=True)
     if s.outputs["labels"]:
         create_array(s.outputs["labels"], spatial, class_dtype(classes), blocks.block,
                      source.spacing, axes=spatial_axes, fill_value=0,
-                     zarr_format=s.zarr_format, overwrite=True)
+                     zarr_format=s.zarr_format, unit=source.unit, pyramid=True, overwrite=True)
 
 
 def _kept_model(model_path: Path, tmp_model: Path | None, run_dir: Path) -> str:
@@ -693,9 +727,11 @@ def predict_to_store(
 ) -> dict[str, Any]:
     """Predict one image or volume into the zarr store ``out`` (``useg predict --dask``).
 
-    ``source`` is a chunked array spec (``vol.zarr/raw``, ``image.ome.zarr``, ``file.h5:/raw``)
-    or an image file, which is read whole. The store receives ``out/probs`` (unless
-    ``write_probabilities`` is False) and ``out/labels`` (:func:`useg.io.files.result_paths`).
+    ``source`` is a chunked array spec (``vol.zarr/raw``, ``image.ome.zarr``, ``file.h5:/raw``,
+    ``image.ome.zarr/1`` for a level of a pyramid) or an image file, which is read whole. The
+    store receives ``out/probs`` (unless ``write_probabilities`` is False) and ``out/labels``
+    (:func:`useg.io.files.result_paths`); an OME-Zarr store ``*.ome.zarr`` is an NGFF image of
+    the probabilities with a pyramid, and the classes a label image ``out/labels/classes``.
     Without a ``scheduler``, more than one worker starts a :func:`local_cluster` of that many
     processes (and ``torch_threads`` defaults to cores / workers), closed at the end. Other
     arguments go to :func:`predict_dask`, whose summary is returned.
@@ -704,11 +740,18 @@ def predict_to_store(
     results = result_paths(out, None, probabilities=write_probabilities)
     if parse_spec(out).kind != "zarr":
         raise InputError(f"{out}: with --dask, --out is a zarr store (e.g. result.zarr)")
+    if out.lower().rstrip("/").endswith(".ome.zarr"):
+        if "probabilities" not in results:
+            raise InputError(f"{out}: an OME-Zarr result is the image of the probabilities with "
+                             "the labels under it; drop --no-probs or write a plain store "
+                             "(result.zarr)")
+        require_writer(out)  # before anything is read or predicted
     check_output_folder(parse_spec(out).container)
     source = str(source)
     image: Any = source
     if not is_array_spec(source):
-        image, _ = read_image(source)  # an ordinary image file is read whole
+        image, info = read_image(source)  # an ordinary image file is read whole
+        kwargs.setdefault("spacing", info.get("spacing"))
     cluster = None
     if scheduler is None and workers and workers > 1:
         cluster = scheduler = local_cluster(workers)

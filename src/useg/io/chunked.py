@@ -9,7 +9,9 @@ One string names a file or folder and the array inside it:
   paths such as ``volume.zarr/s0/raw`` work); the store is the first path component ending in
   ``.zarr``, and a folder without that suffix is taken as a store root;
 - ``image.ome.zarr`` (or any group holding OME-Zarr ``multiscales`` metadata) -- the image's
-  highest resolution; ``image.ome.zarr/1`` -- its level ``1``, with that level's voxel size;
+  highest resolution; ``image.ome.zarr/1`` (or ``image.ome.zarr:1``) -- its level ``1``, with
+  that level's voxel size; ``image.ome.zarr/labels/cells`` -- a label image, ``.../cells/1``
+  its level ``1``;
 - ``file.h5:/raw`` (also ``.hdf5``, ``.hdf``, ``.he5``) -- the dataset ``/raw`` of an HDF5 file;
   ``file.h5`` alone when the file holds exactly one dataset.
 
@@ -20,11 +22,14 @@ Metadata
 :func:`open_array` returns the array (not read: slicing reads only the chunks needed) and a
 dict with ``format`` (``zarr2``, ``zarr3`` or ``hdf5``), ``axes`` (letters of ``TCZYX``, or None
 when the file does not say), ``spacing`` (voxel size of the spatial axes in micrometres when
-the file states a unit, else in the file's unit; None when absent) and ``ome`` (level paths and
-scales of an OME-Zarr image, else None). Plain zarr arrays and HDF5 datasets keep the axes in an
-``axes`` attribute and the spacing in ``element_size_um`` (the ilastik / Fiji convention).
-:func:`create_array` writes these, or a minimal OME-Zarr image (0.4 for zarr format 2, 0.5 for
-format 3) with axes, units and scale.
+the file states a unit, else in the file's unit; None when absent), ``unit`` (``micrometer``
+when the spacing is in micrometres, the file's unit when useg does not know it, None when the
+file names none) and ``ome`` (level paths and scales of an OME-Zarr image, else None). Plain
+zarr arrays and HDF5 datasets keep the axes in an ``axes`` attribute and the spacing in
+``element_size_um`` (the ilastik / Fiji convention). :func:`create_array` writes these, or an
+OME-Zarr image (0.4 for zarr format 2, 0.5 for format 3; metadata by ome-zarr-py, the ``ome``
+extra: :mod:`useg.io.ome`) with axes, units, scale, optionally a pyramid of levels, and label
+images in ``image.ome.zarr/labels/<name>``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ __all__ = [
     "as_channels_first",
     "create_array",
     "is_array_spec",
-    "ome_metadata",
     "open_array",
     "parse_spec",
 ]
@@ -138,62 +142,7 @@ def is_array_spec(spec: str | os.PathLike) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# OME-Zarr metadata
-
-
-def ome_metadata(
-    axes: str,
-    spacing: Sequence[float] | None = None,
-    *,
-    version: str = "0.5",
-    levels: Sequence[str] = ("0",),
-    unit: str = "micrometer",
-    name: str | None = None,
-) -> dict[str, Any]:
-    """Group attributes of an OME-Zarr image with one scale per level (factor 2 in space).
-
-    Parameters
-    ----------
-    axes : str
-        Letters of ``TCZYX`` in that order, e.g. ``"CZYX"``.
-    spacing : sequence of float, optional
-        Voxel size of the spatial axes at level 0 (1 when omitted).
-    version : {"0.4", "0.5"}
-        0.4 goes with zarr format 2, 0.5 with format 3.
-
-    Examples
-    --------
-    >>> meta = ome_metadata("CYX", (0.5, 0.25), version="0.4")
-    >>> meta["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
-    [1.0, 0.5, 0.25]
-    """
-    axes = _check_axes_letters(axes, None)
-    n_space = sum(a in "ZYX" for a in axes)
-    sp = [1.0] * n_space if spacing is None else [float(s) for s in spacing]
-    if len(sp) != n_space or not all(np.isfinite(s) and s > 0 for s in sp):
-        raise ConfigError(f"spacing {spacing} needs {n_space} positive values for axes {axes!r}")
-    if version not in ("0.4", "0.5"):
-        raise ConfigError(f"OME-Zarr version must be 0.4 or 0.5, got {version!r}")
-    kinds = {"T": "time", "C": "channel"}
-    ax = []
-    for a in axes:
-        entry: dict[str, Any] = {"name": a.lower(), "type": kinds.get(a, "space")}
-        if a in "ZYX":
-            entry["unit"] = unit
-        ax.append(entry)
-    datasets = []
-    for level, path in enumerate(levels):
-        it = iter(sp)
-        scale = [next(it) * 2**level if a in "ZYX" else 1.0 for a in axes]
-        datasets.append(
-            {"path": path, "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-        )
-    ms: dict[str, Any] = {"axes": ax, "datasets": datasets}
-    if name:
-        ms["name"] = name
-    if version == "0.4":
-        return {"multiscales": [{"version": "0.4", **ms}]}
-    return {"ome": {"version": "0.5", "multiscales": [ms]}}
+# OME-Zarr metadata (read here; written by ome-zarr-py through useg.io.ome)
 
 
 def _ome_multiscale(attrs: dict[str, Any]) -> tuple[str | None, dict[str, Any]] | None:
@@ -246,10 +195,18 @@ def _ome_level_meta(spec: ArraySpec, version: str | None, ms: dict[str, Any], pa
         for s, u, is_space in zip(scales[level], units, space, strict=True)
         if is_space
     )
+    space_units = {str(u).lower() if u else None for u, is_space in zip(units, space,
+                                                                         strict=True) if is_space}
+    unit = None  # no unit, or several unknown ones: the scale is in the file's own terms
+    if space_units and space_units <= set(_OME_UNITS_UM):
+        unit = "micrometer"
+    elif len(space_units) == 1 and None not in space_units:
+        unit = space_units.pop()
     axes = "".join(letters)
     return {
         "axes": axes if "?" not in axes else None,
         "spacing": spacing or None,
+        "unit": unit if spacing else None,
         "ome": {"version": version, "levels": paths, "level": level, "scales": scales},
     }
 
@@ -273,11 +230,27 @@ def _plain_meta(attrs: Any, dimension_names: Any = None) -> dict[str, Any]:
             spacing = tuple(float(s) for s in np.ravel(spacing))
         except (TypeError, ValueError):
             spacing = None
-    return {"axes": axes, "spacing": spacing or None, "ome": None}
+    return {"axes": axes, "spacing": spacing or None, "unit": "micrometer" if spacing else None,
+            "ome": None}
 
 
 def _zarr_format(array: Any) -> str:
     return f"zarr{array.metadata.zarr_format}"
+
+
+def _levels_beside(spec: ArraySpec) -> list[str] | None:
+    """The level paths of the OME-Zarr image that holds ``spec.inner``'s parent, or None."""
+    import zarr
+
+    if not spec.inner:
+        return None
+    parent = spec.inner.rpartition("/")[0]
+    try:
+        group = zarr.open_group(str(spec.container), mode="r", path=parent or None)
+    except (FileNotFoundError, KeyError, ValueError, TypeError, zarr.errors.BaseZarrError):
+        return None
+    found = _ome_multiscale(group.attrs.asdict())
+    return None if found is None else [str(d.get("path")) for d in found[1].get("datasets") or []]
 
 
 def _open_zarr(spec: ArraySpec, mode: str) -> tuple[Any, dict[str, Any]]:
@@ -289,6 +262,10 @@ def _open_zarr(spec: ArraySpec, mode: str) -> tuple[Any, dict[str, Any]]:
         node = zarr.open(store=str(spec.container), mode=mode, path=spec.inner or None)
     except (FileNotFoundError, KeyError, ValueError, TypeError, zarr.errors.BaseZarrError) as exc:
         where = repr(spec.inner) if spec.inner else "the root"
+        levels = _levels_beside(spec)
+        if levels is not None:  # image.ome.zarr/7 of an image with levels 0 to 2
+            raise InputError(f"{spec}: no level {spec.inner.rpartition('/')[2]!r} in this "
+                             f"OME-Zarr image (its levels: {', '.join(levels)})") from None
         raise InputError(f"{spec}: no zarr array or group at {where} ({one_line(exc)})") from None
     if isinstance(node, zarr.Group):
         found = _ome_multiscale(node.attrs.asdict())
@@ -447,6 +424,8 @@ def create_array(
     fill_value: Any = 0,
     zarr_format: int | None = None,
     ome: bool | None = None,
+    unit: str | None = "micrometer",
+    pyramid: bool = False,
     overwrite: bool = False,
 ) -> Any:
     """Create an empty chunked array (zarr, OME-Zarr image or HDF5 dataset) and return it.
@@ -467,8 +446,15 @@ def create_array(
     zarr_format : {2, 3}, optional
         For a new zarr store (default 3); an existing store keeps its own format.
     ome : bool, optional
-        Write an OME-Zarr image: the spec names the image group and the array is its level
-        ``0`` (default: when the store's name ends in ``.ome.zarr`` and no inner path is given).
+        Write an OME-Zarr image (needs the ``ome`` extra): the spec names the image group and
+        the array is its level ``0`` (default: when the store's name ends in ``.ome.zarr`` and
+        the inner path is empty or ``labels/<name>``, a label image of the image above, listed
+        in its ``labels`` group with ``image-label`` metadata).
+    unit : str or None
+        Unit of ``spacing`` for an OME-Zarr image (None: unknown, no unit is written).
+    pyramid : bool
+        For an OME-Zarr image, also create the lower levels of
+        :func:`useg.io.ome.pyramid_factors` (empty: :func:`useg.io.ome.fill_levels` fills them).
     overwrite : bool
         Replace an existing array; otherwise an existing one is an error.
 
@@ -502,13 +488,17 @@ def create_array(
         raise InputError(f"{sp}: N5 is not supported (zarr 3 dropped it); write zarr instead")
     if sp.kind == "hdf5":
         return _create_hdf5(sp, shape, dtype, chunks, spacing, axes, fill_value, overwrite)
-    return _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_format, ome,
-                        overwrite)
+    return _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_format,
+                        (ome, unit, pyramid), overwrite)
 
 
-def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_format, ome,
+def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_format, ome_options,
                  overwrite):
     import zarr
+
+    from useg.io import ome as ngff
+
+    ome, unit, pyramid = ome_options
 
     existing = _existing_zarr_format(sp.container)
     if zarr_format is None:
@@ -518,8 +508,10 @@ def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_forma
     if zarr_format not in (2, 3):
         raise ConfigError(f"zarr_format must be 2 or 3, got {zarr_format}")
     if ome is None:
-        ome = sp.container.name.lower().endswith(".ome.zarr") and not sp.inner
+        ome = sp.container.name.lower().endswith(".ome.zarr") and (
+            not sp.inner or ngff.is_label_path(sp.inner))
     if ome:
+        ngff.require_writer(sp)
         axes = axes or _default_axes(len(shape), spacing)
         if axes is None:
             raise ConfigError(f"{sp}: give axes for an OME-Zarr image of shape {shape}")
@@ -539,11 +531,27 @@ def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_forma
         if ome:
             root_mode = "w" if overwrite and not sp.inner else "a"
             root = zarr.open_group(str(sp.container), mode=root_mode, zarr_format=zarr_format)
-            group = root.require_group(sp.inner, overwrite=overwrite) if sp.inner else root
-            array = group.create_array("0", **kwargs)
-            version = "0.4" if zarr_format == 2 else "0.5"
-            group.attrs.update(ome_metadata(axes, spacing, version=version))
-            return array
+            group = root
+            parts = sp.inner.split("/") if sp.inner else []
+            for i, part in enumerate(parts):  # explicit groups all the way down
+                group = group.require_group(part, overwrite=overwrite and i == len(parts) - 1)
+            spatial = [n for n, a in zip(shape, axes, strict=True) if a in "ZYX"]
+            factors = (ngff.pyramid_factors(spatial, spacing) if pyramid
+                       else [(1,) * len(spatial)])
+            levels = []
+            for level, f in enumerate(factors):
+                fk = [next(it) if a in "ZYX" else 1 for it in [iter(f)] for a in axes]
+                level_shape = ngff.level_shape(shape, fk)
+                level_chunks = tuple(min(c, max(n, 1)) for c, n in
+                                     zip(chunks, level_shape, strict=True))
+                levels.append(group.create_array(
+                    str(level), **{**kwargs, "shape": level_shape, "chunks": level_chunks}))
+            ngff.write_image_metadata(group, axes, spacing, unit, factors,
+                                      name=sp.inner.rpartition("/")[2] or sp.container.name)
+            if sp.inner and ngff.is_label_path(sp.inner):
+                parent, _, name = sp.inner.rpartition("/")
+                ngff.register_label(root[parent], name)
+            return levels[0]
         if not sp.inner:
             if existing is not None and not overwrite:
                 raise exists_error

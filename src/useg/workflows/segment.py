@@ -168,13 +168,17 @@ def _describe(params: InstanceParams) -> str:
 
 
 def _store_instances(out, target, params, summary, options) -> str:
-    """Objects of the probabilities in the store ``out``, block by block, into ``out/instances``.
+    """Objects of the probabilities in the store ``out``, block by block, into ``out/instances``
+    (of an OME-Zarr store: the label image ``out/labels/instances``, with its pyramid).
 
     Recomputed whole on every run: the object ids depend on every block, and the step is cheap
-    next to the prediction.
+    next to the prediction. Each block is labelled with half a block of context on every side,
+    so the objects equal those of one whole-image pass wherever a group of touching objects
+    spans less than half a block (:func:`useg.postprocess.instance_blocks.instances_in_blocks`).
     """
     from useg.io.chunked import create_array, open_array
     from useg.io.files import result_paths
+    from useg.io.ome import fill_levels
     from useg.postprocess.instance_blocks import instances_in_blocks
 
     paths = result_paths(out, None, extra=("instances",))
@@ -183,8 +187,9 @@ def _store_instances(out, target, params, summary, options) -> str:
     block = tuple(int(b) for b in summary["block"])
     spacing = meta.get("spacing")
     labels = create_array(str(paths["instances"]), spatial, np.uint32, block,
-                          spacing=spacing, overwrite=True)
+                          spacing=spacing, unit=meta.get("unit"), pyramid=True, overwrite=True)
     relative = instance_spacing(spacing, len(spatial))
-    halo = tuple(max(8, b // 4) for b in block)
+    halo = tuple(max(16, b // 2) for b in block)
     instances_in_blocks(probs, labels, target, params, block, halo, spacing=relative)
+    fill_levels(str(paths["instances"]), "mode")  # an OME-Zarr label image's lower levels
     return str(paths["instances"])
