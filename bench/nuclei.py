@@ -55,6 +55,7 @@ from _common import RESULTS, ROOT, command_line, machine_info, write_json
 from useg import io
 from useg.evaluation.objects import object_scores
 from useg.io.datasets import dataset
+from useg.postprocess.segments import remove_small_objects
 from useg.training.options import TrainOptions
 from useg.workflows.segment import segment_paths
 from useg.workflows.tune_instances import train_and_tune
@@ -150,7 +151,6 @@ def classical(image: np.ndarray, min_distance: int, min_size: int) -> np.ndarray
     from skimage.color import rgb2hed
     from skimage.feature import peak_local_max
     from skimage.filters import gaussian, threshold_otsu
-    from skimage.morphology import remove_small_objects
     from skimage.segmentation import relabel_sequential, watershed
 
     rgb = np.moveaxis(image, 0, -1)
@@ -163,8 +163,8 @@ def classical(image: np.ndarray, min_distance: int, min_size: int) -> np.ndarray
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     labels = watershed(-dist, markers, mask=mask)
-    if min_size:
-        labels = remove_small_objects(labels, min_size=min_size)
+    if min_size:  # useg's: skimage renamed this option in 0.26
+        labels = remove_small_objects(labels, min_size)
     return relabel_sequential(labels)[0]
 
 
@@ -260,18 +260,24 @@ def markdown(result: dict) -> str:
     chosen = result["useg_chosen_mode"]
     for r in result["useg"]:
         mark = " (chosen on validation)" if r["mode"] == chosen else " (ablation)"
-        lines.append(_row(f"useg, --labels {r['mode']}{mark}", r["val_object_f1"], r["test"],
+        lines.append(_row(f"useg, --label-mode {r['mode']}{mark}", r["val_object_f1"], r["test"],
                           r["train_s"] + r["test_predict_s"]))
     c = result["classical"]
     lines.append(_row(f"classical: hematoxylin, Otsu, watershed {c['settings']}",
                       c["val_object_f1"], c["test"], c["seconds"]))
     p = result["peer"]
     if p.get("ran"):
-        lines.append(_row(f"peer: {p['record'].get('peer', 'cellpose')}",
-                          p["record"].get("val_object_f1"), p["test"], p["seconds"]))
+        r = p["record"]
+        lines.append(_row(f"peer: {r.get('peer', 'cellpose')} {r.get('version', '')}, from "
+                          f"scratch, {r['training']['epochs']} epochs in "
+                          f"{r['training']['budget_minutes']} min",
+                          r["selection"]["val_f1"], p["test"], p["seconds"]))
     else:
         lines += ["", f"Peer not run: {p['why']}"]
-    lines += ["", "useg instance settings chosen on validation: " + "; ".join(
+    lines += ["", "Minutes: wall time of training and predicting (useg), of the whole pipeline "
+              "with its choice of settings (classical), of the peer's process; the machine was "
+              "shared with another benchmark, one thread each.", "",
+              "useg instance settings chosen on validation: " + "; ".join(
         f"{r['mode']}: {r['instance_settings']['params']}" for r in result["useg"]
         if r["instance_settings"]), "", "Figure: `docs/figures/nuclei.png`.", ""]
     return "\n".join(lines)

@@ -29,6 +29,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
     "scale": (["bench/scale.py"], "scale.json"),
+    "nuclei": (["bench/nuclei.py"], "nuclei.json"),
+    "ovules3d": (["bench/ovules3d.py"], "ovules3d.json"),
 }
 
 
@@ -244,7 +246,32 @@ def _scale(d):
     return rows
 
 
+def _nuclei(d):
+    rows = []
+    methods = [(f"useg --label-mode {r['mode']}"
+                f"{' (chosen on validation)' if r['mode'] == d.get('useg_chosen_mode') else ''}",
+                r.get("val_object_f1"), r["test"]) for r in d.get("useg", [])]
+    methods.append(("classical (hematoxylin, Otsu, watershed)",
+                    _get(d, "classical", "val_object_f1"), _get(d, "classical", "test")))
+    if _get(d, "peer", "ran"):
+        methods.append((f"peer {_get(d, 'peer', 'record', 'peer', default='cellpose')}",
+                        _get(d, "peer", "record", "val_object_f1"), _get(d, "peer", "test")))
+    for name, val, t in methods:
+        rows.append((f"GBM-40 nuclei test gbm36-40, {name}: object F1@0.5 / AP 0.5:0.95 / AJI "
+                     "(val F1 of the choice)",
+                     f"{_fmt(t['f1'])} / {_fmt(t['average_precision'])} / {_fmt(t['aji'])} "
+                     f"({_fmt(val)})"))
+    return rows
+
+
+def _ovules3d(d):
+    return [(f"PlantSeg ovule test slab, {name}: adapted Rand / VOI split / VOI merge",
+             f"{_fmt(r['test']['adapted_rand_error'])} / {_fmt(r['test']['voi_split'])} / "
+             f"{_fmt(r['test']['voi_merge'])}") for name, r in d.get("methods", {}).items()]
+
+
 EXTRACT: dict[str, Callable] = {
+    "nuclei": _nuclei, "ovules3d": _ovules3d,
     "isbi2012": _isbi, "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
     "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
@@ -275,7 +302,12 @@ def summarise() -> str:
             lines.append(f"| {name if i == 0 else ''} | {label} | {value} | "
                          f"{'`' + command + '`' if i == 0 else ''} |")
     lines += ["", "Details, per-benchmark notes and full tables: the JSON and markdown files in "
-              "`bench/results/`.", ""]
+              "`bench/results/`.", "",
+              "Peers that need their own environment: `bench/nuclei.py --peer-python "
+              "/work/peer_venv/bin/python` runs Cellpose 3 (trained from scratch, offline) from "
+              "a virtual environment made with `python3 -m venv /work/peer_venv && "
+              "/work/peer_venv/bin/pip install torch==2.13.0 \"cellpose<4\"` (Cellpose pins "
+              "an older NumPy than useg's).", ""]
     return "\n".join(lines)
 
 
