@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     result, written = densify_file(
         args.volume, args.labels, args.out, options=training_options(args), resume=args.resume,
         given=args.given_options, write_probabilities=not args.no_probs,
-        progress=not args.quiet,
+        progress=not args.quiet, say=print,
     )
     print(f"model: {result.model}")
     for path in written:

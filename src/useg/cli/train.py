@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
 from useg.cli import add_precision_argument, float_range, int_at_least
-from useg.training.options import RANGES, TrainOptions
+from useg.errors import ConfigError
+from useg.training.options import RANGES, TrainOptions, parse_duration
+from useg.training.recipes import RECIPE_CHOICES, RECIPES, recipe_settings
 
 _DEFAULTS = TrainOptions()
 
@@ -25,6 +28,25 @@ def parse_spacing(text: str) -> tuple[float, ...]:
     return values
 
 
+def duration(text: str) -> float:
+    """``"20m"`` -> 1200.0 seconds (argparse type of ``--time-budget``)."""
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _recipes_help() -> str:
+    lines = []
+    for name, recipe in RECIPES.items():
+        two = recipe_settings(name, 2)
+        net = (f"width {two['width']}, depth {two['depth']}, tile {two['tile'][0]}"
+               if "width" in two else "the preset's network and tile")
+        lines.append(f"{name}: {recipe['about']} (2D: {net}, {two['optimizer']}, "
+                     f"{two['iterations']} steps)")
+    return "; ".join(lines)
+
+
 def _typed(name: str) -> Any:
     """The argparse type of the numeric training setting ``name``: its range in
     :data:`useg.training.options.RANGES`, which TrainOptions and TrainConfig check too."""
@@ -36,14 +58,26 @@ def _typed(name: str) -> Any:
 
 def add_common_training_args(p: argparse.ArgumentParser) -> None:
     """Options shared by ``useg train`` and ``useg densify``."""
+    g = p.add_argument_group("recipe")
+    g.add_argument("--recipe", default=_DEFAULTS.recipe, choices=RECIPE_CHOICES,
+                   help="network, tile, optimizer and steps in one name; options given "
+                   "explicitly override its single settings. auto (default): cpu-fast on the "
+                   "CPU, gpu-paper on a CUDA GPU. " + _recipes_help())
+    g.add_argument("--time-budget", type=duration, metavar="DURATION",
+                   default=_DEFAULTS.time_budget,
+                   help="e.g. 90s, 20m, 1.5h: after timing the first steps, the run trains only "
+                   "the steps that fit (its learning-rate schedule then ends at the last of "
+                   "them); recorded in config.json. With --resume, a new budget for the rest")
     g = p.add_argument_group("network")
     g.add_argument("--preset", default=_DEFAULTS.preset, choices=["ronneberger2015", "cicek2016"],
                    help="network preset (default: ronneberger2015 for 2D data, cicek2016 for 3D)")
     g.add_argument("--width", type=_typed("width"),
-                   help="channels of the first level (preset's by default)")
-    g.add_argument("--depth", type=_typed("depth"), help="number of poolings")
-    g.add_argument("--padding", choices=["valid", "same"], help="convolution padding")
-    g.add_argument("--norm", choices=["none", "batch", "instance"], help="normalisation")
+                   help="channels of the first level (default: the recipe's, else the preset's)")
+    g.add_argument("--depth", type=_typed("depth"), help="number of poolings (as --width)")
+    g.add_argument("--padding", choices=["valid", "same"],
+                   help="convolution padding (as --width)")
+    g.add_argument("--norm", choices=["none", "batch", "instance"],
+                   help="normalisation (as --width)")
     g.add_argument("--dropout", type=_typed("dropout"),
                    help="dropout at the end of the contracting path")
     g.add_argument("--pool", help="per-level pooling, e.g. 1x2x2,2x2x2,2x2x2 (default: from "
@@ -58,20 +92,24 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
                        "(default; seamless overlap tiles)")
     g = p.add_argument_group("training")
     g.add_argument("--tile", type=_typed("tile"), nargs="+",
-                   help="input tile size (rounded to a valid one)")
+                   help="input tile size, rounded to a valid one (default: the recipe's, else "
+                   "the paper's)")
     g.add_argument("--iterations", type=_typed("iterations"), default=_DEFAULTS.iterations,
-                   help="training steps (default 2000); with --resume, a new total extends a "
-                   "finished or interrupted run (the learning-rate schedule is then recomputed "
-                   "over the new total from the step reached)")
+                   help="training steps (default: the recipe's); with --resume, a new total "
+                   "extends a finished or interrupted run (the learning-rate schedule is then "
+                   "recomputed over the new total from the step reached)")
     g.add_argument("--batch-size", type=_typed("batch_size"), default=_DEFAULTS.batch_size)
-    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=_DEFAULTS.optimizer)
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=_DEFAULTS.optimizer,
+                   help="default: the recipe's")
     g.add_argument("--lr", type=_typed("lr"), default=_DEFAULTS.lr,
-                   help="learning rate (default 0.01 for SGD with momentum 0.99, 1e-3 for Adam)")
-    g.add_argument("--momentum", type=_typed("momentum"), default=_DEFAULTS.momentum)
+                   help="learning rate (default: the recipe's for its optimizer, else 0.01 for "
+                   "SGD, 1e-3 for Adam)")
+    g.add_argument("--momentum", type=_typed("momentum"), default=_DEFAULTS.momentum,
+                   help="SGD momentum (default 0.99)")
     g.add_argument("--weight-decay", type=_typed("weight_decay"),
                    default=_DEFAULTS.weight_decay)
     g.add_argument("--schedule", choices=["constant", "poly", "cosine"],
-                   default=_DEFAULTS.schedule)
+                   default=_DEFAULTS.schedule, help="default: the recipe's (poly)")
     add_precision_argument(g)
     g.add_argument("--grad-clip", type=_typed("grad_clip"), default=_DEFAULTS.grad_clip)
     g.add_argument("--dice", type=_typed("dice"), default=_DEFAULTS.dice,
@@ -133,9 +171,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 # saved run)
 
 RESUME_HELP = (
-    "continue the run in --out with its saved configuration; --iterations may extend it, "
-    "--workers, --device and --quiet may change, any other option that differs from the saved "
-    "run is refused"
+    "continue the run in --out with its saved configuration (its recipe and any time budget's "
+    "decision included); --iterations may extend it, --time-budget gives the rest of it a new "
+    "budget, --workers, --device and --quiet may change, any other option that differs from "
+    "the saved run is refused"
 )
 
 
@@ -169,12 +208,13 @@ def training_options(args: argparse.Namespace) -> TrainOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()  # a time budget counts from here, torch's import included
     from useg.workflows.tune_instances import train_and_tune
 
     best, instances = train_and_tune(
         args.out, images=args.images, labels=args.labels, val_images=args.val_images,
         val_labels=args.val_labels, options=training_options(args), resume=args.resume,
-        given=args.given_options, progress=not args.quiet,
+        given=args.given_options, progress=not args.quiet, say=print, started=started,
     )
     print(f"model: {best}")
     if instances is not None:

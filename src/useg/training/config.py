@@ -12,6 +12,12 @@ used).
 Extending a run: resuming with a larger ``iterations`` (``useg train --resume --iterations N``)
 trains on from the step reached, and the learning-rate schedule is recomputed over the new total
 (poly and cosine then restart from the value the new total gives that step, a warm restart).
+
+A time budget (``time_budget``, seconds) is decided once, after the first steps are timed
+(:func:`useg.training.loop.train`): ``iterations`` becomes what fits, the schedule runs over that
+total from then on, and ``budget_decision`` records the decision and its reason; a resumed run
+keeps it. The settings a recipe sets (:mod:`useg.training.recipes`) default to the papers'
+(:data:`~useg.training.recipes.PAPER`); ``recipe`` records the recipe a run was built from.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from useg.device import check_precision
 from useg.errors import ConfigError, check_choice
 from useg.io import normalize as norm
 from useg.training.options import TrainOptions, check_ranges
+from useg.training.recipes import PAPER
 
 __all__ = ["OPTIMIZERS", "RESUMABLE", "SCHEDULES", "SIGMA_UNIT", "TrainConfig", "lr_factor"]
 
@@ -35,11 +42,12 @@ SCHEDULES = ("constant", "poly", "cosine")
 # Settings a resumed run may change: how it is executed and how long it runs, not what a step
 # computes. (With a batch of several tiles, which loader worker prepares a tile does not decide
 # its step either: see useg.training.stream.TileStream.)
-RESUMABLE = ("iterations", "workers", "device")
+RESUMABLE = ("iterations", "workers", "device", "time_budget")
 
 
 # The settings that useg train and densify expose take their defaults from the command line's
-# (TrainOptions, which needs no torch): one default per setting.
+# (TrainOptions, which needs no torch): one default per setting. Those a recipe sets are None
+# there ("the recipe's") and the papers' here.
 _CLI = TrainOptions()
 
 
@@ -49,13 +57,13 @@ class TrainConfig:
 
     net: dict[str, Any] = field(default_factory=lambda: {"ndim": 2})
     tile: Sequence[int] | int = 572
-    iterations: int = _CLI.iterations
+    iterations: int = PAPER["iterations"]
     batch_size: int = _CLI.batch_size
-    optimizer: str = _CLI.optimizer
+    optimizer: str = PAPER["optimizer"]
     lr: float | None = _CLI.lr  # None: 0.01 for SGD, 1e-3 for Adam/AdamW
-    momentum: float = _CLI.momentum
+    momentum: float = PAPER["momentum"]
     weight_decay: float = _CLI.weight_decay
-    schedule: str = _CLI.schedule
+    schedule: str = PAPER["schedule"]
     warmup: int = 0
     # "auto": see useg.device.resolve_precision; train() records the precision it resolved to.
     precision: str = _CLI.precision
@@ -78,6 +86,14 @@ class TrainConfig:
     workers: int = _CLI.workers
     device: str = _CLI.device
     labels: dict[str, Any] = field(default_factory=dict)  # class names etc., for the model file
+    # The recipe the configuration was built from: name, why it was chosen, the settings given
+    # explicitly over it (useg.training.from_folders.make_config); None: none.
+    recipe: dict[str, Any] | None = None
+    # Seconds the run may take (from the start of useg train, or of train()): after timing the
+    # first steps, iterations becomes what fits (useg.training.loop.train).
+    time_budget: float | None = _CLI.time_budget
+    # What the time budget decided, and why (asked and decided iterations, measured seconds).
+    budget_decision: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -87,6 +103,11 @@ class TrainConfig:
         values = {k: v for k, v in vars(self).items() if k != "dice_weight"}
         check_ranges({**values, "dice": self.dice_weight}, names={"dice": "dice_weight"})
         check_precision(self.precision)
+        if self.recipe is not None and not (
+                isinstance(self.recipe, dict) and isinstance(self.recipe.get("name"), str)):
+            raise ConfigError(f"recipe must be a record with a name, got {self.recipe!r}")
+        if self.budget_decision is not None and not isinstance(self.budget_decision, dict):
+            raise ConfigError(f"budget_decision must be a record, got {self.budget_decision!r}")
         if self.lr is None:
             self.lr = 0.01 if self.optimizer == "sgd" else 1e-3
 

@@ -4,8 +4,9 @@ builder of training configurations.
 :func:`make_config` builds a :class:`~useg.training.config.TrainConfig` for data of a dimension:
 the paper's network for it (``ronneberger2015`` in 2D, ``cicek2016`` in 3D), the pooling chosen
 from the voxel spacing (:func:`useg.nets.geometry.anisotropic_pools`), the paper's tile and the
-label mode of the dimension. ``useg train``, ``useg densify``,
-:func:`useg.workflows.densify.densify` and the demo all build theirs with it;
+label mode of the dimension, or a recipe's network, tile and optimizer
+(:mod:`useg.training.recipes`) with the settings given explicitly over it. ``useg train``,
+``useg densify``, :func:`useg.workflows.densify.densify` and the demo all build theirs with it;
 :func:`build_config` maps the command-line options
 (:class:`~useg.training.options.TrainOptions`) onto it.
 
@@ -20,17 +21,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Collection, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from useg import io
+from useg.device import resolve_device
 from useg.errors import ConfigError, InputError
 from useg.nets.config import PRESETS, UNetConfig
 from useg.nets.geometry import anisotropic_pools, min_input_shape, valid_input_shape
 from useg.training.config import RESUMABLE, TrainConfig
 from useg.training.loop import train
-from useg.training.options import NET_OPTIONS, TrainOptions, parse_pool, parse_slices
+from useg.training.options import (
+    NET_OPTIONS,
+    RECIPE_OPTIONS,
+    TrainOptions,
+    parse_pool,
+    parse_slices,
+)
+from useg.training.recipes import choose_recipe, recipe_settings
 from useg.training.run_folder import CONFIG, read_config
 from useg.training.samples import MODE_CLASSES, Sample, load_pairs
 
@@ -79,6 +89,7 @@ def make_config(
     spacing: Sequence[float] | None = None,
     file_spacing: Sequence[float] | None = None,
     tile: Sequence[int] | int | None = None,
+    recipe: str | None = None,
     **options: Any,
 ) -> TrainConfig:
     """The training configuration for ``ndim``-D data.
@@ -107,8 +118,15 @@ def make_config(
     file_spacing : sequence of float, optional
         The voxel size the data files state (not recorded: the files keep it).
     tile : int or sequence, optional
-        Input tile (1 or ``ndim`` sizes; default :func:`default_tile`), at least the network's
-        smallest valid input.
+        Input tile (1 or ``ndim`` sizes; default the recipe's, else :func:`default_tile`), at
+        least the network's smallest valid input.
+    recipe : str, optional
+        A recipe (:data:`useg.training.recipes.RECIPES`), or ``"auto"`` (``cpu-fast`` when
+        ``device`` is, or resolves to, the CPU, else ``gpu-paper``): its settings replace the
+        defaults, and the settings given here (not None) replace its. A recipe's learning rate
+        goes with its optimizer: another ``optimizer`` without ``lr`` takes its own default.
+        The configuration records the recipe (``recipe``). None: no recipe, the papers'
+        settings.
     **options
         :class:`~useg.training.config.TrainConfig` fields, or :class:`~useg.nets.UNetConfig`
         fields (``width``, ``depth``, ``padding``, ``batch_stats``...) that override the preset.
@@ -118,7 +136,14 @@ def make_config(
     >>> cfg = make_config(3, spacing=(50, 4, 4), width=8, depth=2, iterations=10)
     >>> cfg.net["pool"], cfg.label_mode, cfg.tile
     ([[1, 2, 2], [1, 2, 2]], 'boundary', [116, 132, 132])
+    >>> cfg = make_config(2, recipe="cpu-fast", iterations=300, device="cpu")
+    >>> cfg.net["width"], cfg.optimizer, cfg.iterations, cfg.recipe["name"]
+    (16, 'adam', 300, 'cpu-fast')
     """
+    # None stands for "not given" in the settings a recipe sets.
+    options = {k: v for k, v in options.items() if v is not None or k not in RECIPE_OPTIONS}
+    if recipe is not None:
+        tile, options = _with_recipe(recipe, ndim, tile, options)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     net_options = {k: options.pop(k) for k in list(options) if k not in known}
     label_mode = label_mode or default_label_mode(ndim)
@@ -132,6 +157,22 @@ def make_config(
         net=d, tile=_input_tile(tile, net), label_mode=label_mode,
         spacing=[float(s) for s in spacing] if spacing is not None else None, **options,
     )
+
+
+def _with_recipe(
+    recipe: str, ndim: int, tile: Sequence[int] | int | None, options: dict[str, Any]
+) -> tuple[Sequence[int] | int | None, dict[str, Any]]:
+    """The tile and options of :func:`make_config` with the settings of ``recipe`` (a name or
+    ``"auto"``) under those given, and the record of the recipe in ``options["recipe"]``."""
+    name, why = choose_recipe(recipe, resolve_device(options.get("device", "auto")).type)
+    settings = recipe_settings(name, ndim)
+    given = dict(options) if tile is None else {**options, "tile": tile}
+    if "optimizer" in given and given["optimizer"] != settings.get("optimizer"):
+        settings.pop("lr", None)  # the recipe's learning rate is for its own optimizer
+    merged = {**settings, **given}
+    merged["recipe"] = {"name": name, "why": why,
+                        "given": sorted(k for k in settings if k in given)}
+    return merged.pop("tile", None), merged
 
 
 def _network(
@@ -190,12 +231,14 @@ def build_config(
     if override is not None and len(override) not in ((3,) if ndim == 3 else (ndim, ndim + 1)):
         raise ConfigError(f"--spacing needs {ndim} values for {ndim}D data, got {len(override)}")
     net = {k: getattr(options, k) for k in NET_OPTIONS if getattr(options, k, None) is not None}
+    # The recipe's settings unless given (None: not given).
+    recipe = {k: getattr(options, k) for k in RECIPE_OPTIONS if k not in NET_OPTIONS}
     cfg = make_config(
         ndim, in_channels=in_channels, label_mode=options.label_mode, preset=options.preset,
         pool=parse_pool(options.pool, ndim), spacing=override, file_spacing=spacing,
-        tile=options.tile, iterations=options.iterations, batch_size=options.batch_size,
-        optimizer=options.optimizer, lr=options.lr, momentum=options.momentum,
-        weight_decay=options.weight_decay, schedule=options.schedule,
+        recipe=getattr(options, "recipe", "auto"), **recipe,
+        time_budget=getattr(options, "time_budget", None), batch_size=options.batch_size,
+        weight_decay=options.weight_decay,
         precision=options.precision, grad_clip=options.grad_clip, dice_weight=options.dice,
         augment=None if options.no_augment else {"elastic": not options.no_elastic},
         unlabeled=options.unlabeled, boundary_width=options.boundary_width, w0=options.w0,
@@ -218,8 +261,9 @@ def saved_run(out: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], P
 
 
 # Options a resumed run honours: they change how the run is executed or how long it is, not
-# what each step computes (iterations: see useg.training.loop.train).
-_RESUME_FREE = frozenset({"iterations", "workers", "device", "quiet", "resume", "out"})
+# what each step computes (iterations and time_budget: see useg.training.loop.train).
+_RESUME_FREE = frozenset({"iterations", "time_budget", "workers", "device", "quiet", "resume",
+                          "out"})
 # Stands for the saved value of an option that has no counterpart in the saved run.
 _NO_COUNTERPART = object()
 
@@ -240,6 +284,10 @@ def _resume_values(dest: str, value: Any, saved: dict[str, Any]) -> tuple:
                 "sigma", "val_every", "checkpoint_every", "log_every", "seed"}
     if dest == "precision" and value == "auto":
         return saved.get(dest), saved.get(dest)  # the run keeps the precision it resolved to
+    if dest == "recipe":
+        recorded = (saved.get("recipe") or {}).get("name")
+        # auto stands for whichever recipe the run was built from
+        return (recorded if value == "auto" else value), recorded
     if dest in same_key:
         return value, saved.get(dest)
     if dest in NET_OPTIONS:
@@ -366,6 +414,8 @@ def train_from_folders(
     resume: bool = False,
     given: Sequence[tuple[str, str]] = (),
     progress: bool = True,
+    say: Callable[[str], None] | None = None,
+    started: float | None = None,
 ) -> Path:
     """Train a U-Net on image and label files matched by name (``useg train``); returns the path
     of the best model file (the last one without validation data).
@@ -388,10 +438,16 @@ def train_from_folders(
     given : sequence of (str, str)
         The options given explicitly, as (name, flag) pairs: with ``resume``, those that
         differ from the saved run are refused, except ``iterations`` (which extends the run),
-        ``workers`` and ``device``.
+        ``time_budget`` (a budget for the rest of the run), ``workers`` and ``device``.
     progress : bool
         Show a progress bar.
+    say : callable, optional
+        Receives the run's one-line notes (:func:`useg.training.loop.train`), e.g. ``print``.
+    started : float, optional
+        The :func:`time.perf_counter` value a time budget counts from (default: the call of
+        this function; ``useg train``: the start of the command).
     """
+    started = time.perf_counter() if started is None else started
     out = io.check_output_folder(out)
     options = options if options is not None else TrainOptions()
     paths = {"images": images, "labels": labels, "val_images": val_images,
@@ -404,7 +460,8 @@ def train_from_folders(
     else:
         cfg = _new_run_config(options, **paths)
     samples, val = _training_samples(cfg)
-    return train(cfg, samples, out, val_samples=val, resume=resume, progress=progress)
+    return train(cfg, samples, out, val_samples=val, resume=resume, progress=progress, say=say,
+                 started=started)
 
 
 def _new_run_config(

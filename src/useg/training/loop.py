@@ -9,6 +9,18 @@ the averaged gradients equal those of one process with an N times larger batch (
 cross entropy is normalised by the weight of the whole global batch), and only rank 0
 validates, writes checkpoints and logs. Batch norm uses per-process statistics on CPU and
 SyncBatchNorm on CUDA; dropout masks differ per rank.
+
+Time: the first steps of a run (after one that warms up) are timed, and the run says how long
+its steps will take. With a time budget (``TrainConfig.time_budget``) it then also times one
+validation and one checkpoint and sets ``iterations`` to the steps that fit in the budget
+(:data:`BUDGET_SHARE` of the time left, so that a slower stretch still ends in time), before
+the next step: the learning-rate schedule runs over the decided total from there and reaches its
+end at the run's last step (the timed steps ran on the schedule of the total asked for, which
+differs from it by ``k/iterations`` of a poly or cosine schedule after ``k`` steps: under 1%
+for a few steps out of some hundreds). The decision and its reason are recorded in
+``config.json`` (``budget_decision``), and a resumed run keeps it. Should the steps then go
+much slower than measured (another program taking the cores), the run stops when its last
+validation and checkpoint would no longer fit, before the schedule's end, and records that too.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from useg.device import autocast
+from useg.device import autocast, cpu_info
 from useg.errors import ConfigError, InputError
 from useg.io.files import make_folder, remove_stale_temporaries
 from useg.nets.checkpoint import save_model
@@ -34,6 +46,7 @@ from useg.nets.geometry import output_shape, valid_input_shape
 from useg.nets.unet import UNet
 from useg.training.config import TrainConfig, lr_factor
 from useg.training.distributed import Dist, all_reduce_sum, init_distributed, shared_precision
+from useg.training.options import format_duration
 from useg.training.run_folder import (
     LOG,
     STATE,
@@ -48,7 +61,20 @@ from useg.training.samples import Sample
 from useg.training.stream import TileStream
 from useg.training.validation import evaluate_samples
 
-__all__ = ["train"]
+__all__ = ["BUDGET_SHARE", "NO_VALIDATION", "train"]
+
+# The share of the time left that a time budget plans steps for.
+BUDGET_SHARE = 0.9
+# Timing the first steps: one warms up (allocations, the loader's first batch) and is not
+# counted; then at least _TIMED_STEPS steps and _TIMED_SECONDS (or a tenth of the run), or
+# fewer steps once they took _TIMED_SECONDS_MAX (one process; several count steps only, so
+# that they agree).
+_WARMUP_STEPS = 1
+_TIMED_STEPS = 3
+_TIMED_SECONDS = 1.0
+_TIMED_SECONDS_MAX = 20.0
+NO_VALIDATION = ("no validation images: the model kept is the last one, and no checkpoint, "
+                 "threshold or post-processing setting was chosen on data")
 
 
 def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -74,9 +100,16 @@ def train(
     resume: bool = False,
     progress: bool = True,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
+    say: Callable[[str], None] | None = None,
+    started: float | None = None,
 ) -> Path:
     """Train a U-Net on samples and write the run folder; returns the path of ``best`` (or
     ``last`` when there is no validation set).
+
+    ``say`` receives the run's one-line notes (e.g. ``print``): the recipe and why it was chosen,
+    the lack of a validation set, the time the steps will take, the time budget's decision.
+    ``started`` is the :func:`time.perf_counter` value the time budget counts from (default:
+    now).
 
     With ``resume=True`` the run continues from ``out_dir/state.safetensors``, with the
     configuration saved in ``out_dir/config.json``. ``cfg`` may differ from it only in
@@ -86,16 +119,31 @@ def train(
     the learning-rate schedule is recomputed over the new total; the saved configuration is
     updated.
     """
+    started = time.perf_counter() if started is None else started
     out = Path(out_dir)
     cfg, resumed_from = _open_run_folder(cfg, out, resume)
-    run = _start_run(cfg, out, samples, resume, resumed_from)
+    run = _start_run(cfg, out, samples, resume, resumed_from, val_samples)
+    tell = say if run.dist.main else None
+    if tell is not None:
+        if cfg.recipe and not resume:
+            tell(_recipe_line(cfg))
+        if not val_samples:
+            tell(NO_VALIDATION)
     stream, loader = _tile_loader(run, samples)
     bar = _progress_bar(run) if progress and run.dist.main else None
     run.model.train()
     batches = iter(loader)
+    timing: _Timing | None = _Timing(run.step)
     try:
         while run.step < cfg.iterations:
             run.train_step(batches, stream)
+            per_step = timing.tick(run) if timing is not None else None
+            if per_step is not None:
+                assert timing is not None
+                _plan(run, per_step, timing.first, started, val_samples, tell, bar)
+                timing = None
+            elif timing is None and _out_of_time(run, started):
+                _stop_now(run, tell, bar)
             if run.due(cfg.log_every):
                 run.log(val_samples, callback)
             if run.due(cfg.checkpoint_every):
@@ -298,6 +346,7 @@ def _start_run(
     samples: list[Sample],
     resume: bool,
     resumed_from: dict[str, Any] | None,
+    val_samples: list[Sample] | None = None,
 ) -> _Run:
     """Join the job, settle precision and tile, save the configuration, build the network and
     optimizer, and load the trainer state when resuming."""
@@ -318,7 +367,7 @@ def _start_run(
         cfg, out, dist_info, device, tile, out_tile, fmt, model, net, opt,
         loss_fn=SegmentationLoss(dice_weight=cfg.dice_weight),
         scaler=_grad_scaler(cfg.precision, device),
-        meta=_model_meta(cfg, samples),
+        meta=_model_meta(cfg, samples, val_samples),
     )
     if resume:
         _load_progress(run)
@@ -352,13 +401,24 @@ def _grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler |
     return None
 
 
-def _model_meta(cfg: TrainConfig, samples: list[Sample]) -> dict[str, Any]:
-    """The header of the run's model files: spacing, normalisation, labels, provenance."""
+def _model_meta(
+    cfg: TrainConfig, samples: list[Sample], val_samples: list[Sample] | None = None
+) -> dict[str, Any]:
+    """The header of the run's model files: spacing, normalisation, labels, what was chosen on
+    validation data (``validation``: None, with ``validation_note``, when there was none) and
+    provenance."""
     spacing = cfg.spacing if cfg.spacing is not None else samples[0].spacing if samples else None
+    validation: dict[str, Any] = {"validation": None, "validation_note": NO_VALIDATION}
+    if val_samples:
+        validation = {"validation": {
+            "images": len(val_samples), "every": cfg.val_every,
+            "kept": "best.safetensors: the checkpoint of the highest validation foreground IoU "
+                    "(val_iou)"}}
     return {
         "spacing": [float(v) for v in spacing] if spacing is not None else None,
         "normalization": cfg.normalization,
         "labels": cfg.labels or {"mode": cfg.label_mode},
+        **validation,
         "provenance": {"trainer": "useg", "config": cfg.to_dict()},
     }
 
@@ -400,6 +460,192 @@ def _tile_loader(
 def _worker_init(_: int) -> None:
     # Workers prepare tiles; one thread each leaves the cores to the training step.
     torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Time: the estimate and the time budget
+
+
+@dataclass
+class _Timing:
+    """Times the first steps of a run from step ``first`` (see :data:`_TIMED_STEPS`)."""
+
+    first: int
+    start: float = 0.0
+
+    def tick(self, run: _Run) -> float | None:
+        """Call after each step: the measured seconds per step once enough steps were timed
+        (averaged over the processes), else None."""
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        now = time.perf_counter()
+        done = run.step - self.first
+        if done <= _WARMUP_STEPS:
+            self.start = now
+            return None
+        timed, seconds = done - _WARMUP_STEPS, now - self.start
+        if run.dist.world > 1:
+            if timed < _TIMED_STEPS:
+                return None
+            return _mean_over_processes(seconds / timed, run)
+        long_enough = seconds >= _TIMED_SECONDS or 10 * timed >= run.cfg.iterations - self.first
+        if (timed < _TIMED_STEPS or not long_enough) and seconds < _TIMED_SECONDS_MAX:
+            return None
+        return seconds / timed
+
+
+def _mean_over_processes(value: float, run: _Run) -> float:
+    if run.dist.world == 1:
+        return value
+    total = all_reduce_sum(torch.tensor([value], dtype=torch.float64, device=run.device),
+                           run.dist)
+    return float(total[0]) / run.dist.world
+
+
+def _plan(
+    run: _Run, per_step: float, first: int, started: float, val_samples: list[Sample] | None,
+    tell: Callable[[str], None] | None, bar: Any,
+) -> None:
+    """Say how long the run's steps will take; with a time budget not decided yet, decide it
+    (the run's ``iterations``) and say so."""
+    cfg = run.cfg
+    if tell is not None:
+        tell(_estimate_line(cfg, per_step, first, _where(run.device), bool(val_samples)))
+    if cfg.time_budget is None or cfg.budget_decision is not None:
+        return
+    _decide_budget(run, per_step, started, val_samples)
+    if bar is not None:
+        bar.total = cfg.iterations
+        bar.refresh()
+    if tell is not None:
+        tell(cfg.budget_decision["reason"])
+
+
+def _where(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"GPU ({torch.cuda.get_device_name(device)})"
+    threads = torch.get_num_threads()
+    return f"CPU ({cpu_info()[0]}, {threads} thread{'s' if threads > 1 else ''})"
+
+
+def _estimate_line(
+    cfg: TrainConfig, per_step: float, first: int, where: str, validation: bool
+) -> str:
+    """``"2000 steps at 0.62 s/step: about 21 min on this CPU (...)"``."""
+    left = cfg.iterations - first
+    steps = f"{left} steps" if first == 0 else f"{left} steps left of {cfg.iterations}"
+    line = (f"{steps} at {per_step:.3g} s/step: about {format_duration(left * per_step)} on "
+            f"this {where}")
+    if validation and cfg.val_every < cfg.iterations:
+        line += f", plus a validation every {cfg.val_every} steps"
+    return line
+
+
+def _decide_budget(
+    run: _Run, per_step: float, started: float, val_samples: list[Sample] | None
+) -> None:
+    """Time one validation and one checkpoint, set ``iterations`` to what fits in the time
+    budget from now, and record the decision (``budget_decision``, saved in ``config.json``)."""
+    cfg = run.cfg
+    validation = 0.0
+    if val_samples:
+        t0 = time.perf_counter()
+        if run.dist.main:
+            evaluate_samples(run.model, val_samples, run.device, run.tile, cfg.precision)
+            run.model.train()
+        validation = _mean_over_processes(time.perf_counter() - t0, run) * run.dist.world
+    t0 = time.perf_counter()
+    run.checkpoint()  # a real one: a run killed from now on resumes with the decision
+    checkpoint = _mean_over_processes(time.perf_counter() - t0, run)
+    elapsed = _mean_over_processes(time.perf_counter() - started, run)
+    asked, step = cfg.iterations, run.step
+    left = BUDGET_SHARE * (cfg.time_budget - elapsed)
+    every_val = math.lcm(cfg.val_every, cfg.log_every) if val_samples else 0
+
+    def cost(end: int) -> float:
+        # steps, and the validations and checkpoints of steps step+1..end (the last one has both)
+        def count(every: int) -> int:
+            return end // every - step // every + (end % every != 0) if every and end > step else 0
+
+        return ((end - step) * per_step + count(every_val) * validation
+                + count(cfg.checkpoint_every) * checkpoint)
+
+    low, high = step, asked  # the last step count that fits lies in [low, high]
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if cost(mid) <= left else (low, mid - 1)
+    measured = f"{per_step:.3g} s/step"
+    if val_samples:
+        measured += f", a validation {validation:.1f} s"
+    measured += f", a checkpoint {checkpoint:.1f} s, {elapsed:.0f} s spent so far"
+    budget = format_duration(cfg.time_budget)
+    if low == step < asked:
+        reason = (f"time budget {budget}: spent already ({measured}); the run ends now, after "
+                  f"step {step} of the {asked} asked for, before its learning-rate schedule "
+                  "ends")
+    elif low < asked:
+        reason = (f"time budget {budget}: {low} of the {asked} steps fit ({measured}); the run "
+                  f"ends after step {low}, where its learning-rate schedule now ends")
+    else:
+        reason = (f"time budget {budget}: all {asked} steps fit ({measured}; about "
+                  f"{format_duration(elapsed + cost(asked))} in all)")
+    cfg.budget_decision = {
+        "time_budget_seconds": cfg.time_budget, "asked_iterations": asked, "iterations": low,
+        "decided_at_step": step, "seconds_per_step": per_step, "validation_seconds": validation,
+        "checkpoint_seconds": checkpoint, "elapsed_seconds": elapsed,
+        "planned_share": BUDGET_SHARE, "reason": reason,
+    }
+    cfg.iterations = low
+    run.meta["provenance"]["config"] = cfg.to_dict()
+    if run.dist.main:
+        write_config(run.out, cfg)
+
+
+def _out_of_time(run: _Run, started: float) -> bool:
+    """Whether a run with a decided time budget must stop now to end within it (its last
+    validation and checkpoint included): the steps went slower than measured."""
+    cfg, decision = run.cfg, run.cfg.budget_decision
+    if cfg.time_budget is None or not decision or run.step >= cfg.iterations:
+        return False
+    if run.dist.world > 1 and not run.due(cfg.log_every):
+        return False  # several processes agree at log steps only
+    final = decision.get("validation_seconds", 0.0) + decision.get("checkpoint_seconds", 0.0)
+    late = time.perf_counter() - started + final > cfg.time_budget
+    if run.dist.world > 1:
+        flag = torch.tensor([float(late)], dtype=torch.float64, device=run.device)
+        late = float(all_reduce_sum(flag, run.dist)[0]) > 0
+    return late
+
+
+def _stop_now(run: _Run, tell: Callable[[str], None] | None, bar: Any) -> None:
+    """End the run at the step reached (:func:`_out_of_time`), and record why."""
+    cfg = run.cfg
+    note = (f"time budget {format_duration(cfg.time_budget)}: the steps went slower than "
+            f"measured; the run stops after step {run.step} of the {cfg.iterations} decided, "
+            "before its learning-rate schedule ends")
+    cfg.budget_decision = {**cfg.budget_decision, "iterations": run.step, "stopped": note}
+    cfg.iterations = run.step
+    run.meta["provenance"]["config"] = cfg.to_dict()
+    if run.dist.main:
+        write_config(run.out, cfg)
+    if bar is not None:
+        bar.total = cfg.iterations
+        bar.refresh()
+    if tell is not None:
+        tell(note)
+
+
+def _recipe_line(cfg: TrainConfig) -> str:
+    """``"recipe cpu-fast (auto: ...): width 16, depth 3, tile 252x252, adam lr 0.001, ..."``."""
+    recipe, net = cfg.recipe or {}, cfg.net
+    given = recipe.get("given") or []
+    norm = f", {net['norm']} norm" if net.get("norm", "none") != "none" else ""
+    line = (f"recipe {recipe.get('name')} ({recipe.get('why')}): width {net.get('width')}, "
+            f"depth {net.get('depth')}{norm}, tile {'x'.join(map(str, cfg.tile))}, "
+            f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, {cfg.iterations} steps")
+    if given:
+        line += f"; given over it: {', '.join(given)}"
+    return line
 
 
 # ----------------------------------------------------------------------------------------------

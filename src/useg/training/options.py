@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from useg.errors import ConfigError
 
-__all__ = ["NET_OPTIONS", "RANGES", "TrainOptions", "check_ranges", "parse_pool", "parse_slices"]
+__all__ = ["NET_OPTIONS", "RANGES", "RECIPE_OPTIONS", "TrainOptions", "check_ranges",
+           "format_duration", "parse_duration", "parse_pool", "parse_slices"]
 
 
 # The range of each numeric training setting, by its name in TrainOptions (TrainConfig names the
@@ -41,6 +43,7 @@ RANGES: dict[str, tuple[bool, float, float, bool, bool]] = {
     "workers": (True, 0, math.inf, False, False),  # 0: tiles made in the training process
     "seed": (True, 0, math.inf, False, False),
     "warmup": (True, 0, math.inf, False, False),
+    "time_budget": (False, 0.0, math.inf, True, False),  # seconds
 }
 
 
@@ -92,10 +95,15 @@ def check_ranges(values: Mapping[str, object], names: Mapping[str, str] | None =
 @dataclass
 class TrainOptions:
     """The options of ``useg train`` and ``useg densify``, named and defaulted as on the
-    command line (``--no-augment`` is ``no_augment``; None leaves the preset's value).
+    command line (``--no-augment`` is ``no_augment``; None leaves the recipe's value, else the
+    preset's or :class:`~useg.training.config.TrainConfig`'s).
 
     The defaults of the training settings are also those of
-    :class:`~useg.training.config.TrainConfig`, which takes them from here."""
+    :class:`~useg.training.config.TrainConfig`, which takes them from here, except those that a
+    recipe sets (:data:`RECIPE_OPTIONS`, :mod:`useg.training.recipes`): None here, the papers'
+    there."""
+
+    recipe: str = "auto"  # useg.training.recipes: cpu-fast on the CPU, gpu-paper on CUDA
 
     # network
     preset: str | None = None
@@ -108,13 +116,14 @@ class TrainOptions:
     batch_stats: bool | None = None
     # training
     tile: Sequence[int] | None = None
-    iterations: int = 2000
+    iterations: int | None = None
+    time_budget: float | None = None  # seconds (parse_duration): the run ends within it
     batch_size: int = 1
-    optimizer: str = "sgd"
+    optimizer: str | None = None
     lr: float | None = None
-    momentum: float = 0.99
+    momentum: float | None = None
     weight_decay: float = 0.0
-    schedule: str = "poly"
+    schedule: str | None = None
     precision: str = "auto"
     grad_clip: float | None = None
     dice: float = 0.0
@@ -141,6 +150,56 @@ class TrainOptions:
 
 # Options of the network that override the preset's value when given.
 NET_OPTIONS = ("width", "depth", "padding", "norm", "dropout", "batch_stats")
+# Options whose default (None) is the recipe's value (useg.training.recipes).
+RECIPE_OPTIONS = ("width", "depth", "padding", "norm", "tile", "iterations", "optimizer", "lr",
+                  "momentum", "schedule")
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh])", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"20m"``, ``"1.5h"`` or ``"1h30m"`` -> seconds (a positive finite number).
+
+    Examples
+    --------
+    >>> parse_duration("20m"), parse_duration("1h30m"), parse_duration("45 s")
+    (1200.0, 5400.0, 45.0)
+    >>> parse_duration("20")
+    Traceback (most recent call last):
+    ...
+    useg.errors.ConfigError: a time budget needs a unit (s, m or h), e.g. 90s, 20m or 1.5h; got '20'
+    """
+    seconds, end = 0.0, 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != end:
+            break
+        seconds += float(match.group(1)) * _UNITS[match.group(2).lower()]
+        end = match.end()
+    if end == 0 or text[end:].strip():
+        raise ConfigError("a time budget needs a unit (s, m or h), e.g. 90s, 20m or 1.5h; "
+                          f"got {text!r}")
+    if not 0 < seconds < math.inf:
+        raise ConfigError(f"a time budget must be positive and finite, got {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as people say them: ``"45 s"``, ``"2.5 min"``, ``"21 min"``, ``"2 h 05 min"``.
+
+    Examples
+    --------
+    >>> format_duration(44.6), format_duration(150), format_duration(1260), format_duration(7500)
+    ('45 s', '2.5 min', '21 min', '2 h 05 min')
+    """
+    if seconds < 119.5:
+        return f"{seconds:.0f} s"
+    if seconds < 570:
+        return f"{seconds / 60:.1f} min"
+    minutes = round(seconds / 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def parse_pool(text: str | None, ndim: int) -> list[list[int]] | None:

@@ -114,6 +114,11 @@ def resume_config(
 
     Raises :class:`ConfigError` naming the first other setting in which ``cfg`` differs, and
     for an ``iterations`` below the step the run has reached.
+
+    A time budget's decision (``budget_decision``) stays: ``cfg.iterations`` equal to the
+    iterations it was asked for continues with the iterations it decided, unless ``cfg`` has
+    another ``time_budget``, which is then decided again for the rest of the run (of the
+    iterations first asked for, unless ``cfg`` changes them).
     """
     out = Path(out)
     path = out / CONFIG
@@ -132,19 +137,29 @@ def resume_config(
     for key, value in comparable(saved).items():
         if key == "precision" and given.get(key) == "auto":
             continue  # the run continues in the precision it resolved to
+        if key == "budget_decision":
+            continue  # what the run decided, not a setting
         if key not in RESUMABLE and given.get(key) != value:
             raise ConfigError(
                 f"{path}: the run was trained with {key} = {json.dumps(value)}, not "
                 f"{json.dumps(given.get(key))}; a resumed run may change only "
                 f"{', '.join(RESUMABLE)}"
             )
+    merged = {**saved_dict, **{k: given[k] for k in RESUMABLE}}
+    decision = saved_dict.get("budget_decision")
+    if decision and given["time_budget"] != saved_dict.get("time_budget"):
+        merged["budget_decision"] = None  # a new budget, for the rest of the run...
+        if given["iterations"] == saved_dict["iterations"]:
+            merged["iterations"] = decision["asked_iterations"]  # ...of the steps asked for
+    elif decision and given["iterations"] == decision.get("asked_iterations"):
+        merged["iterations"] = saved_dict["iterations"]  # the steps the budget decided
     step = int(state_info(out / STATE)["step"])
-    if cfg.iterations < step:
+    if merged["iterations"] < step:
         raise ConfigError(
-            f"{out}: the run has trained {step} steps already; iterations {cfg.iterations} "
-            "would end before them (give at least that many)"
+            f"{out}: the run has trained {step} steps already; iterations "
+            f"{merged['iterations']} would end before them (give at least that many)"
         )
-    return TrainConfig.from_dict({**saved_dict, **{k: given[k] for k in RESUMABLE}}), saved_dict
+    return TrainConfig.from_dict(merged), saved_dict
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""Named training recipes: what ``useg train --recipe NAME`` sets, as plain data.
+
+A recipe gives the network's size, the tile, the optimizer, the learning-rate schedule and the
+number of steps; an option given explicitly overrides its one setting, and every setting a
+recipe leaves out keeps its default (:class:`~useg.training.config.TrainConfig`). ``auto``, the
+default of ``useg train`` and ``useg densify``, picks ``cpu-fast`` for a run on the CPU and
+``gpu-paper`` for a run on a CUDA GPU, and says which and why.
+
+``gpu-paper`` is the papers' configuration, which is also what
+:class:`~useg.training.config.TrainConfig` defaults to (one source: :data:`PAPER`). Needs nothing
+but the standard library, so that the command line reads it without importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from useg.errors import check_choice
+
+__all__ = ["PAPER", "RECIPES", "RECIPE_CHOICES", "choose_recipe", "recipe_settings"]
+
+# Per recipe: "about" (one line), "settings" (make_config keywords, any dimension), "by_ndim"
+# (keywords for 2D and 3D networks) and "measured" (what a run took, and where: the figure is
+# a measurement or says that there is none).
+RECIPES: dict[str, dict[str, Any]] = {
+    "cpu-fast": {
+        "about": "a small U-Net that trains in minutes on two CPU cores",
+        "settings": {"optimizer": "adam", "lr": 1e-3, "schedule": "poly"},
+        "by_ndim": {
+            # The 2D U-Net of the paper (valid padding, dropout) at a quarter of its width and
+            # one pooling less (the network of bench/nuclei.py).
+            2: {"width": 16, "depth": 3, "tile": [252, 252], "iterations": 4000},
+            # The CPU configuration of bench/sparse3d.py (docs/sparse3d.md), fewer steps: its
+            # 1250 took about 4 minutes with native bf16, 27 at the fp32 pace measured below.
+            3: {"width": 8, "depth": 2, "padding": "same", "tile": [44, 44, 44],
+                "iterations": 600},
+        },
+        "measured": {
+            2: "16 min 05 s wall, 948 s CPU, for the 4000 steps with 2 validation images every "
+               "200 steps (6 synthetic 512x512 training images; useg train --recipe cpu-fast) on "
+               "an AMD EPYC with 2 cores, AVX2 and no bf16 (fp32), 1 torch thread and 1 loader "
+               "worker, at nice 19 while two benchmarks kept both cores busy; the run's own "
+               "estimate after its first steps: 0.192 s/step, 13 min for the steps alone",
+            3: "not measured as a whole run; its first steps took 1.28 s/step on the same CPU "
+               "(1 thread, fp32, loaded), about 13 min for the 600 steps",
+        },
+    },
+    "gpu-paper": {
+        "about": "the papers' network, tile and optimizer (SGD, momentum 0.99)",
+        # The presets' networks and the papers' tiles (572x572; 116x132x132) are the defaults.
+        "settings": {"optimizer": "sgd", "momentum": 0.99, "schedule": "poly",
+                     "iterations": 2000},
+        "by_ndim": {},
+        "measured": {
+            2: "not measured on a GPU; on the CPU of cpu-fast (1 thread, fp32, loaded) its first "
+               "steps took 34.5 s/step: about 19 h for the 2000 steps",
+            3: "not measured",
+        },
+    },
+}
+RECIPE_CHOICES = ("auto", *RECIPES)
+
+# The papers' training settings: TrainConfig's defaults.
+PAPER: dict[str, Any] = RECIPES["gpu-paper"]["settings"]
+
+
+def choose_recipe(name: str, device_type: str) -> tuple[str, str]:
+    """The recipe ``name`` stands for on a device of type ``device_type`` (``"cpu"`` or
+    ``"cuda"``), and why, in a few words.
+
+    Examples
+    --------
+    >>> choose_recipe("auto", "cpu")[0], choose_recipe("auto", "cuda")[0]
+    ('cpu-fast', 'gpu-paper')
+    >>> choose_recipe("gpu-paper", "cpu")
+    ('gpu-paper', 'as asked')
+    """
+    check_choice("recipe", name, RECIPE_CHOICES)
+    if name != "auto":
+        return name, "as asked"
+    if device_type == "cuda":
+        return "gpu-paper", "auto: training on a CUDA GPU"
+    return "cpu-fast", ("auto: training on the CPU, no CUDA GPU; --recipe gpu-paper trains the "
+                        "paper's network, for hours")
+
+
+def recipe_settings(name: str, ndim: int) -> dict[str, Any]:
+    """The :func:`~useg.training.from_folders.make_config` keywords of recipe ``name`` for an
+    ``ndim``-D network.
+
+    Examples
+    --------
+    >>> s = recipe_settings("cpu-fast", 2)
+    >>> s["width"], s["depth"], s["optimizer"], s["tile"]
+    (16, 3, 'adam', [252, 252])
+    """
+    recipe = RECIPES[check_choice("recipe", name, tuple(RECIPES))]
+    settings = {**recipe["settings"], **recipe["by_ndim"].get(ndim, {})}
+    return {k: list(v) if isinstance(v, list) else v for k, v in settings.items()}

@@ -1,0 +1,280 @@
+"""Recipes, the time estimate, the time budget, the note on runs without validation, the demo."""
+
+import csv
+import json
+import re
+import time
+
+import pytest
+from safetensors import safe_open
+
+from useg.cli import main
+from useg.errors import ConfigError
+from useg.nets.checkpoint import load_model
+from useg.training.from_folders import make_config
+from useg.training.recipes import RECIPES, choose_recipe, recipe_settings
+from useg.workflows.synthetic import make_dataset
+
+TINY = ["--width", "2", "--depth", "1", "--tile", "36", "--workers", "0", "--seed", "3"]
+ESTIMATE = re.compile(r"^(\d+) steps at ([\d.]+(?:e-?\d+)?) s/step: about [\d.]+ (s|min|h)\b.* "
+                      r"on this CPU \(.+\)", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    make_dataset(root / "train", n_images=2, shape=(64, 64), seed=1)
+    make_dataset(root / "val", n_images=1, shape=(64, 64), seed=2)
+    return root
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on cores that other programs keep busy, a second thread makes the
+    steps' time erratic (each waits for the other), and these tests measure time."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train(dataset, out, *extra, val=False):
+    args = ["train", "--images", str(dataset / "train/images"), "--labels",
+            str(dataset / "train/labels"), "--out", str(out), "--quiet", "--log-every", "5",
+            *TINY, *extra]
+    if val:
+        args += ["--val-images", str(dataset / "val/images"), "--val-labels",
+                 str(dataset / "val/labels")]
+    return main(args)
+
+
+def _config(run):
+    return json.loads((run / "config.json").read_text())
+
+
+def _rows(run):
+    with open(run / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipes
+
+
+def test_auto_picks_the_recipe_of_the_device_and_says_why():
+    name, why = choose_recipe("auto", "cpu")
+    assert name == "cpu-fast" and "CPU" in why
+    name, why = choose_recipe("auto", "cuda")
+    assert name == "gpu-paper" and "CUDA" in why
+    assert choose_recipe("gpu-paper", "cpu") == ("gpu-paper", "as asked")
+    with pytest.raises(ConfigError, match="recipe must be one of auto, cpu-fast, gpu-paper"):
+        choose_recipe("fast", "cpu")
+    for name in RECIPES:  # each recipe states a measured time or that there is none
+        assert all(RECIPES[name]["measured"][ndim] for ndim in (2, 3))
+
+
+def test_recipe_settings_and_explicit_options_over_them():
+    fast = make_config(2, recipe="auto", device="cpu")
+    assert (fast.net["width"], fast.net["depth"], fast.tile) == (16, 3, [252, 252])
+    assert (fast.optimizer, fast.lr, fast.schedule) == ("adam", 1e-3, "poly")
+    assert fast.iterations == recipe_settings("cpu-fast", 2)["iterations"]
+    assert fast.recipe["name"] == "cpu-fast" and "CPU" in fast.recipe["why"]
+    paper = make_config(2, recipe="gpu-paper", device="cpu")
+    assert (paper.net["width"], paper.net["depth"], paper.tile) == (64, 4, [572, 572])
+    assert (paper.optimizer, paper.lr, paper.momentum, paper.iterations) == (
+        "sgd", 0.01, 0.99, 2000)
+    # Without a recipe: the papers' settings, nothing recorded.
+    assert make_config(2, device="cpu").to_dict() == {**paper.to_dict(), "recipe": None}
+    # An option given overrides its one setting, None means not given.
+    cfg = make_config(2, recipe="cpu-fast", device="cpu", width=4, iterations=7, tile=None,
+                      depth=None)
+    assert (cfg.net["width"], cfg.net["depth"], cfg.iterations, cfg.tile) == (4, 3, 7, [252] * 2)
+    assert cfg.recipe["given"] == ["iterations", "width"]
+    # The recipe's learning rate goes with its optimizer.
+    sgd = make_config(2, recipe="cpu-fast", device="cpu", optimizer="sgd")
+    assert (sgd.optimizer, sgd.lr, sgd.momentum) == ("sgd", 0.01, 0.99)
+    assert make_config(2, recipe="cpu-fast", device="cpu", lr=5e-4).lr == 5e-4
+    # 3D: the CPU configuration of the sparse 3D bench.
+    vol = make_config(3, recipe="cpu-fast", device="cpu")
+    assert (vol.net["width"], vol.net["depth"], vol.net["padding"], vol.tile) == (
+        8, 2, "same", [44, 44, 44])
+
+
+def test_useg_train_prints_the_recipe_the_estimate_and_the_missing_validation(
+        dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(dataset, run, "--iterations", "12", "--checkpoint-every", "6") == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    recipe = [line for line in lines if line.startswith("recipe ")]
+    assert len(recipe) == 1 and "cpu-fast (auto: training on the CPU" in recipe[0], out
+    assert "given over it: depth, iterations, tile, width" in recipe[0]
+    saved = _config(run)
+    assert saved["recipe"]["name"] == "cpu-fast" and saved["optimizer"] == "adam"
+    # The estimate, from timed steps, before the run goes on.
+    match = ESTIMATE.search(out)
+    assert match and int(match.group(1)) == 12 and float(match.group(2)) > 0, out
+    # No validation set: said once, and recorded in the model header.
+    assert lines.count("no validation images: the model kept is the last one, and no "
+                       "checkpoint, threshold or post-processing setting was chosen on data") == 1
+    meta = load_model(run / "last.safetensors").meta
+    assert meta["validation"] is None and "no validation images" in meta["validation_note"]
+    assert not (run / "best.safetensors").exists()
+    # With validation images, the header says what was chosen on them.
+    with_val = tmp_path / "with_val"
+    assert _train(dataset, with_val, "--iterations", "4", val=True) == 0
+    assert "no validation images" not in capsys.readouterr().out
+    assert load_model(with_val / "best.safetensors").meta["validation"]["images"] == 1
+
+
+def test_resume_keeps_the_recipe_of_the_run(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(dataset, run, "--iterations", "2", "--recipe", "gpu-paper") == 0
+    assert _config(run)["optimizer"] == "sgd"
+    # auto (on the CPU: cpu-fast) stands for the run's own recipe; naming another is refused.
+    assert main(["train", "--resume", "--out", str(run), "--quiet", "--iterations", "3",
+                 "--recipe", "auto"]) == 0
+    assert _config(run)["optimizer"] == "sgd" and _config(run)["iterations"] == 3
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--iterations", "4", "--recipe",
+                 "cpu-fast"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--recipe cpu-fast differs" in err, err
+
+
+@pytest.mark.parametrize("value, words", [
+    ("20", "needs a unit"), ("20x", "needs a unit"), ("0s", "must be positive"),
+    ("-5m", "needs a unit"), ("1e400h", "needs a unit"),
+])
+def test_bad_time_budget_is_one_line(value, words, capsys):
+    assert main(["train", "--out", "o", f"--time-budget={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--time-budget" in err and words in err, err
+
+
+# ----------------------------------------------------------------------------------------------
+# The time budget
+
+
+def test_time_budget_ends_the_run_in_time_and_the_schedule_at_its_end(dataset, tmp_path, capsys,
+                                                                      one_thread):
+    run, budget, asked = tmp_path / "run", 8.0, 100_000
+    t0 = time.perf_counter()
+    assert _train(dataset, run, "--iterations", str(asked), "--time-budget", f"{budget:g}s",
+                  "--checkpoint-every", "50", "--val-every", "50", val=True) == 0
+    took = time.perf_counter() - t0
+    # The steps are planned for 90% of the time left; the machine the tests share may slow
+    # down after the timed steps (start-up and the last validation come on top), so the wall
+    # time is only bounded loosely here; the decision below is checked exactly.
+    assert took < 3 * budget, took
+    saved, out = _config(run), capsys.readouterr().out
+    decision = saved["budget_decision"]
+    assert "stopped" not in decision, decision  # the steps kept the pace measured
+    steps = saved["iterations"]
+    assert 0 < steps == decision["iterations"] < asked == decision["asked_iterations"]
+    assert decision["seconds_per_step"] > 0 and decision["validation_seconds"] > 0
+    assert f"{steps} of the {asked} steps fit" in decision["reason"]
+    assert decision["reason"] in out.splitlines()
+    # The run trained exactly the decided steps, and its schedule reached its end there.
+    rows = _rows(run)
+    assert int(rows[-1]["step"]) == steps
+    assert float(rows[-1]["lr"]) == pytest.approx(1e-3 * (1 - (steps - 1) / steps) ** 0.9)
+    with safe_open(str(run / "state.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["useg_state"])["info"]["step"] == steps
+    # The model files record the decided run.
+    assert load_model(run / "best.safetensors").meta["provenance"]["config"]["iterations"] == steps
+    # Resuming keeps the decision: nothing more to train, nothing changed.
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert _config(run) == saved and int(_rows(run)[-1]["step"]) == steps
+
+
+def _tiny_budget_run(time_budget, log_every=5):
+    cfg = make_config(2, recipe="cpu-fast", device="cpu", width=2, depth=1, tile=36,
+                      iterations=100_000, time_budget=time_budget, workers=0,
+                      log_every=log_every, checkpoint_every=5, seed=3)
+    return cfg
+
+
+def test_a_run_interrupted_after_the_budget_decision_resumes_to_the_decided_steps(
+        dataset, tmp_path, one_thread):
+    from useg.training.loop import train
+    from useg.training.samples import load_pairs
+
+    cfg = _tiny_budget_run(10.0)
+    samples = load_pairs(dataset / "train/images", dataset / "train/labels", ndim=2,
+                         in_channels=1, **cfg.sample_options())
+    run = tmp_path / "run"
+
+    def stop_after_the_decision(step, row):
+        if _config(run).get("budget_decision") and step >= 30 and step % 5 == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config(**_same(cfg)), samples, run, progress=False,
+              callback=stop_after_the_decision)
+    decided = _config(run)
+    steps = decided["iterations"]
+    assert steps < 100_000 and decided["budget_decision"]["asked_iterations"] == 100_000
+    # The same configuration (100000 steps asked) continues to the decided steps and decides
+    # nothing again: the schedule of the uninterrupted run.
+    train(make_config(**_same(cfg)), samples, run, resume=True, progress=False)
+    assert _config(run) == decided
+    rows = _rows(run)
+    assert int(rows[-1]["step"]) == steps
+    assert float(rows[-1]["lr"]) == pytest.approx(1e-3 * (1 - (steps - 1) / steps) ** 0.9)
+
+
+def test_steps_slower_than_measured_stop_the_run_within_the_budget(dataset, tmp_path,
+                                                                 one_thread):
+    from useg.training.loop import train
+    from useg.training.samples import load_pairs
+
+    cfg = _tiny_budget_run(15.0, log_every=1)
+    samples = load_pairs(dataset / "train/images", dataset / "train/labels", ndim=2,
+                         in_channels=1, **cfg.sample_options())
+    run, notes = tmp_path / "run", []
+
+    def slow_down(step, row):  # another program takes the cores once the budget is decided
+        if cfg.budget_decision:
+            time.sleep(0.1)  # more than a step took when timed
+
+    t0 = time.perf_counter()
+    train(cfg, samples, run, progress=False, callback=slow_down, say=notes.append)
+    # The budget, and the step that found it out of time (with its log row) and a margin.
+    assert time.perf_counter() - t0 < 15.0 + 1.0
+    decision = _config(run)["budget_decision"]
+    stopped = _config(run)["iterations"]
+    assert decision["iterations"] == stopped < decision["asked_iterations"]
+    assert f"stops after step {stopped}" in decision["stopped"] and decision["stopped"] in notes
+    assert int(_rows(run)[-1]["step"]) == stopped
+
+
+def _same(cfg):
+    """make_config keywords that rebuild ``cfg``."""
+    return dict(ndim=2, recipe="cpu-fast", device="cpu", width=cfg.net["width"],
+                depth=cfg.net["depth"], tile=cfg.tile, iterations=cfg.iterations,
+                time_budget=cfg.time_budget, workers=0, log_every=cfg.log_every,
+                checkpoint_every=cfg.checkpoint_every, seed=cfg.seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo
+
+
+def test_demo_scores_a_held_out_image_beside_the_floor(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--iterations", "3", "--data", "synthetic",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 3 and "not trained or chosen on" in summary["test_image"]
+    floor = summary["floor"]
+    # The raw image's best threshold on synthetic cells: far from perfect, far from chance.
+    assert 0.01 < floor["pixel_error"] < 0.2 and 0.01 < floor["adapted_rand_error"] < 0.5
+    assert "chosen on the test image itself" in floor["how"]
+    report = (out / "report.md").read_text()
+    assert "floor without learning" in report and "Good scores:" in report
+    assert "floor without learning" in printed and "good: lower is better" in printed
+    assert (out / "overlay.png").exists()
