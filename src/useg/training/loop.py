@@ -541,6 +541,16 @@ def _estimate_line(
     return line
 
 
+def _record_decision_in_best(run: _Run) -> None:
+    """A ``best`` model saved before the time budget's decision (a validation while the steps
+    were timed) records the decided run too."""
+    from useg.nets.checkpoint import update_header
+
+    best = run.out / "best.safetensors"
+    if best.exists():
+        update_header(best, {"provenance": run.meta["provenance"]})
+
+
 def _decide_budget(
     run: _Run, per_step: float, started: float, val_samples: list[Sample] | None
 ) -> None:
@@ -599,6 +609,7 @@ def _decide_budget(
     run.meta["provenance"]["config"] = cfg.to_dict()
     if run.dist.main:
         write_config(run.out, cfg)
+        _record_decision_in_best(run)
 
 
 def _out_of_time(run: _Run, started: float) -> bool:
@@ -628,6 +639,7 @@ def _stop_now(run: _Run, tell: Callable[[str], None] | None, bar: Any) -> None:
     run.meta["provenance"]["config"] = cfg.to_dict()
     if run.dist.main:
         write_config(run.out, cfg)
+        _record_decision_in_best(run)
     if bar is not None:
         bar.total = cfg.iterations
         bar.refresh()
