@@ -75,7 +75,9 @@ of the chosen configuration); figure docs/figures/sparse3d.png (chosen configura
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -217,6 +219,9 @@ class Experiment:
                      callback=lambda step, row: stamps.append(time.perf_counter()))
         t1 = time.perf_counter()
         model = load_model(path)
+        # The run folder holds checkpoints only this run needs: remove it, so that a long
+        # bench does not fill the temporary folder.
+        shutil.rmtree(self.tmp / f"run{self.runs}", ignore_errors=True)
         prob = self.predict(model)
         pred = (prob > 0.5).astype(np.uint8)  # the argmax of two classes
         t2 = time.perf_counter()
@@ -469,6 +474,7 @@ def main() -> None:
     steps3 = args.steps3d or steps["table1_3d"]
     steps2_t2 = args.steps2d or steps["table2_2d"]
     exp = Experiment(args)
+    atexit.register(shutil.rmtree, exp.tmp, ignore_errors=True)
     network = (f"cicek2016 width {args.width} depth {args.depth}, {args.padding} padding, "
                f"batch norm with {args.stats} statistics at prediction; 3D tile "
                f"{args.tile3d}, 2D tile {args.tile2d}; Adam lr {args.lr}, poly schedule, "

@@ -6,6 +6,7 @@ import re
 import time
 
 import pytest
+from conftest import TINY
 from safetensors import safe_open
 
 from useg.cli import main
@@ -13,19 +14,9 @@ from useg.errors import ConfigError
 from useg.nets.checkpoint import load_model
 from useg.training.from_folders import make_config
 from useg.training.recipes import RECIPES, choose_recipe, recipe_settings
-from useg.workflows.synthetic import make_dataset
 
-TINY = ["--width", "2", "--depth", "1", "--tile", "36", "--workers", "0", "--seed", "3"]
 ESTIMATE = re.compile(r"^(\d+) steps at ([\d.]+(?:e-?\d+)?) s/step: about [\d.]+ (s|min|h)\b.* "
                       r"on this CPU \(.+\)", re.MULTILINE)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    make_dataset(root / "train", n_images=2, shape=(64, 64), seed=1)
-    make_dataset(root / "val", n_images=1, shape=(64, 64), seed=2)
-    return root
 
 
 @pytest.fixture

@@ -8,21 +8,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import TINY
 from safetensors import safe_open
 
 from useg.cli import main
 from useg.nets.checkpoint import load_model
-from useg.workflows.synthetic import make_dataset
-
-TINY = ["--width", "2", "--depth", "1", "--tile", "36", "--workers", "0", "--seed", "3"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    make_dataset(root / "train", n_images=2, shape=(64, 64), seed=1)
-    make_dataset(root / "val", n_images=1, shape=(64, 64), seed=2)
-    return root
 
 
 def _losses(run):
