@@ -105,6 +105,14 @@ def test_instances_refusals_are_one_line(tmp_path, capsys, argv, message):
     assert not (tmp_path / "out" / "a_instances.tif").exists()
 
 
+def test_a_refused_input_gets_its_line_alone(tmp_path, capsys):
+    # The settings note is said once inputs and outputs are checked: a refusal is one line.
+    code = main(["predict", str(tmp_path / "missing.tif"), "--model", str(_model(tmp_path)),
+                 "--out", str(tmp_path / "out"), "--quiet", "--instances"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "missing.tif: no such file" in err and len(err.splitlines()) == 1
+
+
 def test_stored_settings_are_validated_with_the_model_named(tmp_path):
     model = _model(tmp_path)
     update_header(model, {"instances": {"params": {"threshold": 2}}})

@@ -20,7 +20,7 @@ from useg.errors import UsegError, UsegWarning
 
 # Subcommand modules, in the order ``useg --help`` lists them. A module missing here is skipped,
 # so the CLI keeps working while a subcommand is being written.
-_COMMANDS = ("predict", "train", "demo", "densify", "evaluate", "export")
+_COMMANDS = ("predict", "train", "demo", "densify", "evaluate", "export", "report")
 
 
 class Parser(argparse.ArgumentParser):
@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args, unknown = parser.parse_known_args(argv)
     except SystemExit as exc:  # a bad argument (Parser.error: one line), --help or --version
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.argv = argv  # the command line as given (useg train records it in config.json)
     default_show = warnings.showwarning
     shown: set[str] = set()
 

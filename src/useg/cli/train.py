@@ -153,7 +153,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train", help="train a U-Net",
         description="Train a U-Net on images and label images matched by file name (PNG or "
         "TIFF; 2D images or 3D stacks). Writes a run folder with config.json, log.csv, "
-        "curves.png, last.safetensors and best.safetensors; --resume continues it.",
+        "curves.png, last.safetensors, best.safetensors and report.html (useg report); "
+        "--resume continues it.",
     )
     record_given_options(p)
     p.add_argument("--images", type=Path, help="folder (or file) of training images")
@@ -215,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
         args.out, images=args.images, labels=args.labels, val_images=args.val_images,
         val_labels=args.val_labels, options=training_options(args), resume=args.resume,
         given=args.given_options, progress=not args.quiet, say=print, started=started,
+        command=["useg", *args.argv] if hasattr(args, "argv") else None,
     )
     print(f"model: {best}")
     if instances is not None:

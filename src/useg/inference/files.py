@@ -30,7 +30,8 @@ from useg.labels import class_dtype, most_likely_class
 from useg.nets.checkpoint import load_model
 from useg.nets.unet import UNet
 
-__all__ = ["Derive", "predict_file", "predict_files", "predict_paths", "write_results"]
+__all__ = ["Derive", "predict_file", "predict_files", "predict_image", "predict_paths",
+           "write_results"]
 
 # A result computed from the class probabilities ``(C, *spatial)`` and the image's calibration
 # (or None), written as ``<stem>_<kind>.tif`` beside the probabilities.
@@ -65,19 +66,40 @@ def predict_file(
                               probabilities=write_probabilities, labels=write_labels,
                               extra=tuple(derive))
     image, meta = io.read_image(path)
-    cfg = model.config
-    stack = cfg.ndim == 2 and image.ndim == 4
     try:
-        if stack:
-            slices = [predict(model, image[:, z], **kwargs) for z in range(image.shape[1])]
-            probs = np.stack(slices, axis=1)
-        else:
-            probs = predict(model, image, **kwargs)
+        probs = predict_image(model, image, **kwargs)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
     spacing = meta.get("spacing")
     derived = {kind: fn(probs, spacing) for kind, fn in derive.items()}
     return write_results(targets, probs, spacing, derived=derived, nifti=meta.get("nifti"))
+
+
+def predict_image(
+    model: UNet,
+    image: np.ndarray,
+    *,
+    progress: bool | Callable[[int, int], None] = False,
+    **kwargs: Any,
+) -> np.ndarray:
+    """Class probabilities of an image ``(C, *spatial)`` as ``useg predict`` computes them: a 2D
+    model applied to a 3D stack ``(C, Z, Y, X)`` predicts slice by slice.
+
+    ``progress`` is as for :func:`useg.inference.predict.predict`; a callable receives the tiles
+    done and their total over all slices. ``kwargs`` go to
+    :func:`useg.inference.predict.predict`.
+    """
+    if not (model.config.ndim == 2 and image.ndim == 4):
+        return predict(model, image, progress=progress, **kwargs)
+    depth = image.shape[1]
+    slices = []
+    for z in range(depth):
+        shown = progress
+        if callable(progress):
+            # The tiler counts the tiles of one slice; every slice has as many.
+            shown = lambda done, total, z=z: progress(z * total + done, depth * total)  # noqa: E731
+        slices.append(predict(model, image[:, z], progress=shown, **kwargs))
+    return np.stack(slices, axis=1)
 
 
 def write_results(
@@ -137,6 +159,7 @@ def predict_files(
     progress: bool = True,
     on_written: Callable[[Path, dict[str, Path]], None] | None = None,
     derive: Mapping[str, Derive] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> list[tuple[Path, dict[str, Path]]]:
     """Predict image files and folders of them into ``out_dir`` (``useg predict``).
 
@@ -170,6 +193,9 @@ def predict_files(
         Called with each input file and its written results, as soon as they are written.
     derive : mapping of str to callable, optional
         Results derived from each image's probabilities, by kind (:func:`predict_file`).
+    on_ready : callable, optional
+        Called once when the inputs, the results' names and the model have been checked, before
+        the first image is predicted (for notes that should not precede a refusal).
 
     Returns
     -------
@@ -191,6 +217,8 @@ def predict_files(
     precision = resolve_precision(precision, device)  # once, not per image
     net = load_model(model, device=device)
     tile = _tile_for(tile, net.config.ndim)
+    if on_ready is not None:
+        on_ready()
     show = progress and sys.stderr.isatty()
     outer = tqdm(plan, unit="image", desc="images", disable=not show or len(plan) == 1)
     done = []
@@ -222,7 +250,7 @@ def _planned_results(
     plan = io.plan_results(inputs, out_dir, probabilities=write_probabilities, extra=extra,
                            overwrite=overwrite)
     if not plan:
-        raise InputError(f"{', '.join(map(str, inputs))}: no PNG or TIFF images found")
+        raise InputError(f"{', '.join(map(str, inputs))}: no images found (PNG, TIFF or NIfTI)")
     return plan
 
 

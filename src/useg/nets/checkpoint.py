@@ -25,8 +25,8 @@ from useg.io.files import atomic_write, make_folder
 from useg.nets.config import UNetConfig
 from useg.nets.unet import UNet
 
-__all__ = ["FORMAT", "check_header", "load_model", "model_info", "resolve_model", "save_model",
-           "update_header"]
+__all__ = ["FORMAT", "check_header", "load_model", "model_info", "packaged_models",
+           "resolve_model", "save_model", "update_header"]
 
 FORMAT = "useg-model"
 FORMAT_VERSION = 1
@@ -123,9 +123,20 @@ def resolve_model(name: str | os.PathLike) -> Path:
         packaged = _PACKAGED / f"{text}.safetensors"
         if packaged.is_file():
             return packaged
-    names = sorted(p.stem for p in _PACKAGED.glob("*.safetensors"))
     raise ModelFileError(f"no such model file or packaged model: {text} "
-                         f"(packaged: {', '.join(names) or 'none'})")
+                         f"(packaged: {', '.join(packaged_models()) or 'none'})")
+
+
+def packaged_models() -> list[str]:
+    """The names of the packaged models (``src/useg/models``), sorted, as
+    :func:`resolve_model` takes them.
+
+    Examples
+    --------
+    >>> "em-membrane" in packaged_models()
+    True
+    """
+    return sorted(p.stem for p in _PACKAGED.glob("*.safetensors"))
 
 
 # What a packaged model's name may be: a file name in src/useg/models, without separators.

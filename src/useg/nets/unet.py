@@ -17,7 +17,7 @@ from torch import nn
 from useg.nets.config import UNetConfig, preset
 from useg.nets.geometry import halo, output_shape, valid_input_shape
 
-__all__ = ["ConvBlock", "Down", "UNet", "Up", "center_crop"]
+__all__ = ["ConvBlock", "Down", "UNet", "Up", "center_crop", "unet_from_config"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _UPCONV = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -172,3 +172,18 @@ class UNet(nn.Module):
     @property
     def halo(self) -> tuple[int, ...]:
         return halo(self.config)
+
+
+def unet_from_config(**config: Any) -> UNet:
+    """A network from the fields of a configuration (a model file header's ``"config"``).
+
+    For loaders that build a network by calling a function with JSON keyword arguments, such as
+    the BioImage Model Zoo's ``pytorch_state_dict`` weights (``useg export --format
+    bioimageio``); the weights are loaded afterwards.
+
+    Examples
+    --------
+    >>> unet_from_config(ndim=2, width=4, depth=1).config.width
+    4
+    """
+    return UNet(UNetConfig.from_dict(config))

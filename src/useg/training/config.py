@@ -94,6 +94,10 @@ class TrainConfig:
     time_budget: float | None = _CLI.time_budget
     # What the time budget decided, and why (asked and decided iterations, measured seconds).
     budget_decision: dict[str, Any] | None = None
+    # The command line that started the run (``useg train ...``, as its words), so that its
+    # report can say how to repeat it; None: not started from the command line, or by a useg
+    # that did not record it. A resumed run keeps it.
+    command: list[str] | None = None
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -108,6 +112,9 @@ class TrainConfig:
             raise ConfigError(f"recipe must be a record with a name, got {self.recipe!r}")
         if self.budget_decision is not None and not isinstance(self.budget_decision, dict):
             raise ConfigError(f"budget_decision must be a record, got {self.budget_decision!r}")
+        if self.command is not None and not (
+                isinstance(self.command, list) and all(isinstance(w, str) for w in self.command)):
+            raise ConfigError(f"command must be a list of words, got {self.command!r}")
         if self.lr is None:
             self.lr = 0.01 if self.optimizer == "sgd" else 1e-3
 

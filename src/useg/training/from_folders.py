@@ -416,6 +416,7 @@ def train_from_folders(
     progress: bool = True,
     say: Callable[[str], None] | None = None,
     started: float | None = None,
+    command: Sequence[str] | None = None,
 ) -> Path:
     """Train a U-Net on image and label files matched by name (``useg train``); returns the path
     of the best model file (the last one without validation data).
@@ -446,6 +447,9 @@ def train_from_folders(
     started : float, optional
         The :func:`time.perf_counter` value a time budget counts from (default: the call of
         this function; ``useg train``: the start of the command).
+    command : sequence of str, optional
+        The command line that started a new run (its words), recorded in ``config.json``
+        (``command``); a resumed run keeps the one it recorded.
     """
     started = time.perf_counter() if started is None else started
     out = io.check_output_folder(out)
@@ -459,6 +463,7 @@ def train_from_folders(
         cfg = resumed_config(saved, given, {**dataclasses.asdict(options), **paths}, config_path)
     else:
         cfg = _new_run_config(options, **paths)
+        cfg.command = list(command) if command is not None else None
     samples, val = _training_samples(cfg)
     return train(cfg, samples, out, val_samples=val, resume=resume, progress=progress, say=say,
                  started=started)

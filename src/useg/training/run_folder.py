@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from useg.training.config import RESUMABLE, TrainConfig
 
 __all__ = [
     "check_resumable",
+    "curves_png",
     "load_state",
     "plot_curves",
     "read_config",
@@ -137,8 +139,8 @@ def resume_config(
     for key, value in comparable(saved).items():
         if key == "precision" and given.get(key) == "auto":
             continue  # the run continues in the precision it resolved to
-        if key == "budget_decision":
-            continue  # what the run decided, not a setting
+        if key in ("budget_decision", "command"):
+            continue  # what the run decided, and the command that started it: not settings
         if key not in RESUMABLE and given.get(key) != value:
             raise ConfigError(
                 f"{path}: the run was trained with {key} = {json.dumps(value)}, not "
@@ -258,15 +260,17 @@ def _num(v: str) -> Any:
             return v
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    """Training loss and validation metrics against the step, as a PNG."""
+def curves_png(rows: list[dict[str, Any]], dpi: int = 90) -> bytes | None:
+    """Training loss and validation metrics against the step, as the bytes of a PNG (None
+    without matplotlib): ``curves.png`` and the run report (:mod:`useg.report`) draw the
+    same figure."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # plots are optional
-        return
+        return None
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     steps = [r["step"] for r in rows if "loss" in r]
     ax[0].plot(steps, [r["loss"] for r in rows if "loss" in r], lw=1, label="train loss")
@@ -281,11 +285,22 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     if ax[1].lines:
         ax[1].legend()
     fig.tight_layout()
+    buffer = BytesIO()
     try:
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, dpi=90)
+        fig.savefig(buffer, format="png", dpi=dpi)
     finally:
         plt.close(fig)
+    return buffer.getvalue()
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    """Training loss and validation metrics against the step (:func:`curves_png`), as a PNG
+    file."""
+    png = curves_png(rows)
+    if png is None:
+        return
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(png)
 
 
 def write_checkpoint(

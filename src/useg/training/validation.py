@@ -16,7 +16,7 @@ from useg.labels import IGNORE, most_likely_class
 from useg.nets.unet import UNet
 from useg.training.samples import Sample
 
-__all__ = ["evaluate_samples"]
+__all__ = ["evaluate_samples", "foreground_adapted_rand"]
 
 
 def evaluate_samples(
@@ -54,7 +54,7 @@ def evaluate_samples(
             union = np.logical_or(fg_p, fg_t).sum()
             ious.append(float(np.logical_and(fg_p, fg_t).sum() / union) if union else 1.0)
             errors.append(float((pred[mask] != s.target[mask]).mean()))
-            rand = _adapted_rand(probs, s.target, mask)
+            rand = foreground_adapted_rand(probs, s.target, mask)
             if rand is not None:
                 rands.append(rand)
     finally:
@@ -65,8 +65,12 @@ def evaluate_samples(
     return result
 
 
-def _adapted_rand(probs: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float | None:
-    """ISBI adapted Rand error of the foreground segments (2-class models on dense 2D labels)."""
+def foreground_adapted_rand(
+    probs: np.ndarray, target: np.ndarray, mask: np.ndarray
+) -> float | None:
+    """ISBI adapted Rand error of the foreground segments of class probabilities ``probs``
+    against the class target (2-class models on dense 2D labels, ``mask`` all True; else
+    None): validation's ``val_adapted_rand``, and the score the run report gives its images."""
     if probs.shape[0] != 2 or target.ndim != 2 or not mask.all():
         return None
     try:

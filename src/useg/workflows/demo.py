@@ -34,11 +34,12 @@ from useg.io.datasets import dataset
 from useg.io.files import atomic_write
 from useg.nets.checkpoint import load_model
 from useg.postprocess.segments import threshold_components
+from useg.report.figures import overlay_panels
 from useg.training.config import TrainConfig
 from useg.training.from_folders import labels_record, make_config
 from useg.training.loop import train
 from useg.training.run_folder import read_config
-from useg.training.samples import boundary_target, make_sample, targets_from_labels
+from useg.training.samples import make_sample, targets_from_labels
 from useg.workflows import synthetic
 
 __all__ = ["DEMO_BUDGET", "DEMO_OPTIONS", "DEMO_STEPS", "overlay", "raw_threshold_floor",
@@ -58,28 +59,15 @@ DEMO_BUDGET = 240.0
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(x, [0.5, 99.5])
-    return (np.clip((x - lo) / max(hi - lo, 1e-9), 0, 1) * 255).astype(np.uint8)
-
-
 def overlay(image: np.ndarray, prob: np.ndarray, segments: np.ndarray, path: str | os.PathLike,
             truth: np.ndarray | None = None) -> Path:
     """Side-by-side PNG: image, foreground probability, segment outlines over the image (and the
-    ground truth's outlines when given)."""
+    ground truth's outlines when given): :func:`useg.report.figures.overlay_panels` in a
+    row."""
     from PIL import Image
 
-    gray = _to_uint8(image)
-    rgb = np.stack([gray] * 3, axis=-1)
-    outline = boundary_target(segments) > 0
-    seg_rgb = rgb.copy()
-    seg_rgb[outline] = (255, 64, 32)
-    panels = [rgb, np.stack([(np.clip(prob, 0, 1) * 255).astype(np.uint8)] * 3, -1), seg_rgb]
-    if truth is not None:
-        gt_rgb = rgb.copy()
-        gt_rgb[boundary_target(truth) > 0] = (32, 200, 255)
-        panels.append(gt_rgb)
-    gap = np.full((rgb.shape[0], 8, 3), 255, np.uint8)
+    panels = overlay_panels(image, prob, segments, truth)
+    gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
     path = Path(path)
     with atomic_write(path) as tmp:

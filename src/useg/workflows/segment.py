@@ -59,7 +59,11 @@ def instance_settings(
         that the defaults apply.
     """
     path = resolve_model(model)
-    header = model_info(path)
+    return _settings(path, model_info(path), overrides)
+
+
+def _settings(path: Path, header: Mapping[str, Any],
+              overrides: Mapping[str, Any] | None) -> tuple[str, InstanceParams, str]:
     mode = (header.get("labels") or {}).get("mode", "binary")
     if mode not in INSTANCE_TARGETS:
         raise ConfigError(f"{path}: --instances needs a model trained with --labels "
@@ -148,13 +152,18 @@ def segment_paths(
             given = ", ".join(k for k, v in instance_options.items() if v is not None)
             raise ConfigError(f"{given}: only with --instances")
         return predict_paths(inputs, out, model, **options)
-    target, params, source = instance_settings(model, instance_options)
-    if on_settings is not None:
-        on_settings(f"instances: {target} target, {_describe(params)}; {source}")
+    path = resolve_model(model)
+    header = model_info(path)
+    target, params, source = _settings(path, header, instance_options)
+    line = f"instances: {target} target, {_describe(params)}; {source}"
     if not options.get("dask"):
-        ndim = int(model_info(resolve_model(model))["config"]["ndim"])
-        return predict_paths(inputs, out, model,
+        ndim = int(header["config"]["ndim"])
+        # Said once the inputs and outputs have been checked, not before a refusal.
+        ready = None if on_settings is None else (lambda: on_settings(line))
+        return predict_paths(inputs, out, path, on_ready=ready,
                              derive={"instances": instances_of(target, params, ndim)}, **options)
+    if on_settings is not None:
+        on_settings(line)
     if not options.get("write_probabilities", True):
         raise ConfigError("--instances with --dask finds objects in the stored probabilities; "
                           "leave out --no-probs")

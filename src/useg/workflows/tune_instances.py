@@ -24,6 +24,7 @@ from useg.evaluation.objects import object_f1
 from useg.inference.predict import predict
 from useg.nets.checkpoint import load_model, update_header
 from useg.postprocess.instances import InstanceParams, instances_from_probabilities
+from useg.report import report_after_training
 from useg.training.from_folders import saved_run, train_from_folders
 from useg.workflows.segment import INSTANCE_TARGETS, instance_spacing
 
@@ -146,15 +147,22 @@ def train_and_tune(out: str | os.PathLike, **kwargs: Any) -> tuple[Path, dict[st
     has validation data with one id per object, :func:`tune_model_instances` on its model.
 
     Returns the model file and the instance settings written (None when there was nothing to
-    choose them on).
+    choose them on). Last, the run's report page (:func:`useg.report.report_after_training`:
+    ``report.html`` in the run folder, or one line of warning when it cannot be written).
     """
     best = train_from_folders(out, **kwargs)
     saved, data, _ = saved_run(out)
     mode = (saved.get("labels") or {}).get("mode")
-    if mode not in TUNED_MODES or not data.get("val_images"):
-        return best, None
-    device = str(saved.get("device") or "cpu")
-    entry = tune_model_instances(best, data["val_images"], data["val_labels"],
-                                 device="cpu" if device == "auto" else device,
-                                 precision=str(saved.get("precision", "auto")))
+    device = str(saved.get("device") or "auto")
+    precision = str(saved.get("precision", "auto"))
+    entry = None
+    if mode in TUNED_MODES and data.get("val_images"):
+        entry = tune_model_instances(best, data["val_images"], data["val_labels"],
+                                     device="cpu" if device == "auto" else device,
+                                     precision=precision)
+    # After the instance settings, so that the report shows them.
+    report = report_after_training(out, device=device, precision=precision)
+    say = kwargs.get("say")
+    if report is not None and say is not None:
+        say(f"report: {report}")
     return best, entry
