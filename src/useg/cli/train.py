@@ -68,6 +68,11 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
                    help="e.g. 90s, 20m, 1.5h: after timing the first steps, the run trains only "
                    "the steps that fit (its learning-rate schedule then ends at the last of "
                    "them); recorded in config.json. With --resume, a new budget for the rest")
+    g.add_argument("--init", metavar="MODEL", default=_DEFAULTS.init,
+                   help="fine-tune: start from this model's weights (a .safetensors file, a run "
+                   "folder or a packaged model name such as em-membrane); the network, its "
+                   "normalisation and label mode are the model's, the recipe's other settings "
+                   "apply. Network options are refused with it")
     g = p.add_argument_group("network")
     g.add_argument("--preset", default=_DEFAULTS.preset, choices=["ronneberger2015", "cicek2016"],
                    help="network preset (default: ronneberger2015 for 2D data, cicek2016 for 3D)")

@@ -98,6 +98,9 @@ class TrainConfig:
     # report can say how to repeat it; None: not started from the command line, or by a useg
     # that did not record it. A resumed run keeps it.
     command: list[str] | None = None
+    # The model the run started from (fine-tuning, ``useg train --init``): ``model`` as given,
+    # ``file`` the model file it named; the network is that model's. None: He initialisation.
+    init: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -115,6 +118,9 @@ class TrainConfig:
         if self.command is not None and not (
                 isinstance(self.command, list) and all(isinstance(w, str) for w in self.command)):
             raise ConfigError(f"command must be a list of words, got {self.command!r}")
+        if self.init is not None and not (
+                isinstance(self.init, dict) and isinstance(self.init.get("file"), str)):
+            raise ConfigError(f"init must be a record with the model's file, got {self.init!r}")
         if self.lr is None:
             self.lr = 0.01 if self.optimizer == "sgd" else 1e-3
 

@@ -29,6 +29,7 @@ from typing import Any
 from useg import io
 from useg.device import resolve_device
 from useg.errors import ConfigError, InputError
+from useg.io import normalize as norm
 from useg.nets.config import PRESETS, UNetConfig
 from useg.nets.geometry import anisotropic_pools, min_input_shape, valid_input_shape
 from useg.training.config import RESUMABLE, TrainConfig
@@ -90,6 +91,7 @@ def make_config(
     file_spacing: Sequence[float] | None = None,
     tile: Sequence[int] | int | None = None,
     recipe: str | None = None,
+    init: str | os.PathLike | None = None,
     **options: Any,
 ) -> TrainConfig:
     """The training configuration for ``ndim``-D data.
@@ -127,6 +129,11 @@ def make_config(
         goes with its optimizer: another ``optimizer`` without ``lr`` takes its own default.
         The configuration records the recipe (``recipe``). None: no recipe, the papers'
         settings.
+    init : path or str, optional
+        Fine-tuning: a model (file, run folder or packaged name) whose network, normalisation
+        and (by default) label mode the run takes, and whose weights it starts from
+        (:func:`useg.training.loop.train`); the recipe's network settings do not apply, and
+        network options given with it are refused. Recorded as ``init``.
     **options
         :class:`~useg.training.config.TrainConfig` fields, or :class:`~useg.nets.UNetConfig`
         fields (``width``, ``depth``, ``padding``, ``batch_stats``...) that override the preset.
@@ -142,15 +149,31 @@ def make_config(
     """
     # None stands for "not given" in the settings a recipe sets.
     options = {k: v for k, v in options.items() if v is not None or k not in RECIPE_OPTIONS}
+    start = None
+    if init is not None:
+        given = [k for k in NET_OPTIONS if options.get(k) is not None]
+        given += [k for k, v in (("preset", preset), ("pool", pool)) if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: the "
+                              f"network comes from the --init model {init}; leave them out")
+        start = _start_model(init)
     if recipe is not None:
         tile, options = _with_recipe(recipe, ndim, tile, options)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     net_options = {k: options.pop(k) for k in list(options) if k not in known}
+    if start is not None:
+        path, header = start
+        label_mode = label_mode or (header.get("labels") or {}).get("mode")
     label_mode = label_mode or default_label_mode(ndim)
-    net = _network(
-        ndim, preset, label_mode, in_channels=in_channels, classes=classes, pool=pool,
-        voxels=spacing if spacing is not None else file_spacing, **net_options,
-    )
+    if start is None:
+        net = _network(
+            ndim, preset, label_mode, in_channels=in_channels, classes=classes, pool=pool,
+            voxels=spacing if spacing is not None else file_spacing, **net_options,
+        )
+    else:
+        net = _network_of_model(path, header, ndim, label_mode, in_channels, classes)
+        options.setdefault("normalization", header.get("normalization") or norm.DEFAULT)
+        options["init"] = {"model": str(init), "file": str(path)}
     d = net.to_dict()
     d["pool"] = [list(level) for level in d["pool"]] if d["pool"] is not None else None
     return TrainConfig(
@@ -200,6 +223,33 @@ def _network(
     return UNetConfig(**values)
 
 
+def _start_model(init: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The model file ``init`` names and its checked header."""
+    from useg.nets.checkpoint import model_info, resolve_model
+
+    path = resolve_model(init)
+    return path, model_info(path)
+
+
+def _network_of_model(
+    path: Path, header: Mapping[str, Any], ndim: int, label_mode: str, in_channels: int,
+    classes: int | None,
+) -> UNetConfig:
+    """The network of the model ``path`` (its checked ``header``), refused in one line when the
+    data or the label mode cannot use it."""
+    net = UNetConfig.from_dict(header["config"])
+    if net.ndim != ndim:
+        raise ConfigError(f"{path}: a {net.ndim}D network; the data are {ndim}D")
+    if net.in_channels != in_channels:
+        raise ConfigError(f"{path}: the network takes {net.in_channels} channel(s); the images "
+                          f"have {in_channels}")
+    wanted = classes or MODE_CLASSES.get(label_mode, net.classes)
+    if net.classes != wanted:
+        raise ConfigError(f"{path}: the network has {net.classes} output classes; label mode "
+                          f"{label_mode!r} needs {wanted}")
+    return net
+
+
 def _input_tile(tile: Sequence[int] | int | None, net: UNetConfig) -> list[int]:
     """``tile`` as ``net.ndim`` sizes (default :func:`default_tile`), each at least the
     network's smallest valid input."""
@@ -236,7 +286,8 @@ def build_config(
     cfg = make_config(
         ndim, in_channels=in_channels, label_mode=options.label_mode, preset=options.preset,
         pool=parse_pool(options.pool, ndim), spacing=override, file_spacing=spacing,
-        recipe=getattr(options, "recipe", "auto"), **recipe,
+        recipe=getattr(options, "recipe", "auto"), init=getattr(options, "init", None),
+        **recipe,
         time_budget=getattr(options, "time_budget", None), batch_size=options.batch_size,
         weight_decay=options.weight_decay,
         precision=options.precision, grad_clip=options.grad_clip, dice_weight=options.dice,

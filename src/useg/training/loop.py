@@ -361,7 +361,9 @@ def _start_run(
     if dist_info.main and (not resume or cfg.to_dict() != resumed_from):
         # A resumed run records what it changed, so that the next --resume continues it.
         write_config(out, cfg)
-    model, net, fmt = _build_network(net_cfg, cfg.seed, device, dist_info)
+    # A resumed run's weights come from its own state, not from the model it started from.
+    start = None if resume or cfg.init is None else cfg.init["file"]
+    model, net, fmt = _build_network(net_cfg, cfg.seed, device, dist_info, start)
     opt = _optimizer(cfg, model.parameters())
     run = _Run(
         cfg, out, dist_info, device, tile, out_tile, fmt, model, net, opt,
@@ -375,12 +377,23 @@ def _start_run(
 
 
 def _build_network(
-    net_cfg: UNetConfig, seed: int, device: torch.device, dist_info: Dist
+    net_cfg: UNetConfig, seed: int, device: torch.device, dist_info: Dist,
+    start: str | None = None,
 ) -> tuple[UNet, torch.nn.Module, torch.memory_format]:
-    """The model (initialised from ``seed``), the module that trains it (the model, or its
-    DistributedDataParallel wrapper) and the memory format of its inputs."""
+    """The model (initialised from ``seed``, or with the weights of the model file ``start``),
+    the module that trains it (the model, or its DistributedDataParallel wrapper) and the
+    memory format of its inputs."""
     torch.manual_seed(seed)
-    model = UNet(net_cfg).to(device)
+    model = UNet(net_cfg)
+    if start is not None:
+        from useg.nets.checkpoint import load_model
+
+        source = load_model(start)
+        if source.config != net_cfg:
+            raise ConfigError(f"{start}: its network is not the run's (the file changed since "
+                              "the run was configured)")
+        model.load_state_dict(source.state_dict())
+    model = model.to(device)
     fmt = memory_format(net_cfg.ndim)
     if device.type == "cpu":
         model = model.to(memory_format=fmt)
@@ -657,6 +670,8 @@ def _recipe_line(cfg: TrainConfig) -> str:
             f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, {cfg.iterations} steps")
     if given:
         line += f"; given over it: {', '.join(given)}"
+    if cfg.init:
+        line += f"; network and starting weights from {cfg.init.get('model')} (fine-tuning)"
     return line
 
 

@@ -104,6 +104,9 @@ class TrainOptions:
     there."""
 
     recipe: str = "auto"  # useg.training.recipes: cpu-fast on the CPU, gpu-paper on CUDA
+    # A model (file, run folder or packaged name) whose network and weights the run starts
+    # from: fine-tuning. None: a new network, He-initialised.
+    init: str | None = None
 
     # network
     preset: str | None = None
