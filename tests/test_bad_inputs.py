@@ -607,3 +607,269 @@ def test_generated_damaged_configurations_are_refused_in_one_line(tmp_path_facto
         return
     TrainConfig.from_dict(saved)  # what resuming builds: it works
     assert {"ndim", "in_channels", "classes"} <= set(saved["net"])
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. useg evaluate: the report over an input, negative ids, channels, options of the other mode
+# (refused in useg.evaluation.files.evaluate_folders before any file is read; --channel also
+# when parsing)
+
+
+def _evaluate_files(folder: Path, pred=None, gt=None, channels: int = 1) -> tuple[Path, Path]:
+    """A probability map (``channels`` channels) and a binary ground truth, or the label
+    images ``pred`` and ``gt`` when given, as ``folder/pred.tif`` and ``folder/gt.tif``."""
+    truth = np.zeros((16, 16), np.uint8)
+    truth[3:11, 3:11] = 255
+    if pred is None:
+        pred = np.stack([truth / 255] * channels).astype(np.float32)
+        gt = truth
+    paths = folder / "pred.tif", folder / "gt.tif"
+    write_image(paths[0], pred, axes="CYX" if pred.ndim == 3 else None)
+    write_image(paths[1], gt)
+    return paths
+
+
+def _ids(values) -> np.ndarray:
+    return np.resize(np.array(values, np.int16), (16, 16))
+
+
+@pytest.mark.parametrize("which", ["gt", "pred", "gt by a link", "gt in a folder"])
+def test_evaluate_json_that_is_an_input_is_refused(tmp_path, which):
+    pred, gt = _evaluate_files(tmp_path)
+    inputs, target = [pred, gt], {"pred": pred}.get(which, gt)
+    if which == "gt by a link":
+        target = tmp_path / "link.json"
+        target.symlink_to(gt)
+    elif which == "gt in a folder":
+        for side in ("p", "g"):
+            (tmp_path / side).mkdir()
+        inputs = [tmp_path / "p", tmp_path / "g"]
+        pred, gt = pred.rename(tmp_path / "p" / "a.tif"), gt.rename(tmp_path / "g" / "a.tif")
+        target = gt
+    before = gt.read_bytes()
+    code, err, _ = run_cli(["evaluate", *inputs, "--thresholds", "0.5", "--json", target])
+    one_line_error(code, err, "--json", target, "is the input")
+    assert gt.read_bytes() == before and hidden(tmp_path) == []
+
+
+def test_evaluate_json_replaces_only_an_earlier_report(tmp_path):
+    pred, gt = _evaluate_files(tmp_path)
+    notes, report = tmp_path / "notes.json", tmp_path / "scores.json"
+    notes.write_text('{"mine": 1}\n')
+    code, err, _ = run_cli(["evaluate", pred, gt, "--thresholds", "0.5", "--json", notes])
+    one_line_error(code, err, "--json", notes, "is not a report of useg evaluate")
+    assert notes.read_text() == '{"mine": 1}\n'
+    report.write_text("")  # empty: nothing to lose
+    for _ in range(2):  # new, then an earlier report replaced
+        code, err, _ = run_cli(["evaluate", pred, gt, "--thresholds", "0.5", "--json", report])
+        assert code == 0, err
+        assert json.loads(report.read_text())["mode"] == "isbi"
+
+
+@pytest.mark.parametrize("side", ["pred", "gt"])
+def test_evaluate_instances_refuses_negative_ids(tmp_path, side):
+    good, bad = _ids([0, 1, 1, 2]), _ids([-1, 1, 1, 2])
+    pred, gt = _evaluate_files(tmp_path, *((bad, good) if side == "pred" else (good, bad)))
+    code, err, out = run_cli(["evaluate", pred, gt, "--mode", "instances"])
+    one_line_error(code, err, pred if side == "pred" else gt, "negative label values (-1)")
+    assert out == ""
+
+
+@FAST
+@given(pred=st.lists(st.integers(-3, 4), min_size=1, max_size=8),
+       gt=st.lists(st.integers(-3, 4), min_size=1, max_size=8))
+def test_generated_negative_ids_are_refused_naming_the_file(tmp_path_factory, pred, gt):
+    paths = _evaluate_files(tmp_path_factory.mktemp("ids"), _ids(pred), _ids(gt))
+    code, err, _ = run_cli(["evaluate", *paths, "--mode", "instances"])
+    negative = [path for path, values in zip(paths, (pred, gt), strict=True) if min(values) < 0]
+    if not negative:
+        assert code == 0, err
+        return
+    one_line_error(code, err, negative[0], "negative label values", min(
+        v for v in (pred, gt)[paths.index(negative[0])]))
+
+
+def test_evaluate_negative_channel_is_refused(tmp_path):
+    pred, gt = _evaluate_files(tmp_path, channels=2)
+    code, err, _ = run_cli(["evaluate", pred, gt, "--channel", "-1"])
+    one_line_error(code, err, "--channel", "-1")
+    from useg.evaluation.files import evaluate_folders, read_probability
+
+    with pytest.raises(UsegError, match="--channel must be 0 or more"):
+        evaluate_folders(pred, gt, channel=-1)
+    with pytest.raises(InputError, match=r"pred.tif: has 2 channels \(0 to 1\), no channel -1"):
+        read_probability(pred, -1)
+
+
+@FAST
+@given(channels=st.integers(1, 3), channel=st.integers(0, 4))
+def test_generated_channels_are_scored_or_refused_naming_the_file(tmp_path_factory, channels,
+                                                                  channel):
+    pred, gt = _evaluate_files(tmp_path_factory.mktemp("channels"), channels=channels)
+    code, err, _ = run_cli(["evaluate", pred, gt, "--thresholds", "0.5", "--channel", channel])
+    if channel < channels:
+        assert code == 0, err
+        return
+    has = "1 channel (0)" if channels == 1 else f"{channels} channels (0 to {channels - 1})"
+    one_line_error(code, err, pred, f"has {has}, no channel {channel}")
+
+
+_MODE_OPTIONS = {
+    "isbi": {"--thresholds": ["0.5"], "--membrane": [], "--channel": ["0"],
+             "--unassigned": ["singletons"]},
+    "instances": {"--iou-thresholds": ["0.5"]},
+}
+
+
+@pytest.mark.parametrize("mode, option", [
+    ("instances", "--membrane"), ("instances", "--unassigned"), ("instances", "--channel"),
+    ("instances", "--thresholds"), ("isbi", "--iou-thresholds")])
+def test_evaluate_refuses_an_option_of_the_other_mode(tmp_path, mode, option):
+    pred, gt = _evaluate_files(tmp_path)
+    other = "isbi" if mode == "instances" else "instances"
+    code, err, out = run_cli(["evaluate", pred, gt, "--mode", mode, option,
+                              *_MODE_OPTIONS[other][option]])
+    one_line_error(code, err, option, f"not used by --mode {mode}")
+    assert out == ""
+
+
+@FAST
+@given(mode=st.sampled_from(["isbi", "instances"]),
+       options=st.sets(st.sampled_from([o for m in _MODE_OPTIONS.values() for o in m])))
+def test_generated_option_sets_are_used_or_refused(tmp_path_factory, mode, options):
+    from useg.evaluation.files import evaluate_folders
+
+    labels = _ids([0, 1, 1, 2])
+    pred, gt = _evaluate_files(tmp_path_factory.mktemp("opts"),
+                               *((labels, labels) if mode == "instances" else ()))
+    values = {"--thresholds": (0.5,), "--membrane": True, "--channel": 0,
+              "--unassigned": "singletons", "--iou-thresholds": (0.5,)}
+    kwargs = {o.lstrip("-").replace("-", "_"): values[o] for o in options}
+    unused = sorted(o for o in options if o not in _MODE_OPTIONS[mode])
+    words = _MODE_OPTIONS["isbi"] | _MODE_OPTIONS["instances"]
+    argv = ["evaluate", pred, gt, "--mode", mode, *(a for o in options for a in [o, *words[o]])]
+    code, err, _ = run_cli(argv)
+    if not unused:
+        assert code == 0, err
+        assert evaluate_folders(pred, gt, mode=mode, **kwargs)["mode"] == mode
+        return
+    line = one_line_error(code, err, f": not used by --mode {mode}")
+    named = line.split(": error: ")[1].split(": not used")[0]
+    assert sorted(named.split(", ")) == unused  # those, and only those, named
+    with pytest.raises(UsegError, match=f"not used by --mode {mode}"):
+        evaluate_folders(pred, gt, mode=mode, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Fuzz-run findings: no existing file replaced without --overwrite (useg export, useg
+# report: io.files.check_output_file, before any work), and nothing left behind by a refusal
+# (--dask settings checked before the store is created, a new training run that fails before
+# its first model removed, the demo's options checked before its folder is made)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "bioimageio"])
+def test_export_refuses_an_existing_file_unless_overwrite(data, tmp_path, fmt):
+    keep = tmp_path / "keep.png"
+    keep.write_text("mine")
+    code, err, _ = run_cli(["export", data["model"], "--format", fmt, "--out", keep])
+    one_line_error(code, err, keep, "already exists", "--overwrite")
+    assert keep.read_text() == "mine" and sorted(tmp_path.iterdir()) == [keep]
+
+
+def test_export_overwrite_replaces_the_file(data, tmp_path):
+    out = tmp_path / "m.pt"
+    out.write_text("old export")
+    code, err, _ = run_cli(["export", data["model"], "--format", "torchscript", "--out", out,
+                            "--overwrite"])
+    assert code == 0, err
+    assert out.read_bytes()[:2] == b"PK"  # a TorchScript archive (zip)
+
+
+@pytest.fixture(scope="module")
+def trained_run(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained") / "run"
+    code, err, _ = run_cli(_command("train", data, run))
+    assert code == 0, err
+    return run
+
+
+def test_report_refuses_an_existing_file_but_rewrites_its_own(trained_run, tmp_path):
+    keep = tmp_path / "keep.png"
+    keep.write_text("mine")
+    code, err, _ = run_cli(["report", trained_run, "--out", keep, "--device", "cpu"])
+    one_line_error(code, err, keep, "already exists", "--overwrite")
+    assert keep.read_text() == "mine" and sorted(tmp_path.iterdir()) == [keep]
+    own = trained_run / "report.html"
+    for argv in (["report", trained_run], ["report", trained_run, "--out", own]):
+        own.write_text("an older report")
+        code, err, _ = run_cli([*argv, "--device", "cpu"])
+        assert code == 0, err
+        assert own.read_text().startswith("<!DOCTYPE html>")
+    code, err, _ = run_cli(["report", trained_run, "--out", keep, "--device", "cpu",
+                            "--overwrite"])
+    assert code == 0, err
+    assert keep.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_dask_settings_are_checked_before_the_store_is_created(data, tmp_path):
+    pytest.importorskip("zarr")
+    pytest.importorskip("dask")
+    from useg.errors import ConfigError
+    from useg.inference.dask import predict_dask
+
+    store = tmp_path / "store.zarr"
+    code, err, _ = run_cli(["predict", data["image"], "--dask", "--scheduler", "bogus",
+                            "--model", data["model"], "--out", store, "--quiet"])
+    line = one_line_error(code, err, "--scheduler", "'bogus'")
+    assert "resume" not in line
+    assert list(tmp_path.iterdir()) == []
+    image = read_image(data["image"])[0]
+    for bad in ({"scheduler": object()}, {"workers": 0}, {"zarr_format": 4}):
+        with pytest.raises(ConfigError):
+            predict_dask(data["model"], image, store / "probs", progress=False, **bad)
+        assert list(tmp_path.iterdir()) == []
+
+
+def _diverging_train(data: dict, out: Path) -> list:
+    return [*_command("train", data, out), "--lr", "1e30"]
+
+
+def test_a_new_run_that_fails_before_its_first_model_leaves_nothing(data, tmp_path):
+    out = tmp_path / "new" / "run"
+    code, err, _ = run_cli(_diverging_train(data, out))
+    one_line_error(code, err, "training diverged")
+    assert list(tmp_path.iterdir()) == []  # the folders it made, and config.json, removed
+    # A folder that existed stays, with what it held (here the config.json of another run).
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (mine / "config.json").write_text("{}")
+    code, err, _ = run_cli(_diverging_train(data, mine))
+    one_line_error(code, err, "training diverged")
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt"]
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_stopped_after_its_first_checkpoint_is_kept(data, tmp_path, monkeypatch):
+    import useg.training.loop as loop
+
+    real = loop._Run.checkpoint
+
+    def checkpoint_then_stop(self):
+        real(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop._Run, "checkpoint", checkpoint_then_stop)
+    out = tmp_path / "run"
+    code, err, _ = run_cli(_command("train", data, out))
+    assert code == 130, err
+    assert {"config.json", "state.safetensors", "last.safetensors"} <= {
+        p.name for p in out.iterdir()}  # resumable: kept
+
+
+def test_demo_checks_its_options_before_making_its_folder(tmp_path):
+    out = tmp_path / "g04"
+    code, err, _ = run_cli(["demo", "--out", out, "--device", "tpu", "--iterations", "1",
+                            "--data", "synthetic", "--quiet"])
+    one_line_error(code, err, "'tpu'")
+    assert list(tmp_path.iterdir()) == []

@@ -271,3 +271,18 @@ def test_demo_scores_a_held_out_image_beside_the_floor(tmp_path, capsys):
     assert "floor without learning" in report and "Good scores:" in report
     assert "floor without learning" in printed and "good: lower is better" in printed
     assert (out / "overlay.png").exists()
+
+
+def test_isbi_demo_fine_tunes_the_packaged_model(tmp_path):
+    from useg.io.datasets import dataset
+
+    if dataset("isbi2012") is None:
+        pytest.skip("isbi2012 not in the shared data folder (set USEG_DATA)")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--iterations", "2", "--data", "isbi",
+                 "--quiet"]) == 0
+    saved = json.loads((out / "run" / "config.json").read_text())
+    assert saved["init"]["model"] == "em-membrane"
+    assert saved["net"] == json.loads(json.dumps(load_model("em-membrane").config.to_dict()))
+    summary = json.loads((out / "summary.json").read_text())
+    assert "slice 24" in summary["test_image"]

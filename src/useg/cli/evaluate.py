@@ -9,6 +9,8 @@ import argparse
 import math
 from pathlib import Path
 
+from useg.cli import non_negative_int
+
 _DESCRIPTION = """\
 Score predictions against ground truth. PRED and GT are image files (.png, .tif, .tiff, .nii,
 .nii.gz) or folders of them; files are paired by name stem (pred/12.tif with gt/12.png,
@@ -29,6 +31,9 @@ Challenge SEG score, the mean IoU of objects matched at IoU 0.5, V_rand (GT back
 ignored), variation of information (background included), foreground IoU and the numbers of
 objects. The mean row pools the object counts of all pairs for F1, precision and recall, sums
 the numbers of objects and averages every other score over the pairs.
+
+An option of one mode given with the other is refused. --json never replaces an input file nor
+an existing file other than an earlier report.
 """
 
 
@@ -46,15 +51,6 @@ def _float_list(text: str) -> tuple[float, ...]:
     return values
 
 
-def _json_path(text: str) -> Path:
-    """``--json``: a file to write, not a folder (checked before anything is scored)."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"{text} is a folder; give the file to write, e.g. {path / 'scores.json'}")
-    return path
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate",
@@ -65,7 +61,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("pred", metavar="PRED", type=Path, help="prediction file or folder")
     p.add_argument("gt", metavar="GT", type=Path, help="ground-truth file or folder")
     p.add_argument("--mode", choices=("isbi", "instances"), default="isbi", help="default: isbi")
-    p.add_argument("--json", metavar="OUT.json", type=_json_path, help="also write the scores here")
+    # --json is checked by evaluate_folders before any file is read: a folder, a device, an input
+    # file or an existing file that is no earlier report is refused.
+    p.add_argument("--json", metavar="OUT.json", type=Path,
+                   help="also write the scores here (a new file, or an earlier report to replace)")
     p.add_argument(
         "--thresholds",
         type=_float_list,
@@ -73,17 +72,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="T1,T2,...",
         help="isbi: binarisation thresholds (default: 0.1,...,0.9)",
     )
-    p.add_argument("--membrane", action="store_true", help="isbi: PRED is a membrane probability")
+    # The options of one mode default to None, so that evaluate_folders refuses them when given
+    # with the other mode rather than ignoring them.
+    p.add_argument("--membrane", action="store_true", default=None,
+                   help="isbi: PRED is a membrane probability")
     p.add_argument(
         "--channel",
-        type=int,
+        type=non_negative_int,
         default=None,
-        help="isbi: channel of a multi-channel PRED to score (default: the only channel)",
+        help="isbi: channel (from 0) of a multi-channel PRED to score (default: the only channel)",
     )
     p.add_argument(
         "--unassigned",
         choices=("fill", "singletons"),
-        default="fill",
+        default=None,
         help="isbi: predicted membrane pixels for V_rand/V_info: grown into the nearest region "
         "(fill, default) or one segment each (singletons)",
     )

@@ -32,7 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="model file (.safetensors), run folder, or packaged model name")
     p.add_argument("--format", choices=_FORMATS, default="onnx", help="default: onnx")
     p.add_argument("--out", type=Path, required=True, metavar="FILE",
-                   help="the file to write (e.g. model.onnx, model.pt, model.zip)")
+                   help="the file to write (e.g. model.onnx, model.pt, model.zip); a file that "
+                   "exists is refused unless --overwrite is given")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the --out file when it exists")
     p.add_argument("--test-image", type=Path, metavar="IMAGE",
                    help="bioimageio: the image whose centred crop to a valid size is the test "
                    "input (default: a synthetic touching-cells image)")
@@ -51,10 +54,11 @@ def run(args: argparse.Namespace) -> int:
         from useg.workflows.bioimageio import export_bioimageio
 
         path = export_bioimageio(args.model, args.out, test_image=args.test_image,
-                                 authors=args.author)
+                                 authors=args.author, overwrite=args.overwrite)
     else:
         from useg.nets.export import export_model
 
-        path = export_model(args.model, args.out, format=args.format)
+        path = export_model(args.model, args.out, format=args.format,
+                            overwrite=args.overwrite)
     print(f"wrote {path} ({args.format})")
     return 0

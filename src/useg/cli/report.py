@@ -24,7 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", metavar="RUN", type=Path, help="run folder (useg train --out)")
     p.add_argument("--out", type=Path, metavar="FILE",
-                   help="the page to write (default: RUN/report.html)")
+                   help="the page to write (default: RUN/report.html, the run's own report, "
+                   "which useg train and useg report rewrite); another file that exists is "
+                   "refused unless --overwrite is given")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the --out file when it exists")
     p.add_argument("--max-images", type=positive_int, default=6,
                    help="gallery images at most (default 6)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -36,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
     from useg.report import write_report
 
     path = write_report(args.run, args.out, max_images=args.max_images, device=args.device,
-                        precision=args.precision)
+                        precision=args.precision, overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0

@@ -14,18 +14,26 @@ averages its score over images.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from useg.errors import InputError
+from useg.errors import (
+    ConfigError,
+    InputError,
+    OutputError,
+    UsegError,
+    check_choice,
+    input_error,
+)
 from useg.evaluation.isbi import DEFAULT_ISBI_THRESHOLDS, isbi_best, isbi_scores
 from useg.evaluation.objects import DEFAULT_IOU_THRESHOLDS, detection_scores, object_scores
 from useg.evaluation.pixel import iou
 from useg.evaluation.rand import adapted_rand_error, variation_of_information
-from useg.io.files import pair_files, write_json
+from useg.io.files import check_output_file, pair_files, write_json
 from useg.io.images import read_image, read_labels
 
 __all__ = ["evaluate_folders", "read_probability"]
@@ -36,7 +44,7 @@ def read_probability(path: str | os.PathLike, channel: int | None = None) -> np.
 
     Integer files are divided by 255 when their values reach at most 255, else by 65535,
     unless they only hold 0 and 1; float files must lie in [0, 1]. A multi-channel file needs
-    ``channel``.
+    ``channel`` (counted from 0; a negative one is refused, never taken from the end).
     """
     path = Path(path)
     image, _ = read_image(path)
@@ -45,8 +53,9 @@ def read_probability(path: str | os.PathLike, channel: int | None = None) -> np.
         if n != 1:
             raise InputError(f"{path}: has {n} channels; choose one with --channel")
         channel = 0
-    if not -n <= channel < n:
-        raise InputError(f"{path}: has {n} channels, no channel {channel}")
+    if not 0 <= channel < n:
+        has = "1 channel (0)" if n == 1 else f"{n} channels (0 to {n - 1})"
+        raise InputError(f"{path}: has {has}, no channel {channel}")
     p = image[channel]
     if p.dtype == bool:
         return p.astype(np.float64)
@@ -66,6 +75,19 @@ def read_probability(path: str | os.PathLike, channel: int | None = None) -> np.
 
 def _read_labels(path: Path) -> np.ndarray:
     return read_labels(path)[0]
+
+
+def _read_ids(path: Path) -> np.ndarray:
+    """A label image of object ids (0 = background), refusing negative values: they are no
+    ids, and the object scores would count them as objects."""
+    labels = _read_labels(path)
+    negative = labels < 0 if labels.dtype.kind == "i" else None
+    if negative is not None and negative.any():
+        values = np.unique(labels[negative])
+        shown = ", ".join(map(str, values[:3])) + (", ..." if values.size > 3 else "")
+        raise input_error(path, f"negative label values ({shown}); --mode instances needs "
+                          "object ids >= 0 (0 = background)")
+    return labels
 
 
 def _same_shape(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Path) -> None:
@@ -107,8 +129,8 @@ def _mean_row(per_pair: list[dict], threshold: float) -> dict:
 def _score_instances(pairs, iou_thresholds) -> tuple[list[dict], dict]:
     results = []
     for pred_path, gt_path in pairs:
-        pred = _read_labels(pred_path)
-        gt = _read_labels(gt_path)
+        pred = _read_ids(pred_path)
+        gt = _read_ids(gt_path)
         _same_shape(pred, gt, pred_path, gt_path)
         scores = _instance_scores(pred, gt, iou_thresholds)
         results.append({"pred": str(pred_path), "gt": str(gt_path), "scores": scores})
@@ -158,6 +180,65 @@ def _instance_scores(pred: np.ndarray, gt: np.ndarray, iou_thresholds) -> dict:
 # --------------------------------------------------------------------------------------------
 # useg evaluate
 
+MODES = ("isbi", "instances")
+# The options that only one mode uses, by their command-line flags.
+_MODE_ONLY = {"isbi": ("--thresholds", "--membrane", "--channel", "--unassigned"),
+              "instances": ("--iou-thresholds",)}
+
+
+def _check_options(mode: str, given: dict[str, object]) -> None:
+    """Refuse the options given (not None) that ``mode`` does not use, naming them and the
+    mode, rather than ignoring them."""
+    check_choice("mode", mode, MODES)
+    unused = [flag for flag, value in given.items()
+              if value is not None and flag not in _MODE_ONLY[mode]]
+    if unused:
+        other = next(m for m in MODES if m != mode)
+        them = "it" if len(unused) == 1 else "them"
+        raise ConfigError(f"{', '.join(unused)}: not used by --mode {mode} (only by --mode "
+                          f"{other}); leave {them} out or choose --mode {other}")
+
+
+def _is_report(path: Path) -> bool:
+    """Whether the file ``path`` holds a JSON report of ``useg evaluate`` (or nothing)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64).lstrip()
+        if not head:
+            return True  # an empty file: nothing to lose
+        if not head.startswith(b"{"):
+            return False
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return (isinstance(report, dict) and report.get("mode") in MODES
+            and {"pairs", "mean"} <= set(report))
+
+
+def _check_json_place(json_path: str | os.PathLike) -> Path:
+    """``--json``: a file, not a folder nor a device, in an existing folder that can be written
+    (:func:`useg.io.files.check_output_file`); checked before the inputs are listed. Whether an
+    existing file may be replaced is :func:`_check_json_target`'s decision."""
+    try:
+        return check_output_file(json_path, overwrite=True, new_folder=False, option="--json")
+    except UsegError as exc:
+        raise type(exc)(f"--json: {exc}") from None
+
+
+def _check_json_target(json_path: Path, pairs: list[tuple[Path, Path]]) -> None:
+    """Refuse a ``--json`` file that exists and is one of the input files (by any name: links,
+    case) or anything but an earlier report (or empty), before any file is read: the report
+    never replaces another file."""
+    if not json_path.is_file():
+        return
+    for given in (path for pair in pairs for path in pair):
+        if os.path.samefile(json_path, given):
+            raise OutputError(f"--json {json_path}: is the input {given}; the report would "
+                              "replace it, choose another file")
+    if not _is_report(json_path):
+        raise OutputError(f"--json {json_path}: exists and is not a report of useg evaluate; "
+                          "choose another file (or remove it)")
+
 
 def evaluate_folders(
     pred: str | os.PathLike,
@@ -165,9 +246,9 @@ def evaluate_folders(
     *,
     mode: str = "isbi",
     thresholds: Sequence[float] | None = None,
-    membrane: bool = False,
+    membrane: bool | None = None,
     channel: int | None = None,
-    unassigned: str = "fill",
+    unassigned: str | None = None,
     iou_thresholds: Sequence[float] | None = None,
     json_path: str | os.PathLike | None = None,
 ) -> dict:
@@ -186,18 +267,22 @@ def evaluate_folders(
     thresholds : sequence of float, optional
         isbi: binarisation thresholds in [0, 1] (default
         :data:`~useg.evaluation.isbi.DEFAULT_ISBI_THRESHOLDS`).
-    membrane : bool
-        isbi: ``pred`` is a membrane probability.
+    membrane : bool, optional
+        isbi: ``pred`` is a membrane probability (default False).
     channel : int, optional
-        isbi: channel of a multi-channel ``pred`` to score.
-    unassigned : {"fill", "singletons"}
-        isbi: predicted membrane pixels for V_rand/V_info (see
+        isbi: channel (from 0) of a multi-channel ``pred`` to score.
+    unassigned : {"fill", "singletons"}, optional
+        isbi: predicted membrane pixels for V_rand/V_info (default ``"fill"``, see
         :func:`~useg.evaluation.isbi.isbi_scores`).
     iou_thresholds : sequence of float, optional
         instances: IoU thresholds in [0, 1) of the object F1 (default
         :data:`~useg.evaluation.objects.DEFAULT_IOU_THRESHOLDS`).
     json_path : path, optional
-        Also write the result there as JSON (its folder must exist).
+        Also write the result there as JSON. Its folder must exist; it must not be one of the
+        input files, and a file there already must be an earlier report (or empty).
+
+    The options of one mode are refused in the other (None: not given), and every option is
+    checked before any file is read.
 
     Returns
     -------
@@ -212,20 +297,27 @@ def evaluate_folders(
         precision, recall and F1 from the counts pooled over the pairs, ``n_pred`` and ``n_gt``
         summed, every other score averaged over the pairs.
     """
-    if mode not in ("isbi", "instances"):
-        raise InputError(f"mode must be 'isbi' or 'instances', got {mode!r}")
-    if json_path is not None and not Path(json_path).parent.is_dir():
-        raise InputError(f"{json_path}: the folder {Path(json_path).parent} does not exist")
+    _check_options(mode, {"--thresholds": thresholds, "--membrane": membrane,
+                          "--channel": channel, "--unassigned": unassigned,
+                          "--iou-thresholds": iou_thresholds})
     thresholds = DEFAULT_ISBI_THRESHOLDS if thresholds is None else tuple(thresholds)
     iou_thresholds = DEFAULT_IOU_THRESHOLDS if iou_thresholds is None else tuple(iou_thresholds)
+    unassigned = check_choice("--unassigned", "fill" if unassigned is None else unassigned,
+                              ("fill", "singletons"))
+    if channel is not None and channel < 0:
+        raise ConfigError(f"--channel must be 0 or more (channels count from 0), got {channel}")
+    if mode == "isbi" and any(not 0 <= t <= 1 for t in thresholds):
+        raise ConfigError(f"--thresholds must lie in [0, 1], got {list(thresholds)}")
+    if mode == "instances" and any(not 0 <= t < 1 for t in iou_thresholds):
+        raise ConfigError(f"--iou-thresholds must lie in [0, 1), got {list(iou_thresholds)}")
+    if json_path is not None:
+        json_path = _check_json_place(json_path)
     pairs = pair_files(pred, gt, names=("prediction", "ground-truth"), one_file_picks=True)
+    if json_path is not None:
+        _check_json_target(json_path, pairs)
     if mode == "isbi":
-        if any(not 0 <= t <= 1 for t in thresholds):
-            raise InputError(f"--thresholds must lie in [0, 1], got {list(thresholds)}")
-        results, mean = _score_isbi(pairs, thresholds, channel, membrane, unassigned)
+        results, mean = _score_isbi(pairs, thresholds, channel, bool(membrane), unassigned)
     else:
-        if any(not 0 <= t < 1 for t in iou_thresholds):
-            raise InputError(f"--iou-thresholds must lie in [0, 1), got {list(iou_thresholds)}")
         results, mean = _score_instances(pairs, iou_thresholds)
     report = {"mode": mode, "pairs": results, "mean": mean}
     if json_path is not None:

@@ -30,7 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from useg.errors import ConfigError, InputError, OutputError, UsegError, one_line
+from useg.errors import (
+    ConfigError,
+    InputError,
+    OutputError,
+    UsegError,
+    check_choice,
+    one_line,
+)
 from useg.inference.blocks import (
     BlockPlan,
     finished_blocks,
@@ -114,8 +121,38 @@ def _as_json(obj: Any) -> Any:
     return obj
 
 
+_LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync", "single-threaded")
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    """Refuse a scheduler :func:`_resolve_scheduler` cannot use, without connecting to it:
+    checked before anything is created, so that a bad one leaves nothing behind."""
+    if scheduler is None or (isinstance(scheduler, str) and scheduler in _LOCAL_SCHEDULERS):
+        return
+    if isinstance(scheduler, str):
+        if "://" not in scheduler:
+            raise ConfigError(
+                f"scheduler (--scheduler) must be threads, processes, synchronous or an "
+                f"address like tcp://host:8786, got {scheduler!r}"
+            )
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"the dask scheduler at {scheduler} needs the distributed "
+                              "package: pip install useg[scale]") from None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        Client = None  # noqa: N806
+    if not (Client is not None and isinstance(scheduler, Client)
+            or hasattr(scheduler, "scheduler_address")):  # a cluster object such as LocalCluster
+        raise ConfigError(f"unsupported scheduler {scheduler!r}")
+
+
 def _resolve_scheduler(scheduler: Any, workers: int | None) -> tuple[str, Any, bool]:
     """(kind, client or local scheduler name, whether we own the client)."""
+    _check_scheduler(scheduler)
     if scheduler is None:
         try:
             from distributed import default_client
@@ -124,13 +161,8 @@ def _resolve_scheduler(scheduler: Any, workers: int | None) -> tuple[str, Any, b
         except (ImportError, ValueError):
             return "local", "threads" if (workers or 1) == 1 else "processes", False
     if isinstance(scheduler, str):
-        if scheduler in ("threads", "processes", "synchronous", "sync", "single-threaded"):
+        if scheduler in _LOCAL_SCHEDULERS:
             return "local", scheduler, False
-        if "://" not in scheduler:
-            raise ConfigError(
-                f"scheduler must be threads, processes, synchronous or an address like "
-                f"tcp://host:8786, got {scheduler!r}"
-            )
         from distributed import Client
 
         try:
@@ -141,9 +173,7 @@ def _resolve_scheduler(scheduler: Any, workers: int | None) -> tuple[str, Any, b
 
     if isinstance(scheduler, Client):
         return "distributed", scheduler, False
-    if hasattr(scheduler, "scheduler_address"):  # a cluster object such as LocalCluster
-        return "distributed", Client(scheduler), True
-    raise ConfigError(f"unsupported scheduler {scheduler!r}")
+    return "distributed", Client(scheduler), True  # a cluster object such as LocalCluster
 
 
 def _run_local(job, todo, name, workers, torch_threads, image, on_result) -> None:
@@ -297,6 +327,11 @@ def predict_dask(
     started = time.perf_counter()
     if output is None and labels is None:
         raise ConfigError("give output (probabilities) or labels, or both")
+    # The settings are checked before anything is created: a bad one leaves nothing behind.
+    _check_scheduler(scheduler)
+    if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise ConfigError(f"workers (--workers) must be a positive integer, got {workers!r}")
+    check_choice("zarr_format", zarr_format, (2, 3))
     precision = _run_precision(precision, device)
     # Absolute specs: workers run in other folders, and a resumed run may be started elsewhere.
     outputs = {"probabilities": _absolute(output), "labels": _absolute(labels)}
@@ -399,21 +434,30 @@ def _run(net, model_path: Path, tmp_model: Path | None, image: Any, s: _Settings
     source = _open_input(image, net, s)
     geometry = _plan(net, source, s)
     record = _run_record(model_path, source, geometry, s)
-    stats = _prepare_outputs(net, source, geometry, record, s)
-    model_file = _kept_model(model_path, tmp_model, s.run_dir)
-    job = {
-        "model": model_file, "input": source.spec, "axes": source.axes, "blocks": geometry.blocks,
-        "tile": geometry.tile, "device": str(s.device), "precision": s.precision,
-        "tta": bool(s.tta), "batch_size": int(s.batch_size), "stats": stats,
-        "done_dir": str(s.run_dir / "done"), "probabilities": s.outputs["probabilities"],
-        "labels": s.outputs["labels"], "torch_threads": s.torch_threads,
-    }
-    remove_stale_temporaries([s.run_dir])  # of a run killed earlier (kill -9)
+    # The scheduler is reached before the outputs are created: one that cannot be reached
+    # leaves no run behind.
+    scheduler = _resolve_scheduler(s.scheduler, s.workers)
     try:
-        summary = _compute_blocks(job, source.data, geometry, s, started)
-        _fill_pyramids(s, bool(summary["computed"]))
-    except (UsegError, OSError, KeyboardInterrupt) as exc:
-        raise _resumable_failure(exc, s, geometry.blocks) from exc
+        stats = _prepare_outputs(net, source, geometry, record, s)
+        model_file = _kept_model(model_path, tmp_model, s.run_dir)
+        job = {
+            "model": model_file, "input": source.spec, "axes": source.axes,
+            "blocks": geometry.blocks, "tile": geometry.tile, "device": str(s.device),
+            "precision": s.precision, "tta": bool(s.tta), "batch_size": int(s.batch_size),
+            "stats": stats, "done_dir": str(s.run_dir / "done"),
+            "probabilities": s.outputs["probabilities"], "labels": s.outputs["labels"],
+            "torch_threads": s.torch_threads,
+        }
+        remove_stale_temporaries([s.run_dir])  # of a run killed earlier (kill -9)
+        try:
+            summary = _compute_blocks(job, source.data, geometry, s, started, scheduler)
+            _fill_pyramids(s, bool(summary["computed"]))
+        except (UsegError, OSError, KeyboardInterrupt) as exc:
+            raise _resumable_failure(exc, s, geometry.blocks) from exc
+    finally:
+        _, client, own = scheduler
+        if own:
+            client.close()
     summary["seconds"] = time.perf_counter() - started
     return summary
 
@@ -617,7 +661,8 @@ def _kept_model(model_path: Path, tmp_model: Path | None, run_dir: Path) -> str:
 
 
 def _compute_blocks(
-    job: dict[str, Any], data: Any, g: _Geometry, s: _Settings, started: float
+    job: dict[str, Any], data: Any, g: _Geometry, s: _Settings, started: float,
+    scheduler: tuple[str, Any, bool],
 ) -> dict[str, Any]:
     """Compute the blocks without a marker; returns :func:`predict_dask`'s summary."""
     finished = finished_blocks(s.run_dir / "done")
@@ -626,7 +671,7 @@ def _compute_blocks(
     tally = _Tally(g.blocks, everything, todo, s.progress, s.on_block)
     try:
         if todo:
-            _schedule(job, todo, data, s, tally.on_result)
+            _schedule(job, todo, data, s, scheduler, tally.on_result)
     finally:
         tally.close()
     return {
@@ -679,17 +724,14 @@ class _Tally:
 
 
 def _schedule(job: dict[str, Any], todo: list[tuple[int, ...]], data: Any, s: _Settings,
+              scheduler: tuple[str, Any, bool],
               on_result: Callable[[dict[str, Any]], None]) -> None:
-    """Run the blocks ``todo`` on the scheduler asked for (closing a client opened here)."""
-    kind, sched, own = _resolve_scheduler(s.scheduler, s.workers)
-    try:
-        if kind == "local":
-            _run_local(job, todo, sched, s.workers, s.torch_threads, data, on_result)
-        else:
-            _run_distributed(sched, job, todo, data, on_result)
-    finally:
-        if own:
-            sched.close()
+    """Run the blocks ``todo`` on the scheduler of :func:`_resolve_scheduler`."""
+    kind, sched, _ = scheduler
+    if kind == "local":
+        _run_local(job, todo, sched, s.workers, s.torch_threads, data, on_result)
+    else:
+        _run_distributed(sched, job, todo, data, on_result)
 
 
 # ----------------------------------------------------------------------------------------------

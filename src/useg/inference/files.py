@@ -24,7 +24,7 @@ import numpy as np
 
 from useg import io
 from useg.device import check_precision, resolve_device, resolve_precision
-from useg.errors import ConfigError, InputError
+from useg.errors import ConfigError, InputError, ModelFileError
 from useg.inference.predict import predict
 from useg.labels import class_dtype, most_likely_class
 from useg.nets.checkpoint import load_model
@@ -70,6 +70,8 @@ def predict_file(
         probs = predict_image(model, image, **kwargs)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
+    except ModelFileError as exc:
+        raise ModelFileError(f"{getattr(model, 'path', 'model')} on {path}: {exc}") from None
     spacing = meta.get("spacing")
     derived = {kind: fn(probs, spacing) for kind, fn in derive.items()}
     return write_results(targets, probs, spacing, derived=derived, nifti=meta.get("nifti"))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from useg.device import autocast, resolve_device, resolve_precision
-from useg.errors import InputError
+from useg.errors import InputError, ModelFileError
 from useg.inference.tile_choice import tile_geometry
 from useg.inference.tiling import predict_tiled
 from useg.inference.tta import transforms, with_tta
@@ -68,7 +68,14 @@ def make_predictor(
             raise InputError("image contains NaN or infinite values")
         t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
         with torch.inference_mode():
-            return run(t).cpu().numpy()
+            out = run(t)
+            # A finite input can still overflow in the network (weights far too large): never
+            # hand back NaN probabilities as a result.
+            if not bool(torch.isfinite(out).all()):
+                raise ModelFileError(
+                    f"the network's output is not finite (NaN or infinity) in {precision}: its "
+                    "weights overflow on this image; the model file is unusable")
+            return out.cpu().numpy()
 
     return predictor
 

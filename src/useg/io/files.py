@@ -30,6 +30,7 @@ __all__ = [
     "RESULT_SUFFIXES",
     "SOFTWARE",
     "atomic_write",
+    "check_output_file",
     "check_output_folder",
     "file_stem",
     "image_ext",
@@ -114,11 +115,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         raise input_error(path, f"cannot write: folder {path.parent} does not exist")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder; give the name of a file to write")
-    if path.exists() and not path.is_file():
-        # Replacing a device such as /dev/null by a file would be a disaster for root.
-        raise OutputError(f"{path}: not a regular file ({_kind(path)}); cannot write it")
+    _refuse_non_file(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
     _WRITING.add(os.path.abspath(tmp))
     try:
@@ -136,6 +133,15 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         _WRITING.discard(os.path.abspath(tmp))
     _fsync(path.parent)
+
+
+def _refuse_non_file(path: Path) -> None:
+    """Refuse to write ``path`` when it is a folder or anything but a regular file."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give the name of a file to write")
+    if path.exists() and not path.is_file():
+        # Replacing a device such as /dev/null by a file would be a disaster for root.
+        raise OutputError(f"{path}: not a regular file ({_kind(path)}); cannot write it")
 
 
 # The temporary files this process is writing now, which remove_stale_temporaries leaves alone
@@ -224,6 +230,63 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     if why is not None:
         where = "" if existing == path else f" in {existing}"
         raise OutputError(f"{path}: cannot write ({why}{where})")
+    return path
+
+
+def check_output_file(
+    path: str | os.PathLike, *, overwrite: bool = False, new_folder: bool = True,
+    option: str = "--out",
+) -> Path:
+    """Check, without creating anything, that the file ``path`` can be written: called before
+    a command does any work, so that a bad place is refused at once, in one line, and no file
+    that exists is replaced unless asked. Returns ``path``.
+
+    Its folder is checked as :func:`check_output_folder` checks an output folder (with
+    ``new_folder`` it may not exist yet, for a writer that makes it; without, it must exist, as
+    :func:`atomic_write` requires); ``path`` itself must not be a folder or anything but a
+    regular file (a device such as ``/dev/null``), and a file that exists already is refused
+    unless ``overwrite``.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file to write.
+    overwrite : bool
+        Whether a file that exists may be replaced (``--overwrite``).
+    new_folder : bool
+        Whether the folder of ``path`` may be created by the writer.
+    option : str
+        The option that named ``path``, for the message.
+
+    Raises
+    ------
+    OutputError
+        Naming ``path`` and the problem with its place.
+    InputError
+        Without ``new_folder``, when the folder of ``path`` does not exist.
+    ConfigError
+        When ``path`` exists already, unless ``overwrite``: naming ``--overwrite``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> check_output_file(root / "new" / "model.onnx") == root / "new" / "model.onnx"
+    True
+    >>> _ = (root / "keep.png").write_text("")
+    >>> check_output_file(root / "keep.png")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    useg.errors.ConfigError: .../keep.png: already exists; pass --overwrite to replace it, or ...
+    """
+    path = Path(path)
+    check_output_folder(path.parent)
+    if not new_folder and not path.parent.is_dir():
+        raise input_error(path, f"cannot write: folder {path.parent} does not exist")
+    _refuse_non_file(path)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path}: already exists; pass --overwrite to replace it, or choose "
+                          f"another {option}")
     return path
 
 

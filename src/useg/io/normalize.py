@@ -49,7 +49,8 @@ def image_stats(image: Any, spec: dict[str, Any] | None = None, max_samples: int
         return {"offset": [0.0] * c, "scale": [1.0] * c}
     if mode == "fixed":
         return {"offset": list(spec["offset"]), "scale": list(spec["scale"])}
-    data = _sample(image, max_samples).astype(np.float32, copy=False)
+    # float64: the spread of float32 values near their range's ends overflows float32.
+    data = _sample(image, max_samples).astype(np.float64)
     if mode == "percentile":
         lo = np.percentile(data, spec.get("low", 1.0), axis=1)
         hi = np.percentile(data, spec.get("high", 99.8), axis=1)
@@ -63,10 +64,19 @@ def image_stats(image: Any, spec: dict[str, Any] | None = None, max_samples: int
     return {"offset": [float(v) for v in lo], "scale": [float(v) for v in scale]}
 
 
+# Statistics larger than this are applied in float64 (normalize).
+_FLOAT32_SAFE = 1e30
+
+
 def normalize(x: np.ndarray, stats: dict[str, Any], channel_axis: int = 0) -> np.ndarray:
     """``(x - offset) / scale`` per channel, as float32."""
     shape = [1] * x.ndim
     shape[channel_axis] = -1
-    offset = np.asarray(stats["offset"], dtype=np.float32).reshape(shape)
-    scale = np.asarray(stats["scale"], dtype=np.float32).reshape(shape)
-    return (x.astype(np.float32, copy=False) - offset) / scale
+    offset = np.asarray(stats["offset"], dtype=np.float64).reshape(shape)
+    scale = np.asarray(stats["scale"], dtype=np.float64).reshape(shape)
+    # Statistics beyond float32's comfortable range (images of huge float values) are applied
+    # in float64, where x - offset cannot overflow; every other image stays in float32.
+    big = max(np.abs(offset).max(initial=0.0), np.abs(scale).max(initial=0.0)) > _FLOAT32_SAFE
+    work = np.float64 if big else np.float32
+    out = (x.astype(work, copy=False) - offset.astype(work)) / scale.astype(work)
+    return out.astype(np.float32, copy=False)

@@ -2,8 +2,10 @@
 
 A useg model file is one ``.safetensors`` file whose metadata holds a ``"useg"`` entry: a JSON
 document with the network configuration, how inputs are normalised, what the classes mean and
-where the model came from. Loading it never executes code (no pickle). A folder holding
-``model.safetensors`` is accepted wherever a model file is.
+where the model came from. Loading it never executes code (no pickle). A folder is accepted
+wherever a model file is: its ``model.safetensors``, or a training run's ``best.safetensors``
+(highest validation score), or its ``last.safetensors`` (runs without validation images)
+(:data:`FOLDER_MODELS`, in that order).
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from useg.io.files import atomic_write, make_folder
 from useg.nets.config import UNetConfig
 from useg.nets.unet import UNet
 
-__all__ = ["FORMAT", "check_header", "load_model", "model_info", "packaged_models",
+__all__ = ["FOLDER_MODELS", "FORMAT", "check_header", "load_model", "model_info", "packaged_models",
            "resolve_model", "save_model", "update_header"]
 
 FORMAT = "useg-model"
+#: The model files a folder given as a model stands for, in order of preference: an exported
+#: or copied model, a training run's best checkpoint, its last one.
+FOLDER_MODELS = ("model.safetensors", "best.safetensors", "last.safetensors")
 FORMAT_VERSION = 1
 # The models that ship with the package (src/useg/models).
 _PACKAGED = Path(__file__).resolve().parents[1] / "models"
@@ -93,7 +98,8 @@ def update_header(path: str | os.PathLike, changes: dict[str, Any]) -> Path:
 
 
 def resolve_model(name: str | os.PathLike) -> Path:
-    """Path of a model given as a file, a folder with ``model.safetensors`` or a packaged name.
+    """Path of a model given as a file, a folder (the first of :data:`FOLDER_MODELS` it holds:
+    a run folder gives its kept model) or a packaged name.
 
     A packaged model is looked up only for a plain name (letters, digits, ``.``, ``_``, ``-``;
     no path separator, not starting with a dot), so that no name reaches a file outside the
@@ -116,7 +122,8 @@ def resolve_model(name: str | os.PathLike) -> Path:
     text = os.fspath(name)
     path = Path(text)
     if _exists(path, Path.is_dir):
-        path = path / "model.safetensors"
+        path = next((path / f for f in FOLDER_MODELS if _exists(path / f, Path.is_file)),
+                    path / FOLDER_MODELS[0])
     if _exists(path, Path.is_file):
         return path
     if isinstance(text, str) and _MODEL_NAME.fullmatch(text):

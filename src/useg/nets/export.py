@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from useg.errors import ConfigError, check_choice
-from useg.io.files import atomic_write, make_folder
+from useg.io.files import atomic_write, check_output_file, make_folder
 from useg.nets.checkpoint import load_model
 from useg.nets.geometry import halo, min_input_shape, output_shape, pool_step
 from useg.nets.unet import UNet
@@ -151,7 +151,7 @@ def _torchscript_bytes(net: UNet, header: dict[str, Any]) -> bytes:
 
 
 def export_model(model: UNet | str | os.PathLike, out: str | os.PathLike,
-                 format: str = "onnx") -> Path:
+                 format: str = "onnx", *, overwrite: bool = False) -> Path:
     """Export a network (a :class:`UNet` or a model file, :func:`load_model`) to ``out``.
 
     Parameters
@@ -161,6 +161,8 @@ def export_model(model: UNet | str | os.PathLike, out: str | os.PathLike,
     out : path
         The file to write (atomically, :func:`useg.io.files.atomic_write`); its folder is made.
     format : {"onnx", "torchscript"}
+    overwrite : bool
+        Replace ``out`` when it exists (refused otherwise, before anything is exported).
 
     Returns
     -------
@@ -171,17 +173,20 @@ def export_model(model: UNet | str | os.PathLike, out: str | os.PathLike,
     ------
     ConfigError
         An unknown format, ONNX without the onnx package (one line: ``pip install
-        useg[export]``), or a network that normalises with batch statistics when predicting.
+        useg[export]``), a network that normalises with batch statistics when predicting, or
+        an ``out`` that exists, without ``overwrite``.
+    OutputError
+        An ``out`` that cannot be written (:func:`useg.io.files.check_output_file`).
     ModelFileError
         A model file that is not one.
     """
     check_choice("format", format, FORMATS)
+    out = check_output_file(out, overwrite=overwrite)
     if not isinstance(model, UNet):
         model = load_model(model)
     net = _prepared(model)
     header = export_header(model)
     data = (_onnx_bytes if format == "onnx" else _torchscript_bytes)(net, header)
-    out = Path(out)
     make_folder(out.parent)
     with atomic_write(out) as tmp:
         tmp.write_bytes(data)

@@ -117,9 +117,14 @@ def _axis_input_for_bottom(cfg: UNetConfig, m: int, axis: int) -> int:
 
 
 def _axis_valid_inputs(cfg: UNetConfig, axis: int, upto: int) -> list[int]:
-    """All valid input lengths along an axis up to (and one beyond) ``upto``, increasing."""
+    """Valid input lengths along an axis, increasing, from a few below ``upto`` (all of them
+    when ``upto`` is small) to the first at or beyond it."""
     sizes: list[int] = []
-    m = 1
+    # The input length is affine in the bottom length m, so the scan starts a few valid sizes
+    # below ``upto`` rather than at 1: a huge request costs no more than a small one.
+    base = _axis_input_for_bottom(cfg, 0, axis)
+    step = _axis_input_for_bottom(cfg, 1, axis) - base
+    m = max(1, (int(upto) - base) // step - 8)
     while True:
         n = _axis_input_for_bottom(cfg, m, axis)
         if _axis_output(cfg, n, axis) is not None:

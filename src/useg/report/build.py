@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from useg.errors import UsegWarning, one_line
-from useg.io.files import atomic_write
+from useg.io.files import atomic_write, check_output_file
 from useg.report.figures import data_uri, png_bytes
 from useg.report.gather import GalleryImage, RunRecord, class_names, gallery, read_run
 from useg.report.page import GalleryRow, Page, Table, format_value, render_page
@@ -42,6 +42,7 @@ def write_report(
     max_images: int = GALLERY_LIMIT,
     device: str = "auto",
     precision: str = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """Write the report of the run folder ``run`` (``useg report``): one self-contained HTML
     page with the training curves, a gallery of its validation images (its training images,
@@ -59,6 +60,10 @@ def write_report(
         Gallery images at most (the first ones, in natural order of their names).
     device, precision : str
         As for ``useg predict``.
+    overwrite : bool
+        Replace an ``out`` that exists (refused otherwise, before anything is predicted). The
+        run's own ``report.html`` is the report of that run, which ``useg train`` and every
+        ``useg report`` rewrite: it is replaced without ``overwrite``.
 
     Returns
     -------
@@ -68,10 +73,18 @@ def write_report(
     Raises
     ------
     InputError
-        ``run`` is not a run folder, its configuration is incomplete, or it has no model.
+        ``run`` is not a run folder, its configuration is incomplete, or it has no model; the
+        folder of ``out`` does not exist.
+    ConfigError
+        ``out`` exists and is not the run's own report, without ``overwrite``.
+    OutputError
+        ``out`` cannot be written (:func:`useg.io.files.check_output_file`).
     """
     record = read_run(run)
-    target = Path(out) if out is not None else record.folder / REPORT
+    own = record.folder / REPORT
+    target = Path(out) if out is not None else own
+    check_output_file(target, new_folder=False,
+                      overwrite=overwrite or target.resolve() == own.resolve())
     images, notes = gallery(record, limit=max_images, device=device, precision=precision)
     html = render_page(_page(record, images, notes))
     with atomic_write(target) as tmp:

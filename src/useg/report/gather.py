@@ -17,7 +17,7 @@ from useg.device import resolve_device
 from useg.errors import InputError, UsegError
 from useg.inference.files import predict_image
 from useg.labels import most_likely_class
-from useg.nets.checkpoint import load_model, model_info
+from useg.nets.checkpoint import FOLDER_MODELS, load_model, model_info
 from useg.report.figures import middle_slice, overlay_panels
 from useg.report.scores import image_scores
 from useg.training.from_folders import recorded_slices
@@ -26,8 +26,9 @@ from useg.training.samples import sparsify, targets_from_labels
 
 __all__ = ["GalleryImage", "RunRecord", "class_names", "gallery", "read_run"]
 
-# The model files of a run folder, the one the report shows first.
-MODEL_FILES = ("best.safetensors", "last.safetensors")
+# The model files of a run folder, the one the report shows first (a run folder's files of
+# useg.nets.checkpoint.FOLDER_MODELS).
+MODEL_FILES = tuple(f for f in FOLDER_MODELS if f != "model.safetensors")
 
 
 @dataclass

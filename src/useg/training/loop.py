@@ -25,6 +25,8 @@ validation and checkpoint would no longer fit, before the schedule's end, and re
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import time
@@ -48,6 +50,8 @@ from useg.training.config import TrainConfig, lr_factor
 from useg.training.distributed import Dist, all_reduce_sum, init_distributed, shared_precision
 from useg.training.options import format_duration
 from useg.training.run_folder import (
+    CONFIG,
+    CURVES,
     LOG,
     STATE,
     check_resumable,
@@ -111,6 +115,10 @@ def train(
     ``started`` is the :func:`time.perf_counter` value the time budget counts from (default:
     now).
 
+    A new run that fails (or is interrupted) before it has written a model file leaves
+    nothing behind: the run files it wrote (``config.json``) are removed, and so are the folders
+    it created, when empty; a folder that existed before, and files it held, stay.
+
     With ``resume=True`` the run continues from ``out_dir/state.safetensors``, with the
     configuration saved in ``out_dir/config.json``. ``cfg`` may differ from it only in
     :data:`~useg.training.config.RESUMABLE` settings (anything else raises
@@ -119,8 +127,23 @@ def train(
     the learning-rate schedule is recomputed over the new total; the saved configuration is
     updated.
     """
-    started = time.perf_counter() if started is None else started
     out = Path(out_dir)
+    before = None if resume else _FolderBefore.of(out)
+    try:
+        return _train(cfg, samples, out, val_samples, resume, progress, callback, say, started)
+    except BaseException:
+        if before is not None:
+            before.remove_unfinished_run(out)
+        raise
+
+
+def _train(
+    cfg: TrainConfig, samples: list[Sample], out: Path, val_samples: list[Sample] | None,
+    resume: bool, progress: bool, callback: Callable[[int, dict[str, Any]], None] | None,
+    say: Callable[[str], None] | None, started: float | None,
+) -> Path:
+    """:func:`train`, less the removal of a new run that failed before its first model."""
+    started = time.perf_counter() if started is None else started
     cfg, resumed_from = _open_run_folder(cfg, out, resume)
     run = _start_run(cfg, out, samples, resume, resumed_from, val_samples)
     tell = say if run.dist.main else None
@@ -320,6 +343,50 @@ class _Run:
 
 # ----------------------------------------------------------------------------------------------
 # Setting up a run
+
+
+# The files a run writes in its folder, and those of them that hold a model.
+_MODEL_FILES = (STATE, "best.safetensors", "last.safetensors")
+_RUN_FILES = (CONFIG, LOG, CURVES, *_MODEL_FILES)
+
+
+@dataclass(frozen=True)
+class _FolderBefore:
+    """A run folder before a new run: the entries it held, and the topmost of its folders
+    that did not exist (None when it existed)."""
+
+    names: frozenset[str]
+    new_top: Path | None
+
+    @classmethod
+    def of(cls, out: Path) -> _FolderBefore:
+        try:
+            names = frozenset(os.listdir(out)) if out.is_dir() else frozenset()
+        except OSError:
+            names = frozenset()
+        missing = list(itertools.takewhile(lambda p: not p.exists(), (out, *out.parents)))
+        return cls(names, missing[-1] if missing else None)
+
+    def remove_unfinished_run(self, out: Path) -> None:
+        """Remove what a new run that failed before writing any model file created in ``out``:
+        its run files and its new folders (when empty). A run that wrote a model keeps it;
+        under torchrun, the first process removes."""
+        if os.environ.get("RANK", "0") != "0" or any(
+                name not in self.names and (out / name).exists() for name in _MODEL_FILES):
+            return
+        for name in _RUN_FILES:
+            if name not in self.names:
+                with contextlib.suppress(OSError):
+                    (out / name).unlink(missing_ok=True)
+        if self.new_top is None:
+            return
+        for folder in (out, *out.parents):
+            try:
+                folder.rmdir()  # only when empty: never a file of anyone else
+            except OSError:
+                return
+            if folder == self.new_top:
+                return
 
 
 def _open_run_folder(

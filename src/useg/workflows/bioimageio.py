@@ -39,7 +39,7 @@ import torch
 
 from useg.errors import ConfigError, InputError, one_line
 from useg.io import normalize as norm
-from useg.io.files import atomic_write, make_folder
+from useg.io.files import atomic_write, check_output_file, make_folder
 from useg.nets.checkpoint import load_model
 from useg.nets.export import export_geometry, export_header, export_model
 from useg.nets.geometry import halo
@@ -399,7 +399,8 @@ def _environment(torch_version: str) -> str:
 
 
 def export_bioimageio(model: UNet | str | os.PathLike, out: str | os.PathLike, *,
-                      test_image: Any = None, authors: Sequence[str] | None = None) -> Path:
+                      test_image: Any = None, authors: Sequence[str] | None = None,
+                      overwrite: bool = False) -> Path:
     """Write a model as a BioImage Model Zoo package (spec 0.5 zip), validated by
     ``bioimageio.spec``.
 
@@ -415,6 +416,8 @@ def export_bioimageio(model: UNet | str | os.PathLike, out: str | os.PathLike, *
         input; by default a synthetic touching-cells image (:mod:`useg.workflows.synthetic`).
     authors : sequence of str, optional
         The model's authors; default ``useg contributors``.
+    overwrite : bool
+        Replace ``out`` when it exists (refused otherwise, before anything is done).
 
     Returns
     -------
@@ -425,11 +428,14 @@ def export_bioimageio(model: UNet | str | os.PathLike, out: str | os.PathLike, *
     ------
     ConfigError
         ``bioimageio.spec`` missing (one line naming ``pip install useg[bioimageio]``), a
-        network that normalises with batch statistics when predicting, or a description the spec
-        refuses.
+        network that normalises with batch statistics when predicting, a description the spec
+        refuses, or an ``out`` that exists, without ``overwrite``.
+    OutputError
+        An ``out`` that cannot be written (:func:`useg.io.files.check_output_file`).
     ModelFileError, InputError
         A model file that is not one; a test image that is not a valid input.
     """
+    path = check_output_file(out, overwrite=overwrite)
     v = _spec()
     from pydantic import ValidationError
 
@@ -445,7 +451,6 @@ def export_bioimageio(model: UNet | str | os.PathLike, out: str | os.PathLike, *
     in_names = _names(None, cfg.in_channels, "channel")
     class_names = _names(header.get("labels"), cfg.classes, "class")
     torch_version = torch.__version__.split("+")[0]
-    path = Path(out)
     make_folder(path.parent)
     with tempfile.TemporaryDirectory(prefix="useg-bioimageio-") as tmp:
         stage = Path(tmp)

@@ -118,7 +118,8 @@ def run_demo(
     started = time.perf_counter()
     out = io.check_output_folder(out_dir)
     d = _demo_data(data, seed)
-    io.make_folder(out)
+    # The configuration checks the options (the device among them) before anything is created;
+    # training makes the folders, and removes them should it fail before its first model.
     cfg = d.config(iterations, seed, device, time_budget)
     train_s = [make_sample(image, labels, name=f"train{i}", **cfg.sample_options())
                for i, (image, labels) in enumerate(d.train)]

@@ -1,0 +1,94 @@
+"""Bad inputs of prediction and training that a fuzz run found: each one line and exit 2, or
+(for valid inputs) a result, never NaN maps or a hang."""
+
+import io
+from contextlib import redirect_stderr, redirect_stdout
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from useg.cli import main
+from useg.io.normalize import image_stats, normalize
+from useg.nets import UNet
+from useg.nets.checkpoint import save_model
+
+
+def run_cli(argv) -> tuple[int, str]:
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        code = main([str(a) for a in argv])
+    return code, err.getvalue().strip()
+
+
+@pytest.fixture
+def model(tmp_path):
+    torch.manual_seed(0)
+    return save_model(UNet("ronneberger2015", width=4, depth=2), tmp_path / "m.safetensors")
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).random((48, 48)).astype(np.float32))
+    return path
+
+
+def test_weights_that_overflow_give_one_line_not_a_nan_map(tmp_path, image):
+    # Finite weights, so the loader accepts them; the network's output still overflows.
+    net = UNet("ronneberger2015", width=4, depth=2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1e19)
+    path = save_model(net, tmp_path / "big.safetensors")
+    code, err = run_cli(["predict", image, "--model", path, "--out", tmp_path / "out",
+                         "--quiet"])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "not finite" in err and "big.safetensors" in err and "a.tif" in err
+    assert not list((tmp_path / "out").glob("*.tif"))
+
+
+def test_extreme_float_images_are_normalised_without_overflow(tmp_path, model):
+    rng = np.random.default_rng(1)
+    values = rng.choice([-3e38, 3e38, 0.0], size=(48, 48)).astype(np.float32)
+    stats = image_stats(values[None])
+    assert all(np.isfinite(stats["offset"])) and all(np.isfinite(stats["scale"]))
+    x = normalize(values[None], stats)
+    assert x.dtype == np.float32 and np.isfinite(x).all()
+    path = tmp_path / "extreme.tif"
+    tifffile.imwrite(path, values)
+    code, err = run_cli(["predict", path, "--model", model, "--out", tmp_path / "out",
+                         "--quiet"])
+    assert code == 0 and err == ""
+    probs = tifffile.imread(tmp_path / "out" / "extreme_probs.tif")
+    assert np.isfinite(probs).all()
+
+
+def test_ordinary_images_keep_float32_arithmetic():
+    x = np.random.default_rng(2).random((1, 8, 8)).astype(np.float32)
+    stats = image_stats(x)
+    expected = (x - np.float32(stats["offset"][0])) / np.float32(stats["scale"][0])
+    assert np.array_equal(normalize(x, stats), expected)
+
+
+@pytest.mark.parametrize("kept", ["best", "last"])
+def test_a_run_folder_is_a_model(tmp_path, image, kept):
+    # A run trained without validation images keeps last.safetensors only.
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    save_model(UNet("ronneberger2015", width=4, depth=2), run / f"{kept}.safetensors")
+    code, err = run_cli(["predict", image, "--model", run, "--out", tmp_path / "out", "--quiet"])
+    assert code == 0, err
+    assert (tmp_path / "out" / "a_probs.tif").exists()
+
+
+def test_best_is_preferred_to_last(tmp_path):
+    from useg.nets.checkpoint import resolve_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last", "best"):
+        save_model(UNet("ronneberger2015", width=4, depth=2), run / f"{name}.safetensors")
+    assert resolve_model(run).name == "best.safetensors"
