@@ -92,3 +92,37 @@ def test_best_is_preferred_to_last(tmp_path):
     for name in ("last", "best"):
         save_model(UNet("ronneberger2015", width=4, depth=2), run / f"{name}.safetensors")
     assert resolve_model(run).name == "best.safetensors"
+
+
+def test_more_torch_threads_than_cpus_is_refused(tmp_path, image, model):
+    import os
+
+    too_many = (os.cpu_count() or 1) + 1
+    code, err = run_cli(["predict", image, "--model", model, "--out", tmp_path / "out",
+                         "--torch-threads", too_many])
+    assert code == 2 and len(err.splitlines()) == 1 and f"--torch-threads {too_many}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _train(dataset, out, *extra):
+    from conftest import TINY
+
+    return run_cli(["train", "--images", dataset / "train/images", "--labels",
+                    dataset / "train/labels", "--out", out, "--iterations", "2", "--quiet",
+                    *TINY, *extra])
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_larger_than_memory_is_refused_before_anything(dataset, tmp_path):
+    code, err = _train(dataset, tmp_path / "run", "--batch-size", "1000000000000")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--batch-size 1000000000000" in err and "GiB" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_momentum_without_sgd_is_refused(dataset, tmp_path):
+    code, err = _train(dataset, tmp_path / "run", "--momentum", "0.5")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--momentum" in err and "adam" in err
+    code, err = _train(dataset, tmp_path / "sgd", "--momentum", "0.5", "--optimizer", "sgd")
+    assert code == 0, err

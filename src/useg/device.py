@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import platform
 import time
@@ -70,6 +71,17 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     return device
+
+
+def device_memory(device: torch.device) -> float:
+    """Bytes one computation on ``device`` could use at most: the free memory of a GPU, or the
+    machine's memory (``inf`` where the system does not say)."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: do not guess
+        return math.inf
 
 
 def check_precision(precision: str) -> str:

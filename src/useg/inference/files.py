@@ -293,6 +293,12 @@ def predict_paths(
     threads = options.get("torch_threads")
     if threads is not None and threads < 1:
         raise ConfigError(f"--torch-threads must be at least 1, got {threads}")
+    cpus = os.cpu_count() or 1
+    if threads is not None and threads > cpus:
+        # More threads than CPUs only contend (and past a few thousand the OpenMP runtime
+        # cannot start them at all).
+        raise ConfigError(f"--torch-threads {threads}: more than the {cpus} CPUs of this "
+                          "machine")
     batch = options.get("batch_size", 1)
     if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch!r}")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from useg.device import device_memory
 from useg.errors import ConfigError
 from useg.inference.tiling import plan_tiles
 from useg.nets.geometry import (
@@ -242,7 +243,7 @@ def _refuse_too_large(cfg, tile: tuple[int, ...], device: torch.device, what: st
                       advice: str) -> None:
     """One forward pass of ``tile`` must fit in the memory of ``device``."""
     need = peak_bytes(cfg, tile, itemsize=4)
-    have = _device_memory(device)
+    have = device_memory(device)
     if need > have:
         raise ConfigError(f"{what} about {need / 2**30:.1f} GiB for one forward pass, more "
                           f"than the {have / 2**30:.1f} GiB of {device}; {advice}")
@@ -276,11 +277,3 @@ def _check_one_pass(
         "tiles")
 
 
-def _device_memory(device: torch.device) -> float:
-    """Memory a single forward pass could use at most: free GPU memory, or the machine's."""
-    if device.type == "cuda":
-        return float(torch.cuda.mem_get_info(device)[0])
-    try:
-        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):  # not a POSIX system: do not guess
-        return math.inf

@@ -157,8 +157,13 @@ def make_config(
             raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: the "
                               f"network comes from the --init model {init}; leave them out")
         start = _start_model(init)
+    momentum_given = options.get("momentum") is not None
     if recipe is not None:
         tile, options = _with_recipe(recipe, ndim, tile, options)
+    optimizer = options.get("optimizer", TrainConfig.optimizer)
+    if momentum_given and optimizer != "sgd":
+        raise ConfigError(f"--momentum is a setting of --optimizer sgd; the run's optimizer is "
+                          f"{optimizer}, which has none: leave it out or add --optimizer sgd")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     net_options = {k: options.pop(k) for k in list(options) if k not in known}
     if start is not None:

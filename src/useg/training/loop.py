@@ -30,7 +30,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from useg.device import autocast, cpu_info
+from useg.device import autocast, cpu_info, device_memory
 from useg.errors import ConfigError, InputError
 from useg.io.files import make_folder, remove_stale_temporaries
 from useg.nets.checkpoint import save_model
 from useg.nets.config import UNetConfig
 from useg.nets.forward import memory_format
-from useg.nets.geometry import output_shape, valid_input_shape
+from useg.nets.geometry import output_shape, peak_bytes, valid_input_shape
 from useg.nets.unet import UNet
 from useg.training.config import TrainConfig, lr_factor
 from useg.training.distributed import Dist, all_reduce_sum, init_distributed, shared_precision
@@ -425,6 +425,7 @@ def _start_run(
     tile = valid_input_shape(net_cfg, cfg.tile, mode="nearest")
     out_tile = output_shape(net_cfg, tile)
     cfg.tile = list(tile)
+    _check_step_memory(net_cfg, tile, cfg.batch_size, device)
     if dist_info.main and (not resume or cfg.to_dict() != resumed_from):
         # A resumed run records what it changed, so that the next --resume continues it.
         write_config(out, cfg)
@@ -441,6 +442,20 @@ def _start_run(
     if resume:
         _load_progress(run)
     return run
+
+
+def _check_step_memory(net_cfg: UNetConfig, tile: Sequence[int], batch_size: int,
+                       device: torch.device) -> None:
+    """Refuse a batch of tiles whose training step cannot fit in the memory of ``device``,
+    before anything is allocated: the step keeps every activation for the backward pass, so
+    it needs at least ``batch_size`` times the peak of one tile's forward pass."""
+    need = batch_size * peak_bytes(net_cfg, tile, itemsize=4)
+    have = device_memory(device)
+    if need > have:
+        raise ConfigError(
+            f"--batch-size {batch_size} with tiles of {tuple(tile)} needs more than "
+            f"{need / 2**30:.1f} GiB for one training step, more than the "
+            f"{have / 2**30:.1f} GiB of {device}; choose a smaller --batch-size or --tile")
 
 
 def _build_network(
