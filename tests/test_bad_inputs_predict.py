@@ -126,3 +126,33 @@ def test_momentum_without_sgd_is_refused(dataset, tmp_path):
     assert "--momentum" in err and "adam" in err
     code, err = _train(dataset, tmp_path / "sgd", "--momentum", "0.5", "--optimizer", "sgd")
     assert code == 0, err
+
+
+def test_a_gray_palette_png_is_one_channel(tmp_path):
+    from PIL import Image
+
+    from useg.io import read_image
+
+    gray = np.random.default_rng(3).integers(0, 256, (20, 30)).astype(np.uint8)
+    im = Image.new("P", (30, 20))
+    im.putpalette([v for g in range(256) for v in (g, g, g)])
+    im.putdata(gray.ravel().tolist())
+    im.save(tmp_path / "p.png")
+    image, _ = read_image(tmp_path / "p.png")
+    assert image.shape == (1, 20, 30) and np.array_equal(image[0], gray)
+    # A palette of colours stays three channels.
+    im.putpalette([v for g in range(256) for v in (g, 255 - g, 0)])
+    im.save(tmp_path / "c.png")
+    assert read_image(tmp_path / "c.png")[0].shape == (3, 20, 30)
+
+
+@pytest.mark.parametrize("command", ["predict", "train"])
+def test_an_empty_output_path_is_refused(dataset, tmp_path, image, model, command, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    if command == "predict":
+        code, err = run_cli(["predict", image, "--model", model, "--out", ""])
+    else:
+        code, err = _train(dataset, "")
+    assert code == 2 and len(err.splitlines()) == 1 and "--out: an empty output path" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

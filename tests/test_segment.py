@@ -88,13 +88,14 @@ def test_stored_settings_are_used_and_flags_override_them(tmp_path, fake_network
 
 @pytest.mark.parametrize("argv, message", [
     (["--instances"], "needs a model trained with --labels"),
-    (["--min-size", "3"], "only with --instances"),
+    (["--min-size", "3"], "--min-size: only with --instances"),
+    (["--instance-threshold", "0.5"], "--instance-threshold: only with --instances"),
     (["--instances", "--instance-threshold", "1"], "expected a number in (0, 1)"),
 ])
 def test_instances_refusals_are_one_line(tmp_path, capsys, argv, message):
     tifffile.imwrite(tmp_path / "a.tif", _discs())
     model = tmp_path / "classes.safetensors"
-    if "--instance-threshold" in argv or "--min-size" in argv:
+    if "--instance-threshold" in argv or "--min-size" in argv:  # a model with instances
         model = _model(tmp_path)
     else:
         model = _model(tmp_path, mode="classes", classes=3, name="classes.safetensors")

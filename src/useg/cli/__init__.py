@@ -15,6 +15,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from useg.errors import UsegError, UsegWarning
 
@@ -44,6 +45,14 @@ def _number(kind: type, text: str, what: str) -> float:
     if kind is float and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
+
+
+def out_path(text: str) -> Path:
+    """The argparse type of an output path: an empty one (an unset shell variable) is refused,
+    not taken as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty output path; name a folder or file")
+    return Path(text)
 
 
 def int_at_least(low: int) -> Callable[[str], int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from useg.cli import non_negative_int, positive_int
+from useg.cli import non_negative_int, out_path, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the best threshold of the raw image, and write report.md with overlays. Rerunning "
         "resumes.",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    p.add_argument("--out", type=out_path, default=Path("runs/demo"), help="output folder")
     p.add_argument("--iterations", type=positive_int, default=None,
                    help="training steps (default 1500, fewer if they do not fit in 4 minutes)")
     p.add_argument("--data", choices=["synthetic", "isbi", "auto"], default="synthetic",

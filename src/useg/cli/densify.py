@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from useg.cli import out_path
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from useg.cli.train import RESUME_HELP, add_common_training_args, record_given_options
@@ -20,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     record_given_options(p)
     p.add_argument("volume", nargs="?", type=Path, help="image volume (TIFF stack)")
     p.add_argument("--labels", type=Path, help="sparse annotation, same shape as the volume")
-    p.add_argument("--out", type=Path, required=True, help="run and output folder")
+    p.add_argument("--out", type=out_path, required=True, help="run and output folder")
     p.add_argument("--resume", action="store_true", help=RESUME_HELP)
     p.add_argument("--no-probs", action="store_true", help="write the label volume only")
     add_common_training_args(p)

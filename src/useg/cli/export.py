@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from useg.cli import out_path
+
 # The formats of useg.nets.export.FORMATS, then the zoo's (useg.workflows.bioimageio.FORMAT);
 # spelled out so that parsing imports neither torch nor bioimageio.
 _FORMATS = ("onnx", "torchscript", "bioimageio")
@@ -31,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="model file (.safetensors), run folder, or packaged model name")
     p.add_argument("--format", choices=_FORMATS, default="onnx", help="default: onnx")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+    p.add_argument("--out", type=out_path, required=True, metavar="FILE",
                    help="the file to write (e.g. model.onnx, model.pt, model.zip); a file that "
                    "exists is refused unless --overwrite is given")
     p.add_argument("--overwrite", action="store_true",

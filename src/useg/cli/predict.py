@@ -11,6 +11,7 @@ from useg.cli import (
     float_range,
     non_negative_float,
     non_negative_int,
+    out_path,
     positive_int,
     sizes,
 )
@@ -33,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     p.add_argument("--model", required=True,
                    help="model file (.safetensors), run folder, or packaged model name")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=out_path, required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--tile", type=sizes, default=None,
                    help="input tile, e.g. 572 or 572x572 (default: as large as memory allows)")

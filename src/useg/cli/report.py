@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from useg.cli import add_precision_argument, positive_int
+from useg.cli import add_precision_argument, out_path, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "needs no other file.",
     )
     p.add_argument("run", metavar="RUN", type=Path, help="run folder (useg train --out)")
-    p.add_argument("--out", type=Path, metavar="FILE",
+    p.add_argument("--out", type=out_path, metavar="FILE",
                    help="the page to write (default: RUN/report.html, the run's own report, "
                    "which useg train and useg report rewrite); another file that exists is "
                    "refused unless --overwrite is given")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from useg.cli import add_precision_argument, float_range, int_at_least
+from useg.cli import add_precision_argument, float_range, int_at_least, out_path
 from useg.errors import ConfigError
 from useg.training.options import RANGES, TrainOptions, parse_duration
 from useg.training.recipes import RECIPE_CHOICES, RECIPES, recipe_settings
@@ -166,7 +166,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", type=Path, help="folder (or file) of label images")
     p.add_argument("--val-images", type=Path, help="validation images")
     p.add_argument("--val-labels", type=Path, help="validation labels")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--out", type=out_path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help=RESUME_HELP)
     add_common_training_args(p)
     p.set_defaults(func=run)

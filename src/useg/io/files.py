@@ -215,6 +215,9 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     ...
     useg.errors.OutputError: .../a.txt: is a file, not a folder; results go into a folder
     """
+    if not os.fspath(path).strip():
+        # Path("") is "."; an empty name is a mistake (an unset variable), not a choice.
+        raise OutputError("an empty output path; name a folder (e.g. --out results)")
     path = Path(path)
     try:
         existing = next(p for p in (path, *path.parents) if p.exists())

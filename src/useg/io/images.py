@@ -132,6 +132,10 @@ def _read_png(path: Path, *, labels: bool) -> tuple[np.ndarray, str, dict[str, f
         elif mode in ("LA", "La"):
             arr = np.asarray(im)[..., 0]
             dtype = str(arr.dtype)
+        elif mode in ("P", "PA") and _gray_palette(im):
+            # A palette of grays (image editors save grayscale this way): one channel.
+            arr = np.asarray(im.convert("L"))
+            dtype = str(arr.dtype)
         else:
             # RGB(A) and everything else (palette, CMYK, YCbCr): RGB, alpha dropped.
             if mode not in ("RGB", "RGBA", "RGBa", "RGBX"):
@@ -144,6 +148,15 @@ def _read_png(path: Path, *, labels: bool) -> tuple[np.ndarray, str, dict[str, f
     if dpi and len(dpi) == 2 and min(dpi) > 0:
         spacing = {"X": 25400.0 / float(dpi[0]), "Y": 25400.0 / float(dpi[1])}
     return arr, axes, spacing, dtype
+
+
+def _gray_palette(im: Any) -> bool:
+    """Whether the colours of palette image ``im`` that its pixels use are all grays."""
+    palette = np.asarray(im.getpalette() or [], dtype=np.int64)
+    colours = palette[: len(palette) // 3 * 3].reshape(-1, 3)
+    used = np.unique(np.asarray(im))
+    used = used[used < len(colours)]
+    return bool(len(used)) and bool((colours[used] == colours[used][:, :1]).all())
 
 
 def _unit_factor(unit: Any) -> float | None:

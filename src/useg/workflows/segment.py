@@ -27,13 +27,18 @@ from useg.nets.checkpoint import model_info, resolve_model
 from useg.postprocess.instances import InstanceParams, instances_from_probabilities
 from useg.training.samples import relative_spacing
 
-__all__ = ["INSTANCE_TARGETS", "instance_settings", "instance_spacing", "instances_of",
-           "segment_paths"]
+__all__ = ["INSTANCE_FLAGS", "INSTANCE_TARGETS", "instance_settings", "instance_spacing",
+           "instances_of", "segment_paths"]
 
 # Label modes (useg.training.samples) whose classes say where objects are, and the target of
 # the instance step for each: a binary foreground is split like the gapped instances target.
 INSTANCE_TARGETS = {"binary": "instances", "instances": "instances",
                     "three_class": "three_class", "boundary": "boundary"}
+
+
+# The command-line flags of the instance settings, for messages.
+INSTANCE_FLAGS = {"threshold": "--instance-threshold", "seed_distance": "--seed-distance",
+                  "min_size": "--min-size"}
 
 
 def instance_settings(
@@ -149,7 +154,8 @@ def segment_paths(
     """
     if not instances:
         if instance_options and any(v is not None for v in instance_options.values()):
-            given = ", ".join(k for k, v in instance_options.items() if v is not None)
+            given = ", ".join(INSTANCE_FLAGS.get(k, k) for k, v in instance_options.items()
+                              if v is not None)
             raise ConfigError(f"{given}: only with --instances")
         return predict_paths(inputs, out, model, **options)
     path = resolve_model(model)
