@@ -31,6 +31,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "scale": (["bench/scale.py"], "scale.json"),
     "nuclei": (["bench/nuclei.py"], "nuclei.json"),
     "ovules3d": (["bench/ovules3d.py"], "ovules3d.json"),
+    "demo": (["bench/demo.py"], "demo.json"),
+    "recipes": (["bench/recipes.py"], "recipes.json"),
 }
 
 
@@ -270,7 +272,23 @@ def _ovules3d(d):
              f"{_fmt(r['test']['voi_merge'])}") for name, r in d.get("methods", {}).items()]
 
 
+def _recipes(d):
+    return [(f"recipe {r['recipe']} {r['ndim']}D: steps / s per step / wall min",
+             f"{r['steps']} / {_fmt(r['s_per_step'])} / {_fmt(r['wall_s'] / 60)}")
+            for r in d.get("runs", [])]
+
+
+def _demo(d):
+    s = d.get("summary", {})
+    floor = s.get("floor") or {}
+    return [("make demo: pixel error / adapted Rand error (floor) / wall s",
+             f"{_fmt(s.get('pixel_error'))} / {_fmt(s.get('adapted_rand_error'))} "
+             f"({_fmt(floor.get('pixel_error'))} / {_fmt(floor.get('adapted_rand_error'))}) / "
+             f"{_fmt(d.get('wall_s'))}")]
+
+
 EXTRACT: dict[str, Callable] = {
+    "demo": _demo, "recipes": _recipes,
     "nuclei": _nuclei, "ovules3d": _ovules3d,
     "isbi2012": _isbi, "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Collection
+from types import ModuleType
 from typing import TypeVar
 
 _T = TypeVar("_T")
@@ -70,3 +72,22 @@ def check_choice(name: str, value: _T, choices: Collection) -> _T:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
     return value
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """The module ``module`` of the optional extra ``extra``, imported; when it is missing, a
+    :class:`ConfigError` line saying that ``what`` needs it and how to install it.
+
+    Examples
+    --------
+    >>> require("json", "none", "reading JSON").__name__
+    'json'
+    >>> require("no_such_module_here", "scale", "reading zarr stores")
+    Traceback (most recent call last):
+    ...
+    useg.errors.ConfigError: reading zarr stores needs no_such_module_here: pip install useg[scale]
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{what} needs {module}: pip install useg[{extra}]") from None

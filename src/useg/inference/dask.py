@@ -37,6 +37,7 @@ from useg.errors import (
     UsegError,
     check_choice,
     one_line,
+    require,
 )
 from useg.inference.blocks import (
     BlockPlan,
@@ -177,7 +178,7 @@ def _resolve_scheduler(scheduler: Any, workers: int | None) -> tuple[str, Any, b
 
 
 def _run_local(job, todo, name, workers, torch_threads, image, on_result) -> None:
-    import dask
+    dask = require("dask", "scale", "block-parallel prediction (--dask)")
     from dask.callbacks import Callback
 
     class Progress(Callback):

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from useg.errors import ConfigError, InputError, one_line
+from useg.errors import ConfigError, InputError, one_line, require
 
 __all__ = [
     "ArraySpec",
@@ -254,7 +254,7 @@ def _levels_beside(spec: ArraySpec) -> list[str] | None:
 
 
 def _open_zarr(spec: ArraySpec, mode: str) -> tuple[Any, dict[str, Any]]:
-    import zarr
+    zarr = require("zarr", "scale", "reading and writing zarr stores")
 
     if not spec.container.exists():
         raise InputError(f"{spec}: no such file or folder")
@@ -308,7 +308,7 @@ def _hdf5_datasets(group: Any) -> list[str]:
 
 
 def _open_hdf5(spec: ArraySpec, mode: str) -> tuple[Any, dict[str, Any]]:
-    import h5py
+    h5py = require("h5py", "scale", "reading and writing HDF5 files")
 
     if not spec.container.is_file():
         raise InputError(f"{spec}: no such file")
@@ -494,7 +494,7 @@ def create_array(
 
 def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_format, ome_options,
                  overwrite):
-    import zarr
+    zarr = require("zarr", "scale", "reading and writing zarr stores")
 
     from useg.io import ome as ngff
 
@@ -568,7 +568,7 @@ def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_forma
 
 
 def _create_hdf5(sp, shape, dtype, chunks, spacing, axes, fill_value, overwrite):
-    import h5py
+    h5py = require("h5py", "scale", "reading and writing HDF5 files")
 
     inner = sp.inner or "data"
     try:

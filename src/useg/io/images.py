@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from useg.errors import InputError, input_error, one_line
+from useg.errors import ConfigError, InputError, input_error, one_line, require
 from useg.io.files import IMAGE_EXTS, NIFTI_EXTS, SOFTWARE, atomic_write, image_ext
 
 __all__ = ["read_image", "read_labels", "write_image"]
@@ -72,11 +72,9 @@ def _check_readable(path: Path, exts: Sequence[str] = IMAGE_EXTS) -> None:
 def _nibabel(path: Path) -> Any:
     """The nibabel module, or one line saying how to install it."""
     try:
-        import nibabel
-    except ImportError:
-        raise input_error(path, "reading and writing NIfTI needs nibabel: "
-                          "pip install useg[nifti]") from None
-    return nibabel
+        return require("nibabel", "nifti", "reading and writing NIfTI")
+    except ConfigError as exc:
+        raise input_error(path, str(exc)) from None
 
 
 # NIfTI xyzt spatial units -> micrometres (an unknown unit is kept as it is).

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from useg.errors import ConfigError, check_choice
+from useg.errors import ConfigError, check_choice, require
 from useg.io.files import atomic_write, check_output_file, make_folder
 from useg.nets.checkpoint import load_model
 from useg.nets.geometry import halo, min_input_shape, output_shape, pool_step
@@ -40,7 +40,6 @@ FORMATS = ("onnx", "torchscript")
 TORCHSCRIPT_EXTRA_FILE = "useg.json"
 # ONNX operator set of the export (onnxruntime >= 1.12 runs it).
 _OPSET = 17
-_INSTALL = "pip install useg[export]"
 
 
 def export_geometry(model: UNet) -> dict[str, Any]:
@@ -107,10 +106,7 @@ def _example(model: UNet) -> torch.Tensor:
 
 
 def _onnx_bytes(net: UNet, header: dict[str, Any]) -> bytes:
-    try:
-        import onnx
-    except ImportError:
-        raise ConfigError(f"exporting to ONNX needs the onnx package: {_INSTALL}") from None
+    onnx = require("onnx", "export", "exporting to ONNX")
     axes = "zyx"[3 - net.config.ndim:]
     dynamic = {
         "image": {0: "batch", **{2 + i: a for i, a in enumerate(axes)}},
