@@ -156,3 +156,45 @@ def test_an_empty_output_path_is_refused(dataset, tmp_path, image, model, comman
         code, err = _train(dataset, "")
     assert code == 2 and len(err.splitlines()) == 1 and "--out: an empty output path" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_export_never_replaces_its_own_model(tmp_path, model):
+    before = model.read_bytes()
+    code, err = run_cli(["export", model, "--format", "torchscript", "--overwrite", "--out",
+                         model])
+    assert code == 2 and len(err.splitlines()) == 1 and "is the input" in err, err
+    assert model.read_bytes() == before
+    run = tmp_path / "run"
+    run.mkdir()
+    best = run / "best.safetensors"
+    best.write_bytes(before)
+    code, err = run_cli(["export", run, "--format", "torchscript", "--overwrite", "--out",
+                         best])
+    assert code == 2 and "is the input" in err and best.read_bytes() == before
+
+
+def test_dask_output_that_holds_the_input_is_refused(tmp_path, model):
+    zarr = pytest.importorskip("zarr")
+    store = tmp_path / "in.zarr"
+    data = np.random.default_rng(4).random((48, 48)).astype(np.float32)
+    zarr.open_array(str(store), mode="w", shape=data.shape, dtype="f4")[:] = data
+    listing = sorted(p.relative_to(store) for p in store.rglob("*"))
+    for out in (store, store / "sub"):
+        code, err = run_cli(["predict", store, "--model", model, "--out", out, "--dask",
+                             "--overwrite", "--quiet"])
+        assert code == 2 and len(err.splitlines()) == 1 and "holds the input" in err, err
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == listing
+    assert np.array_equal(zarr.open_array(str(store), mode="r")[:], data)
+
+
+def test_report_keeps_to_report_html_inside_the_run(dataset, tmp_path):
+    run = tmp_path / "run"
+    assert _train(dataset, run)[0] == 0
+    config = (run / "config.json").read_text()
+    code, err = run_cli(["report", run, "--overwrite", "--out", run / "config.json"])
+    assert code == 2 and len(err.splitlines()) == 1 and "a file of the run" in err, err
+    assert (run / "config.json").read_text() == config
+    # A log edited by hand: one line, not a KeyError.
+    (run / "log.csv").write_text("loss,lr\n0.5,0.001\n")
+    code, err = run_cli(["report", run, "--out", tmp_path / "page.html"])
+    assert code == 2 and len(err.splitlines()) == 1 and "log.csv: not a training log" in err

@@ -191,6 +191,35 @@ def test_densify_synthetic_end_to_end(synthetic, tmp_path):
     # An existing run is not overwritten.
     assert main(["densify", str(root / "vol.tif"), "--labels", str(root / "cells.tif"),
                  "--slices", "z=5", "--out", str(run), *TINY]) == 2
+    # useg train cannot resume it: one line saying which command can.
+    err = io_capture(["train", "--resume", "--out", str(run), "--iterations", "6"])
+    assert err[0] == 2 and "a 'useg densify' run; resume it with useg densify" in err[1]
+    assert len(err[1].splitlines()) == 1
+
+
+def io_capture(argv):
+    import contextlib
+    import io as text_io
+
+    buffer = text_io.StringIO()
+    with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(text_io.StringIO()):
+        code = main(argv)
+    return code, buffer.getvalue().strip()
+
+
+def test_densify_refuses_results_of_another_run(synthetic, tmp_path):
+    root, _, _ = synthetic
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "vol_labels.tif").write_bytes(b"earlier result")
+    argv = ["densify", str(root / "vol.tif"), "--labels", str(root / "cells.tif"), "--slices",
+            "z=5", "--out", str(out), "--iterations", "1", *TINY]
+    code, err = io_capture(argv)
+    assert code == 2 and "vol_labels.tif: already exists; pass --overwrite" in err
+    assert (out / "vol_labels.tif").read_bytes() == b"earlier result"
+    assert sorted(p.name for p in out.iterdir()) == ["vol_labels.tif"]  # nothing trained
+    assert main([*argv, "--overwrite"]) == 0
+    assert io.read_labels(out / "vol_labels.tif")[0].shape == (24, 48, 48)
 
 
 def test_densify_plantseg_crop(tmp_path):

@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=out_path, required=True, help="run and output folder")
     p.add_argument("--resume", action="store_true", help=RESUME_HELP)
     p.add_argument("--no-probs", action="store_true", help="write the label volume only")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace result files that exist in --out (refused otherwise)")
     add_common_training_args(p)
     p.set_defaults(func=run)
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     result, written = densify_file(
         args.volume, args.labels, args.out, options=training_options(args), resume=args.resume,
         given=args.given_options, write_probabilities=not args.no_probs,
-        progress=not args.quiet, say=print,
+        progress=not args.quiet, say=print, overwrite=args.overwrite,
     )
     print(f"model: {result.model}")
     for path in written:

@@ -315,6 +315,11 @@ def predict_paths(
 def _predict_store(inputs, out, model, scheduler, workers, block, options) -> dict[str, Any]:
     if len(inputs) != 1:
         raise InputError("--dask predicts one image (or volume) at a time; give one INPUT")
+    source, store = Path(inputs[0]).resolve(), Path(out).resolve()
+    if source == store or source.is_relative_to(store) or store.is_relative_to(source):
+        # Writing (or --overwrite replacing) the store would destroy the image being read.
+        raise ConfigError(f"--out {out}: holds the input {inputs[0]} (or lies in it); write "
+                          "the results to another store")
     from useg.inference.dask import predict_to_store
 
     options = {k: v for k, v in options.items() if k != "on_written"}

@@ -238,7 +238,7 @@ def check_output_folder(path: str | os.PathLike) -> Path:
 
 def check_output_file(
     path: str | os.PathLike, *, overwrite: bool = False, new_folder: bool = True,
-    option: str = "--out",
+    option: str = "--out", inputs: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Check, without creating anything, that the file ``path`` can be written: called before
     a command does any work, so that a bad place is refused at once, in one line, and no file
@@ -260,6 +260,9 @@ def check_output_file(
         Whether the folder of ``path`` may be created by the writer.
     option : str
         The option that named ``path``, for the message.
+    inputs : sequence of paths
+        The files the command reads: ``path`` is never one of them (by any name: links
+        included), ``overwrite`` or not.
 
     Raises
     ------
@@ -287,6 +290,10 @@ def check_output_file(
     if not new_folder and not path.parent.is_dir():
         raise input_error(path, f"cannot write: folder {path.parent} does not exist")
     _refuse_non_file(path)
+    for given in inputs:
+        if path.exists() and Path(given).exists() and os.path.samefile(path, given):
+            raise OutputError(f"{option} {path}: is the input {given}; the result would "
+                              "replace it, choose another file")
     if path.exists() and not overwrite:
         raise ConfigError(f"{path}: already exists; pass --overwrite to replace it, or choose "
                           f"another {option}")

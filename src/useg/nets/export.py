@@ -27,7 +27,7 @@ from torch import nn
 
 from useg.errors import ConfigError, check_choice, require
 from useg.io.files import atomic_write, check_output_file, make_folder
-from useg.nets.checkpoint import load_model
+from useg.nets.checkpoint import load_model, resolve_model
 from useg.nets.geometry import halo, min_input_shape, output_shape, pool_step
 from useg.nets.unet import UNet
 
@@ -177,7 +177,8 @@ def export_model(model: UNet | str | os.PathLike, out: str | os.PathLike,
         A model file that is not one.
     """
     check_choice("format", format, FORMATS)
-    out = check_output_file(out, overwrite=overwrite)
+    source = [] if isinstance(model, UNet) else [resolve_model(model)]
+    out = check_output_file(out, overwrite=overwrite, inputs=source)
     if not isinstance(model, UNet):
         model = load_model(model)
     net = _prepared(model)

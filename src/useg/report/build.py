@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from useg.errors import UsegWarning, one_line
+from useg.errors import OutputError, UsegWarning, one_line
 from useg.io.files import atomic_write, check_output_file
 from useg.report.figures import data_uri, png_bytes
 from useg.report.gather import GalleryImage, RunRecord, class_names, gallery, read_run
@@ -83,6 +83,10 @@ def write_report(
     record = read_run(run)
     own = record.folder / REPORT
     target = Path(out) if out is not None else own
+    if target.parent.resolve() == record.folder.resolve() and target.name != REPORT:
+        # The run's other files (config.json, log.csv, the models) are the run itself.
+        raise OutputError(f"--out {target}: a file of the run {record.folder}; the report "
+                          f"goes to {REPORT} there or outside the run folder")
     check_output_file(target, new_folder=False,
                       overwrite=overwrite or target.resolve() == own.resolve())
     images, notes = gallery(record, limit=max_images, device=device, precision=precision)

@@ -516,6 +516,9 @@ def train_from_folders(
         saved, data, config_path = saved_run(out)
         if not data:
             raise InputError(f"{config_path}: no data paths recorded; cannot resume")
+        if "volume" in data and "images" not in data:
+            raise InputError(f"{config_path}: a 'useg densify' run; resume it with useg "
+                             f"densify --resume --out {out}")
         cfg = resumed_config(saved, given, {**dataclasses.asdict(options), **paths}, config_path)
     else:
         cfg = _new_run_config(options, **paths)

@@ -246,8 +246,16 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     """The rows of a log written by :func:`write_log` (numbers as numbers); none when missing."""
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        return [{k: _num(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+    try:
+        with open(path, newline="") as f:
+            rows = [{k: _num(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: unreadable training log ({one_line(exc)})") from None
+    # Every row of a log that write_log wrote has its step: anything else was edited or is not
+    # a log, and the report and --resume would misread it.
+    if any(not isinstance(r.get("step"), int) for r in rows):
+        raise InputError(f"{path}: not a training log of useg (a row without its step)")
+    return rows
 
 
 def _num(v: str) -> Any:

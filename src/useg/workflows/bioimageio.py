@@ -40,7 +40,7 @@ import torch
 from useg.errors import ConfigError, InputError, one_line
 from useg.io import normalize as norm
 from useg.io.files import atomic_write, check_output_file, make_folder
-from useg.nets.checkpoint import load_model
+from useg.nets.checkpoint import load_model, resolve_model
 from useg.nets.export import export_geometry, export_header, export_model
 from useg.nets.geometry import halo
 from useg.nets.unet import UNet
@@ -435,7 +435,10 @@ def export_bioimageio(model: UNet | str | os.PathLike, out: str | os.PathLike, *
     ModelFileError, InputError
         A model file that is not one; a test image that is not a valid input.
     """
-    path = check_output_file(out, overwrite=overwrite)
+    sources = [] if isinstance(model, UNet) else [resolve_model(model)]
+    if test_image is not None and not hasattr(test_image, "shape"):
+        sources.append(test_image)
+    path = check_output_file(out, overwrite=overwrite, inputs=sources)
     v = _spec()
     from pydantic import ValidationError
 

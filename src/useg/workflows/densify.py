@@ -331,6 +331,7 @@ def densify_file(
     write_probabilities: bool = True,
     progress: bool = True,
     say: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> tuple[DensifyResult, list[Path]]:
     """Densify a volume file from its annotation file (``useg densify``).
 
@@ -360,6 +361,9 @@ def densify_file(
         Progress bars for training and prediction.
     say : callable, optional
         Receives the training run's one-line notes (:func:`useg.training.loop.train`).
+    overwrite : bool
+        Replace result files that exist already; otherwise a new run refuses them before it
+        trains (a resumed run replaces its own).
 
     Returns
     -------
@@ -374,6 +378,12 @@ def densify_file(
     elif volume is None or labels is None:
         raise ConfigError("VOLUME and --labels are required (or --resume with --out)")
     volume, labels_path = _volume_file(volume), _volume_file(labels)
+    targets = io.result_paths(out, volume.name, probabilities=write_probabilities)
+    if not (resume or overwrite):
+        for path in targets.values():
+            if path.exists():
+                raise ConfigError(f"{path}: already exists; pass --overwrite to replace it, "
+                                  "or choose another --out")
     image, meta = io.read_image(volume)
     annotation, _ = io.read_labels(labels_path)
     _check_annotation_shape(image, annotation, str(volume), str(labels_path))
@@ -386,7 +396,6 @@ def densify_file(
         labels_name=str(labels_path),
     )
     # The outputs keep the input file's calibration; --spacing only steers the training.
-    targets = io.result_paths(out, volume.name, probabilities=write_probabilities)
     written = write_results(targets, result.probabilities, meta.get("spacing"),
                             labels=result.labels, nifti=meta.get("nifti"))
     return result, [written[kind] for kind in ("labels", "probabilities") if kind in written]
