@@ -190,3 +190,19 @@ def test_bioimageio_options_need_the_format(tmp_path, capsys):
     assert main(["export", "em-membrane", "--out", str(tmp_path / "m.onnx"),
                  "--author", "A. Person"]) == 2
     assert "--format bioimageio only" in capsys.readouterr().err
+
+
+def test_a_test_image_that_does_not_fit_is_named(tmp_path, capsys):
+    pytest.importorskip("bioimageio.spec")
+    from PIL import Image
+
+    from useg.cli import main
+
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")  # 3 channels for a 1-channel model
+    code = main(["export", "em-membrane", "--format", "bioimageio", "--test-image",
+                 str(tmp_path / "rgb.png"), "--out", str(tmp_path / "m.zip")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"--test-image {tmp_path / 'rgb.png'}" in err and "channel" in err
+    assert not (tmp_path / "m.zip").exists()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import sys
 from collections.abc import Collection
 from types import ModuleType
 from typing import TypeVar
@@ -88,6 +88,9 @@ def require(module: str, extra: str, what: str) -> ModuleType:
     useg.errors.ConfigError: reading zarr stores needs no_such_module_here: pip install useg[scale]
     """
     try:
-        return importlib.import_module(module)
+        # The import statement's own hook (builtins.__import__), which import_module bypasses
+        # for a module already loaded: a stand-in for "not installed" must be honoured.
+        __import__(module)
+        return sys.modules[module]
     except ImportError:
         raise ConfigError(f"{what} needs {module}: pip install useg[{extra}]") from None

@@ -182,10 +182,15 @@ def _test_input(model: UNet, test_image: Any) -> np.ndarray:
     if test_image is None:
         image = _default_image(model, example_shape(model))
     else:
+        name = "--test-image"
         if isinstance(test_image, str | os.PathLike):
+            name = f"--test-image {test_image}"
             test_image, _ = read_image(test_image, ndim=max(model.config.ndim, 2))
-        image = check_image(model, np.asarray(test_image))
-        shape = example_shape(model, image.shape[1:])
+        try:
+            image = check_image(model, np.asarray(test_image))
+            shape = example_shape(model, image.shape[1:])
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
         box = tuple(slice((a - s) // 2, (a - s) // 2 + s)
                     for a, s in zip(image.shape[1:], shape, strict=True))
         image = image[(slice(None), *box)]
