@@ -87,3 +87,18 @@ def test_packaged_model_by_name_is_the_network(dataset, tmp_path):
         "em-membrane.safetensors")
     assert cfg.normalization == packaged.meta["normalization"]
     assert torch.is_tensor(next(iter(packaged.state_dict().values())))
+
+
+def test_a_start_model_whose_output_is_not_finite_is_named(dataset, start_model, tmp_path,
+                                                            capsys):
+    from useg.nets.checkpoint import save_model
+
+    net = load_model(start_model)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1e19)
+    broken = save_model(net, tmp_path / "broken.safetensors")
+    code = _train(dataset, tmp_path / "run", "--init", str(broken), "--iterations", "2", *RUN)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"--init model {broken}" in err and "not finite" in err

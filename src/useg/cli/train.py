@@ -70,8 +70,9 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
                    "them); recorded in config.json. With --resume, a new budget for the rest")
     g.add_argument("--init", metavar="MODEL", default=_DEFAULTS.init,
                    help="fine-tune: start from this model's weights (a .safetensors file, a run "
-                   "folder or a packaged model name such as em-membrane); the network, its "
-                   "normalisation and label mode are the model's, the recipe's other settings "
+                   "folder or a packaged model name such as em-membrane); the network and its "
+                   "normalisation are the model's, and its label mode unless --label-mode is "
+                   "given (with the same number of classes); the recipe's other settings "
                    "apply. Network options are refused with it")
     g = p.add_argument_group("network")
     g.add_argument("--preset", default=_DEFAULTS.preset, choices=["ronneberger2015", "cicek2016"],

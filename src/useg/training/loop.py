@@ -291,6 +291,12 @@ class _Run:
         for k, loss_k in self.pending:
             value = float(all_reduce_sum(loss_k, self.dist)) / self.dist.world
             if not math.isfinite(value):
+                start = (self.cfg.init or {}).get("model")
+                if start is not None and k <= 1:
+                    # Not finite from the first step: the starting model, not the learning rate.
+                    raise ConfigError(f"the --init model {start} gives a loss of {value} at "
+                                      "the first step: its output is not finite on these "
+                                      "images")
                 raise ConfigError(
                     f"training diverged at step {k} (loss {value}); "
                     "lower --lr or use --grad-clip"
