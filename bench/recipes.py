@@ -61,9 +61,10 @@ def _log_summary(log: Path) -> tuple[int, dict[str, float]]:
 def run_recipe(name: str, ndim: int, threads: int, tmp: Path) -> dict:
     train, val = _data(tmp / f"data{ndim}d", ndim)
     out = tmp / f"{name}_{ndim}d"
-    command = [str(Path(sys.executable).parent / "useg"), "train", str(train / "images"),
-               str(train / "labels"), "--val-images", str(val / "images"), "--val-labels",
-               str(val / "labels"), "--recipe", name, "--out", str(out), "--quiet"]
+    command = [str(Path(sys.executable).parent / "useg"), "train", "--images",
+               str(train / "images"), "--labels", str(train / "labels"), "--val-images",
+               str(val / "images"), "--val-labels", str(val / "labels"), "--recipe", name,
+               "--out", str(out), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     wall = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
