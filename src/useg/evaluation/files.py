@@ -231,10 +231,8 @@ def _check_json_target(json_path: Path, pairs: list[tuple[Path, Path]]) -> None:
     never replaces another file."""
     if not json_path.is_file():
         return
-    for given in (path for pair in pairs for path in pair):
-        if os.path.samefile(json_path, given):
-            raise OutputError(f"--json {json_path}: is the input {given}; the report would "
-                              "replace it, choose another file")
+    check_output_file(json_path, overwrite=True, new_folder=False, option="--json",
+                      inputs=[path for pair in pairs for path in pair])
     if not _is_report(json_path):
         raise OutputError(f"--json {json_path}: exists and is not a report of useg evaluate; "
                           "choose another file (or remove it)")

@@ -11,7 +11,6 @@ whose peak memory (:func:`useg.nets.geometry.peak_bytes`) fits the budget.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -113,13 +112,11 @@ def _budget(device: torch.device | str, budget_bytes: float | None, ndim: int) -
         return float(budget_bytes)
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free / 4
+        return device_memory(device) / 4
     if ndim < 3:
         return float(1 << 30)
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system
+    physical = device_memory(device)
+    if math.isinf(physical):  # not a POSIX system
         physical = 16 << 30
     return float(max(1 << 30, min(4 << 30, physical // 4)))
 
