@@ -426,3 +426,68 @@ def test_instances_mode_puts_the_border_term_on_the_gaps_between_touching_object
     assert term[gap].min() > 10 * np.exp(-(2 + 2) ** 2 / 50)
     # It is larger there than on background far from the contact line.
     assert term[gap].min() > term[0, 0] + 3
+
+
+def _dumbbell_and_gapped_pair():
+    """Interior probabilities of cells that fill a 30x90 image: on the left one dumbbell-shaped
+    cell (two round ends joined by a narrow neck, all confidently interior); on the right two
+    cells whose membrane has a gap where the network is unsure (interior 0.6)."""
+    p1 = np.full((30, 90), 0.05, np.float32)  # membrane everywhere first
+    left = ball((30, 90), (15, 10), 8) | ball((30, 90), (15, 32), 8)
+    left[14:17, 10:33] = True  # the neck: 3 px wide
+    p1[left] = 0.95
+    p1[2:28, 46:66] = 0.95
+    p1[2:28, 67:88] = 0.95
+    p1[12:18, 66] = 0.6  # the gap in the membrane between the right-hand cells
+    return p1
+
+
+def test_seed_threshold_seeds_cells_by_confidence_not_by_shape():
+    p1 = _dumbbell_and_gapped_pair()
+    probs = np.stack([1 - p1, p1])
+    by_shape = instances_from_probabilities(probs, "instances", InstanceParams(min_size=0))
+    by_confidence = instances_from_probabilities(
+        probs, "instances", InstanceParams(min_size=0, seed_threshold=0.9))
+    # Distance seeds cut the dumbbell at its neck; confident interiors keep it whole and cut
+    # the right-hand pair at their gap, whose pixels join one of the two.
+    assert np.unique(by_shape[:, :45]).size - 1 == 2
+    assert np.unique(by_confidence[:, :45]).size - 1 == 1
+    assert by_confidence[15, 50] != by_confidence[15, 80]
+    assert set(np.unique(by_confidence[12:18, 66])) <= {by_confidence[15, 50],
+                                                         by_confidence[15, 80]}
+    assert np.array_equal(by_confidence > 0, p1 > 0.5)  # the foreground is the threshold's
+    # The boundary target (classes interior, boundary) fills the image from the same seeds.
+    filled = instances_from_probabilities(np.stack([p1, 1 - p1]), "boundary",
+                                          InstanceParams(min_size=0, seed_threshold=0.9))
+    assert filled.min() > 0 and filled.max() == 3
+    assert same_partition(np.where(p1 > 0.5, filled, 0), by_confidence)
+
+
+def test_seed_threshold_of_three_class_is_the_interior_seeds_threshold():
+    target, _ = targets_from_labels(hand_labels(), "three_class")
+    probs = one_hot(target, 3) * 0.7 + 0.1  # interior 0.8, boundary 0.8 where one-hot
+    at_threshold = instances_from_probabilities(probs, "three_class", InstanceParams(min_size=0))
+    no_seeds = instances_from_probabilities(
+        probs, "three_class", InstanceParams(min_size=0, seed_threshold=0.85))
+    # Above 0.85 no interior pixel is a seed: each piece of foreground is one object.
+    assert no_seeds.max() == ndi.label(probs[1] + probs[2] > 0.5)[1] < at_threshold.max()
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.2, "0.9", True, float("nan")])
+def test_seed_threshold_is_checked(bad):
+    with pytest.raises(ModelFileError, match="seed_threshold must be a number in"):
+        InstanceParams.from_dict({"seed_threshold": bad}, source="m.safetensors: instances")
+    params = InstanceParams.from_dict({"seed_threshold": 0.9}, source="x")
+    assert InstanceParams.from_dict(params.to_dict(), source="x") == params
+    assert InstanceParams.from_dict({"seed_threshold": None}, source="x") == InstanceParams()
+
+
+def test_block_wise_objects_with_seed_threshold_equal_the_whole_image():
+    p1 = _dumbbell_and_gapped_pair()
+    probs = np.stack([1 - p1, p1])
+    params = InstanceParams(min_size=0, seed_threshold=0.9)
+    whole = instances_from_probabilities(probs, "instances", params)
+    for block in (7, (16, 30)):
+        out = np.zeros(p1.shape, np.uint32)
+        assert instances_in_blocks(probs, out, "instances", params, block, 45) == whole.max()
+        assert same_partition(out, whole), block

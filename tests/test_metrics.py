@@ -10,6 +10,7 @@ from useg import evaluation as metrics
 from useg.errors import InputError
 from useg.evaluation import warping
 from useg.io.datasets import dataset
+from useg.postprocess.instances import InstanceParams
 
 skm = pytest.importorskip("skimage.metrics")
 
@@ -490,3 +491,25 @@ def test_isbi_scores_threshold_sweep_and_options():
     assert 0 < single["per_threshold"][0]["v_rand"] < 1
     with pytest.raises(InputError, match=r"\[0, 1\]"):
         metrics.isbi_scores(prob * 255, gt)
+
+
+def test_isbi_scores_with_instances_cut_cells_at_a_gap_in_their_membrane():
+    # Two 20x20 cells separated by a membrane column with a two-pixel gap in the prediction:
+    # its connected components merge the cells, the objects of useg predict --instances
+    # (distance seeds, cut at the neck) keep them apart; the pixel error is the same.
+    gt = np.ones((20, 41), np.uint8)
+    gt[:, 20] = 0
+    prob = gt.astype(float)
+    prob[9:11, 20] = 1.0
+    plain = metrics.isbi_scores(prob, gt, thresholds=(0.5,))["per_threshold"][0]
+    cut = metrics.isbi_scores(prob, gt, thresholds=(0.5,),
+                              instances=InstanceParams(seed_distance=2.0, min_size=0))
+    cut = cut["per_threshold"][0]
+    assert plain["adapted_rand_error"] > 0.3
+    assert cut["adapted_rand_error"] < 0.01
+    assert cut["pixel_error"] == plain["pixel_error"] == 2 / prob.size
+    quick = metrics.isbi_scores(prob, gt, thresholds=(0.5,), warping=False)["per_threshold"][0]
+    assert "warping_error" not in quick and "warping_error" in plain
+    assert quick == {k: v for k, v in plain.items() if not k.startswith("warping")}
+    with pytest.raises(InputError, match="InstanceParams"):
+        metrics.isbi_scores(prob, gt, thresholds=(0.5,), instances={"seed_distance": 2})

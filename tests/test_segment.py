@@ -86,16 +86,31 @@ def test_stored_settings_are_used_and_flags_override_them(tmp_path, fake_network
     assert "given: min_size=0" in capsys.readouterr().err
 
 
+def test_seed_threshold_flag_reaches_the_instance_step(tmp_path, fake_network, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", _discs())
+    assert main(["predict", str(tmp_path / "a.tif"), "--model", str(_model(tmp_path)), "--out",
+                 str(tmp_path / "out"), "--instances", "--seed-threshold", "0.9",
+                 "--quiet"]) == 0
+    probs, _ = read_image(tmp_path / "out" / "a_probs.tif")
+    expected = instances_from_probabilities(probs, "instances",
+                                            InstanceParams(seed_threshold=0.9))
+    assert np.array_equal(tifffile.imread(tmp_path / "out" / "a_instances.tif"), expected)
+    assert expected.max() == 3
+    assert "given: seed_threshold=0.9" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--instances"], "needs a model trained with --labels"),
     (["--min-size", "3"], "--min-size: only with --instances"),
     (["--instance-threshold", "0.5"], "--instance-threshold: only with --instances"),
+    (["--seed-threshold", "0.9"], "--seed-threshold: only with --instances"),
+    (["--instances", "--seed-threshold", "0"], "expected a number in (0, 1)"),
     (["--instances", "--instance-threshold", "1"], "expected a number in (0, 1)"),
 ])
 def test_instances_refusals_are_one_line(tmp_path, capsys, argv, message):
     tifffile.imwrite(tmp_path / "a.tif", _discs())
     model = tmp_path / "classes.safetensors"
-    if "--instance-threshold" in argv or "--min-size" in argv:  # a model with instances
+    if {"--instance-threshold", "--min-size", "--seed-threshold"} & set(argv):  # instances
         model = _model(tmp_path)
     else:
         model = _model(tmp_path, mode="classes", classes=3, name="classes.safetensors")

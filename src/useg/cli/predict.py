@@ -55,6 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed-distance", type=non_negative_float, default=None,
                    help="in pixels of the finest axis: how far inside an object its seed lies; "
                    "larger merges more")
+    g.add_argument("--seed-threshold", type=float_range(0.0, 1.0, low_open=True, high_open=True),
+                   default=None, help="seed each object from a piece of interior above this "
+                   "probability, grown over the boundary probability (for cells that fill the "
+                   "image, as neurons in EM), instead of from distance maxima")
     g.add_argument("--min-size", type=non_negative_int, default=None,
                    help="in pixels (voxels in 3D): smaller objects are removed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path} -> {', '.join(str(p) for p in written.values())}")
 
     instance_options = {"threshold": args.instance_threshold,
-                        "seed_distance": args.seed_distance, "min_size": args.min_size}
+                        "seed_distance": args.seed_distance, "min_size": args.min_size,
+                        "seed_threshold": args.seed_threshold}
     result = segment_paths(
         args.inputs, args.out, args.model, instances=args.instances,
         instance_options=instance_options, on_settings=lambda line: print(line, file=sys.stderr),

@@ -24,6 +24,11 @@ made from instance labels (the label modes of :mod:`useg.training.samples`):
     over the boundary pixels by their probability, so neighbouring bodies meet on the ridges of
     the boundary map. Every pixel belongs to an object (none if no pixel is interior).
 
+With :attr:`InstanceParams.seed_threshold`, ``"instances"`` and ``"boundary"`` take their
+seeds from confidence instead: the connected pieces of the interior above that probability
+(within the foreground), grown over the boundary probability (within the foreground for
+``"instances"``, through the whole image for ``"boundary"``); for ``"three_class"`` it is the
+threshold of the interior seeds.
 Flooding is :func:`skimage.segmentation.watershed`: a pixel joins the region that reaches it
 first, in the order of the landscape's values and, among equal values, of arrival (breadth
 first). The seeds are imposed minima, all flooding from the start, taken in raster order, so
@@ -89,17 +94,28 @@ class InstanceParams:
         Neighbourhood of the seeds' pieces, of the maxima and of the flooding: 1 = face
         neighbours (4 in 2D, 6 in 3D) up to the number of spatial axes (8 in 2D, 26 in 3D).
         >= 1, and at most the number of spatial axes of the probabilities.
+    seed_threshold : float or None
+        Seeds from confidence instead of shape: the connected pieces of the interior whose
+        probability exceeds ``seed_threshold`` (within the foreground), grown over the boundary
+        probability instead of the distance transform, so that neighbours meet where the
+        network sees their boundary; ``seed_distance`` is then not used. For cells that fill
+        the image and are not round (neurons in EM) a maximum of the distance transform is no
+        sign of one cell, and the high-confidence interiors are the better seeds. For
+        ``"three_class"`` it replaces ``threshold`` for the interior seeds only. None: the
+        seeds described above. In (0, 1).
 
     Examples
     --------
-    >>> InstanceParams.from_dict({"min_size": 0}, source="flags").to_dict()
-    {'threshold': 0.5, 'seed_distance': 2.0, 'min_size': 0, 'connectivity': 1}
+    >>> params = InstanceParams.from_dict({"min_size": 0, "seed_threshold": 0.9}, source="flags")
+    >>> params.min_size, params.seed_threshold, params.seed_distance
+    (0, 0.9, 2.0)
     """
 
     threshold: float = 0.5
     seed_distance: float = 2.0
     min_size: int = 16
     connectivity: int = 1
+    seed_threshold: float | None = None
 
     def __post_init__(self) -> None:
         _check_params(self.to_dict(), "InstanceParams", ConfigError)
@@ -136,9 +152,11 @@ class InstanceParams:
                         f"known: {', '.join(names)}")
         values = {**cls().to_dict(), **d}
         _check_params(values, source, error)
+        seed_threshold = values["seed_threshold"]
         return cls(threshold=float(values["threshold"]),
                    seed_distance=float(values["seed_distance"]),
-                   min_size=int(values["min_size"]), connectivity=int(values["connectivity"]))
+                   min_size=int(values["min_size"]), connectivity=int(values["connectivity"]),
+                   seed_threshold=None if seed_threshold is None else float(seed_threshold))
 
 
 def _show(value: Any) -> str:
@@ -161,6 +179,8 @@ def _check_params(values: Mapping[str, Any], source: str, error: type[UsegError]
         ("seed_distance", real, lambda v: v >= 0, "a number >= 0 (pixels)"),
         ("min_size", integer, lambda v: v >= 0, "an integer >= 0 (pixels)"),
         ("connectivity", integer, lambda v: v >= 1, "an integer >= 1"),
+        ("seed_threshold", lambda v: v is None or real(v), lambda v: v is None or 0 < v < 1,
+         "a number in (0, 1) or null"),
     )
     for name, kind, in_range, wanted in rules:
         value = values[name]
@@ -230,21 +250,30 @@ def instances_from_probabilities(
                          "of the probabilities")
     sampling = _relative_spacing(spacing, ndim)
     footprint = ndi.generate_binary_structure(ndim, params.connectivity)
-    t = params.threshold
-    if target == "instances":
+    t, s = params.threshold, params.seed_threshold
+    if target == "three_class":
+        mask = p[1] + p[2] > t
+        interior = p[1] > (t if s is None else s)
+        seeds = _seed_every_piece(ndi.label(interior & mask, footprint)[0], mask, footprint)
+        landscape = p[2]
+    elif s is not None:  # confident interiors as seeds, grown over the boundary probability
+        inside, outside = (p[1], p[0]) if target == "instances" else (p[0], p[1])
+        mask = inside > t if target == "instances" else None
+        confident = inside > s if mask is None else (inside > s) & mask
+        seeds = ndi.label(confident, footprint)[0]
+        if mask is not None:
+            seeds = _seed_every_piece(seeds, mask, footprint)
+        landscape = outside
+    elif target == "instances":
         mask = p[1] > t
         seeds, distance = _distance_seeds(mask, params.seed_distance, footprint, sampling)
         landscape = -distance
-    elif target == "boundary":
+    else:
         mask = None
         interior = p[0] > t
         seeds, distance = _distance_seeds(interior, params.seed_distance, footprint, sampling)
         # The interior first, cut at its necks; then the boundary pixels, met on its ridges.
         landscape = np.where(interior, -distance, p[1])
-    else:
-        mask = p[1] + p[2] > t
-        seeds = _seed_every_piece(ndi.label((p[1] > t) & mask, footprint)[0], mask, footprint)
-        landscape = p[2]
     labels = _grow(landscape, seeds, mask, footprint, params.min_size)
     return _consecutive(labels)
 

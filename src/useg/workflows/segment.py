@@ -38,7 +38,7 @@ INSTANCE_TARGETS = {"binary": "instances", "instances": "instances",
 
 # The command-line flags of the instance settings, for messages.
 INSTANCE_FLAGS = {"threshold": "--instance-threshold", "seed_distance": "--seed-distance",
-                  "min_size": "--min-size"}
+                  "min_size": "--min-size", "seed_threshold": "--seed-threshold"}
 
 
 def instance_settings(
