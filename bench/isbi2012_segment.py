@@ -42,10 +42,11 @@ from useg.io.datasets import dataset
 from useg.nets.checkpoint import load_model, resolve_model, update_header
 from useg.postprocess.instances import InstanceParams
 
-THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(6, 20))  # 0.30 .. 0.95
-MIN_SIZES = (0, 64)
-SEED_DISTANCES = (1.0, 2.0, 4.0, 8.0, 16.0)
-SEED_THRESHOLDS = (0.8, 0.85, 0.9, 0.95, 0.97)
+# A small grid: each candidate costs minutes on two shared cores (the seeds by distance most).
+THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(10, 20))  # 0.50 .. 0.95
+SEED_DISTANCES = (2.0, 8.0)  # with the default smallest object
+SEED_THRESHOLDS = (0.85, 0.9, 0.95)
+MIN_SIZES = (0, 64)  # for the confident seeds
 VAL, TEST = range(15, 20), range(20, 25)
 
 
@@ -53,8 +54,8 @@ def candidates() -> list[tuple[str, InstanceParams | None, tuple[float, ...]]]:
     """(way, instance settings or None for components, thresholds to sweep) of the grid."""
     out: list[tuple[str, InstanceParams | None, tuple[float, ...]]] = [
         ("components", None, THRESHOLDS)]
-    for h, m in itertools.product(SEED_DISTANCES, MIN_SIZES):
-        out.append(("distance seeds", InstanceParams(seed_distance=h, min_size=m), THRESHOLDS))
+    for h in SEED_DISTANCES:
+        out.append(("distance seeds", InstanceParams(seed_distance=h), THRESHOLDS))
     for s, m in itertools.product(SEED_THRESHOLDS, MIN_SIZES):
         # A seed threshold below the mask's threshold would seed with the whole mask.
         below = tuple(t for t in THRESHOLDS if t <= s)

@@ -27,7 +27,9 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                    "--monai-sweep", "--sweep-widths", "16"], "predict3d.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
+    "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
+    "flyem_neurons": (["bench/flyem_neurons.py"], "flyem_neurons.json"),
     "scale": (["bench/scale.py"], "scale.json"),
     "nuclei": (["bench/nuclei.py"], "nuclei.json"),
     "ovules3d": (["bench/ovules3d.py"], "ovules3d.json"),
@@ -192,6 +194,24 @@ def _summary_rows(d) -> list[tuple[str, str]]:
             if not isinstance(v, (dict, list))]
 
 
+def _flyem_neurons(d):
+    s = _get(d, "summary", "chosen_on_annotated", default={}) or {}
+    return [("FlyEM crop, 5,5,3 annotated slices: adapted Rand error of the neurons on the "
+             "unannotated voxels (way chosen on the annotated planes; mean, sd, seeds)",
+             f"{_fmt(s.get('mean'))}, {_fmt(s.get('sd'))}, {s.get('n')}")]
+
+
+def _isbi_segment(d):
+    rows = []
+    for way, r in _get(d, "ways", default={}).items():
+        t = r.get("test", {})
+        chosen = " (chosen on validation)" if way == d.get("chosen_way") else ""
+        rows.append((f"ISBI 2012 test slices 20..24, em-membrane, cells by {way}{chosen}: "
+                     "adapted Rand / pixel error",
+                     f"{_fmt(t.get('adapted_rand_error'))} / {_fmt(t.get('pixel_error'))}"))
+    return rows
+
+
 def _isbi(d):
     rows = []
     for name, v in _get(d, "variants", default={}).items():
@@ -290,7 +310,8 @@ def _demo(d):
 EXTRACT: dict[str, Callable] = {
     "demo": _demo, "recipes": _recipes,
     "nuclei": _nuclei, "ovules3d": _ovules3d,
-    "isbi2012": _isbi, "sparse3d": _sparse3d, "scale": _scale,
+    "isbi2012": _isbi, "isbi2012_segment": _isbi_segment,
+    "flyem_neurons": _flyem_neurons, "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
     "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
     "precision": _precision,

@@ -207,7 +207,7 @@ class Experiment:
                          for z in range(self.image.shape[1])])
 
     def run(self, ndim: int, counts, iterations: int, step_times: list | None = None,
-            seed: int = 0) -> dict:
+            seed: int = 0, keep_probability: bool = False) -> dict:
         shape = self.target.shape
         slices = slice_positions(counts, shape)
         samples = self.samples_3d(slices) if ndim == 3 else self.samples_2d(slices)
@@ -249,6 +249,7 @@ class Experiment:
             "true_boundary_fraction": float((self.target == 1).mean()),
             "pixel_accuracy_unannotated": float((pred[evaluate] == self.target[evaluate]).mean()),
             "prediction": pred,
+            **({"probability": prob} if keep_probability else {}),
         }
 
 
@@ -257,7 +258,7 @@ class _NotCached(Exception):
 
 
 def strip(run: dict) -> dict:
-    return {k: v for k, v in run.items() if k != "prediction"}
+    return {k: v for k, v in run.items() if k not in ("prediction", "probability")}
 
 
 def figure(exp: Experiment, run: dict, path: Path) -> None:
