@@ -179,7 +179,11 @@ def segment_paths(
 
 
 def _describe(params: InstanceParams) -> str:
-    return ", ".join(f"{f.name} {getattr(params, f.name)}" for f in dataclasses.fields(params))
+    # A setting that does not take part is not shown: no seed threshold (the default), or the
+    # seed distance when seeds come from the seed threshold.
+    unused = {"seed_threshold"} if params.seed_threshold is None else {"seed_distance"}
+    return ", ".join(f"{f.name} {getattr(params, f.name)}" for f in dataclasses.fields(params)
+                     if f.name not in unused)
 
 
 def _store_instances(out, target, params, summary, options) -> str:
