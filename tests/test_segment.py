@@ -198,3 +198,12 @@ def test_train_and_tune_stores_the_settings_in_the_model(tmp_path):
     assert stored["validation"]["files"] == ["x.tif"]
     assert 0.0 <= stored["validation"]["object_f1"] <= 1.0
     InstanceParams.from_dict(stored["params"], source="test")
+
+
+def test_packaged_em_model_carries_its_validated_cell_settings():
+    # bench/isbi2012_segment.py chose them on ISBI slices 15..19 and stored them: the shipped
+    # model must keep a readable entry, seeded by confidence.
+    target, params, source = instance_settings("em-membrane")
+    assert target == "instances" and params.seed_threshold is not None
+    assert 0 < params.threshold < params.seed_threshold < 1
+    assert "chosen on validation" in source and "15..19" in source
