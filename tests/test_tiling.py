@@ -240,7 +240,9 @@ def test_batch_statistics_predict_in_one_pass_or_refuse(tmp_path, rng, capsys):
     with pytest.raises(ConfigError, match=f"model {path} .*depends on the tile.*running-stats"):
         predict(model, image, tile=60, device="cpu", stats=UNCHANGED)
     one_pass = predict(model, image, device="cpu", stats=UNCHANGED)
-    np.testing.assert_allclose(one_pass, whole, atol=1e-5, rtol=0)
+    # Rounding only: predict runs channels-last, the reference pass contiguous, and oneDNN sums
+    # in another order for each; batch statistics of a width-2 network magnify the difference.
+    np.testing.assert_allclose(one_pass, whole, atol=1e-4, rtol=0)
     # The memory budget does not choose a tile for it (here, one of 44^3 would fit).
     from useg.inference.tile_choice import default_tile, whole_image_tile
 

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from useg.nets.config import UNetConfig, preset
+from useg.nets.conv import Conv2d, Conv3d
 from useg.nets.geometry import halo, output_shape, valid_input_shape
 
 __all__ = ["ConvBlock", "Down", "UNet", "Up", "center_crop", "unet_from_config"]
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+# useg's Conv2d/Conv3d are nn's with oneDNN kept where PyTorch would fall back (nets.conv).
+_CONV = {1: nn.Conv1d, 2: Conv2d, 3: Conv3d}
 _UPCONV = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}

@@ -1,0 +1,117 @@
+"""Convolutions that keep to oneDNN on the CPU where PyTorch would leave it.
+
+PyTorch chooses the kernel of a float32 convolution on the CPU by a size rule: with one image
+in the batch and ``batch x channels x`` the first two spatial sizes at most 20,480, it takes its
+reference kernels (``slow_conv3d``, ``slow_conv2d``: im2col and a matrix product) rather than
+oneDNN's. A 3D U-Net meets that rule in every layer of a narrow network (8 channels on a 44^3
+tile) and in the deep levels of any network, where tiles are small; there the reference
+kernels ran an order of magnitude slower than oneDNN's on the same convolution. And its
+backward of a 3D convolution was slow even where the forward was oneDNN's.
+:class:`Conv2d` and :class:`Conv3d` are ``nn.Conv2d``/``nn.Conv3d`` (same parameters, same
+state dict) that call oneDNN directly in those cases (:func:`uses_onednn_kernel`), with a
+backward pass made of oneDNN convolutions too (the input gradient is the convolution of the
+output gradient with the flipped, transposed kernel; the weight gradient the convolution of
+the input with the output gradient, batch and channels swapped). Elsewhere, and while a
+network is traced or exported, they are PyTorch's convolutions unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["Conv2d", "Conv3d", "uses_onednn_kernel"]
+
+# PyTorch's rule (aten/src/ATen/native/Convolution.cpp, use_mkldnn): below this product of the
+# first four sizes of a single-image batch its reference kernels are used.
+_REFERENCE_BELOW = 20480
+
+#: False turns the direct path off everywhere (PyTorch's own choice of kernel), to compare.
+DIRECT = True
+
+
+def uses_onednn_kernel(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> bool:
+    """Whether :class:`Conv2d`/:class:`Conv3d` take the direct oneDNN path for input ``x``.
+
+    A float32 CPU convolution (stride 1, undilated, ungrouped, zero padding) takes it when a
+    gradient is needed, for oneDNN's backward through this module, and otherwise where PyTorch
+    would give it to its reference kernels; elsewhere oneDNN's forward is what PyTorch calls
+    anyway.
+    """
+    if not (
+        DIRECT
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() in (4, 5)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and all(s == 1 for s in conv.stride)
+        and all(d == 1 for d in conv.dilation)
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.onnx.is_in_onnx_export()
+    ):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
+        return True
+    return x.shape[0] == 1 and math.prod(x.shape[:4]) <= _REFERENCE_BELOW
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            padding: tuple[int, ...]) -> torch.Tensor:
+    ones = (1,) * len(padding)
+    return torch.mkldnn_convolution(x, weight, bias, padding, ones, ones, 1)
+
+
+class _OneDNNConvolution(torch.autograd.Function):
+    """A stride-1, undilated, ungrouped convolution whose forward and backward are oneDNN's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):  # noqa: ANN001, ANN205 (autograd signature)
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return _onednn(x, weight, bias, padding)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, weight = ctx.saved_tensors
+        padding = ctx.padding
+        spatial = tuple(range(2, weight.dim()))
+        grad = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            flipped = weight.transpose(0, 1).flip(spatial).contiguous()
+            full = tuple(k - 1 - p for k, p in zip(weight.shape[2:], padding, strict=True))
+            grad_x = _onednn(grad, flipped, None, full)
+        if ctx.needs_input_grad[1]:
+            # Batch and channels swapped: the output gradient is the kernel; its output is the
+            # kernel-sized gradient, summed over the batch (now the channels).
+            grad_w = _onednn(x.transpose(0, 1).contiguous(), grad.transpose(0, 1).contiguous(),
+                             None, padding).transpose(0, 1)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, *spatial))
+        return grad_x, grad_w, grad_b, None
+
+
+class _OneDNNWhereSlow:
+    """The forward of :class:`Conv2d` and :class:`Conv3d`."""
+
+    def _conv_forward(self, input, weight, bias):  # noqa: A002, ANN001, ANN202 (nn's names)
+        if uses_onednn_kernel(self, input):
+            return _OneDNNConvolution.apply(input, weight, bias, tuple(self.padding))
+        return super()._conv_forward(input, weight, bias)
+
+
+class Conv2d(_OneDNNWhereSlow, nn.Conv2d):
+    """``nn.Conv2d`` that keeps to oneDNN on the CPU (see the module's description)."""
+
+
+class Conv3d(_OneDNNWhereSlow, nn.Conv3d):
+    """``nn.Conv3d`` that keeps to oneDNN on the CPU (see the module's description)."""
