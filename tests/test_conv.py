@@ -1,0 +1,60 @@
+"""useg.nets.conv: oneDNN convolutions where PyTorch would take slower kernels, same results."""
+
+import pytest
+import torch
+from torch import nn
+
+import useg.nets.conv as conv
+from useg.nets.conv import Conv2d, Conv3d, uses_onednn_kernel
+
+
+@pytest.mark.parametrize(("cls", "shape", "padding"), [
+    (Conv3d, (1, 6, 14, 15, 13), 1),   # small: PyTorch's reference kernel
+    (Conv3d, (1, 3, 12, 11, 10), 0),   # valid convolution
+    (Conv3d, (2, 4, 9, 10, 11), 1),    # a batch of two: the weight gradient sums over it
+    (Conv2d, (1, 5, 30, 29), 1),
+    (Conv2d, (1, 2, 17, 16), 0),
+])
+def test_forward_and_gradients_equal_pytorchs(cls, shape, padding):
+    torch.manual_seed(0)
+    mine = cls(shape[1], 7, 3, padding=padding)
+    ref = getattr(nn, cls.__name__)(shape[1], 7, 3, padding=padding)
+    ref.load_state_dict(mine.state_dict())
+    x = torch.randn(shape, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    assert uses_onednn_kernel(mine, x)
+    y, y_ref = mine(x), ref(x_ref)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (y_ref * g).sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mine.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mine.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_only_where_it_applies():
+    c = Conv3d(4, 4, 3, padding=1)
+    small = torch.randn(1, 4, 8, 8, 8)
+    with torch.no_grad():
+        assert uses_onednn_kernel(c, small)  # PyTorch would take its reference kernel
+        assert not uses_onednn_kernel(c, torch.randn(1, 4, 80, 80, 8))  # PyTorch's is oneDNN
+        assert not uses_onednn_kernel(c, small.double())
+    assert not uses_onednn_kernel(Conv3d(4, 4, 3, stride=2), small)
+    assert not uses_onednn_kernel(Conv3d(4, 4, 3, groups=2), small)
+    assert not uses_onednn_kernel(Conv3d(4, 4, 3, padding=1, padding_mode="reflect"), small)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not uses_onednn_kernel(c, small)
+    conv.DIRECT = False
+    try:
+        assert not uses_onednn_kernel(c, small)
+    finally:
+        conv.DIRECT = True
+
+
+def test_tracing_records_pytorchs_convolution():
+    # Exported networks (TorchScript, ONNX) must hold the standard operator, not a Python one.
+    c = Conv3d(2, 3, 3, padding=1).eval()
+    traced = torch.jit.trace(c, torch.randn(1, 2, 6, 6, 6))
+    assert "PythonOp" not in str(traced.graph)
+    assert "_convolution" in str(traced.graph) or "conv3d" in str(traced.graph)
