@@ -26,6 +26,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "predict3d": (["bench/predict3d.py", "--widths", "16", "32", "--profile", "--keep-freed",
                    "--monai-sweep", "--sweep-widths", "16"], "predict3d.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
+    "conv_kernels": (["bench/conv_kernels.py"], "conv_kernels.json"),
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
@@ -194,6 +195,14 @@ def _summary_rows(d) -> list[tuple[str, str]]:
             if not isinstance(v, (dict, list))]
 
 
+def _conv_kernels(d):
+    cpu = _get(d, "machine", "cpu", "model", default="?")
+    return [(f"3D U-Net width {r['width']}, depth {r['depth']}, {r['tile']}^3, {cpu}: training "
+             "step / forward, useg's convolutions over PyTorch's choice (same run)",
+             f"{_fmt(r['step']['speedup'])}x / {_fmt(r['forward']['speedup'])}x")
+            for r in _get(d, "rows", default=[])]
+
+
 def _flyem_neurons(d):
     s = _get(d, "summary", "chosen_on_annotated", default={}) or {}
     return [("FlyEM crop, 5,5,3 annotated slices: adapted Rand error of the neurons on the "
@@ -311,7 +320,8 @@ EXTRACT: dict[str, Callable] = {
     "demo": _demo, "recipes": _recipes,
     "nuclei": _nuclei, "ovules3d": _ovules3d,
     "isbi2012": _isbi, "isbi2012_segment": _isbi_segment,
-    "flyem_neurons": _flyem_neurons, "sparse3d": _sparse3d, "scale": _scale,
+    "flyem_neurons": _flyem_neurons, "conv_kernels": _conv_kernels,
+    "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
     "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
     "precision": _precision,
