@@ -130,6 +130,24 @@ def command_line() -> str:
     return shlex.join([".venv/bin/python", script, *sys.argv[1:]])
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`useg.io.files.atomic_write`)."""
+    from useg.io.files import atomic_write
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def publish(folder: str | os.PathLike, name: str, report: Any, markdown: str) -> None:
+    """A bench's results: ``<name>.json`` and ``<name>.md`` in ``folder``, each written
+    atomically, and the markdown on stdout."""
+    write_json(Path(folder) / f"{name}.json", report)
+    write_text(Path(folder) / f"{name}.md", markdown)
+    print(markdown)
+
+
 def write_json(path: str | os.PathLike, result: Any) -> Path:
     """Write ``result`` to ``path`` atomically (:func:`useg.io.write_json`), folders created."""
     from useg.io import write_json as atomic_write_json

@@ -20,7 +20,7 @@ import statistics
 import time
 
 import torch
-from _common import RESULTS, command_line, machine_info, write_json
+from _common import RESULTS, command_line, machine_info, publish
 
 import useg.nets.conv as conv
 from useg.nets.config import preset
@@ -106,7 +106,6 @@ def main() -> None:
               f"outputs differ by {row['max_abs_output_difference']:.1e}", flush=True)
     report = {"benchmark": "conv_kernels", "command": command_line(), "machine": machine,
               "threads": args.threads, "repeats": args.repeats, "rows": rows}
-    write_json(RESULTS / "conv_kernels.json", report)
     lines = ["# useg's convolutions against PyTorch's choice of kernel (3D U-Net, CPU)", "",
              f"Command: `{report['command']}`; CPU {machine['cpu']['model']} "
              f"({', '.join(machine['cpu']['flags'])}), {args.threads} thread(s), "
@@ -120,9 +119,7 @@ def main() -> None:
                      f"{r['step']['speedup']:.2f}x | {r['forward']['pytorch_choice_s']:.3f} / "
                      f"{r['forward']['useg_s']:.3f} | {r['forward']['speedup']:.2f}x | "
                      f"{r['max_abs_output_difference']:.1e} |")
-    text = "\n".join(lines) + "\n"
-    (RESULTS / "conv_kernels.md").write_text(text)
-    print(text)
+    publish(RESULTS, "conv_kernels", report, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import RESULTS, command_line, machine_info, write_json
+from _common import RESULTS, command_line, machine_info, publish, write_json
 from sparse3d import STEPS, Experiment, annotated_mask, boundary_iou, slice_positions
 
 from useg.device import resolve_precision
@@ -205,10 +205,7 @@ def main() -> None:
     report = {"benchmark": "flyem_neurons", "command": command_line(), "machine": machine,
               "network": network, "slices_zyx": list(SLICES), "runs": runs,
               "summary": summary(runs)}
-    write_json(out / "flyem_neurons.json", report)
-    text = markdown(report)
-    (out / "flyem_neurons.md").write_text(text)
-    print(text)
+    publish(out, "flyem_neurons", report, markdown(report))
 
 
 def json_ready(value: Any) -> Any:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import RESULTS, command_line, machine_info, write_json
+from _common import RESULTS, command_line, machine_info, publish
 from isbi2012 import SCORES, load_slices, predict_slices, prediction_tile
 
 from useg.evaluation.isbi import isbi_scores
@@ -191,11 +191,7 @@ def main() -> None:
                 "chosen_on": "ISBI 2012 training slices 15..19 (validation), TTA, by pixel "
                              "error + adapted Rand error (bench/isbi2012_segment.py)"}})
             report["stored_in"] = str(path)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / "isbi2012_segment.json", report)
-    text = markdown(report)
-    (RESULTS / "isbi2012_segment.md").write_text(text)
-    print(text)
+    publish(RESULTS, "isbi2012_segment", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import RESULTS, ROOT, command_line, machine_info, write_json
+from _common import RESULTS, ROOT, command_line, machine_info, publish
 
 from useg import io
 from useg.evaluation.objects import object_scores
@@ -336,11 +336,7 @@ def main() -> None:
               "splits": {k: [f"gbm{i:02d}" for i in v] for k, v in SPLITS.items()},
               "useg": runs, "useg_chosen_mode": chosen["mode"], "classical": base, "peer": peer}
     out = ROOT / "runs" / "nuclei-quick" if args.quick else RESULTS
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "nuclei.json", result)
-    text = markdown(result)
-    (out / "nuclei.md").write_text(text)
-    print(text)
+    publish(out, "nuclei", result, markdown(result))
 
 
 if __name__ == "__main__":
