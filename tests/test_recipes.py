@@ -290,3 +290,16 @@ def test_isbi_demo_fine_tunes_the_packaged_model(tmp_path):
     assert saved["net"] == json.loads(json.dumps(load_model("em-membrane").config.to_dict()))
     summary = json.loads((out / "summary.json").read_text())
     assert "slice 24" in summary["test_image"]
+
+
+def test_demo_says_when_the_model_does_not_beat_the_floor():
+    from useg.workflows.demo import score_lines, verdict
+
+    floor = {"pixel_error": 0.06, "adapted_rand_error": 0.16, "how": "raw threshold"}
+    good = {"pixel_error": 0.03, "adapted_rand_error": 0.02}
+    assert verdict(good, floor).startswith("verdict: the U-Net beats the floor")
+    weak = {"pixel_error": 0.07, "adapted_rand_error": 0.02}
+    line = verdict(weak, floor)
+    assert line.startswith("WARNING") and "pixel error" in line and "adapted" not in line
+    assert "again" in line  # what to do: the demo resumes
+    assert line in score_lines(weak, 0.5, floor)

@@ -44,7 +44,7 @@ from useg.training.samples import make_sample, targets_from_labels
 from useg.workflows import synthetic
 
 __all__ = ["DEMO_BUDGET", "DEMO_OPTIONS", "DEMO_STEPS", "overlay", "raw_threshold_floor",
-           "run_demo", "score_lines"]
+           "run_demo", "score_lines", "verdict"]
 
 # The cpu-fast recipe with what the demo sets over it: smaller tiles, which learn these images
 # in fewer seconds, batch norm and a border weight of 5. Measured over 1500 steps on the
@@ -155,7 +155,7 @@ def run_demo(
         "predict_seconds": round(predict_seconds, 2), "image_shape": list(fg.shape),
         "iterations": steps, "model": str(best), "threshold": threshold,
         "threshold_chosen_on": "the validation images (pixel error + adapted Rand error)",
-        **scores, "floor": floor, "good": GOOD_SCORES,
+        **scores, "floor": floor, "verdict": verdict(scores, floor), "good": GOOD_SCORES,
     }
     io.write_json(out / "summary.json", summary)
     report = _write_report(out, d, cfg, steps, (train_seconds, predict_seconds), fg.shape,
@@ -308,8 +308,24 @@ def score_lines(scores: dict[str, float], threshold: float, floor: dict[str, Any
         f"{scores['adapted_rand_error']:.4f}",
         f"floor without learning ({floor['how']}): pixel error {floor['pixel_error']:.4f}, "
         f"adapted Rand error {floor['adapted_rand_error']:.4f}",
+        verdict(scores, floor),
         f"good: {GOOD_SCORES}",
     ]
+
+
+def verdict(scores: dict[str, float], floor: dict[str, Any]) -> str:
+    """One line: whether the model beat the floor in both scores, and what to do if not.
+
+    A busy machine fits fewer steps into the time budget, and a model that has not learnt enough
+    can be worse than thresholding the raw image: the user must be told, not left to compare.
+    """
+    short = [name.replace("_", " ") for name in ("pixel_error", "adapted_rand_error")
+             if scores[name] >= floor[name]]
+    if not short:
+        return "verdict: the U-Net beats the floor in both scores"
+    return (f"WARNING: the U-Net does not beat the floor in {' and '.join(short)}: it trained "
+            "too few steps for this image (fewer fit in the time budget when the machine is "
+            "busy); run the same command again to train on from where it stopped")
 
 
 def _write_report(
@@ -341,6 +357,7 @@ def _write_report(
         f"{scores['iou_foreground']:.4f} |",
         f"| floor without learning: {floor['how']} | {floor['pixel_error']:.4f} | "
         f"{floor['adapted_rand_error']:.4f} | |", "",
+        f"{verdict(scores, floor)}.", "",
         f"Good scores: {GOOD_SCORES}.", "",
         "![image, probability, segments, ground truth](overlay.png)", "",
         "Overlay (top-left 512x512 crop): image, foreground probability, predicted segment "
