@@ -42,6 +42,7 @@ def test_only_where_it_applies():
         assert not uses_onednn_kernel(c, small.double())
     assert not uses_onednn_kernel(Conv3d(4, 4, 3, stride=2), small)
     assert not uses_onednn_kernel(Conv3d(4, 4, 3, groups=2), small)
+    assert not uses_onednn_kernel(Conv3d(4, 4, 3, padding=3), small)
     assert not uses_onednn_kernel(Conv3d(4, 4, 3, padding=1, padding_mode="reflect"), small)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not uses_onednn_kernel(c, small)

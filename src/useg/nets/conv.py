@@ -50,6 +50,8 @@ def uses_onednn_kernel(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> bool:
         and not isinstance(conv.padding, str)
         and all(s == 1 for s in conv.stride)
         and all(d == 1 for d in conv.dilation)
+        # The input gradient pads by kernel - 1 - padding, which must not be negative.
+        and all(p < k for p, k in zip(conv.padding, conv.kernel_size, strict=True))
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
