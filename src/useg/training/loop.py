@@ -218,6 +218,8 @@ class _Run:
     last_value: float = math.nan
     data_wait: float = 0.0  # seconds spent waiting for batches
     compute: float = 0.0  # seconds spent in steps
+    # (time, step) of the last out-of-time check: how fast the steps go now, logs and all.
+    last_check: tuple[float, int] | None = None
 
     def due(self, every: int) -> bool:
         """Whether the step reached is a multiple of ``every`` or the last one."""
@@ -722,7 +724,16 @@ def _out_of_time(run: _Run, started: float) -> bool:
     if run.dist.world > 1 and not run.due(cfg.log_every):
         return False  # several processes agree at log steps only
     final = decision.get("validation_seconds", 0.0) + decision.get("checkpoint_seconds", 0.0)
-    late = time.perf_counter() - started + final > cfg.time_budget
+    now = time.perf_counter()
+    # The steps up to the next check at the pace of those since the last one (everything
+    # between two checks counted: logging, callbacks, another program on the cores), so the
+    # run stops before the step that would end past the budget, not after it.
+    ahead = 0.0
+    if run.last_check is not None and run.step > run.last_check[1]:
+        pace = (now - run.last_check[0]) / (run.step - run.last_check[1])
+        ahead = pace * (cfg.log_every if run.dist.world > 1 else 1)
+    run.last_check = (now, run.step)
+    late = now - started + ahead + final > cfg.time_budget
     if run.dist.world > 1:
         flag = torch.tensor([float(late)], dtype=torch.float64, device=run.device)
         late = float(all_reduce_sum(flag, run.dist)[0]) > 0
