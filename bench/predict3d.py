@@ -26,6 +26,13 @@ volumes, with its memory cost: useg fp32 and bf16 and MONAI channels-last, each 
 comes and with the thresholds raised from the worker's start; every ratio to MONAI is taken under
 the same setting for both (the ``allocator`` part of the results).
 
+``--layers`` measures the ceiling the network itself sets: every convolution of the network on
+a default tile, run alone (the best of three after a warm-up), against the limit's convolution
+measured in the same process, and one whole forward pass of that tile. The FLOPs of all
+convolutions over their summed seconds, as a fraction of the limit, is what a prediction could
+reach if nothing but the convolutions took time; the whole pass over the summed convolutions is
+what the rest (pooling, up-convolutions, copies, ReLU) adds.
+
 ``--monai-sweep`` compares useg with MONAI in every configuration of a sweep (memory format x
 roi 64/96/128 x overlap 0.25/0.5, each in useg's precision: fp32, and bf16 autocast where the
 CPU has bf16 instructions) and then, back to back, with the fastest of them, and compares their
@@ -82,55 +89,91 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", help="network widths (default 16)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats")
     parser.add_argument("--roi", type=int, help="MONAI roi side (default 128; 64 with --quick)")
-    parser.add_argument("--monai-formats", nargs="+", default=["contiguous", "channels_last"],
-                        choices=["contiguous", "channels_last"])
+    parser.add_argument(
+        "--monai-formats",
+        nargs="+",
+        default=["contiguous", "channels_last"],
+        choices=["contiguous", "channels_last"],
+    )
     parser.add_argument("--threads", type=int, help="torch threads per run (default: all)")
     parser.add_argument("--output", type=Path, default=RESULTS / "predict3d.json")
-    parser.add_argument("--profile", action="store_true",
-                        help="profile one tile with and without keeping freed memory")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile one tile with and without keeping freed memory",
+    )
     parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
-    parser.add_argument("--keep-freed", action="store_true",
-                        help="also time useg with glibc keeping freed memory (set at its start)")
+    parser.add_argument(
+        "--layers",
+        action="store_true",
+        help="each convolution of a default tile alone against the limit",
+    )
+    parser.add_argument(
+        "--keep-freed",
+        action="store_true",
+        help="also time useg with glibc keeping freed memory (set at its start)",
+    )
     add_sweep_arguments(parser, 3)
     parser.add_argument("--profile-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--layers-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile_worker:
         print(json.dumps(profile_worker(json.loads(args.profile_worker))))
+        return
+    if args.layers_worker:
+        print(json.dumps(layers_worker(json.loads(args.layers_worker))))
         return
     sizes = args.sizes or ([96] if args.quick else [256])
     widths = args.widths or [16]
     roi = args.roi or (64 if args.quick else 128)
     started = time.time()
     result = result_head(
-        "3D prediction on CPU: useg overlap tiles vs MONAI sliding window", {
+        "3D prediction on CPU: useg overlap tiles vs MONAI sliding window",
+        {
             "network": "cicek2016 with batch_stats=False (valid) for useg; the same weights with "
-                       "padding='same' for MONAI",
+            "padding='same' for MONAI",
             "volume": "synthetic touching cells (useg.workflows.synthetic), 128^3 mirror-tiled, "
-                      "float32",
+            "float32",
             "monai": {"roi": roi, "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1},
             "useg": "predict() with its default tile; bf16 = autocast",
             "limit": "conv GFLOP/s of a 64->64 3x3x3 conv at 64^3 channels_last_3d (mean of "
-                     "before and after each prediction, same process) / FLOPs per output voxel",
+            "before and after each prediction, same process) / FLOPs per output voxel",
             "torch_threads": args.threads or "all (torch default)",
             "freed memory kept": f"environment from the worker's start: {KEEP_FREED}",
-        })
+        },
+    )
     if not args.no_speed:
         with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
             print(f"speed: sizes {sizes}, widths {widths}, {args.repeats} repeat(s)", flush=True)
-            result["speed"] = speed_comparison(args, 3, "cicek2016", sizes, widths, roi,
-                                               Path(tmp), BENCH / "predict.py")
+            result["speed"] = speed_comparison(
+                args, 3, "cicek2016", sizes, widths, roi, Path(tmp), BENCH / "predict.py"
+            )
     if args.keep_freed:
         with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
             print(f"allocator: sizes {sizes}, widths {widths}", flush=True)
-            variant = argparse.Namespace(**{
-                **vars(args), "monai_formats": ["channels_last"],
-                "useg_env_variants": {"freed memory kept": KEEP_FREED}})
-            result["allocator"] = speed_comparison(variant, 3, "cicek2016", sizes, widths, roi,
-                                                   Path(tmp), BENCH / "predict.py")
+            variant = argparse.Namespace(
+                **{
+                    **vars(args),
+                    "monai_formats": ["channels_last"],
+                    "useg_env_variants": {"freed memory kept": KEEP_FREED},
+                }
+            )
+            result["allocator"] = speed_comparison(
+                variant, 3, "cicek2016", sizes, widths, roi, Path(tmp), BENCH / "predict.py"
+            )
     if args.monai_sweep:
         with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
-            result["monai_best"] = monai_sweep(args, 3, "cicek2016", sizes, widths, Path(tmp),
-                                               BENCH / "predict.py")
+            result["monai_best"] = monai_sweep(
+                args, 3, "cicek2016", sizes, widths, Path(tmp), BENCH / "predict.py"
+            )
+    if args.layers:
+        result["layers"] = {
+            f"width {w}, {s}^3": run_worker(
+                {"width": w, "size": s}, Path(__file__), {}, flag="--layers-worker"
+            )
+            for s in sizes
+            for w in widths
+        }
     if args.profile:
         result["profile"] = {f"width {w}, {s}^3": profile_part(w, s) for s in sizes for w in widths}
     result["elapsed_s"] = time.time() - started
@@ -141,6 +184,8 @@ def main() -> None:
             print_table(result[part])
     if "monai_best" in result:
         print_sweep(result["monai_best"])
+    for key, part in result.get("layers", {}).items():
+        print_layers(key, part)
     for key, part in result.get("profile", {}).items():
         print_profile(key, part)
     print(f"elapsed {result['elapsed_s'] / 60:.1f} min -> {args.output}")
@@ -156,8 +201,9 @@ def profile_part(width: int, size: int) -> dict:
     tile = default_tile(UNet("cicek2016", width=width, batch_stats=False), (size,) * 3)
     part: dict[str, Any] = {"tile": list(tile)}
     for name, env in (("allocator default", {}), ("keep freed memory", KEEP_FREED)):
-        part[name] = run_worker({"width": width, "tile": list(tile)}, Path(__file__), env,
-                                flag="--profile-worker")
+        part[name] = run_worker(
+            {"width": width, "tile": list(tile)}, Path(__file__), env, flag="--profile-worker"
+        )
     return part
 
 
@@ -198,6 +244,108 @@ def profile_worker(spec: dict) -> dict:
     }
 
 
+def layers_worker(spec: dict) -> dict:
+    """Each convolution of one default tile alone, the limit's convolution, one whole pass."""
+    import math
+
+    import torch
+    from predict import conv_gflops
+
+    from useg.inference.tile_choice import default_tile
+    from useg.nets import UNet
+    from useg.nets.forward import inference_forward, inference_layers, memory_format
+
+    net = UNet("cicek2016", width=spec["width"], batch_stats=False).eval()
+    tile = default_tile(net, (spec["size"],) * 3)
+    layers = inference_layers(net)
+    fmt = memory_format(3)
+    seen: list[tuple[torch.nn.Module, tuple, tuple]] = []
+    record = {
+        id(m): m
+        for m in [*net.modules(), *(m for b in layers[0] + layers[1] for m in b)]
+        if isinstance(m, torch.nn.modules.conv._ConvNd)
+    }
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.append((m, i[0].shape, o.shape)))
+        for m in record.values()
+    ]
+
+    def best(fn, repeats: int = 3) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    x = torch.rand(1, 1, *tile).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        inference_forward(net, x, layers)
+        for h in hooks:
+            h.remove()
+        limits = [conv_gflops(3, "fp32")]
+        whole = best(lambda: inference_forward(net, x, layers))
+        rows = []
+        for module, shape_in, shape_out in seen:
+            xi = torch.rand(*shape_in).contiguous(memory_format=fmt)
+            seconds = best(lambda m=module, xi=xi: m(xi))
+            flops = (
+                2.0
+                * module.in_channels
+                * module.out_channels
+                * math.prod(module.kernel_size)
+                * math.prod(shape_out[2:])
+            )
+            if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
+                flops = 2.0 * module.in_channels * module.out_channels * math.prod(shape_out[2:])
+            rows.append(
+                {
+                    "layer": f"{type(module).__name__} {module.in_channels}->"
+                    f"{module.out_channels} k{module.kernel_size[0]}",
+                    "out": list(shape_out[2:]),
+                    "seconds": seconds,
+                    "gflops": flops / 1e9,
+                }
+            )
+        limits.append(conv_gflops(3, "fp32"))
+    limit = sum(limits) / len(limits)
+    conv_s = sum(r["seconds"] for r in rows)
+    conv_gflop = sum(r["gflops"] for r in rows)
+    for r in rows:
+        r["fraction_of_limit"] = r["gflops"] / r["seconds"] / limit
+    return {
+        "tile": list(tile),
+        "threads": torch.get_num_threads(),
+        "limit_gflops_fp32_before_after": limits,
+        "layers": rows,
+        "convolutions_seconds": conv_s,
+        "whole_pass_seconds": whole,
+        "convolutions_fraction_of_limit": conv_gflop / conv_s / limit,
+        "whole_pass_fraction_of_limit": conv_gflop / whole / limit,
+        "whole_over_convolutions": whole / conv_s,
+    }
+
+
+def print_layers(key: str, part: dict) -> None:
+    print(
+        f"\nconvolutions alone, {key}, tile {part['tile']}, {part['threads']} thread(s), "
+        f"limit {sum(part['limit_gflops_fp32_before_after']) / 2:.0f} GFLOP/s"
+    )
+    print(f"{'layer':<34}{'out':>16}{'ms':>9}{'of limit':>10}")
+    for r in part["layers"]:
+        print(
+            f"{r['layer']:<34}{'x'.join(map(str, r['out'])):>16}{r['seconds'] * 1e3:>9.1f}"
+            f"{r['fraction_of_limit']:>10.2f}"
+        )
+    print(
+        f"all convolutions {part['convolutions_seconds']:.2f} s "
+        f"({part['convolutions_fraction_of_limit']:.2f} of the limit); whole pass "
+        f"{part['whole_pass_seconds']:.2f} s ({part['whole_pass_fraction_of_limit']:.2f} of the "
+        f"limit, {part['whole_over_convolutions']:.2f}x the convolutions)"
+    )
+
+
 def print_profile(key: str, part: dict) -> None:
     runs = {k: v for k, v in part.items() if isinstance(v, dict)}
     print(f"profile {key}, tile {part['tile']}")
@@ -206,8 +354,12 @@ def print_profile(key: str, part: dict) -> None:
         print(f"  {field:36}" + "".join(f"{r[field]:20.4g}" for r in runs.values()))
     groups = next(iter(runs.values()))["profiled_self_cpu_s_by_group"]
     for group in groups:
-        print(f"  {group:36}" + "".join(
-            f"{r['profiled_self_cpu_s_by_group'].get(group, 0.0):20.3f}" for r in runs.values()))
+        print(
+            f"  {group:36}"
+            + "".join(
+                f"{r['profiled_self_cpu_s_by_group'].get(group, 0.0):20.3f}" for r in runs.values()
+            )
+        )
 
 
 if __name__ == "__main__":
