@@ -22,7 +22,10 @@ adapted Rand error of the segmentation against the dense bodies over the unannot
 boundary IoU (argmax) is bench/sparse3d.py's measure, for reference.
 
 Every finished seed is kept in bench/results/flyem_neurons_runs/ (with what it was made with):
-a rerun resumes there. Results: bench/results/flyem_neurons.json and .md.
+a rerun resumes there. Each seed's boundary map is kept too, outside the repository
+(``--maps``, default runs/flyem_neurons_maps/): a rerun with a changed search of settings
+segments the kept maps anew instead of training again. Results:
+bench/results/flyem_neurons.json and .md.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ import itertools
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _common import RESULTS, command_line, machine_info, publish, write_json
+from _common import RESULTS, ROOT, command_line, machine_info, publish, write_json
 from sparse3d import STEPS, Experiment, annotated_mask, boundary_iou, slice_positions
 
 from useg.device import resolve_precision
@@ -78,12 +82,23 @@ def on_planes(segments: np.ndarray, bodies: np.ndarray, slices: dict[int, list[i
     return float(np.mean(errors))
 
 
-def one_seed(exp: Experiment, steps: int, seed: int) -> dict[str, Any]:
+def train_seed(exp: Experiment, steps: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Train on the annotated slices; the crop's boundary probability and the run's figures."""
     shape = exp.bodies.shape
     slices = slice_positions(SLICES, shape)
-    t0 = time.perf_counter()
     run = exp.run(3, SLICES, steps, seed=seed, keep_probability=True)
-    boundary = run["probability"]
+    unannotated = ~annotated_mask(slices, shape) & (exp.bodies != 0)
+    meta = {"seed": seed, "slices_zyx": list(SLICES), "steps": steps,
+            "train_s": run["train_s"], "predict_s": run["predict_s"],
+            "iou_boundary_unannotated": boundary_iou(run["prediction"], exp.target,
+                                                     unannotated & (exp.target != IGNORE))}
+    return run["probability"], meta
+
+
+def segment_seed(exp: Experiment, boundary: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    """Each way's settings chosen on the annotated planes, then the unannotated voxels scored."""
+    shape = exp.bodies.shape
+    slices = slice_positions(SLICES, shape)
     unannotated = ~annotated_mask(slices, shape) & (exp.bodies != 0)
     t1 = time.perf_counter()
     search = []
@@ -107,14 +122,29 @@ def one_seed(exp: Experiment, steps: int, seed: int) -> dict[str, Any]:
             "bodies_in_unannotated": int(np.unique(exp.bodies[unannotated]).size),
         }
     chosen = min(ways, key=lambda w: ways[w]["annotated_adapted_rand"])
-    return {
-        "seed": seed, "slices_zyx": list(SLICES), "steps": steps,
-        "train_s": run["train_s"], "predict_s": run["predict_s"],
-        "segment_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0,
-        "iou_boundary_unannotated": boundary_iou(run["prediction"], exp.target,
-                                                 unannotated & (exp.target != IGNORE)),
-        "chosen_way": chosen, "ways": ways, "search": search,
-    }
+    return {**meta, "segment_s": time.perf_counter() - t1, "chosen_way": chosen, "ways": ways,
+            "search": search}
+
+
+def load_map(path: Path, network: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """A kept boundary map and its run's figures, if it was made by ``network``."""
+    if not path.exists():
+        return None
+    with np.load(path) as kept:
+        meta = json.loads(str(kept["meta"]))
+        if meta.get("network") != network:
+            return None
+        return kept["boundary"].astype(np.float32), meta["run"]
+
+
+def keep_map(path: Path, boundary: np.ndarray, network: str, meta: dict[str, Any]) -> None:
+    """Keep a seed's boundary map (float16) so that a new search needs no new training."""
+    from useg.io.files import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, boundary=boundary.astype(np.float16),
+                            meta=json.dumps({"network": network, "run": meta}))
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -169,6 +199,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: small crop, few steps, nothing kept")
+    parser.add_argument("--maps", type=Path,
+                        help="where each seed's boundary map is kept, so that a changed search "
+                             "needs no training (default runs/flyem_neurons_maps, not committed)")
     args = parser.parse_args()
     # The chosen configuration of bench/sparse3d.py.
     exp_args = argparse.Namespace(
@@ -186,6 +219,7 @@ def main() -> None:
     identity = {"network": network, "slices": list(SLICES), "grid": candidates()}
     out = RESULTS if not args.quick else RESULTS.parent.parent / "runs" / "flyem-quick"
     cache = out / "flyem_neurons_runs"
+    maps = args.maps or ROOT / "runs" / ("flyem-quick" if args.quick else "flyem_neurons_maps")
     runs = []
     for seed in args.seeds:
         path = cache / f"seed{seed}.json"
@@ -193,8 +227,15 @@ def main() -> None:
         if saved and saved.get("identity") == json_ready(identity):
             run = saved["run"]
         else:
-            print(f"seed {seed}: training {steps} steps", flush=True)
-            run = one_seed(exp, steps, seed)
+            kept = load_map(maps / f"seed{seed}.npz", network)
+            if kept is None:
+                print(f"seed {seed}: training {steps} steps", flush=True)
+                boundary, meta = train_seed(exp, steps, seed)
+                keep_map(maps / f"seed{seed}.npz", boundary, network, meta)
+            else:
+                print(f"seed {seed}: the kept boundary map, searched anew", flush=True)
+                boundary, meta = kept
+            run = segment_seed(exp, boundary, meta)
             write_json(path, {"identity": identity, "run": run})
         runs.append(run)
         w = run["ways"][run["chosen_way"]]
