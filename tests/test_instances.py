@@ -491,3 +491,31 @@ def test_block_wise_objects_with_seed_threshold_equal_the_whole_image():
         out = np.zeros(p1.shape, np.uint32)
         assert instances_in_blocks(probs, out, "instances", params, block, 45) == whole.max()
         assert same_partition(out, whole), block
+
+
+def test_merge_below_joins_a_body_cut_by_too_many_seeds_not_two_bodies():
+    # Two cells of the boundary target; the left one is a dumbbell, which distance seeds cut at
+    # its neck (no boundary there), while a full membrane separates the two cells.
+    p1 = np.full((30, 70), 0.05, np.float32)
+    p1[[0, 29], :] = p1[:, [0, 69]] = 0.95
+    p1[:, 45] = 0.95  # the membrane between the cells
+    p1[0:12, 22] = p1[18:30, 22] = 0.95  # walls leaving a neck at rows 12..17
+    probs = np.stack([1 - p1, p1])
+    cut = instances_from_probabilities(probs, "boundary", InstanceParams(min_size=0))
+    assert cut[15, 10] != cut[15, 35]  # the dumbbell cut at its neck
+    joined = instances_from_probabilities(probs, "boundary",
+                                          InstanceParams(min_size=0, merge_below=0.5))
+    assert joined[15, 10] == joined[15, 35] != joined[15, 55]
+    assert joined.max() == 2 and joined.min() > 0
+    # The membrane between the cells (its faces: 0.5, 0.95 at the frame) is below 0.6 only.
+    assert instances_from_probabilities(probs, "boundary",
+                                        InstanceParams(min_size=0, merge_below=0.6)).max() == 1
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, "0.5", True, float("inf")])
+def test_merge_below_is_checked(bad):
+    with pytest.raises(ModelFileError, match="merge_below must be a number in"):
+        InstanceParams.from_dict({"merge_below": bad}, source="m.safetensors: instances")
+    params = InstanceParams.from_dict({"merge_below": 0.3}, source="x")
+    assert params.merge_below == 0.3
+    assert InstanceParams.from_dict(params.to_dict(), source="x") == params

@@ -99,18 +99,37 @@ def test_seed_threshold_flag_reaches_the_instance_step(tmp_path, fake_network, c
     assert "given: seed_threshold=0.9" in capsys.readouterr().err
 
 
+def test_merge_below_flag_reaches_the_instance_step(tmp_path, fake_network, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", _discs())
+    assert main(["predict", str(tmp_path / "a.tif"), "--model", str(_model(tmp_path)), "--out",
+                 str(tmp_path / "out"), "--instances", "--instance-threshold", "0.2",
+                 "--merge-below", "0.9", "--quiet"]) == 0
+    probs, _ = read_image(tmp_path / "out" / "a_probs.tif")
+    found = tifffile.imread(tmp_path / "out" / "a_instances.tif")
+    assert np.array_equal(found, instances_from_probabilities(
+        probs, "instances", InstanceParams(threshold=0.2, merge_below=0.9)))
+    # At this threshold the touching discs are one piece of foreground, cut in two at its neck
+    # by the seeds; the line where they meet is weaker background than 0.9: joined again.
+    unmerged = instances_from_probabilities(probs, "instances", InstanceParams(threshold=0.2))
+    assert unmerged.max() == 3
+    assert found.max() == 2
+    assert "given: threshold=0.2, merge_below=0.9" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--instances"], "needs a model trained with --labels"),
     (["--min-size", "3"], "--min-size: only with --instances"),
     (["--instance-threshold", "0.5"], "--instance-threshold: only with --instances"),
     (["--seed-threshold", "0.9"], "--seed-threshold: only with --instances"),
     (["--instances", "--seed-threshold", "0"], "expected a number in (0, 1)"),
+    (["--merge-below", "0.3"], "--merge-below: only with --instances"),
+    (["--instances", "--merge-below", "1"], "expected a number in (0, 1)"),
     (["--instances", "--instance-threshold", "1"], "expected a number in (0, 1)"),
 ])
 def test_instances_refusals_are_one_line(tmp_path, capsys, argv, message):
     tifffile.imwrite(tmp_path / "a.tif", _discs())
     model = tmp_path / "classes.safetensors"
-    if {"--instance-threshold", "--min-size", "--seed-threshold"} & set(argv):  # instances
+    if {"--instance-threshold", "--min-size", "--seed-threshold", "--merge-below"} & set(argv):
         model = _model(tmp_path)
     else:
         model = _model(tmp_path, mode="classes", classes=3, name="classes.safetensors")

@@ -59,6 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    default=None, help="seed each object from a piece of interior above this "
                    "probability, grown over the boundary probability (for cells that fill the "
                    "image, as neurons in EM), instead of from distance maxima")
+    g.add_argument("--merge-below", type=float_range(0.0, 1.0, low_open=True, high_open=True),
+                   default=None, help="then join touching objects while the mean boundary "
+                   "probability between them is below this (for bodies split by too many seeds)")
     g.add_argument("--min-size", type=non_negative_int, default=None,
                    help="in pixels (voxels in 3D): smaller objects are removed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     instance_options = {"threshold": args.instance_threshold,
                         "seed_distance": args.seed_distance, "min_size": args.min_size,
-                        "seed_threshold": args.seed_threshold}
+                        "seed_threshold": args.seed_threshold, "merge_below": args.merge_below}
     result = segment_paths(
         args.inputs, args.out, args.model, instances=args.instances,
         instance_options=instance_options, on_settings=lambda line: print(line, file=sys.stderr),

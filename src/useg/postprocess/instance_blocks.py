@@ -16,7 +16,8 @@ and labels them exactly as one pass over the whole image would (the flooding has
 the block size, blocks smaller than an object included. With a smaller halo, objects cut by a
 window's edge may be split or merged differently near block borders. The ``"boundary"`` target
 floods the whole image as one piece, so for it the result is exact only as far as the catchment
-of each body lies within the halo.
+of each body lies within the halo. Joining across weak boundaries (``merge_below``) is done within
+each window, so it is exact as far as every chain of joined pieces lies within the halo.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from skimage.morphology import local_maxima
 from skimage.segmentation import watershed
 
 from useg.errors import ConfigError, InputError, ModelFileError, UsegError, check_choice
+from useg.postprocess.agglomerate import merge_weak_boundaries
 from useg.postprocess.segments import relabel_sequential, remove_small_objects
 
 __all__ = ["TARGETS", "InstanceParams", "instance_dtype", "instances_from_probabilities"]
@@ -103,6 +104,14 @@ class InstanceParams:
         sign of one cell, and the high-confidence interiors are the better seeds. For
         ``"three_class"`` it replaces ``threshold`` for the interior seeds only. None: the
         seeds described above. In (0, 1).
+    merge_below : float or None
+        After the flooding, join touching objects while the mean probability of a boundary
+        over the faces they share is below this (weakest pair first, faces of joined objects
+        pooled; :func:`useg.postprocess.agglomerate.merge_weak_boundaries`). The boundary is
+        the boundary class of ``"boundary"`` and ``"three_class"``, the background of
+        ``"instances"``. With it, seeds can be many (a small ``seed_distance``) and the bodies
+        they split are joined again where the network sees no boundary between the pieces.
+        None: nothing is joined. In (0, 1).
 
     Examples
     --------
@@ -116,6 +125,7 @@ class InstanceParams:
     min_size: int = 16
     connectivity: int = 1
     seed_threshold: float | None = None
+    merge_below: float | None = None
 
     def __post_init__(self) -> None:
         _check_params(self.to_dict(), "InstanceParams", ConfigError)
@@ -152,11 +162,12 @@ class InstanceParams:
                         f"known: {', '.join(names)}")
         values = {**cls().to_dict(), **d}
         _check_params(values, source, error)
-        seed_threshold = values["seed_threshold"]
+        seed_threshold, merge_below = values["seed_threshold"], values["merge_below"]
         return cls(threshold=float(values["threshold"]),
                    seed_distance=float(values["seed_distance"]),
                    min_size=int(values["min_size"]), connectivity=int(values["connectivity"]),
-                   seed_threshold=None if seed_threshold is None else float(seed_threshold))
+                   seed_threshold=None if seed_threshold is None else float(seed_threshold),
+                   merge_below=None if merge_below is None else float(merge_below))
 
 
 def _show(value: Any) -> str:
@@ -180,6 +191,8 @@ def _check_params(values: Mapping[str, Any], source: str, error: type[UsegError]
         ("min_size", integer, lambda v: v >= 0, "an integer >= 0 (pixels)"),
         ("connectivity", integer, lambda v: v >= 1, "an integer >= 1"),
         ("seed_threshold", lambda v: v is None or real(v), lambda v: v is None or 0 < v < 1,
+         "a number in (0, 1) or null"),
+        ("merge_below", lambda v: v is None or real(v), lambda v: v is None or 0 < v < 1,
          "a number in (0, 1) or null"),
     )
     for name, kind, in_range, wanted in rules:
@@ -275,6 +288,9 @@ def instances_from_probabilities(
         # The interior first, cut at its necks; then the boundary pixels, met on its ridges.
         landscape = np.where(interior, -distance, p[1])
     labels = _grow(landscape, seeds, mask, footprint, params.min_size)
+    if params.merge_below is not None:
+        between = p[{"boundary": 1, "three_class": 2, "instances": 0}[target]]
+        labels = merge_weak_boundaries(labels, between, params.merge_below)
     return _consecutive(labels)
 
 

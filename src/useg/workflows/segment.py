@@ -38,7 +38,8 @@ INSTANCE_TARGETS = {"binary": "instances", "instances": "instances",
 
 # The command-line flags of the instance settings, for messages.
 INSTANCE_FLAGS = {"threshold": "--instance-threshold", "seed_distance": "--seed-distance",
-                  "min_size": "--min-size", "seed_threshold": "--seed-threshold"}
+                  "min_size": "--min-size", "seed_threshold": "--seed-threshold",
+                  "merge_below": "--merge-below"}
 
 
 def instance_settings(
@@ -182,6 +183,8 @@ def _describe(params: InstanceParams) -> str:
     # A setting that does not take part is not shown: no seed threshold (the default), or the
     # seed distance when seeds come from the seed threshold.
     unused = {"seed_threshold"} if params.seed_threshold is None else {"seed_distance"}
+    if params.merge_below is None:
+        unused.add("merge_below")
     return ", ".join(f"{f.name} {getattr(params, f.name)}" for f in dataclasses.fields(params)
                      if f.name not in unused)
 
