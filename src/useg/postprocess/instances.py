@@ -111,6 +111,8 @@ class InstanceParams:
         the boundary class of ``"boundary"`` and ``"three_class"``, the background of
         ``"instances"``. With it, seeds can be many (a small ``seed_distance``) and the bodies
         they split are joined again where the network sees no boundary between the pieces.
+        For ``"instances"`` the objects lie within ``background < 1 - threshold``, so a
+        ``merge_below`` of ``1 - threshold`` or more joins every pair that touches.
         None: nothing is joined. In (0, 1).
 
     Examples
