@@ -248,9 +248,11 @@ def layers_worker(spec: dict) -> dict:
     """Each convolution of one default tile alone, the limit's convolution, one whole pass."""
     import math
 
+    import numpy as np
     import torch
-    from predict import conv_gflops
+    from predict import conv_gflops, flops_per_pixel
 
+    from useg.inference.predict import predict
     from useg.inference.tile_choice import default_tile
     from useg.nets import UNet
     from useg.nets.forward import inference_forward, inference_layers, memory_format
@@ -314,6 +316,17 @@ def layers_worker(spec: dict) -> dict:
     conv_gflop = sum(r["gflops"] for r in rows)
     for r in rows:
         r["fraction_of_limit"] = r["gflops"] / r["seconds"] / limit
+    # Where a whole volume's fraction of the limit goes beyond one pass: a tile computes its
+    # halo again (valid convolutions), and whole tiles overshoot the volume's edges.
+    size = spec["size"]
+    out = seen[-1][2][2:]
+    per_voxel = flops_per_pixel(net.config)
+    halo_factor = conv_gflop * 1e9 / (math.prod(out) * per_voxel)
+    cover_factor = math.prod(-(-size // o) * o for o in out) / size**3
+    volume = np.random.default_rng(0).random((size,) * 3, dtype=np.float32)
+    t0 = time.perf_counter()
+    predict(net, volume, progress=False, precision="fp32")
+    predict_s = time.perf_counter() - t0
     return {
         "tile": list(tile),
         "threads": torch.get_num_threads(),
@@ -324,6 +337,11 @@ def layers_worker(spec: dict) -> dict:
         "convolutions_fraction_of_limit": conv_gflop / conv_s / limit,
         "whole_pass_fraction_of_limit": conv_gflop / whole / limit,
         "whole_over_convolutions": whole / conv_s,
+        "halo_factor": halo_factor,
+        "cover_factor": cover_factor,
+        "volume_predict_seconds": predict_s,
+        "volume_fraction_of_limit": size**3 * per_voxel / predict_s / (limit * 1e9),
+        "volume_fraction_expected": conv_gflop / whole / limit / halo_factor / cover_factor,
     }
 
 
@@ -343,6 +361,13 @@ def print_layers(key: str, part: dict) -> None:
         f"({part['convolutions_fraction_of_limit']:.2f} of the limit); whole pass "
         f"{part['whole_pass_seconds']:.2f} s ({part['whole_pass_fraction_of_limit']:.2f} of the "
         f"limit, {part['whole_over_convolutions']:.2f}x the convolutions)"
+    )
+    print(
+        f"a tile's convolutions over its output's share of the ideal: {part['halo_factor']:.2f}x "
+        f"(halo); tiles over the volume: {part['cover_factor']:.2f}x; the whole volume by "
+        f"predict(): {part['volume_predict_seconds']:.1f} s, "
+        f"{part['volume_fraction_of_limit']:.2f} of the limit (one pass / halo / cover: "
+        f"{part['volume_fraction_expected']:.2f})"
     )
 
 

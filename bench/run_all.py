@@ -25,6 +25,9 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "precision": (["bench/precision.py"], "precision.json"),
     "predict3d": (["bench/predict3d.py", "--widths", "16", "32", "--profile", "--keep-freed",
                    "--monai-sweep", "--sweep-widths", "16"], "predict3d.json"),
+    "predict3d_layers": (["bench/predict3d.py", "--no-speed", "--layers", "--profile",
+                          "--output", "bench/results/predict3d_layers.json"],
+                         "predict3d_layers.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
     "conv_kernels": (["bench/conv_kernels.py"], "conv_kernels.json"),
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
@@ -189,6 +192,24 @@ def _prediction(d):
     return rows
 
 
+def _layers(d):
+    """Where a 3D prediction's fraction of the conv limit goes (bench/predict3d.py --layers)."""
+    cpu = _get(d, "machine", "cpu", "model", default="?")
+    rows = []
+    for case, part in (_get(d, "layers", default={}) or {}).items():
+        rows.append((f"cicek2016 {case} fp32, {cpu}: fraction of the conv limit: convolutions "
+                     "alone / one tile pass / whole volume (predicted from the pass, halo "
+                     "and cover factors)",
+                     f"{_fmt(part['convolutions_fraction_of_limit'])} / "
+                     f"{_fmt(part['whole_pass_fraction_of_limit'])} / "
+                     f"{_fmt(part['volume_fraction_of_limit'])} "
+                     f"({_fmt(part['volume_fraction_expected'])})"))
+        rows.append((f"cicek2016 {case}: tile {part['tile']} convolutions over the ideal "
+                     "(halo) / tiles over the volume (cover)",
+                     f"{_fmt(part['halo_factor'])}x / {_fmt(part['cover_factor'])}x"))
+    return rows + _prediction(d)
+
+
 def _summary_rows(d) -> list[tuple[str, str]]:
     """Benchmarks that write a flat ``summary`` dict of headline figures."""
     return [(k, _fmt(v)) for k, v in (_get(d, "summary", default={}) or {}).items()
@@ -324,7 +345,7 @@ EXTRACT: dict[str, Callable] = {
     "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
     "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
-    "precision": _precision,
+    "predict3d_layers": _layers, "precision": _precision,
 }
 
 
