@@ -29,6 +29,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                           "--output", "bench/results/predict3d_layers.json"],
                          "predict3d_layers.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
+    "train_step": (["bench/train_step.py"], "train_step.json"),
     "conv_kernels": (["bench/conv_kernels.py"], "conv_kernels.json"),
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
@@ -210,6 +211,14 @@ def _layers(d):
     return rows + _prediction(d)
 
 
+def _train_step(d):
+    cpu = _get(d, "machine", "cpu", "model", default="?")
+    return [(f"{r['network']} training step, tile {'x'.join(map(str, r['tile']))}, fp32, {cpu}: "
+             "best step s / fraction of the forward conv limit (3x forward FLOPs)",
+             f"{_fmt(r['best_step_s'])} / {_fmt(r['fraction_of_limit'])}")
+            for r in d.get("runs", [])]
+
+
 def _summary_rows(d) -> list[tuple[str, str]]:
     """Benchmarks that write a flat ``summary`` dict of headline figures."""
     return [(k, _fmt(v)) for k, v in (_get(d, "summary", default={}) or {}).items()
@@ -345,7 +354,7 @@ EXTRACT: dict[str, Callable] = {
     "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
     "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
-    "predict3d_layers": _layers, "precision": _precision,
+    "predict3d_layers": _layers, "precision": _precision, "train_step": _train_step,
 }
 
 
