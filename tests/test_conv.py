@@ -8,6 +8,7 @@ import useg.nets.conv as conv
 from useg.nets.conv import Conv2d, Conv3d, uses_onednn_kernel
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize(("cls", "shape", "padding"), [
     (Conv3d, (1, 6, 14, 15, 13), 1),   # small: PyTorch's reference kernel
     (Conv3d, (1, 3, 12, 11, 10), 0),   # valid convolution
@@ -15,12 +16,15 @@ from useg.nets.conv import Conv2d, Conv3d, uses_onednn_kernel
     (Conv2d, (1, 5, 30, 29), 1),
     (Conv2d, (1, 2, 17, 16), 0),
 ])
-def test_forward_and_gradients_equal_pytorchs(cls, shape, padding):
+def test_forward_and_gradients_equal_pytorchs(cls, shape, padding, channels_last):
     torch.manual_seed(0)
     mine = cls(shape[1], 7, 3, padding=padding)
     ref = getattr(nn, cls.__name__)(shape[1], 7, 3, padding=padding)
     ref.load_state_dict(mine.state_dict())
-    x = torch.randn(shape, requires_grad=True)
+    layout = torch.contiguous_format
+    if channels_last:  # as useg trains: activations and gradients channels-last
+        layout = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    x = torch.randn(shape).contiguous(memory_format=layout).requires_grad_(True)
     x_ref = x.detach().clone().requires_grad_(True)
     assert uses_onednn_kernel(mine, x)
     y, y_ref = mine(x), ref(x_ref)
@@ -31,6 +35,13 @@ def test_forward_and_gradients_equal_pytorchs(cls, shape, padding):
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mine.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(mine.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
+    # The input gradient comes back in the input's layout (no conversion in the layer below;
+    # a leaf's .grad would be laid out like the leaf whatever the layer returned).
+    seen = []
+    h = x.detach().clone().requires_grad_(True) * 1.0
+    h.register_hook(seen.append)
+    mine(h).backward(g)
+    assert seen[0].is_contiguous(memory_format=layout)
 
 
 def test_only_where_it_applies():

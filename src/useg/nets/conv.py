@@ -86,12 +86,16 @@ class _OneDNNConvolution(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         padding = ctx.padding
         spatial = tuple(range(2, weight.dim()))
-        grad = grad.contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
+            # In the layout of the forward's input, so that the input gradient comes out in it
+            # too and the layers below need no conversion.
+            last = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+            layout = last if x.is_contiguous(memory_format=last) else torch.contiguous_format
             flipped = weight.transpose(0, 1).flip(spatial).contiguous()
             full = tuple(k - 1 - p for k, p in zip(weight.shape[2:], padding, strict=True))
-            grad_x = _onednn(grad, flipped, None, full)
+            grad_x = _onednn(grad.contiguous(memory_format=layout), flipped, None, full)
+        grad = grad.contiguous()
         if ctx.needs_input_grad[1]:
             # Batch and channels swapped: the output gradient is the kernel; its output is the
             # kernel-sized gradient, summed over the batch (now the channels).
