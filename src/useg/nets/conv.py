@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["Conv2d", "Conv3d", "uses_onednn_kernel"]
+__all__ = ["Conv2d", "Conv3d", "memory_format", "uses_onednn_kernel"]
 
 # PyTorch's rule (aten/src/ATen/native/Convolution.cpp, use_mkldnn): below this product of the
 # first four sizes of a single-image batch its reference kernels are used.
@@ -30,6 +30,11 @@ _REFERENCE_BELOW = 20480
 
 #: False turns the direct path off everywhere (PyTorch's own choice of kernel), to compare.
 DIRECT = True
+
+
+def memory_format(ndim: int) -> torch.memory_format:
+    """The memory format activations of an ``ndim``-D network run fastest in (channels last)."""
+    return {2: torch.channels_last, 3: torch.channels_last_3d}.get(ndim, torch.contiguous_format)
 
 
 def uses_onednn_kernel(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> bool:
@@ -90,7 +95,7 @@ class _OneDNNConvolution(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # In the layout of the forward's input, so that the input gradient comes out in it
             # too and the layers below need no conversion.
-            last = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+            last = memory_format(x.dim() - 2)
             layout = last if x.is_contiguous(memory_format=last) else torch.contiguous_format
             flipped = weight.transpose(0, 1).flip(spatial).contiguous()
             full = tuple(k - 1 - p for k, p in zip(weight.shape[2:], padding, strict=True))

@@ -11,15 +11,11 @@ import torch
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
+from useg.nets.conv import memory_format
 from useg.nets.geometry import forward_shapes
 from useg.nets.unet import UNet
 
 __all__ = ["inference_forward", "inference_layers", "memory_format"]
-
-
-def memory_format(ndim: int) -> torch.memory_format:
-    """The memory format activations of an ``ndim``-D network run fastest in (channels last)."""
-    return {2: torch.channels_last, 3: torch.channels_last_3d}.get(ndim, torch.contiguous_format)
 
 
 def inference_layers(model: UNet) -> tuple[list[list], list[list]]:
