@@ -19,7 +19,7 @@ import heapq
 
 import numpy as np
 
-__all__ = ["merge_weak_boundaries"]
+__all__ = ["component_roots", "merge_weak_boundaries"]
 
 
 def merge_weak_boundaries(labels: np.ndarray, boundary: np.ndarray, below: float) -> np.ndarray:
@@ -55,12 +55,10 @@ def merge_weak_boundaries(labels: np.ndarray, boundary: np.ndarray, below: float
     """
     if labels.shape != boundary.shape:
         raise ValueError(f"labels {labels.shape} and boundary {boundary.shape} differ in shape")
-    sums, counts = _face_totals(labels, boundary)
     # neighbours[a][b] = [sum, count] of the faces between objects a and b
     neighbours: dict[int, dict[int, list[float]]] = {}
     heap = []
-    for (a, b), s in sums.items():
-        n = counts[(a, b)]
+    for a, b, s, n in _face_totals(labels, boundary):
         neighbours.setdefault(a, {})[b] = [s, n]
         neighbours.setdefault(b, {})[a] = [s, n]
         heap.append((s / n, a, b))
@@ -87,22 +85,12 @@ def merge_weak_boundaries(labels: np.ndarray, boundary: np.ndarray, below: float
             heapq.heappush(heap, (pooled[0] / pooled[1], min(keep, c), max(keep, c)))
     if not parent:
         return labels.copy()
-    lookup = np.arange(int(labels.max()) + 1, dtype=np.int64)
-    groups: dict[int, list[int]] = {}
-    for label in parent:
-        root = label
-        while root in parent:
-            root = parent[root]
-        groups.setdefault(root, [root]).append(label)
-    for members in groups.values():
-        lookup[members] = min(members)
+    lookup = component_roots(int(labels.max()) + 1, np.array(list(parent.items()), np.int64))
     return lookup[labels].astype(labels.dtype, copy=False)
 
 
-def _face_totals(
-    labels: np.ndarray, boundary: np.ndarray
-) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], int]]:
-    """Sum of face boundary values and number of faces of every touching pair (a < b)."""
+def _face_totals(labels: np.ndarray, boundary: np.ndarray) -> list[tuple[int, int, float, int]]:
+    """``(a, b, sum of face boundary values, number of faces)`` of every touching pair, a < b."""
     keys, values = [], []
     top = np.int64(int(labels.max()) + 1)
     for axis in range(labels.ndim):
@@ -121,11 +109,30 @@ def _face_totals(
         keys.append(lo * top + hi)
         values.append(face.astype(np.float64))
     if not keys:
-        return {}, {}
-    key = np.concatenate(keys)
-    unique, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        return []
+    unique, inverse, counts = np.unique(np.concatenate(keys), return_inverse=True,
+                                        return_counts=True)
     sums = np.bincount(inverse, weights=np.concatenate(values), minlength=unique.size)
-    pairs = [(int(k // top), int(k % top)) for k in unique]
-    return dict(zip(pairs, sums.tolist(), strict=True)), dict(
-        zip(pairs, counts.tolist(), strict=True)
-    )
+    return [(int(k // top), int(k % top), s, n)
+            for k, s, n in zip(unique.tolist(), sums.tolist(), counts.tolist(), strict=True)]
+
+
+def component_roots(n: int, edges: np.ndarray) -> np.ndarray:
+    """The smallest node of each node's connected component, for nodes ``0 .. n - 1`` joined by
+    ``edges`` (pairs): a union-find done on all pairs at once. Each round hooks the larger root
+    of every pair that still joins two trees under the smaller one, then compresses the paths;
+    roots only decrease, so it ends when every pair lies within one tree."""
+    parent = np.arange(n, dtype=np.int64)
+    a, b = edges[:, 0], edges[:, 1]
+    while True:
+        ra, rb = parent[a], parent[b]
+        split = ra != rb
+        if not split.any():
+            return parent
+        low, high = np.minimum(ra[split], rb[split]), np.maximum(ra[split], rb[split])
+        np.minimum.at(parent, high, low)
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from useg.errors import InputError
+from useg.postprocess.agglomerate import component_roots
 from useg.postprocess.instances import InstanceParams, instances_from_probabilities
 
 __all__ = ["instances_in_blocks"]
@@ -117,7 +118,7 @@ def instances_in_blocks(
                 pairs.append(np.unique(np.stack([mine[both], theirs[both]], axis=1), axis=0))
     # Pass 2: one id per merged object, consecutive.
     edges = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
-    roots = _union_roots(ids + 1, edges)
+    roots = component_roots(ids + 1, edges)
     _, final = np.unique(roots, return_inverse=True)  # node 0 is its own root: stays 0
     final = final.astype(dtype)
     for core in cores:
@@ -151,24 +152,3 @@ def _earlier_blocks(
         along = np.arange(sl.start, sl.stop) // b
         index = index * counts[axis] + along.reshape((-1,) + (1,) * (len(box) - axis - 1))
     return np.broadcast_to(index < number, tuple(s.stop - s.start for s in box))
-
-
-def _union_roots(n: int, edges: np.ndarray) -> np.ndarray:
-    """The smallest node of each node's connected component, for nodes ``0 .. n - 1`` joined by
-    ``edges`` (pairs): a union-find done on all pairs at once. Each round hooks the larger root
-    of every pair that still joins two trees under the smaller one, then compresses the paths;
-    roots only decrease, so it ends when every pair lies within one tree."""
-    parent = np.arange(n, dtype=np.int64)
-    a, b = edges[:, 0], edges[:, 1]
-    while True:
-        ra, rb = parent[a], parent[b]
-        split = ra != rb
-        if not split.any():
-            return parent
-        low, high = np.minimum(ra[split], rb[split]), np.maximum(ra[split], rb[split])
-        np.minimum.at(parent, high, low)
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
