@@ -92,12 +92,16 @@ def on_planes(segments: np.ndarray, bodies: np.ndarray, slices: dict[int, list[i
     return float(np.mean(errors))
 
 
+def planes(exp: Experiment) -> tuple[dict[int, list[int]], np.ndarray]:
+    """The annotated planes (axis -> indices) and the unannotated voxels inside bodies."""
+    slices = slice_positions(SLICES, exp.bodies.shape)
+    return slices, ~annotated_mask(slices, exp.bodies.shape) & (exp.bodies != 0)
+
+
 def train_seed(exp: Experiment, steps: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Train on the annotated slices; the crop's boundary probability and the run's figures."""
-    shape = exp.bodies.shape
-    slices = slice_positions(SLICES, shape)
     run = exp.run(3, SLICES, steps, seed=seed, keep_probability=True)
-    unannotated = ~annotated_mask(slices, shape) & (exp.bodies != 0)
+    _, unannotated = planes(exp)
     meta = {"seed": seed, "slices_zyx": list(SLICES), "steps": steps,
             "train_s": run["train_s"], "predict_s": run["predict_s"],
             "iou_boundary_unannotated": boundary_iou(run["prediction"], exp.target,
@@ -107,9 +111,7 @@ def train_seed(exp: Experiment, steps: int, seed: int) -> tuple[np.ndarray, dict
 
 def segment_seed(exp: Experiment, boundary: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
     """Each way's settings chosen on the annotated planes, then the unannotated voxels scored."""
-    shape = exp.bodies.shape
-    slices = slice_positions(SLICES, shape)
-    unannotated = ~annotated_mask(slices, shape) & (exp.bodies != 0)
+    slices, unannotated = planes(exp)
     t1 = time.perf_counter()
     search = []
     for way, settings in candidates():

@@ -52,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,19 @@ def flops_per_pixel(cfg: Any) -> float:
         c_in = c_skip
     macs += c_in * cfg.classes
     return 2.0 * macs
+
+
+def layer_flops(module: Any, out_shape: Sequence[int]) -> float:
+    """FLOPs (2 per multiply-add) of one convolution or up-convolution module whose output has
+    the spatial shape ``out_shape``; an up-convolution's stride spreads its taps, so with stride
+    equal to the kernel each output pixel meets one tap."""
+    import torch
+
+    taps = math.prod(module.kernel_size)
+    if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
+        taps /= math.prod(module.stride)
+    return (2.0 * module.in_channels * module.out_channels / module.groups * taps
+            * math.prod(out_shape))
 
 
 def conv_gflops(ndim: int = 2, dtype: str = "fp32", repeats: int = 5) -> float:

@@ -250,7 +250,7 @@ def layers_worker(spec: dict) -> dict:
 
     import numpy as np
     import torch
-    from predict import conv_gflops, flops_per_pixel
+    from predict import conv_gflops, flops_per_pixel, layer_flops
 
     from useg.inference.predict import predict
     from useg.inference.tile_choice import default_tile
@@ -292,15 +292,7 @@ def layers_worker(spec: dict) -> dict:
         for module, shape_in, shape_out in seen:
             xi = torch.rand(*shape_in).contiguous(memory_format=fmt)
             seconds = best(lambda m=module, xi=xi: m(xi))
-            flops = (
-                2.0
-                * module.in_channels
-                * module.out_channels
-                * math.prod(module.kernel_size)
-                * math.prod(shape_out[2:])
-            )
-            if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
-                flops = 2.0 * module.in_channels * module.out_channels * math.prod(shape_out[2:])
+            flops = layer_flops(module, shape_out[2:])
             rows.append(
                 {
                     "layer": f"{type(module).__name__} {module.in_channels}->"

@@ -23,14 +23,13 @@ Results: bench/results/train_step.json and .md.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from typing import Any
 
 import torch
 from _common import RESULTS, command_line, machine_info, publish
-from predict import conv_gflops
+from predict import conv_gflops, layer_flops
 
 from useg.nets import UNet, output_shape, valid_input_shape
 from useg.training.losses import SegmentationLoss
@@ -50,12 +49,7 @@ def conv_flops(net: torch.nn.Module, x: torch.Tensor) -> float:
     total = [0.0]
 
     def count(module: torch.nn.Module, _inputs: Any, out: torch.Tensor) -> None:
-        taps = math.prod(module.kernel_size)
-        if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
-            # stride = kernel: each input voxel meets each tap once
-            taps = math.prod(module.kernel_size) / math.prod(module.stride)
-        total[0] += (2.0 * module.in_channels * module.out_channels / module.groups * taps
-                     * math.prod(out.shape[2:]))
+        total[0] += layer_flops(module, out.shape[2:])
 
     hooks = [m.register_forward_hook(count) for m in net.modules()
              if isinstance(m, torch.nn.modules.conv._ConvNd)]
