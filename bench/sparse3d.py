@@ -143,13 +143,15 @@ def calibrated_iou(prob, target, annotated, evaluate) -> tuple[float, float]:
     return best, boundary_iou((prob > best).astype(np.uint8), target, evaluate)
 
 
-def load_crop(crop, quick: bool):
+def load_crop(crop, quick: bool, start=None):
+    """The crop of ``crop`` voxels at ``start`` (None: the centre of the volume)."""
     root = dataset("flyem_medulla_fibsem_3d")
     if root is None:
         sys.exit("flyem_medulla_fibsem_3d not found; set USEG_DATA")
     raw, _ = io.read_image(root / "raw_zyx.tif")
     bodies, _ = io.read_labels(root / "labels_bodies_zyx.tif")
-    start = [(n - c) // 2 for n, c in zip(bodies.shape, crop, strict=True)]
+    if start is None:
+        start = [(n - c) // 2 for n, c in zip(bodies.shape, crop, strict=True)]
     box = tuple(slice(s, s + c) for s, c in zip(start, crop, strict=True))
     return raw[(slice(None), *box)], bodies[box], [[s, s + c] for s, c in zip(start, crop,
                                                                            strict=True)]
@@ -160,7 +162,8 @@ class Experiment:
 
     def __init__(self, args):
         self.args = args
-        self.image, self.bodies, self.box = load_crop(args.crop, args.quick)
+        self.image, self.bodies, self.box = load_crop(args.crop, args.quick,
+                                                      getattr(args, "crop_start", None))
         self.target = boundary_target(self.bodies, 1, ignore=0)
         stats = image_stats(self.image)
         self.normalization = {"mode": "fixed", "offset": stats["offset"], "scale": stats["scale"]}
@@ -174,7 +177,8 @@ class Experiment:
         return TrainConfig(
             net=net.to_dict(), tile=a.tile3d if ndim == 3 else a.tile2d, iterations=iterations,
             optimizer="adam", lr=a.lr, schedule="poly", precision=a.precision,
-            augment={} if a.augment else None,
+            # True: the paper's augmentation; a dict: those AugmentConfig settings.
+            augment=a.augment if isinstance(a.augment, dict) else ({} if a.augment else None),
             label_mode="classes", unlabeled=IGNORE, w0=0.0, normalization=self.normalization,
             checkpoint_every=10**9, log_every=1, seed=seed, workers=a.workers, device="cpu",
         )

@@ -316,3 +316,37 @@ def test_train_resumed_in_python_refuses_a_config_that_differs(finished):
         train(TrainConfig.from_dict({**saved, "seed": 4}), [], finished, resume=True)
     with pytest.raises(ConfigError, match="trained 2 steps already"):
         train(TrainConfig.from_dict({**saved, "iterations": 1}), [], finished, resume=True)
+
+
+def test_validation_of_a_same_network_does_not_tile_with_the_training_tile(tmp_path):
+    # A same-padding network discards its context at every tile edge: validating with the
+    # (small) training tile would pass hundreds of tiles for this volume, one with the tile
+    # useg predict chooses.
+    import torch
+
+    from useg.training.config import TrainConfig
+    from useg.training.loop import train
+    from useg.training.samples import make_sample
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((32, 48, 48), np.uint16)
+    labels[8:24, 10:30, 12:40] = 1
+    image = (labels + rng.normal(0, 0.3, labels.shape)).astype(np.float32)[None]
+    sample = make_sample(image, labels, mode="instances", w0=0.0)
+    cfg = TrainConfig(net={"ndim": 3, "width": 2, "depth": 2, "padding": "same"},
+                      tile=[16, 16, 16], iterations=2, val_every=2, log_every=1, workers=0,
+                      device="cpu", augment=None, seed=0, w0=0.0)
+    heads = []
+
+    def count(module, args, output):
+        if isinstance(module, torch.nn.Conv3d) and module.kernel_size == (1, 1, 1):
+            heads.append(tuple(args[0].shape[2:]))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        train(cfg, [sample], tmp_path / "run", val_samples=[sample], progress=False)
+    finally:
+        hook.remove()
+    passes = [s for s in heads if s != (16, 16, 16)]  # the training steps' tiles are 16^3
+    assert len(heads) - len(passes) == 2
+    assert 1 <= len(passes) <= 8

@@ -1,0 +1,189 @@
+"""FlyEM 3D from the paper's sparse budget: a CPU recipe chosen on a validation crop, tested once.
+
+Run: .venv/bin/python bench/flyem_recipe.py [--candidates base long wide] [--seeds 0 1 2]
+     .venv/bin/python bench/flyem_recipe.py --test NAME [--seeds 0 1 2]
+
+The semi-automated setting of bench/sparse3d.py (train on the annotated orthogonal slices of a
+volume, segment the same volume, score the boundary IoU on the voxels that were not annotated),
+at the paper's largest budget of slices, (z, y, x) = (5, 5, 3), with two crops of the FlyEM
+volume that share no voxel:
+
+* validation: 40 x 160 x 160 voxels at z 0..39 (same y, x as the test crop). Every candidate
+  recipe is trained on its annotated slices with every seed and scored on its unannotated
+  voxels; the recipe with the highest mean boundary IoU (argmax, the paper's measure) whose
+  training fits the time limit is the choice.
+* test: bench/sparse3d.py's crop, 80 x 160 x 160 at z 40..119. Only the chosen recipe is run
+  there (``--test NAME``), once per seed; ``base`` is bench/sparse3d.py's chosen configuration,
+  whose test scores are in bench/results/sparse3d_chosen.json (Table 1, (5,5,3)).
+
+Candidates (``CANDIDATES``) differ in network size (and the tile that size needs), steps and
+augmentation only; everything else is bench/sparse3d.py's chosen configuration (same padding,
+batch norm, Adam
+1e-3 with the poly schedule, class-balanced cross-entropy on the annotated voxels, fp32 on a
+CPU without native bf16). They were fixed before any of them was run. Their reason: at (5,5,3)
+the base configuration scores about as well on the annotated voxels it trained on as on the
+others (bench/results/sparse3d_chosen.json), so it underfits; more steps, a wider and deeper
+network, and flips (cheap, unlike the elastic deformation that did not pay off on this budget)
+are the candidates.
+
+The training time of every run is recorded with the number of torch threads it ran on; a
+recipe qualifies if its mean training time is within ``--limit-min`` (60) minutes. Every
+finished run is kept in bench/results/flyem_recipe_runs/ (with what it was made with), so an
+interrupted bench resumes, and several processes (e.g. one per seed, one thread each) can fill
+the cache; a final run with all seeds then finds every run there and publishes the tables.
+Results: bench/results/flyem_recipe.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import RESULTS, ROOT, command_line, machine_info, publish, write_json
+from sparse3d import Experiment, spread
+
+from useg.device import resolve_precision
+
+SLICES = (5, 5, 3)
+# (crop shape, crop start), zyx; the test crop is bench/sparse3d.py's centred one.
+CROPS = {"validation": ([40, 160, 160], [0, 45, 45]), "test": ([80, 160, 160], [40, 45, 45])}
+QUICK_CROPS = {"validation": ([24, 64, 64], [0, 93, 93]), "test": ([32, 64, 64], [40, 93, 93])}
+FLIPS = {"elastic": False, "rotate": False, "scale": [1.0, 1.0], "gray": False}
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "base": {"width": 8, "depth": 2, "tile": 44, "steps": 1250, "augment": False},
+    "long": {"width": 8, "depth": 2, "tile": 44, "steps": 3750, "augment": False},
+    "long-flips": {"width": 8, "depth": 2, "tile": 44, "steps": 3750, "augment": FLIPS},
+    # Three poolings need a tile divisible by 8 with same padding: 40^3, the nearest below 44^3.
+    "wide": {"width": 16, "depth": 3, "tile": 40, "steps": 1250, "augment": False},
+    "wide-long": {"width": 16, "depth": 3, "tile": 40, "steps": 2500, "augment": False},
+}
+
+
+def experiment(args: argparse.Namespace, candidate: dict[str, Any], split: str) -> Experiment:
+    crop, start = (QUICK_CROPS if args.quick else CROPS)[split]
+    exp_args = argparse.Namespace(
+        quick=args.quick, crop=crop, crop_start=start, width=candidate["width"],
+        depth=candidate["depth"], padding="same", stats="running", augment=candidate["augment"],
+        lr=1e-3, workers=1, tile3d=[16] * 3 if args.quick else [candidate["tile"]] * 3,
+        tile2d=[128, 128], precision=resolve_precision("auto", "cpu"))
+    return Experiment(exp_args)
+
+
+def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, Any]:
+    candidate = CANDIDATES[name]
+    steps = 6 if args.quick else candidate["steps"]
+    identity = {"candidate": candidate, "steps": steps, "split": split,
+                "crop": (QUICK_CROPS if args.quick else CROPS)[split], "slices": list(SLICES)}
+    identity = json.loads(json.dumps(identity))
+    path = cache / f"{split}_{name}_seed{seed}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("identity") == identity:
+            return saved["run"]
+    print(f"{split} {name} seed {seed}: training {steps} steps on {args.threads} thread(s)",
+          flush=True)
+    exp = experiment(args, candidate, split)
+    try:
+        run = exp.run(3, SLICES, steps, seed=seed)
+    finally:
+        shutil.rmtree(exp.tmp, ignore_errors=True)
+    run = {k: v for k, v in run.items() if k != "prediction"}
+    run.update(candidate=name, split=split, threads=args.threads)
+    write_json(path, {"identity": identity, "run": run})
+    print(f"  IoU {run['iou_boundary_unannotated']:.3f} (calibrated "
+          f"{run['iou_boundary_unannotated_calibrated']:.3f}), train {run['train_s']:.0f} s",
+          flush=True)
+    return run
+
+
+def table(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for name in names:
+        mine = [r for r in runs if r["candidate"] == name]
+        if not mine:
+            continue
+        rows.append({"candidate": name, "settings": CANDIDATES[name], "seeds": len(mine),
+                     "threads": sorted({r["threads"] for r in mine}),
+                     "argmax": spread([r["iou_boundary_unannotated"] for r in mine]),
+                     "calibrated": spread([r["iou_boundary_unannotated_calibrated"]
+                                           for r in mine]),
+                     "annotated": spread([r["iou_boundary_annotated"] for r in mine]),
+                     "train_min": spread([r["train_s"] / 60 for r in mine])})
+    return rows
+
+
+def _cell(s: dict[str, Any]) -> str:
+    return f"{s['mean']:.3f} +- {s['std']:.3f} ({s['min']:.3f}..{s['max']:.3f})"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# FlyEM 3D recipe from (5,5,3) annotated slices: chosen on validation, tested once",
+             "", f"Command: `{report['command']}`; CPU {report['machine'].get('cpu_model')}.", "",
+             "Boundary IoU on the unannotated voxels (argmax: the paper's measure; calibrated: "
+             "threshold chosen on the annotated voxels). Training minutes on the threads given.",
+             ""]
+    for split in ("validation", "test"):
+        rows = report[split]
+        if not rows:
+            continue
+        lines += [f"## {split} crop {report['crops'][split]}", "",
+                  "| recipe | settings | seeds | IoU argmax | IoU calibrated | IoU annotated "
+                  "voxels | train min (threads) |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            mark = "**" if r["candidate"] == report.get("chosen") else ""
+            lines.append(f"| {mark}{r['candidate']}{mark} | `{json.dumps(r['settings'])}` | "
+                         f"{r['seeds']} | {_cell(r['argmax'])} | {_cell(r['calibrated'])} | "
+                         f"{_cell(r['annotated'])} | {r['train_min']['mean']:.1f} "
+                         f"({r['threads']}) |")
+        lines.append("")
+    if report.get("chosen"):
+        lines.append(f"Chosen on validation (highest mean argmax IoU within "
+                     f"{report['limit_min']} min): **{report['chosen']}**.")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES),
+                        choices=list(CANDIDATES))
+    parser.add_argument("--test", choices=list(CANDIDATES),
+                        help="run this recipe on the test crop (after choosing it)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--limit-min", type=float, default=60.0,
+                        help="training time a recipe may take, minutes")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: small crops, few steps, nothing kept in bench/results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = ROOT / "runs" / "flyem-recipe-quick" if args.quick else RESULTS
+    cache = out / "flyem_recipe_runs"
+    split = "test" if args.test else "validation"
+    for name in [args.test] if args.test else args.candidates:
+        for seed in args.seeds:
+            one_run(args, name, split, seed, cache)
+    # The tables hold every run in the cache, whichever process made it.
+    runs = [json.loads(p.read_text())["run"] for p in sorted(cache.glob("*.json"))]
+    names = list(CANDIDATES)
+    report: dict[str, Any] = {
+        "benchmark": "flyem_recipe", "command": command_line(), "machine": machine_info(),
+        "slices_zyx": list(SLICES), "crops": QUICK_CROPS if args.quick else CROPS,
+        "limit_min": args.limit_min,
+        "validation": table([r for r in runs if r["split"] == "validation"], names),
+        "test": table([r for r in runs if r["split"] == "test"], names)}
+    fitting = [r for r in report["validation"]
+               if r["train_min"]["mean"] <= args.limit_min and r["seeds"] >= len(args.seeds)]
+    if fitting:
+        report["chosen"] = max(fitting, key=lambda r: r["argmax"]["mean"])["candidate"]
+    report["runs"] = runs
+    publish(out, "flyem_recipe", report, markdown(report))
+    if args.test and report.get("chosen") and args.test != report["chosen"]:
+        print(f"note: {args.test} was tested, but the validation choice is {report['chosen']}")
+
+
+if __name__ == "__main__":
+    main()
