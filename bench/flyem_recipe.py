@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, ROOT, command_line, machine_info, publish, write_json
+from _common import RESULTS, ROOT, command_line, cpu_line, machine_info, publish, write_json
 from sparse3d import Experiment, spread
 
 from useg.device import resolve_precision
@@ -122,7 +122,7 @@ def _cell(s: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# FlyEM 3D recipe from (5,5,3) annotated slices: chosen on validation, tested once",
-             "", f"Command: `{report['command']}`; CPU {report['machine'].get('cpu_model')}.", "",
+             "", f"Command: `{report['command']}`; CPU {cpu_line(report['machine'])}.", "",
              "Boundary IoU on the unannotated voxels (argmax: the paper's measure; calibrated: "
              "threshold chosen on the annotated voxels). Training minutes on the threads given.",
              ""]
