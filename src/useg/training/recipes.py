@@ -30,19 +30,20 @@ RECIPES: dict[str, dict[str, Any]] = {
             # The 2D U-Net of the paper (valid padding, dropout) at a quarter of its width and
             # one pooling less (the network of bench/nuclei.py).
             2: {"width": 16, "depth": 3, "tile": [252, 252], "iterations": 4000},
-            # The CPU configuration of bench/sparse3d.py (docs/sparse3d.md), fewer steps: its
-            # 1250 took about 4 minutes with native bf16, 27 at the fp32 pace measured below.
+            # The CPU configuration of bench/sparse3d.py (docs/sparse3d.md), with fewer steps
+            # than its sparse-slice runs.
             3: {"width": 8, "depth": 2, "padding": "same", "tile": [44, 44, 44],
                 "iterations": 600},
         },
+        # bench/results/recipes.json (bench/recipes.py): the whole command, quiet machine.
         "measured": {
-            2: "16 min 05 s wall, 948 s CPU, for the 4000 steps with 2 validation images every "
-               "200 steps (6 synthetic 512x512 training images; useg train --recipe cpu-fast) on "
-               "an AMD EPYC with 2 cores, AVX2 and no bf16 (fp32), 1 torch thread and 1 loader "
-               "worker, at nice 19 while two benchmarks kept both cores busy; the run's own "
-               "estimate after its first steps: 0.192 s/step, 13 min for the steps alone",
-            3: "not measured as a whole run; its first steps took 1.28 s/step on the same CPU "
-               "(1 thread, fp32, loaded), about 13 min for the 600 steps",
+            2: "6.6 min wall for the 4000 steps with 2 validation images every 200 steps (6 "
+               "synthetic 512x512 training images; useg train --recipe cpu-fast) on an AMD EPYC "
+               "with 2 cores, AVX2 and no bf16 (fp32), 2 torch threads, 1 loader worker; the "
+               "run's own estimate after its first steps: 0.110 s/step",
+            3: "3.1 min wall for the 600 steps with a validation volume every 200 steps (4 "
+               "synthetic 64x128x128 training volumes) on the same CPU and threads; estimate "
+               "after the first steps: 0.280 s/step",
         },
     },
     "gpu-paper": {
@@ -52,9 +53,10 @@ RECIPES: dict[str, dict[str, Any]] = {
                      "iterations": 2000},
         "by_ndim": {},
         "measured": {
-            2: "not measured on a GPU; on the CPU of cpu-fast (1 thread, fp32, loaded) its first "
-               "steps took 34.5 s/step: about 19 h for the 2000 steps",
-            3: "not measured",
+            2: "not measured on a GPU; on the CPU of cpu-fast (2 threads, fp32, quiet) 8 steps "
+               "ran at 8.34 s/step: about 4.6 h for the 2000 steps",
+            3: "not measured on a GPU; on that CPU 8 steps ran at 20.9 s/step: about 11.6 h for "
+               "the 2000 steps",
         },
     },
 }
