@@ -39,7 +39,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "nuclei": (["bench/nuclei.py"], "nuclei.json"),
     "ovules3d": (["bench/ovules3d.py"], "ovules3d.json"),
     "demo": (["bench/demo.py"], "demo.json"),
-    "recipes": (["bench/recipes.py"], "recipes.json"),
+    "recipes": (["bench/recipes.py", "--recipes", "cpu-fast", "gpu-paper",
+                 "--estimate-only", "gpu-paper"], "recipes.json"),
 }
 
 
@@ -332,9 +333,18 @@ def _ovules3d(d):
 
 
 def _recipes(d):
-    return [(f"recipe {r['recipe']} {r['ndim']}D: steps / s per step / wall min",
-             f"{r['steps']} / {_fmt(r['s_per_step'])} / {_fmt(r['wall_s'] / 60)}")
-            for r in d.get("runs", [])]
+    rows = []
+    for r in d.get("runs", []):
+        if "failed" in r:
+            rows.append((f"recipe {r['recipe']} {r['ndim']}D", "failed"))
+        elif r.get("whole_run", True):
+            rows.append((f"recipe {r['recipe']} {r['ndim']}D: steps / s per step / wall min",
+                         f"{r['steps']} / {_fmt(r['s_per_step'])} / {_fmt(r['wall_s'] / 60)}"))
+        else:
+            rows.append((f"recipe {r['recipe']} {r['ndim']}D (a few steps): s per step / "
+                         f"estimated hours for its {r['recipe_steps']} steps",
+                         f"{_fmt(r['s_per_step'])} / {_fmt(r['estimated_steps_s'] / 3600)}"))
+    return rows
 
 
 def _demo(d):
