@@ -70,3 +70,42 @@ def test_tracing_records_pytorchs_convolution():
     traced = torch.jit.trace(c, torch.randn(1, 2, 6, 6, 6))
     assert "PythonOp" not in str(traced.graph)
     assert "_convolution" in str(traced.graph) or "conv3d" in str(traced.graph)
+
+
+@pytest.mark.parametrize(("shape", "kernel", "padding"), [
+    ((1, 3, 7, 9, 11), (3, 3, 3), (0, 0, 0)),
+    ((2, 4, 6, 8, 5), (3, 3, 3), (1, 1, 1)),   # batch of two, same padding
+    ((2, 5, 13, 10), (3, 3), (1, 1)),         # 2D
+    ((1, 2, 9, 8, 7), (2, 3, 1), (1, 0, 0)),   # uneven kernel
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_weight_gradient_by_offsets_is_the_weight_gradient(shape, kernel, padding,
+                                                           channels_last):
+    torch.manual_seed(1)
+    nd = len(kernel)
+    layout = torch.contiguous_format
+    if channels_last:
+        layout = torch.channels_last if nd == 2 else torch.channels_last_3d
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=layout)
+    w = torch.randn(6, shape[1], *kernel, dtype=torch.float64, requires_grad=True)
+    y = (nn.functional.conv3d if nd == 3 else nn.functional.conv2d)(x, w, padding=padding)
+    g = torch.randn_like(y)
+    y.backward(g)
+    mine = conv._weight_grad_by_offsets(x, g, kernel, padding)
+    torch.testing.assert_close(mine, w.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_a_large_3d_layer_takes_the_offsets_and_matches_pytorch():
+    # The top level of a 3D U-Net: 32 -> 32 channels over 52^3 outputs.
+    torch.manual_seed(2)
+    mine = Conv3d(32, 32, 3)
+    ref = nn.Conv3d(32, 32, 3)
+    ref.load_state_dict(mine.state_dict())
+    x = torch.randn(1, 32, 54, 54, 54).contiguous(memory_format=torch.channels_last_3d)
+    y = mine(x.requires_grad_(True))
+    assert conv._weight_grad_by_offsets_pays(x, y)
+    g = torch.randn_like(y)
+    y.backward(g)
+    ref(x.detach()).backward(g)
+    torch.testing.assert_close(mine.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(mine.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-2)
