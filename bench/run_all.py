@@ -35,6 +35,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
     "flyem_neurons": (["bench/flyem_neurons.py"], "flyem_neurons.json"),
+    "flyem_recipe": (["bench/flyem_recipe.py", "--candidates", "base", "long"],
+                     "flyem_recipe.json"),
     "scale": (["bench/scale.py"], "scale.json"),
     "nuclei": (["bench/nuclei.py"], "nuclei.json"),
     "ovules3d": (["bench/ovules3d.py"], "ovules3d.json"),
@@ -241,6 +243,19 @@ def _flyem_neurons(d):
              f"{_fmt(s.get('mean'))}, {_fmt(s.get('sd'))}, {s.get('n')}")]
 
 
+def _flyem_recipe(d):
+    rows = []
+    for split in ("validation", "test"):
+        for r in d.get(split, []):
+            chosen = " (chosen)" if r["candidate"] == d.get("chosen") else ""
+            rows.append((f"FlyEM {split} crop, 5,5,3 annotated slices, recipe "
+                         f"{r['candidate']}{chosen}: boundary IoU (argmax) on the unannotated "
+                         "voxels, mean, sd, seeds",
+                         f"{_fmt(r['argmax']['mean'])}, {_fmt(r['argmax']['std'])}, "
+                         f"{r['seeds']}"))
+    return rows
+
+
 def _isbi_segment(d):
     rows = []
     for way, r in _get(d, "ways", default={}).items():
@@ -360,7 +375,7 @@ EXTRACT: dict[str, Callable] = {
     "demo": _demo, "recipes": _recipes,
     "nuclei": _nuclei, "ovules3d": _ovules3d,
     "isbi2012": _isbi, "isbi2012_segment": _isbi_segment,
-    "flyem_neurons": _flyem_neurons, "conv_kernels": _conv_kernels,
+    "flyem_neurons": _flyem_neurons, "flyem_recipe": _flyem_recipe, "conv_kernels": _conv_kernels,
     "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
     "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,

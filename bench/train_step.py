@@ -15,6 +15,9 @@ profiler, self CPU time per operator) to show where the rest goes.
 
 Networks: the paper's 2D U-Net (``ronneberger2015``, width 64, 572x572 tile), the paper's 3D
 U-Net (``cicek2016``, width 32, batch norm, 116x132x132 tile), and the CPU recipe's small ones.
+The paper's 3D U-Net runs twice: as useg trains it, and with every weight gradient computed by
+the batch/channel-swapped convolution (``useg.nets.conv``'s way before the per-offset matrix
+products for large 3D layers), to compare the two in one run.
 fp32 (the precision ``auto`` picks on a CPU without bf16 instructions), channels-last.
 
 Results: bench/results/train_step.json and .md.
@@ -31,6 +34,7 @@ import torch
 from _common import RESULTS, command_line, machine_info, publish
 from predict import conv_gflops, layer_flops
 
+import useg.nets.conv as conv
 from useg.nets import UNet, output_shape, valid_input_shape
 from useg.training.losses import SegmentationLoss
 
@@ -41,7 +45,10 @@ NETWORKS = (
     ("2D cpu-fast", "ronneberger2015", {"width": 16, "depth": 3}, (188, 188)),
     ("3D chosen (sparse3d)", "cicek2016", {"width": 8, "depth": 2, "padding": "same"},
      (44, 44, 44)),
+    ("3D paper, swapped weight gradient", "cicek2016", {"width": 32}, (116, 132, 132)),
 )
+# The network run with useg.nets.conv's per-offset weight gradient turned off.
+SWAPPED = "3D paper, swapped weight gradient"
 
 
 def conv_flops(net: torch.nn.Module, x: torch.Tensor) -> float:
@@ -135,11 +142,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: the small networks")
     args = parser.parse_args()
     machine = machine_info()
-    networks = NETWORKS[2:] if args.quick else NETWORKS
+    networks = NETWORKS[2:4] if args.quick else NETWORKS
     runs = []
     for name, preset, overrides, tile in networks:
         print(f"{name}: {preset} {overrides}, tile {tile}", flush=True)
-        runs.append(one_network(name, preset, overrides, tile, 1 if args.quick else args.steps))
+        pays = conv._weight_grad_by_offsets_pays
+        if name == SWAPPED:
+            conv._weight_grad_by_offsets_pays = lambda x, grad: False
+        try:
+            runs.append(one_network(name, preset, overrides, tile,
+                                    1 if args.quick else args.steps))
+        finally:
+            conv._weight_grad_by_offsets_pays = pays
         print(f"  best step {runs[-1]['best_step_s']:.2f} s, "
               f"{runs[-1]['fraction_of_limit']:.2f} of the limit", flush=True)
     report = {"benchmark": "train_step", "command": command_line(), "machine": machine,
