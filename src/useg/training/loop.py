@@ -330,11 +330,8 @@ class _Run:
 
     def _validate(self, row: dict[str, Any], val_samples: list[Sample]) -> None:
         """Add the validation metrics to ``row``; save ``best`` when the score is the best yet."""
-        # The tile useg predict would choose (from memory), not the training tile: a same
-        # network discards its context at every tile edge, which would leave a training-sized
-        # tile a sliver of output and make validation pass thousands of tiles.
-        row.update(evaluate_samples(self.model, val_samples, self.device, None,
-                                    self.cfg.precision))
+        row.update(evaluate_samples(self.model, val_samples, self.device,
+                                    precision=self.cfg.precision))
         score = row["val_iou"]
         if self.best is None or score > self.best:
             self.best = score
@@ -666,7 +663,7 @@ def _decide_budget(
     if val_samples:
         t0 = time.perf_counter()
         if run.dist.main:
-            evaluate_samples(run.model, val_samples, run.device, None, cfg.precision)
+            evaluate_samples(run.model, val_samples, run.device, precision=cfg.precision)
             run.model.train()
         validation = _mean_over_processes(time.perf_counter() - t0, run) * run.dist.world
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ def evaluate_samples(
     model: UNet,
     samples: Sequence[Sample],
     device: torch.device,
-    tile: Sequence[int] | None,
+    tile: Sequence[int] | None = None,
     precision: str = "auto",
 ) -> dict[str, float]:
     """Mean foreground IoU, pixel error and (when objects are meaningful) adapted Rand error of
@@ -33,7 +33,9 @@ def evaluate_samples(
     normalised already (:func:`useg.training.samples.make_sample`, with the statistics
     ``predict`` would compute from the file), so it is not normalised again. A network whose
     output depends on the tile predicts in one pass over the whole image, as ``useg predict``
-    does.
+    does. Without ``tile``, the tile is the one ``useg predict`` chooses (from memory), which is
+    what training validates with: a same-padding network discards its context at every tile
+    edge, so a training-sized tile would leave a sliver of output and thousands of tiles.
     """
     from useg.inference.predict import predict
     from useg.inference.tile_choice import tile_dependence
