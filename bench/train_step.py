@@ -38,6 +38,8 @@ import useg.nets.conv as conv
 from useg.nets import UNet, output_shape, valid_input_shape
 from useg.training.losses import SegmentationLoss
 
+# The network run with useg.nets.conv's per-offset weight gradient turned off.
+SWAPPED = "3D paper, swapped weight gradient"
 # (name, preset, overrides, tile) of the measured networks.
 NETWORKS = (
     ("2D paper", "ronneberger2015", {"width": 64}, (572, 572)),
@@ -45,10 +47,8 @@ NETWORKS = (
     ("2D cpu-fast", "ronneberger2015", {"width": 16, "depth": 3}, (188, 188)),
     ("3D chosen (sparse3d)", "cicek2016", {"width": 8, "depth": 2, "padding": "same"},
      (44, 44, 44)),
-    ("3D paper, swapped weight gradient", "cicek2016", {"width": 32}, (116, 132, 132)),
+    (SWAPPED, "cicek2016", {"width": 32}, (116, 132, 132)),
 )
-# The network run with useg.nets.conv's per-offset weight gradient turned off.
-SWAPPED = "3D paper, swapped weight gradient"
 
 
 def conv_flops(net: torch.nn.Module, x: torch.Tensor) -> float:
@@ -146,14 +146,12 @@ def main() -> None:
     runs = []
     for name, preset, overrides, tile in networks:
         print(f"{name}: {preset} {overrides}, tile {tile}", flush=True)
-        pays = conv._weight_grad_by_offsets_pays
-        if name == SWAPPED:
-            conv._weight_grad_by_offsets_pays = lambda x, grad: False
+        conv.WEIGHT_GRAD_BY_OFFSETS = name != SWAPPED
         try:
             runs.append(one_network(name, preset, overrides, tile,
                                     1 if args.quick else args.steps))
         finally:
-            conv._weight_grad_by_offsets_pays = pays
+            conv.WEIGHT_GRAD_BY_OFFSETS = True
         print(f"  best step {runs[-1]['best_step_s']:.2f} s, "
               f"{runs[-1]['fraction_of_limit']:.2f} of the limit", flush=True)
     report = {"benchmark": "train_step", "command": command_line(), "machine": machine,

@@ -32,6 +32,8 @@ _REFERENCE_BELOW = 20480
 
 #: False turns the direct path off everywhere (PyTorch's own choice of kernel), to compare.
 DIRECT = True
+#: False computes every weight gradient by the swapped convolution, to compare.
+WEIGHT_GRAD_BY_OFFSETS = True
 
 
 def memory_format(ndim: int) -> torch.memory_format:
@@ -130,7 +132,8 @@ def _weight_grad_by_offsets_pays(x: torch.Tensor, grad: torch.Tensor) -> bool:
     channels over 286^2 pixels) was no faster, so 2D keeps the swapped convolution.
     """
     voxels = math.prod(grad.shape[2:])
-    return x.dim() == 5 and x.shape[1] * grad.shape[1] >= 1024 and voxels >= 1 << 17
+    return (WEIGHT_GRAD_BY_OFFSETS and x.dim() == 5 and x.shape[1] * grad.shape[1] >= 1024
+            and voxels >= 1 << 17)
 
 
 def _weight_grad_by_offsets(x: torch.Tensor, grad: torch.Tensor, kernel: tuple[int, ...],
