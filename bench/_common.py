@@ -8,6 +8,7 @@ import their benchmark, and with it this module, in every fresh subprocess.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -146,6 +147,21 @@ def publish(folder: str | os.PathLike, name: str, report: Any, markdown: str) ->
     write_json(Path(folder) / f"{name}.json", report)
     write_text(Path(folder) / f"{name}.md", markdown)
     print(markdown)
+
+
+def kept_run(path: str | os.PathLike, identity: Any) -> Any:
+    """The run kept at ``path`` by :func:`keep_run` if it was made with ``identity`` (compared as
+    JSON reads it back: tuples are lists), else None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["run"] if saved.get("identity") == json.loads(json.dumps(identity)) else None
+
+
+def keep_run(path: str | os.PathLike, identity: Any, run: Any) -> None:
+    """Keep a finished run at ``path`` with what it was made with, for :func:`kept_run`."""
+    write_json(path, {"identity": identity, "run": run})
 
 
 def write_json(path: str | os.PathLike, result: Any) -> Path:

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import RESULTS, ROOT, command_line, machine_info, publish, write_json
+from _common import RESULTS, ROOT, command_line, keep_run, kept_run, machine_info, publish
 from sparse3d import STEPS, Experiment, annotated_mask, boundary_iou, slice_positions
 
 from useg.device import resolve_precision
@@ -243,10 +243,8 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         path = cache / f"seed{seed}.json"
-        saved = json.loads(path.read_text()) if path.exists() else None
-        if saved and saved.get("identity") == json_ready(identity):
-            run = saved["run"]
-        else:
+        run = kept_run(path, identity)
+        if run is None:
             kept = load_map(maps / f"seed{seed}.npz", network)
             if kept is None:
                 print(f"seed {seed}: training {steps} steps", flush=True)
@@ -256,7 +254,7 @@ def main() -> None:
                 print(f"seed {seed}: the kept boundary map, searched anew", flush=True)
                 boundary, meta = kept
             run = segment_seed(exp, boundary, meta)
-            write_json(path, {"identity": identity, "run": run})
+            keep_run(path, identity, run)
         runs.append(run)
         w = run["ways"][run["chosen_way"]]
         print(f"  seed {seed}: {run['chosen_way']} {w['settings']}: adapted Rand "
@@ -267,11 +265,6 @@ def main() -> None:
               "network": network, "slices_zyx": list(SLICES), "runs": runs,
               "summary": summary(runs)}
     publish(out, "flyem_neurons", report, markdown(report))
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(value))
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ volume that share no voxel:
 
 Candidates (``CANDIDATES``) differ in network size (and the tile that size needs), steps and
 augmentation only; everything else is bench/sparse3d.py's chosen configuration (same padding,
-batch norm, Adam
-1e-3 with the poly schedule, class-balanced cross-entropy on the annotated voxels, fp32 on a
-CPU without native bf16). They were fixed before any of them was run. Their reason: at (5,5,3)
-the base configuration scores about as well on the annotated voxels it trained on as on the
-others (bench/results/sparse3d_chosen.json), so it underfits; more steps, a wider and deeper
-network, and flips (cheap, unlike the elastic deformation that did not pay off on this budget)
-are the candidates.
+batch norm, Adam 1e-3 with the poly schedule, class-balanced cross-entropy on the annotated
+voxels, fp32 on a CPU without native bf16). They were fixed before any of them was run. Their
+reason: at (5,5,3) the base configuration scores about as well on the annotated voxels it
+trained on as on the others (bench/results/sparse3d_chosen.json), so it underfits; more steps,
+a wider and deeper network, and flips (cheap, unlike the elastic deformation that did not pay
+off on this budget) are the candidates.
 
 The training time of every run is recorded with the number of torch threads it ran on; a
 recipe qualifies if its mean training time is within ``--limit-min`` (60) minutes. Every
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, ROOT, command_line, cpu_line, machine_info, publish, write_json
+from _common import RESULTS, ROOT, command_line, cpu_line, keep_run, kept_run, machine_info, publish
 from sparse3d import Experiment, spread
 
 from useg.device import resolve_precision
@@ -63,8 +62,12 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
+def crops(args: argparse.Namespace) -> dict[str, tuple[list[int], list[int]]]:
+    return QUICK_CROPS if args.quick else CROPS
+
+
 def experiment(args: argparse.Namespace, candidate: dict[str, Any], split: str) -> Experiment:
-    crop, start = (QUICK_CROPS if args.quick else CROPS)[split]
+    crop, start = crops(args)[split]
     exp_args = argparse.Namespace(
         quick=args.quick, crop=crop, crop_start=start, width=candidate["width"],
         depth=candidate["depth"], padding="same", stats="running", augment=candidate["augment"],
@@ -77,13 +80,11 @@ def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, An
     candidate = CANDIDATES[name]
     steps = 6 if args.quick else candidate["steps"]
     identity = {"candidate": candidate, "steps": steps, "split": split,
-                "crop": (QUICK_CROPS if args.quick else CROPS)[split], "slices": list(SLICES)}
-    identity = json.loads(json.dumps(identity))
+                "crop": crops(args)[split], "slices": list(SLICES)}
     path = cache / f"{split}_{name}_seed{seed}.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved.get("identity") == identity:
-            return saved["run"]
+    kept = kept_run(path, identity)
+    if kept is not None:
+        return kept
     print(f"{split} {name} seed {seed}: training {steps} steps on {args.threads} thread(s)",
           flush=True)
     exp = experiment(args, candidate, split)
@@ -93,7 +94,7 @@ def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, An
         shutil.rmtree(exp.tmp, ignore_errors=True)
     run = {k: v for k, v in run.items() if k != "prediction"}
     run.update(candidate=name, split=split, threads=args.threads)
-    write_json(path, {"identity": identity, "run": run})
+    keep_run(path, identity, run)
     print(f"  IoU {run['iou_boundary_unannotated']:.3f} (calibrated "
           f"{run['iou_boundary_unannotated_calibrated']:.3f}), train {run['train_s']:.0f} s",
           flush=True)
@@ -171,7 +172,7 @@ def main() -> None:
     names = list(CANDIDATES)
     report: dict[str, Any] = {
         "benchmark": "flyem_recipe", "command": command_line(), "machine": machine_info(),
-        "slices_zyx": list(SLICES), "crops": QUICK_CROPS if args.quick else CROPS,
+        "slices_zyx": list(SLICES), "crops": crops(args),
         "limit_min": args.limit_min,
         "validation": table([r for r in runs if r["split"] == "validation"], names),
         "test": table([r for r in runs if r["split"] == "test"], names)}

@@ -85,7 +85,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import RESULTS, ROOT, command_line, machine_info, write_json
+from _common import RESULTS, ROOT, command_line, keep_run, kept_run, machine_info, write_json
 
 from useg import io
 from useg.device import resolve_precision
@@ -514,10 +514,9 @@ def main() -> None:
     def one_run(ndim: int, counts, seed: int) -> dict:
         nonlocal figure_run
         path = cache / (f"{args.config}_{ndim}d_{''.join(map(str, counts))}_seed{seed}.json")
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("identity") == identity:
-                return saved["run"]
+        kept = kept_run(path, identity)
+        if kept is not None:
+            return kept
         if args.from_cache:
             raise _NotCached(path.name)
         r = exp.run(ndim, counts, steps3 if ndim == 3 else steps2_t2, seed=seed)
@@ -526,7 +525,7 @@ def main() -> None:
         r = strip(r)
         r["machine_cpu"] = machine["cpu"]["model"]
         r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        write_json(path, {"identity": identity, "run": r})
+        keep_run(path, identity, r)
         return r
 
     def summary(runs: list[dict], runs_2d: list[dict]) -> dict:
