@@ -1,9 +1,11 @@
 """FlyEM FIB-SEM: neurons from a 3D U-Net trained on the paper's sparse budget, with seeds.
 
-Run: .venv/bin/python bench/flyem_neurons.py [--seeds 0 1 2] [--quick]
+Run: .venv/bin/python bench/flyem_neurons.py [--recipe base] [--seeds 0 1 2] [--quick]
 
 The semi-automated setting of bench/sparse3d.py, with its chosen configuration (same crop of
-80 x 160 x 160 voxels, network, steps and data; see its docstring) and the paper's largest
+80 x 160 x 160 voxels, network, steps and data; see its docstring) or another candidate of
+bench/flyem_recipe.py (``--recipe``: its network, tile, steps and augmentation; that bench's
+test runs keep their boundary maps where this one finds them), and the paper's largest
 budget of annotated orthogonal slices, (z, y, x) = (5, 5, 3). Per seed: train on the annotated
 slices, predict the boundary probability ``b`` of the crop, then cut the crop into neurons three
 ways, as ``useg predict --instances`` of a ``boundary`` model would:
@@ -45,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 from _common import RESULTS, ROOT, command_line, keep_run, kept_run, machine_info, publish
-from sparse3d import STEPS, Experiment, annotated_mask, boundary_iou, slice_positions
+from sparse3d import Experiment, annotated_mask, boundary_iou, slice_positions
 
 from useg.device import resolve_precision
 from useg.evaluation.rand import adapted_rand_error
@@ -98,15 +100,49 @@ def planes(exp: Experiment) -> tuple[dict[int, list[int]], np.ndarray]:
     return slices, ~annotated_mask(slices, exp.bodies.shape) & (exp.bodies != 0)
 
 
-def train_seed(exp: Experiment, steps: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Train on the annotated slices; the crop's boundary probability and the run's figures."""
-    run = exp.run(3, SLICES, steps, seed=seed, keep_probability=True)
+MAPS = ROOT / "runs" / "flyem_neurons_maps"  # boundary maps kept outside the repository
+
+
+def map_name(recipe: str, seed: int, suffix: str) -> str:
+    """A seed's kept map or run; the first recipe's names predate the others."""
+    return f"seed{seed}{suffix}" if recipe == "base" else f"{recipe}_seed{seed}{suffix}"
+
+
+def setup(candidate: dict[str, Any], quick: bool) -> tuple[argparse.Namespace, int]:
+    """Experiment settings and steps of a bench/flyem_recipe.py candidate on the test crop."""
+    exp_args = argparse.Namespace(
+        quick=quick, crop=[40, 96, 96] if quick else [80, 160, 160], width=candidate["width"],
+        depth=candidate["depth"], padding="same", stats="running",
+        augment=candidate["augment"], lr=1e-3, workers=1,
+        tile3d=[32, 32, 32] if quick else [candidate["tile"]] * 3, tile2d=[128, 128],
+        precision=resolve_precision("auto", "cpu"))
+    return exp_args, 12 if quick else candidate["steps"]
+
+
+def network_description(exp_args: argparse.Namespace, steps: int) -> str:
+    """What made a boundary map: a kept map is used only by a run that would make the same."""
+    augment = exp_args.augment
+    augmentation = ("no augmentation" if augment is False else "the paper's augmentation"
+                    if augment is True else f"augmentation {json.dumps(augment)}")
+    lr = f"{exp_args.lr:.0e}".replace("e-0", "e-")  # 1e-3, as the first kept maps say
+    return (f"cicek2016 width {exp_args.width} depth {exp_args.depth}, {exp_args.padding} "
+            f"padding, tile {exp_args.tile3d}, Adam {lr} poly, {exp_args.precision}, "
+            f"{augmentation}, {steps} steps, crop {exp_args.crop}")
+
+
+def map_meta(exp: Experiment, run: dict[str, Any], steps: int, seed: int) -> dict[str, Any]:
+    """The figures kept with a boundary map, from a run made with ``keep_probability``."""
     _, unannotated = planes(exp)
-    meta = {"seed": seed, "slices_zyx": list(SLICES), "steps": steps,
+    return {"seed": seed, "slices_zyx": list(SLICES), "steps": steps,
             "train_s": run["train_s"], "predict_s": run["predict_s"],
             "iou_boundary_unannotated": boundary_iou(run["prediction"], exp.target,
                                                      unannotated & (exp.target != IGNORE))}
-    return run["probability"], meta
+
+
+def train_seed(exp: Experiment, steps: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Train on the annotated slices; the crop's boundary probability and the run's figures."""
+    run = exp.run(3, SLICES, steps, seed=seed, keep_probability=True)
+    return run["probability"], map_meta(exp, run, steps, seed)
 
 
 def segment_seed(exp: Experiment, boundary: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +225,9 @@ def _fmt(s: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     m, runs, s = report["machine"], report["runs"], report["summary"]
     lines = [
-        "# FlyEM: neurons from 5,5,3 annotated slices (3D U-Net, chosen configuration)", "",
+        "# FlyEM: neurons from 5,5,3 annotated slices (3D U-Net, "
+        + ("bench/sparse3d.py's chosen configuration)" if report.get("recipe", "base") == "base"
+           else f"recipe {report['recipe']} of bench/flyem_recipe.py)"), "",
         f"Command: `{report['command']}`; CPU {m['cpu']['model']}, {m['date']}; "
         f"{report['network']}.", "",
         "Settings of each way chosen on the annotated planes only; unannotated voxels scored "
@@ -222,34 +260,34 @@ def main() -> None:
     parser.add_argument("--maps", type=Path,
                         help="where each seed's boundary map is kept, so that a changed search "
                              "needs no training (default runs/flyem_neurons_maps, not committed)")
+    parser.add_argument("--recipe", default="base",
+                        help="a candidate of bench/flyem_recipe.py (base: bench/sparse3d.py's "
+                             "chosen configuration); its test runs keep their maps for this")
     args = parser.parse_args()
-    # The chosen configuration of bench/sparse3d.py.
-    exp_args = argparse.Namespace(
-        quick=args.quick, crop=[40, 96, 96] if args.quick else [80, 160, 160], width=8,
-        depth=2, padding="same", stats="running", augment=False, lr=1e-3, workers=1,
-        tile3d=[32, 32, 32] if args.quick else [44, 44, 44], tile2d=[128, 128],
-        precision=resolve_precision("auto", "cpu"))
+    from flyem_recipe import CANDIDATES  # here: flyem_recipe imports this module
+
+    if args.recipe not in CANDIDATES:
+        parser.error(f"--recipe: one of {', '.join(CANDIDATES)}")
+    exp_args, steps = setup(CANDIDATES[args.recipe], args.quick)
     torch.set_num_threads(args.threads)
-    steps = 12 if args.quick else STEPS["table1_3d"]
     machine = machine_info()
     exp = Experiment(exp_args)
-    network = (f"cicek2016 width 8 depth 2, same padding, tile {exp_args.tile3d}, Adam 1e-3 "
-               f"poly, {exp_args.precision}, no augmentation, {steps} steps, crop "
-               f"{exp_args.crop}")
+    network = network_description(exp_args, steps)
     identity = {"network": network, "slices": list(SLICES), "grid": candidates()}
     out = RESULTS if not args.quick else RESULTS.parent.parent / "runs" / "flyem-quick"
     cache = out / "flyem_neurons_runs"
-    maps = args.maps or ROOT / "runs" / ("flyem-quick" if args.quick else "flyem_neurons_maps")
+    name = "flyem_neurons" if args.recipe == "base" else f"flyem_neurons_{args.recipe}"
+    maps = args.maps or (ROOT / "runs" / "flyem-quick" if args.quick else MAPS)
     runs = []
     for seed in args.seeds:
-        path = cache / f"seed{seed}.json"
+        path = cache / map_name(args.recipe, seed, ".json")
         run = kept_run(path, identity)
         if run is None:
-            kept = load_map(maps / f"seed{seed}.npz", network)
+            kept = load_map(maps / map_name(args.recipe, seed, ".npz"), network)
             if kept is None:
                 print(f"seed {seed}: training {steps} steps", flush=True)
                 boundary, meta = train_seed(exp, steps, seed)
-                keep_map(maps / f"seed{seed}.npz", boundary, network, meta)
+                keep_map(maps / map_name(args.recipe, seed, ".npz"), boundary, network, meta)
             else:
                 print(f"seed {seed}: the kept boundary map, searched anew", flush=True)
                 boundary, meta = kept
@@ -261,10 +299,10 @@ def main() -> None:
               f"{w['unannotated_adapted_rand']:.3f} on the unannotated voxels "
               f"({w['segments_meeting_unannotated']} segments, {w['bodies_in_unannotated']} "
               f"bodies); train {run['train_s']:.0f} s", flush=True)
-    report = {"benchmark": "flyem_neurons", "command": command_line(), "machine": machine,
-              "network": network, "slices_zyx": list(SLICES), "runs": runs,
-              "summary": summary(runs)}
-    publish(out, "flyem_neurons", report, markdown(report))
+    report = {"benchmark": name, "command": command_line(), "machine": machine,
+              "recipe": args.recipe, "network": network, "slices_zyx": list(SLICES),
+              "runs": runs, "summary": summary(runs)}
+    publish(out, name, report, markdown(report))
 
 
 if __name__ == "__main__":

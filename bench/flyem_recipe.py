@@ -41,6 +41,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import flyem_neurons
 import torch
 from _common import RESULTS, ROOT, command_line, cpu_line, keep_run, kept_run, machine_info, publish
 from sparse3d import Experiment, spread
@@ -88,11 +89,20 @@ def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, An
     print(f"{split} {name} seed {seed}: training {steps} steps on {args.threads} thread(s)",
           flush=True)
     exp = experiment(args, candidate, split)
+    # A test run's boundary map is what bench/flyem_neurons.py --recipe NAME segments.
+    keep_map = split == "test" and not args.quick
     try:
-        run = exp.run(3, SLICES, steps, seed=seed)
+        run = exp.run(3, SLICES, steps, seed=seed, keep_probability=keep_map)
     finally:
         shutil.rmtree(exp.tmp, ignore_errors=True)
-    run = {k: v for k, v in run.items() if k != "prediction"}
+    if keep_map:
+        neurons_args, neurons_steps = flyem_neurons.setup(candidate, quick=False)
+        assert (neurons_args.crop, neurons_steps) == (exp.args.crop, steps), "not the same run"
+        flyem_neurons.keep_map(flyem_neurons.MAPS / flyem_neurons.map_name(name, seed, ".npz"),
+                               run["probability"],
+                               flyem_neurons.network_description(neurons_args, steps),
+                               flyem_neurons.map_meta(exp, run, steps, seed))
+    run = {k: v for k, v in run.items() if k not in ("prediction", "probability")}
     run.update(candidate=name, split=split, threads=args.threads)
     keep_run(path, identity, run)
     print(f"  IoU {run['iou_boundary_unannotated']:.3f} (calibrated "
