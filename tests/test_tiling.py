@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ from useg.errors import ConfigError
 from useg.inference.tiling import plan_tiles, predict_tiled
 from useg.io.arrays import mirror_indices, read_tile
 from useg.nets import UNet, UNetConfig, halo, pool_step, receptive_radius, valid_input_shape
+from useg.nets.geometry import tile_context
 
 
 def _net_predictor(net):
@@ -254,3 +257,45 @@ def test_batch_statistics_predict_in_one_pass_or_refuse(tmp_path, rng, capsys):
                  str(tmp_path / "out"), "--tile", "60", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "depends on the tile" in err and str(path) in err
+
+
+def test_a_requested_tile_of_a_same_network_grows_to_stitch_exactly_and_costly_is_named(
+        tmp_path, capsys):
+    # A same-padding network discards its context at every tile edge. A tile too small for
+    # that used to be honoured, and its tiles' edges differed from one whole-image pass; now it
+    # grows, with one line. A tile that keeps little of its output is named too (exact, slow).
+    import warnings
+
+    from useg.cli import main
+    from useg.errors import UsegWarning
+    from useg.inference.predict import predict
+    from useg.io import write_image
+    from useg.nets.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model = UNet("cicek2016", width=2, depth=2, padding="same", in_channels=1, classes=2)
+    assert tile_context(model.config) == (24, 24, 24)
+    image = np.random.default_rng(0).normal(size=(1, 8, 16, 16)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UsegWarning)
+        whole = predict(model, image, device="cpu")  # the default tile: no note
+        predict(model, image, tile=64, device="cpu")  # one exact pass: none either
+    with pytest.warns(UsegWarning) as record:
+        small = predict(model, image, tile=16, device="cpu")
+    notes = [str(w.message) for w in record if issubclass(w.category, UsegWarning)]
+    assert len(notes) == 1
+    assert re.fullmatch(r"a tile of \(16, 16, 16\) is too small .* \(\(24, 24, 24\) pixels per "
+                        r"side\), so tiles of \(52, 52, 52\) are used .*; they keep only "
+                        r"\(4, 4, 4\) of their output .* about \d+ times the work of the "
+                        r"default tile; give a larger tile, or none", notes[0]), notes[0]
+    np.testing.assert_allclose(small, whole, atol=1e-5)
+    with pytest.warns(UsegWarning, match=r"^a tile of \(52, 52, 52\) keeps only \(4, 4, 4\) "):
+        exact = predict(model, image, tile=52, device="cpu")  # exact, but 32 passes
+    np.testing.assert_allclose(exact, whole, atol=1e-5)
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    write_image(tmp_path / "v.tif", image, axes="CZYX")
+    assert main(["predict", str(tmp_path / "v.tif"), "--model", str(path), "--out",
+                 str(tmp_path / "out"), "--tile", "16", "--quiet"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "too small" in err[0] and "times the work" in err[0]

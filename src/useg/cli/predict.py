@@ -37,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=out_path, required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--tile", type=sizes, default=None,
-                   help="input tile, e.g. 572 or 572x572 (default: as large as memory allows)")
+                   help="input tile in pixels (voxels in 3D), e.g. 572 or 572x572, rounded up "
+                        "to one the network takes (for a same-padding network, to one that "
+                        "stitches exactly); default: the least work that memory allows")
     p.add_argument("--batch-size", type=positive_int, default=1, help="tiles per forward pass")
     p.add_argument("--tta", action="store_true",
                    help="average over flips and quarter turns (8x slower in 2D)")

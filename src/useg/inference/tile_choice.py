@@ -11,6 +11,7 @@ whose peak memory (:func:`useg.nets.geometry.peak_bytes`) fits the budget.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -18,9 +19,10 @@ import torch
 from torch import nn
 
 from useg.device import device_memory
-from useg.errors import ConfigError
+from useg.errors import ConfigError, UsegWarning
 from useg.inference.tiling import plan_tiles
 from useg.nets.geometry import (
+    conv_macs,
     halo,
     mac_terms,
     min_input_shape,
@@ -207,33 +209,98 @@ def tile_geometry(
     device: torch.device, tta: bool,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | int, tuple[int, ...]]:
     """Tile, halo, margin and pooling step that :func:`useg.inference.predict.predict` uses for
-    an image shape: ``tile`` (:func:`default_tile` when None) rounded up to a valid one (square
-    in the (Y, X) plane for test-time augmentation), and the output a same-padding network
-    discards at the tile edges (:func:`useg.nets.geometry.tile_margin`).
+    an image shape: ``tile`` (:func:`default_tile` when None) rounded up to a valid one, for a
+    same-padding network to one whose discarded margin covers its context (so that stitching
+    is exact; :func:`useg.nets.geometry.tile_margin`), and square in the (Y, X) plane for
+    test-time augmentation.
+
+    A requested tile that had to grow for exactness, or that costs several times the work of
+    the default tile, is named in one :class:`~useg.errors.UsegWarning`.
 
     Raises :class:`~useg.errors.ConfigError` for a network whose output depends on the tile
     (:func:`tile_dependence`) when the tile does not cover the image, or when the one pass it
     needs does not fit in the memory of ``device``.
     """
     cfg = model.config
+    requested = tile
     if tile is None:
         tile = default_tile(model, image_shape, device)
-    tile = valid_input_shape(cfg, tile, mode="up")
-    if tta and cfg.ndim >= 2 and tile[-1] != tile[-2]:
-        side = max(tile[-2:])
-        tile = valid_input_shape(cfg, (*tile[:-2], side, side), mode="up")
-    h = halo(cfg)
-    # Output within the receptive radius of a tile edge sees the tile's zero padding: a
-    # same-padding network discards it, so stitching is exact.
-    margin = tile_margin(cfg, tile) if cfg.padding == "same" else 0
+    asked = valid_input_shape(cfg, tile, mode="up")
+    tile, h, margin = _geometry(cfg, asked, tta)
     output_shape(cfg, tile)  # validates the tile
     reason = tile_dependence(model)
     if reason is not None:
         _check_one_pass(model, reason, image_shape, tile, h, margin, device)
+        return tile, h, margin, pool_step(cfg)
+    grown = tile != asked and tile != _geometry(cfg, asked, tta, exact=False)[0]
+    if grown:
+        _refuse_too_large(cfg, tile, device, "this same-padding network stitches tiles exactly "
+                          f"(as one whole-image pass) only from a tile of {tile}, which needs",
+                          "predict on a device with more memory")
     else:
         _refuse_too_large(cfg, tile, device, f"a tile of {tile} needs", "give a smaller tile "
                           "(or none: the default tile fits the memory)")
+    if requested is not None:
+        _note_requested_tile(model, image_shape, asked, (tile, h, margin), grown, device, tta)
     return tile, h, margin, pool_step(cfg)
+
+
+def _geometry(cfg, tile: tuple[int, ...], tta: bool, exact: bool = True):
+    """The tile that prediction runs for a valid ``tile``, its halo and margin.
+
+    For a same-padding network the output within its context of a tile edge sees the tile's
+    zero padding; the margin discards it, and with ``exact`` the tile grows (per axis, by
+    pooling steps) until the margin covers the context, so that stitching is exact. Test-time
+    augmentation rotates in the (Y, X) plane, so its tile is square there."""
+    tile = tuple(tile)
+    if exact and cfg.padding == "same":
+        grown, ctx, step = list(tile), tile_context(cfg), pool_step(cfg)
+        for axis in range(cfg.ndim):
+            while tile_margin(cfg, grown)[axis] < ctx[axis]:
+                grown[axis] += step[axis]
+        tile = valid_input_shape(cfg, grown, mode="up")
+    if tta and cfg.ndim >= 2 and tile[-1] != tile[-2]:
+        side = max(tile[-2:])
+        tile = valid_input_shape(cfg, (*tile[:-2], side, side), mode="up")
+    margin = tile_margin(cfg, tile) if cfg.padding == "same" else 0
+    return tile, halo(cfg), margin
+
+
+# A requested tile that costs this many times the work of the default tile is worth a line.
+COSTLY_TILE_FACTOR = 3.0
+
+
+def _note_requested_tile(
+    model: UNet, image_shape: Sequence[int], asked: tuple[int, ...], geometry: tuple,
+    grown: bool, device: torch.device, tta: bool,
+) -> None:
+    """One warning when a requested tile had to grow for exact stitching, or keeps so little of
+    its output that the image costs several times the work of the default tile (the result is
+    the same, only slower: a small tile of a same-padding network can make thousands of
+    passes)."""
+    cfg = model.config
+
+    def work(tile_, halo_, margin_) -> tuple[int, tuple[int, ...]]:
+        plan = plan_tiles(image_shape, tile_, halo_, margin_, pool_step(cfg))
+        return conv_macs(cfg, tile_) * len(plan), plan.kept
+
+    notes = []
+    tile = geometry[0]
+    if grown:
+        notes.append(
+            f"a tile of {asked} is too small for this same-padding network to discard the "
+            f"context it needs at each tile edge ({tile_context(cfg)} pixels per side), so "
+            f"tiles of {tile} are used (the result equals one whole-image pass)")
+    mine, kept = work(*geometry)
+    default = work(*_geometry(cfg, default_tile(model, image_shape, device), tta))[0]
+    if mine > COSTLY_TILE_FACTOR * default:
+        notes.append(
+            f"{'they' if grown else f'a tile of {tile}'} keep{'' if grown else 's'} only "
+            f"{kept} of {'their' if grown else 'its'} output (the rest is context), so this "
+            f"image takes about {mine / default:.0f} times the work of the default tile; give "
+            "a larger tile, or none")
+    if notes:
+        warnings.warn(UsegWarning("; ".join(notes)), stacklevel=3)
 
 
 def _refuse_too_large(cfg, tile: tuple[int, ...], device: torch.device, what: str,
