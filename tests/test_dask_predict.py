@@ -284,3 +284,15 @@ def test_batch_statistics_predict_as_one_block_or_refuse(tmp_path):
                              scheduler="synchronous")
     assert result["blocks"] == 1
     np.testing.assert_array_equal(_read(tmp_path / "o.zarr"), predict(net, vol, device="cpu"))
+
+
+def test_a_costly_tile_is_named_once_not_once_per_block(case3d, tmp_path):
+    # TILE3 keeps little of its output (the tests want many tiles): one note for the volume,
+    # none from its 12 blocks.
+    from useg.errors import TileWarning
+
+    with pytest.warns(TileWarning) as record:
+        dp.predict_dask(case3d["net"], case3d["spec"], labels=tmp_path / "o.zarr", tile=TILE3,
+                        block=BLOCK3, scheduler="threads", progress=False)
+    notes = [str(w.message) for w in record if issubclass(w.category, TileWarning)]
+    assert len(notes) == 1 and "times the work of the default tile" in notes[0]

@@ -299,3 +299,12 @@ def test_a_requested_tile_of_a_same_network_grows_to_stitch_exactly_and_costly_i
                  str(tmp_path / "out"), "--tile", "16", "--quiet"]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "too small" in err[0] and "times the work" in err[0]
+    # A 2D network over a stack predicts slice by slice: one line for the stack, not per slice.
+    flat = UNet("ronneberger2015", width=2, depth=2, padding="same", in_channels=1, classes=2)
+    save_model(flat, tmp_path / "flat.safetensors")
+    write_image(tmp_path / "stack.tif", image[:, :4], axes="CZYX")
+    assert main(["predict", str(tmp_path / "stack.tif"), "--model",
+                 str(tmp_path / "flat.safetensors"), "--out", str(tmp_path / "out2"), "--tile",
+                 "8", "--quiet"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "too small" in err[0], err

@@ -33,6 +33,10 @@ class UsegWarning(UserWarning):
     """A setting that works but is likely not what the user wants; the CLI prints it as one line."""
 
 
+class TileWarning(UsegWarning):
+    """A requested prediction tile that had to grow, or that costs much more work than needed."""
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (its type's name when it has none), for quoting the
     error of a library in a message of ours.

@@ -228,6 +228,7 @@ def predict_block(job: dict[str, Any], index: tuple[int, ...], image: Any = None
 
     from useg.device import resolve_device
     from useg.inference.predict import predict
+    from useg.inference.tile_choice import tile_notes_said
 
     start, cpu = time.perf_counter(), time.process_time()
     marker = Path(job["done_dir"]) / marker_name(index)
@@ -244,10 +245,12 @@ def predict_block(job: dict[str, Any], index: tuple[int, ...], image: Any = None
         image = _worker_array(job["input"], "r")
     image = as_channels_first(image, job["axes"], model.config.ndim)
     source = _Prefetched(image, blocks.input_box(index))
-    probs = predict(
-        model, source, tile=job["tile"], device=device, precision=job["precision"],
-        tta=job["tta"], batch_size=job["batch_size"], stats=job["stats"], region=region,
-    )
+    # The tile was chosen, and any note on it said, once for the whole volume.
+    with tile_notes_said():
+        probs = predict(
+            model, source, tile=job["tile"], device=device, precision=job["precision"],
+            tta=job["tta"], batch_size=job["batch_size"], stats=job["stats"], region=region,
+        )
     if job["probabilities"]:
         _worker_array(job["probabilities"], "r+")[(slice(None), *region)] = probs
     if job["labels"]:

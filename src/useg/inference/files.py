@@ -13,6 +13,7 @@ after it.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import sys
@@ -26,6 +27,7 @@ from useg import io
 from useg.device import check_precision, resolve_device, resolve_precision
 from useg.errors import ConfigError, InputError, ModelFileError
 from useg.inference.predict import predict
+from useg.inference.tile_choice import tile_notes_said
 from useg.labels import class_dtype, most_likely_class
 from useg.nets.checkpoint import load_model
 from useg.nets.unet import UNet
@@ -100,7 +102,9 @@ def predict_image(
         if callable(progress):
             # The tiler counts the tiles of one slice; every slice has as many.
             shown = lambda done, total, z=z: progress(z * total + done, depth * total)  # noqa: E731
-        slices.append(predict(model, image[:, z], progress=shown, **kwargs))
+        # Every slice has the first one's tile: a note on it is said once.
+        with tile_notes_said() if z else contextlib.nullcontext():
+            slices.append(predict(model, image[:, z], progress=shown, **kwargs))
     return np.stack(slices, axis=1)
 
 

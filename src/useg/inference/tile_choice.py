@@ -10,6 +10,7 @@ whose peak memory (:func:`useg.nets.geometry.peak_bytes`) fits the budget.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from useg.device import device_memory
-from useg.errors import ConfigError, UsegWarning
+from useg.errors import ConfigError, TileWarning
 from useg.inference.tiling import plan_tiles
 from useg.nets.geometry import (
     conv_macs,
@@ -35,7 +36,9 @@ from useg.nets.geometry import (
 )
 from useg.nets.unet import UNet
 
-__all__ = ["default_tile", "tile_dependence", "tile_geometry", "whole_image_tile"]
+__all__ = [
+    "default_tile", "tile_dependence", "tile_geometry", "tile_notes_said", "whole_image_tile",
+]
 
 
 def tile_dependence(model: nn.Module) -> str | None:
@@ -215,7 +218,8 @@ def tile_geometry(
     test-time augmentation.
 
     A requested tile that had to grow for exactness, or that costs several times the work of
-    the default tile, is named in one :class:`~useg.errors.UsegWarning`.
+    the default tile, is named in one :class:`~useg.errors.TileWarning` (callers that repeat a
+    geometry already named, block by block or slice by slice, use :func:`tile_notes_said`).
 
     Raises :class:`~useg.errors.ConfigError` for a network whose output depends on the tile
     (:func:`tile_dependence`) when the tile does not cover the image, or when the one pass it
@@ -266,6 +270,15 @@ def _geometry(cfg, tile: tuple[int, ...], tta: bool, exact: bool = True):
     return tile, halo(cfg), margin
 
 
+@contextlib.contextmanager
+def tile_notes_said():
+    """Within: no :class:`~useg.errors.TileWarning`, for predictions that repeat a geometry
+    whose note was given once (the blocks of a volume, the slices of a stack)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TileWarning)
+        yield
+
+
 # A requested tile that costs this many times the work of the default tile is worth a line.
 COSTLY_TILE_FACTOR = 3.0
 
@@ -300,7 +313,7 @@ def _note_requested_tile(
             f"image takes about {mine / default:.0f} times the work of the default tile; give "
             "a larger tile, or none")
     if notes:
-        warnings.warn(UsegWarning("; ".join(notes)), stacklevel=3)
+        warnings.warn(TileWarning("; ".join(notes)), stacklevel=3)
 
 
 def _refuse_too_large(cfg, tile: tuple[int, ...], device: torch.device, what: str,
