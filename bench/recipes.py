@@ -119,18 +119,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="useg-recipes-") as tmp:
         for name in args.recipes:
             for ndim in args.ndim:
+                if ndim not in RECIPES[name].get("ndims", (ndim,)):
+                    continue  # a recipe for other dimensions only
                 print(f"{name} {ndim}D ...", flush=True)
-                runs.append(run_recipe(name, ndim, args.threads, Path(tmp),
-                                       name in args.estimate_only))
+                run = run_recipe(name, ndim, args.threads, Path(tmp), name in args.estimate_only)
+                runs.append({**run, "bench_command": command_line(), "date": machine["date"],
+                             "cpu": cpu_line(machine), "threads": args.threads})
+    # The recipes not run now keep their earlier measurements, each with its own command.
+    path, new = RESULTS / "recipes.json", {(r["recipe"], r["ndim"]) for r in runs}
+    earlier = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    for r in earlier["runs"]:
+        r.setdefault("bench_command", earlier.get("command"))
+        r.setdefault("date", earlier.get("machine", {}).get("date"))
+        r.setdefault("cpu", cpu_line(earlier["machine"]) if "machine" in earlier else None)
+        r.setdefault("threads", earlier.get("threads"))
+    runs = [r for r in earlier["runs"] if (r["recipe"], r["ndim"]) not in new] + runs
+    runs.sort(key=lambda r: (list(RECIPES).index(r["recipe"]), r["ndim"]))
     result = {"benchmark": "training recipes, wall time as run by a user",
               "command": command_line(), "machine": machine, "threads": args.threads,
               "runs": runs}
-    write_json(RESULTS / "recipes.json", result)
-    lines = ["# Training recipes: wall time", "", f"Command: `{command_line()}`", "",
-             f"Machine: {cpu_line(machine)}, {args.threads} thread(s).", "",
+    write_json(path, result)
+    lines = ["# Training recipes: wall time", "",
+             "Each row with the command that measured it, its date, CPU and torch threads.", "",
              "| recipe | dim | steps run | s/step | wall min | steps alone, min "
-             "| best validation |",
-             "|---|---|---|---|---|---|---|"]
+             "| best validation | measured by |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if "failed" in r:
             lines.append(f"| {r['recipe']} | {r['ndim']}D | failed: {r['failed'][-200:]} |")
@@ -141,7 +154,8 @@ def main() -> None:
         wall = f"{r['wall_s'] / 60:.1f}" if r["whole_run"] else "- (estimate only)"
         scores = json.dumps(r["best_validation"]) if r["whole_run"] else "-"
         lines.append(f"| {r['recipe']} | {r['ndim']}D | {r['steps']} | {rate} | {wall} | "
-                     f"{alone} | {scores} |")
+                     f"{alone} | {scores} | `{r['bench_command']}`, {r['date']}, {r['cpu']}, "
+                     f"{r['threads']} thread(s) |")
     (RESULTS / "recipes.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {RESULTS / 'recipes.json'} ({ROOT.name})")
