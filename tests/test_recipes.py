@@ -60,10 +60,11 @@ def test_auto_picks_the_recipe_of_the_device_and_says_why():
     name, why = choose_recipe("auto", "cuda")
     assert name == "gpu-paper" and "CUDA" in why
     assert choose_recipe("gpu-paper", "cpu") == ("gpu-paper", "as asked")
-    with pytest.raises(ConfigError, match="recipe must be one of auto, cpu-fast, gpu-paper"):
+    with pytest.raises(ConfigError, match="recipe must be one of auto, cpu-fast, cpu-best, "
+                       "gpu-paper"):
         choose_recipe("fast", "cpu")
-    for name in RECIPES:  # each recipe states a measured time or that there is none
-        assert all(RECIPES[name]["measured"][ndim] for ndim in (2, 3))
+    for name, recipe in RECIPES.items():  # a measured time, or that there is none, per ndim
+        assert all(recipe["measured"][ndim] for ndim in recipe.get("ndims", (2, 3)))
 
 
 def test_recipe_settings_and_explicit_options_over_them():
@@ -91,6 +92,22 @@ def test_recipe_settings_and_explicit_options_over_them():
     vol = make_config(3, recipe="cpu-fast", device="cpu")
     assert (vol.net["width"], vol.net["depth"], vol.net["padding"], vol.tile) == (
         8, 2, "same", [44, 44, 44])
+
+
+def test_cpu_best_is_a_3d_recipe_and_says_so_for_2d(dataset, tmp_path, capsys):
+    best = make_config(3, recipe="cpu-best", device="cpu")
+    fast = make_config(3, recipe="cpu-fast", device="cpu")
+    # The same network and tile as cpu-fast's 3D one, trained longer.
+    assert (best.net, best.tile, best.optimizer) == (fast.net, fast.tile, fast.optimizer)
+    assert best.iterations == 3750 > fast.iterations
+    with pytest.raises(ConfigError, match="recipe cpu-best is for 3D networks only; for a 2D "
+                       "network use cpu-fast, gpu-paper"):
+        make_config(2, recipe="cpu-best", device="cpu")
+    # useg train on 2D images: one line, exit code 2, nothing written.
+    assert _train(dataset, tmp_path / "run", "--recipe", "cpu-best") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "3D networks only" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_useg_train_prints_the_recipe_the_estimate_and_the_missing_validation(

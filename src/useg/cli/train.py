@@ -39,11 +39,13 @@ def duration(text: str) -> float:
 def _recipes_help() -> str:
     lines = []
     for name, recipe in RECIPES.items():
-        two = recipe_settings(name, 2)
-        net = (f"width {two['width']}, depth {two['depth']}, tile {two['tile'][0]}"
-               if "width" in two else "the preset's network and tile")
-        lines.append(f"{name}: {recipe['about']} (2D: {net}, {two['optimizer']}, "
-                     f"{two['iterations']} steps)")
+        ndim = recipe.get("ndims", (2,))[0]  # the 2D settings, or the only ones it has
+        s = recipe_settings(name, ndim)
+        net = (f"width {s['width']}, depth {s['depth']}, tile {s['tile'][0]}"
+               if "width" in s else "the preset's network and tile")
+        only = " only" if "ndims" in recipe else ""
+        lines.append(f"{name}: {recipe['about']} ({ndim}D{only}: {net}, {s['optimizer']}, "
+                     f"{s['iterations']} steps)")
     return "; ".join(lines)
 
 
