@@ -63,7 +63,7 @@ def test_auto_picks_the_recipe_of_the_device_and_says_why():
     with pytest.raises(ConfigError, match="recipe must be one of auto, cpu-fast, cpu-best, "
                        "gpu-paper"):
         choose_recipe("fast", "cpu")
-    for name, recipe in RECIPES.items():  # a measured time, or that there is none, per ndim
+    for recipe in RECIPES.values():  # a measured time, or that there is none, per ndim
         assert all(recipe["measured"][ndim] for ndim in recipe.get("ndims", (2, 3)))
 
 
@@ -100,6 +100,21 @@ def test_cpu_best_is_a_3d_recipe_and_says_so_for_2d(dataset, tmp_path, capsys):
     # The same network and tile as cpu-fast's 3D one, trained longer.
     assert (best.net, best.tile, best.optimizer) == (fast.net, fast.tile, fast.optimizer)
     assert best.iterations == 3750 > fast.iterations
+    # Its augmentation is the one it was chosen with (none); the flags still override it.
+    from useg.training.from_folders import build_config
+    from useg.training.options import TrainOptions
+
+    def augment(**flags):
+        return build_config(TrainOptions(device="cpu", **flags), 3, 1)["augment"]
+
+    assert augment(recipe="cpu-best") is None and augment(recipe="cpu-fast") == {}
+    assert augment(recipe="cpu-fast", no_elastic=True) == {"elastic": False}
+    assert augment(recipe="cpu-fast", no_augment=True) is None
+    assert augment(recipe="cpu-best", no_elastic=True) == {"elastic": False}
+    from useg.training.loop import _recipe_line
+
+    assert _recipe_line(best).endswith("3750 steps, no augmentation")
+    assert "augmentation" not in _recipe_line(fast)
     with pytest.raises(ConfigError, match="recipe cpu-best is for 3D networks only; for a 2D "
                        "network use cpu-fast, gpu-paper"):
         make_config(2, recipe="cpu-best", device="cpu")

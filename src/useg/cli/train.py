@@ -44,8 +44,9 @@ def _recipes_help() -> str:
         net = (f"width {s['width']}, depth {s['depth']}, tile {s['tile'][0]}"
                if "width" in s else "the preset's network and tile")
         only = " only" if "ndims" in recipe else ""
+        augment = ", no augmentation" if "augment" in s and s["augment"] is None else ""
         lines.append(f"{name}: {recipe['about']} ({ndim}D{only}: {net}, {s['optimizer']}, "
-                     f"{s['iterations']} steps)")
+                     f"{s['iterations']} steps{augment})")
     return "; ".join(lines)
 
 
@@ -122,8 +123,11 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-clip", type=_typed("grad_clip"), default=_DEFAULTS.grad_clip)
     g.add_argument("--dice", type=_typed("dice"), default=_DEFAULTS.dice,
                    help="weight of a soft Dice term")
-    g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
-    g.add_argument("--no-elastic", action="store_true", help="no elastic deformation")
+    g.add_argument("--no-augment", action="store_true",
+                   help="no augmentation at all (default: the recipe's, else all of it)")
+    g.add_argument("--no-elastic", action="store_true",
+                   help="augmentation without its elastic deformation: rotations, flips, "
+                        "scaling and gray values (also for a recipe without augmentation)")
     g.add_argument("--w0", type=_typed("w0"), default=_DEFAULTS.w0,
                    help="border weight amplitude (0: off)")
     g.add_argument("--sigma", type=_typed("sigma"), default=_DEFAULTS.sigma,

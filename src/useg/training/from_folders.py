@@ -296,7 +296,9 @@ def build_config(
         time_budget=getattr(options, "time_budget", None), batch_size=options.batch_size,
         weight_decay=options.weight_decay,
         precision=options.precision, grad_clip=options.grad_clip, dice_weight=options.dice,
-        augment=None if options.no_augment else {"elastic": not options.no_elastic},
+        # Neither flag given: the recipe's augmentation, else the default (all of it).
+        **({"augment": None if options.no_augment else {"elastic": False}}
+           if options.no_augment or options.no_elastic else {}),
         unlabeled=options.unlabeled, boundary_width=options.boundary_width, w0=options.w0,
         sigma=options.sigma, class_balance=not options.no_class_balance,
         val_every=options.val_every, checkpoint_every=options.checkpoint_every,

@@ -1,7 +1,8 @@
 """Named training recipes: what ``useg train --recipe NAME`` sets, as plain data.
 
-A recipe gives the network's size, the tile, the optimizer, the learning-rate schedule and the
-number of steps; an option given explicitly overrides its one setting, and every setting a
+A recipe gives the network's size, the tile, the optimizer, the learning-rate schedule, the
+number of steps and, where it was chosen with other augmentation than the default, that
+augmentation; an option given explicitly overrides its one setting, and every setting a
 recipe leaves out keeps its default (:class:`~useg.training.config.TrainConfig`). ``auto``, the
 default of ``useg train`` and ``useg densify``, picks ``cpu-fast`` for a run on the CPU and
 ``gpu-paper`` for a run on a CUDA GPU, and says which and why.
@@ -54,7 +55,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             # bench/flyem_recipe.py's choice on a validation crop of FlyEM with the paper's
             # (5,5,3) annotated slices: cpu-fast's 3D network and tile, trained for longer.
             3: {"width": 8, "depth": 2, "padding": "same", "tile": [44, 44, 44],
-                "iterations": 3750},
+                "iterations": 3750, "augment": None},
         },
         # Not yet chosen for 2D (bench/isbi2012.py has one configuration, not a choice).
         "ndims": (3,),
