@@ -1,6 +1,7 @@
 """FlyEM 3D from the paper's sparse budget: a CPU recipe chosen on a validation crop, tested once.
 
 Run: .venv/bin/python bench/flyem_recipe.py [--candidates base long wide] [--seeds 0 1 2]
+         [--then-test]
      .venv/bin/python bench/flyem_recipe.py --test NAME [--seeds 0 1 2]
 
 The semi-automated setting of bench/sparse3d.py (train on the annotated orthogonal slices of a
@@ -13,8 +14,10 @@ volume that share no voxel:
   voxels; the recipe with the highest mean boundary IoU (argmax, the paper's measure) whose
   training fits the time limit is the choice.
 * test: bench/sparse3d.py's crop, 80 x 160 x 160 at z 40..119. Only the chosen recipe is run
-  there (``--test NAME``), once per seed; ``base`` is bench/sparse3d.py's chosen configuration,
-  whose test scores are in bench/results/sparse3d_chosen.json (Table 1, (5,5,3)).
+  there (``--test NAME``, or ``--then-test`` after the candidates), once per seed; its boundary
+  maps are kept for bench/flyem_neurons.py. ``base`` is bench/sparse3d.py's chosen
+  configuration, whose test scores are in bench/results/sparse3d_chosen.json (Table 1,
+  (5,5,3)).
 
 Candidates (``CANDIDATES``) differ in network size (and the tile that size needs), steps and
 augmentation only; everything else is bench/sparse3d.py's chosen configuration (same padding,
@@ -163,6 +166,8 @@ def main() -> None:
                         choices=list(CANDIDATES))
     parser.add_argument("--test", choices=list(CANDIDATES),
                         help="run this recipe on the test crop (after choosing it)")
+    parser.add_argument("--then-test", action="store_true",
+                        help="after the candidates, run the validation choice on the test crop")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit-min", type=float, default=60.0,
@@ -177,7 +182,17 @@ def main() -> None:
     for name in [args.test] if args.test else args.candidates:
         for seed in args.seeds:
             one_run(args, name, split, seed, cache)
-    # The tables hold every run in the cache, whichever process made it.
+    report = publish_tables(args, out, cache)
+    if args.then_test and report.get("chosen"):
+        for seed in args.seeds:
+            one_run(args, report["chosen"], "test", seed, cache)
+        report = publish_tables(args, out, cache)
+    if args.test and report.get("chosen") and args.test != report["chosen"]:
+        print(f"note: {args.test} was tested, but the validation choice is {report['chosen']}")
+
+
+def publish_tables(args: argparse.Namespace, out: Path, cache: Path) -> dict[str, Any]:
+    """Tables of every run in the cache, whichever process made it, and the choice."""
     runs = [json.loads(p.read_text())["run"] for p in sorted(cache.glob("*.json"))]
     names = list(CANDIDATES)
     report: dict[str, Any] = {
@@ -192,8 +207,7 @@ def main() -> None:
         report["chosen"] = max(fitting, key=lambda r: r["argmax"]["mean"])["candidate"]
     report["runs"] = runs
     publish(out, "flyem_recipe", report, markdown(report))
-    if args.test and report.get("chosen") and args.test != report["chosen"]:
-        print(f"note: {args.test} was tested, but the validation choice is {report['chosen']}")
+    return report
 
 
 if __name__ == "__main__":
