@@ -37,8 +37,10 @@ bench/results/flyem_neurons.json and .md.
 from __future__ import annotations
 
 import argparse
+import atexit
 import itertools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -272,6 +274,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     machine = machine_info()
     exp = Experiment(exp_args)
+    atexit.register(shutil.rmtree, exp.tmp, ignore_errors=True)  # its training runs' folder
     network = network_description(exp_args, steps)
     identity = {"network": network, "slices": list(SLICES), "grid": candidates()}
     out = RESULTS if not args.quick else RESULTS.parent.parent / "runs" / "flyem-quick"
