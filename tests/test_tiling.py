@@ -284,7 +284,7 @@ def test_a_requested_tile_of_a_same_network_grows_to_stitch_exactly_and_costly_i
         small = predict(model, image, tile=16, device="cpu")
     notes = [str(w.message) for w in record if issubclass(w.category, UsegWarning)]
     assert len(notes) == 1
-    assert re.fullmatch(r"a tile of \(16, 16, 16\) is too small .* \(\(24, 24, 24\) pixels per "
+    assert re.fullmatch(r"a tile of \(16, 16, 16\) is too small .* \(\(24, 24, 24\) voxels per "
                         r"side\), so tiles of \(52, 52, 52\) are used .*; they keep only "
                         r"\(4, 4, 4\) of their output .* about \d+ times the work of the "
                         r"default tile; give a larger tile, or none", notes[0]), notes[0]

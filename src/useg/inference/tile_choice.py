@@ -302,7 +302,8 @@ def _note_requested_tile(
     if grown:
         notes.append(
             f"a tile of {asked} is too small for this same-padding network to discard the "
-            f"context it needs at each tile edge ({tile_context(cfg)} pixels per side), so "
+            f"context it needs at each tile edge ({tile_context(cfg)} "
+            f"{'voxels' if cfg.ndim == 3 else 'pixels'} per side), so "
             f"tiles of {tile} are used (the result equals one whole-image pass)")
     mine, kept = work(*geometry)
     default = work(*_geometry(cfg, default_tile(model, image_shape, device), tta))[0]
