@@ -49,8 +49,6 @@ import torch
 from _common import RESULTS, ROOT, command_line, cpu_line, keep_run, kept_run, machine_info, publish
 from sparse3d import Experiment, spread
 
-from useg.device import resolve_precision
-
 SLICES = (5, 5, 3)
 # (crop shape, crop start), zyx; the test crop is bench/sparse3d.py's centred one.
 CROPS = {"validation": ([40, 160, 160], [0, 45, 45]), "test": ([80, 160, 160], [40, 45, 45])}
@@ -71,12 +69,11 @@ def crops(args: argparse.Namespace) -> dict[str, tuple[list[int], list[int]]]:
 
 
 def experiment(args: argparse.Namespace, candidate: dict[str, Any], split: str) -> Experiment:
-    crop, start = crops(args)[split]
-    exp_args = argparse.Namespace(
-        quick=args.quick, crop=crop, crop_start=start, width=candidate["width"],
-        depth=candidate["depth"], padding="same", stats="running", augment=candidate["augment"],
-        lr=1e-3, workers=1, tile3d=[16] * 3 if args.quick else [candidate["tile"]] * 3,
-        tile2d=[128, 128], precision=resolve_precision("auto", "cpu"))
+    # flyem_neurons' settings of the candidate (one place), on this bench's crops.
+    exp_args, _ = flyem_neurons.setup(candidate, args.quick)
+    exp_args.crop, exp_args.crop_start = crops(args)[split]
+    if args.quick:
+        exp_args.tile3d = [16] * 3
     return Experiment(exp_args)
 
 
@@ -99,11 +96,11 @@ def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, An
     finally:
         shutil.rmtree(exp.tmp, ignore_errors=True)
     if keep_map:
-        neurons_args, neurons_steps = flyem_neurons.setup(candidate, quick=False)
-        assert (neurons_args.crop, neurons_steps) == (exp.args.crop, steps), "not the same run"
+        neurons_crop = flyem_neurons.setup(candidate, quick=False)[0].crop
+        assert exp.args.crop == neurons_crop, "not the crop flyem_neurons segments"
         flyem_neurons.keep_map(flyem_neurons.MAPS / flyem_neurons.map_name(name, seed, ".npz"),
                                run["probability"],
-                               flyem_neurons.network_description(neurons_args, steps),
+                               flyem_neurons.network_description(exp.args, steps),
                                flyem_neurons.map_meta(exp, run, steps, seed))
     run = {k: v for k, v in run.items() if k not in ("prediction", "probability")}
     run.update(candidate=name, split=split, threads=args.threads)
