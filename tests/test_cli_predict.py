@@ -212,3 +212,18 @@ def test_torch_threads_sets_the_threads_of_the_prediction(tmp_path, model_path, 
     assert main(["predict", str(img), "--model", str(model_path), "--out",
                  str(tmp_path / "o2"), "--torch-threads", "0"]) == 2
     assert "--torch-threads" in capsys.readouterr().err
+
+
+def test_a_corrupt_tiff_is_one_line_in_a_real_process(tmp_path, model_path):
+    # pytest captures library log records; a real process showed tifffile's own line too.
+    import subprocess
+    import sys
+
+    path = tmp_path / "corrupt.tif"
+    path.write_bytes(b"II*\x00garbage")
+    done = subprocess.run([sys.executable, "-m", "useg", "predict", str(path), "--model",
+                           str(model_path), "--out", str(tmp_path / "o"), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "corrupt.tif" in lines[0], done.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import math
 import sys
 import warnings
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     args.argv = argv  # the command line as given (useg train records it in config.json)
+    # tifffile logs what it finds wrong in a file to stderr; useg says the file's problem in
+    # its own one line, so the library's line would be a second one.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     default_show = warnings.showwarning
     shown: set[str] = set()
 
