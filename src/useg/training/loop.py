@@ -732,6 +732,12 @@ def _out_of_time(run: _Run, started: float) -> bool:
         pace = (now - run.last_check[0]) / (run.step - run.last_check[1])
         ahead = pace * (cfg.log_every if run.dist.world > 1 else 1)
     run.last_check = (now, run.step)
+    # This step's own validation and checkpoint, when due, still come before the next check
+    # (the pace above only spreads them over the steps between checks).
+    if run.due(cfg.log_every) and run.due(cfg.val_every):
+        ahead += decision.get("validation_seconds", 0.0)
+    if run.due(cfg.checkpoint_every):
+        ahead += decision.get("checkpoint_seconds", 0.0)
     late = now - started + ahead + final > cfg.time_budget
     if run.dist.world > 1:
         flag = torch.tensor([float(late)], dtype=torch.float64, device=run.device)
