@@ -1,0 +1,309 @@
+"""ISBI 2012: a 2D CPU recipe chosen on validation with seeds, then tested once.
+
+Run: .venv/bin/python bench/isbi2012_recipe.py [--candidates base dice] [--seeds 0 1 2]
+     .venv/bin/python bench/isbi2012_recipe.py --test NAME [--seeds 0 1 2]
+
+bench/isbi2012.py trains one configuration once; this bench compares candidate recipes over
+seeds on the same split (train on slices 0..14, choose on 15..19, report 20..24 once):
+
+* every run trains a candidate with one seed on slices 0..14 (the trainer keeps the
+  checkpoint with the best validation IoU, as bench/isbi2012.py does);
+* its interior map of the validation slices (TTA, the 8 flips and quarter turns) goes through
+  bench/isbi2012_segment.py's search: every way from map to cells (components, distance
+  seeds, confident seeds, merged seeds) with its settings, scored by pixel error + adapted Rand
+  error at ONE operating point; the run keeps the best way and settings on validation;
+* a candidate's score is the mean over its seeds of that validation sum; the candidate with the
+  smallest mean whose steps fit the time limit on two threads (``--limit-min``, 60) and which
+  has every seed asked for is the choice;
+* ``--test NAME`` scores the named candidate's kept models on the test slices, each at the way
+  and settings its own validation chose (nothing is chosen on the test slices). Run it for the
+  validation choice only.
+
+Candidates (``CANDIDATES``) were fixed before any of them was run: ``base`` is bench/isbi2012.py's
+``main`` (width 16, depth 3, valid convolutions, the paper's weight map w0=10 sigma=5 with class
+balance, elastic deformation, Adam 1e-3 poly, 3000 steps); ``dice`` adds a soft Dice term of
+weight 1 to the weighted cross entropy (the literature's remedy for thin structures);
+``long`` and ``dice-long`` double the steps (the 60-minute budget on two threads). A candidate's
+minutes on two threads are estimated from bench/results/isbi2012.json's measured seconds per
+step of the same network and tile (the Dice term costs little beside the network); the runs
+here may use one thread each, so their own training minutes are recorded but not the limit.
+
+``--packaged-base-seed0``: the packaged ``em-membrane`` model is bench/isbi2012.py's main run
+(base, seed 0, two threads), so base's seed 0 can be that model instead of a new training run;
+the run record says so.
+
+Every finished run is kept in bench/results/isbi2012_recipe_runs/ with what it was made with
+(its model under runs/isbi2012_recipe/, not committed), so processes can fill the cache in
+parallel (one per seed, one thread each) and a last call publishes the tables.
+Results: bench/results/isbi2012_recipe.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import RESULTS, ROOT, command_line, cpu_line, keep_run, kept_run, machine_info, publish
+from isbi2012 import (
+    ITERATIONS,
+    SCORES,
+    TEST_SLICES,
+    TRAIN_SLICES,
+    VAL_SLICES,
+    load_slices,
+    predict_slices,
+    prediction_tile,
+    samples,
+    train_config,
+)
+from isbi2012_segment import best_per_way, params_of, search
+from sparse3d import spread
+
+from useg.evaluation.isbi import isbi_scores
+from useg.io.datasets import dataset
+from useg.nets.checkpoint import load_model, resolve_model
+
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "base": {},
+    "dice": {"dice_weight": 1.0},
+    "long": {"iterations": 2 * ITERATIONS},
+    "dice-long": {"dice_weight": 1.0, "iterations": 2 * ITERATIONS},
+}
+PRECISION = "fp32"  # what bench/isbi2012.py's "auto" is on a CPU without native bf16
+MODELS = ROOT / "runs" / "isbi2012_recipe"
+
+
+def steps_of(name: str, quick: bool) -> int:
+    return 12 if quick else CANDIDATES[name].get("iterations", ITERATIONS)
+
+
+def config_of(name: str, seed: int, quick: bool):
+    overrides = {k: v for k, v in CANDIDATES[name].items() if k != "iterations"}
+    if quick:
+        overrides["tile"] = [188, 188]
+    return train_config("main", steps_of(name, quick), PRECISION, seed=seed, workers=1,
+                        **overrides)
+
+
+def minutes_on_two_threads(name: str) -> float | None:
+    """A candidate's training minutes on two threads, from bench/isbi2012.py's measured main
+    run (same network and tile), or None when that run is not there."""
+    path = RESULTS / "isbi2012.json"
+    if not path.exists():
+        return None
+    main = json.loads(path.read_text()).get("variants", {}).get("main")
+    if not main or main.get("config", {}).get("net") != config_of(name, 0, False).net:
+        return None
+    return main["seconds_per_step"] * steps_of(name, False) / 60
+
+
+def _slices(root: Path, indices: range, quick: bool):
+    images, labels = load_slices(root, indices[:2] if quick else indices)
+    return images, np.stack([lab > 0 for lab in labels]), labels
+
+
+def one_run(args, name: str, seed: int, root: Path, cache: Path) -> dict[str, Any]:
+    packaged = args.packaged_base_seed0 and name == "base" and seed == 0 and not args.quick
+    identity = {"candidate": CANDIDATES[name], "steps": steps_of(name, args.quick),
+                "seed": seed, "quick": args.quick, "packaged_model": packaged}
+    path = cache / f"{name}_seed{seed}.json"
+    kept = kept_run(path, identity)
+    if kept is not None:
+        return kept
+    model_file = MODELS / ("quick" if args.quick else "") / f"{name}_seed{seed}.safetensors"
+    run: dict[str, Any] = {"candidate": name, "seed": seed, "threads": args.threads,
+                           "model_file": str(model_file.relative_to(ROOT))}
+    if packaged:
+        source = resolve_model("em-membrane")
+        run.update(trained_by="bench/isbi2012.py main (the packaged em-membrane model), "
+                              "two threads", threads=2, train_s=None)
+    else:
+        cfg = config_of(name, seed, args.quick)
+        print(f"{name} seed {seed}: training {cfg.iterations} steps on {args.threads} "
+              f"thread(s)", flush=True)
+        images, _, labels = _slices(root, TRAIN_SLICES, args.quick)
+        val_images, _, val_labels = _slices(root, VAL_SLICES, args.quick)
+        train_s = samples(images, labels, cfg,
+                          [f"train/{i}.png" for i in TRAIN_SLICES][:len(images)])
+        val_s = samples(val_images, val_labels, cfg, [f"train/{i}.png" for i in VAL_SLICES][
+            :len(val_images)])
+        folder = MODELS / ("quick" if args.quick else "") / f"{name}_seed{seed}"
+        shutil.rmtree(folder, ignore_errors=True)  # a run interrupted before it was kept
+        from useg.training.loop import train
+
+        t0 = time.perf_counter()
+        source = train(cfg, train_s, folder, val_samples=val_s, progress=False)
+        run.update(trained_by="this bench", train_s=time.perf_counter() - t0,
+                   config=cfg.to_dict())
+    model = load_model(source, device="cpu")
+    run["checkpoint_step"] = int(model.meta.get("step", 0))
+    val_images, val_truth, _ = _slices(root, VAL_SLICES, args.quick)
+    tile = prediction_tile(model.meta["config"], val_images[0].shape[1:])
+    t0 = time.perf_counter()
+    probs = predict_slices(model, val_images, tile, PRECISION)
+    rows = search(probs, val_truth)
+    best = best_per_way(rows)
+    chosen = min(best, key=lambda w: best[w]["criterion"])
+    run.update(search_s=time.perf_counter() - t0, way=chosen, settings=best[chosen]["settings"],
+               validation={k: best[chosen][k] for k in ("pixel_error", "adapted_rand_error",
+                                                        "criterion")},
+               validation_per_way={w: {k: r[k] for k in ("settings", "pixel_error",
+                                                         "adapted_rand_error", "criterion")}
+                                   for w, r in best.items()})
+    model_file.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, model_file)
+    keep_run(path, identity, run)
+    v = run["validation"]
+    print(f"  validation: {chosen} {run['settings']}: pixel {v['pixel_error']:.4f}, adapted "
+          f"Rand {v['adapted_rand_error']:.4f}", flush=True)
+    return run
+
+
+def test_run(args, run: dict[str, Any], root: Path, cache: Path) -> dict[str, Any]:
+    """Score a kept run's model on the test slices at its own validation choice."""
+    path = cache / f"test_{run['candidate']}_seed{run['seed']}.json"
+    identity = {"validation_run": run}
+    kept = kept_run(path, identity)
+    if kept is not None:
+        return kept
+    model = load_model(ROOT / run["model_file"], device="cpu")
+    images, truth, _ = _slices(root, TEST_SLICES, args.quick)
+    tile = prediction_tile(model.meta["config"], images[0].shape[1:])
+    probs = predict_slices(model, images, tile, PRECISION)
+    params, threshold = params_of(run["settings"])
+    scores = isbi_scores(probs, truth, thresholds=(threshold,), instances=params)
+    result = {"candidate": run["candidate"], "seed": run["seed"], "way": run["way"],
+              "settings": run["settings"],
+              "test": {k: scores["per_threshold"][0][k] for k in SCORES}}
+    keep_run(path, identity, result)
+    t = result["test"]
+    print(f"  test {run['candidate']} seed {run['seed']}: pixel {t['pixel_error']:.4f}, "
+          f"adapted Rand {t['adapted_rand_error']:.4f}", flush=True)
+    return result
+
+
+def table(runs: list[dict[str, Any]], tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for name in CANDIDATES:
+        mine = [r for r in runs if r["candidate"] == name]
+        if not mine:
+            continue
+        row = {"candidate": name, "settings": CANDIDATES[name], "seeds": sorted(r["seed"]
+                                                                               for r in mine),
+               "minutes_two_threads": minutes_on_two_threads(name),
+               "ways": sorted({r["way"] for r in mine})}
+        for key in ("pixel_error", "adapted_rand_error", "criterion"):
+            row[f"val_{key}"] = spread([r["validation"][key] for r in mine])
+        trained = [r["train_s"] / 60 for r in mine if r.get("train_s")]
+        row["train_min"] = spread(trained) if trained else None
+        row["threads"] = sorted({r["threads"] for r in mine})
+        tested = [t for t in tests if t["candidate"] == name]
+        if tested:
+            for key in ("pixel_error", "adapted_rand_error", "rand_error", "warping_error"):
+                row[f"test_{key}"] = spread([t["test"][key] for t in tested])
+            row["test_seeds"] = sorted(t["seed"] for t in tested)
+        rows.append(row)
+    return rows
+
+
+def _cell(s: dict[str, Any] | None, digits: int = 4) -> str:
+    if not s:
+        return "-"
+    return f"{s['mean']:.{digits}f} +- {s['std']:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# ISBI 2012 2D recipe: chosen on validation (15..19) over seeds, tested once "
+             "(20..24)", "", f"Command: `{report['command']}`; CPU {cpu_line(report['machine'])}.",
+             "", "Each run: its validation-chosen way from map to cells and settings "
+             "(bench/isbi2012_segment.py's search, pixel + adapted Rand error at one operating "
+             "point). Mean +- sample std over seeds. Test columns only for the tested "
+             "candidate, each seed at its own validation choice.", "",
+             "| recipe | settings | seeds | val pixel | val adapted Rand | val sum | min on 2 "
+             "threads (est.) | train min (threads) | test pixel | test adapted Rand |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["table"]:
+        mark = "**" if r["candidate"] == report.get("chosen") else ""
+        est = "-" if r["minutes_two_threads"] is None else f"{r['minutes_two_threads']:.0f}"
+        train = "-" if not r["train_min"] else f"{r['train_min']['mean']:.0f}"
+        lines.append(
+            f"| {mark}{r['candidate']}{mark} | `{json.dumps(r['settings'])}` | "
+            f"{','.join(map(str, r['seeds']))} | {_cell(r['val_pixel_error'])} | "
+            f"{_cell(r['val_adapted_rand_error'])} | {_cell(r['val_criterion'])} | "
+            f"{est} | {train} ({r['threads']}) | "
+            f"{_cell(r.get('test_pixel_error'))} | {_cell(r.get('test_adapted_rand_error'))} |")
+    lines.append("")
+    if report.get("chosen"):
+        lines.append(f"Chosen on validation (smallest mean val sum, within {report['limit_min']} "
+                     f"min on two threads, every seed asked): **{report['chosen']}**.")
+    else:
+        lines.append("No choice yet: no candidate has every seed asked for within the limit.")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def publish_tables(args, out: Path, cache: Path) -> dict[str, Any]:
+    kept = [json.loads(p.read_text())["run"] for p in sorted(cache.glob("*.json"))]
+    runs = [r for r in kept if "validation" in r]
+    tests = [r for r in kept if "test" in r]
+    report: dict[str, Any] = {
+        "benchmark": "isbi2012_recipe", "command": command_line(), "machine": machine_info(),
+        "split": {"train": "0..14", "validation": "15..19", "test": "20..24"},
+        "candidates": CANDIDATES, "limit_min": args.limit_min, "precision": PRECISION,
+        "table": table(runs, tests)}
+    fitting = [r for r in report["table"]
+               if set(args.seeds) <= set(r["seeds"])
+               and (r["minutes_two_threads"] or 0) <= args.limit_min]
+    if fitting:
+        report["chosen"] = min(fitting, key=lambda r: r["val_criterion"]["mean"])["candidate"]
+    report["runs"], report["tests"] = runs, tests
+    publish(out, "isbi2012_recipe", report, markdown(report))
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", nargs="+", default=["base", "dice"],
+                        choices=list(CANDIDATES))
+    parser.add_argument("--test", choices=list(CANDIDATES),
+                        help="score this recipe's kept models on the test slices (after "
+                             "choosing it on validation)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--limit-min", type=float, default=60.0,
+                        help="training minutes a recipe may take on two threads")
+    parser.add_argument("--packaged-base-seed0", action="store_true",
+                        help="base's seed 0 is the packaged em-membrane model (bench/isbi2012.py"
+                             "'s main run), not a new training run")
+    parser.add_argument("--publish-only", action="store_true",
+                        help="train nothing: publish the tables of the runs kept so far")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: two slices per set, a few steps, nothing kept in "
+                             "bench/results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    root = dataset("isbi2012")
+    if root is None:
+        sys.exit("isbi2012 not found in the shared data folder; set USEG_DATA")
+    out = ROOT / "runs" / "isbi2012-recipe-quick" if args.quick else RESULTS
+    cache = out / "isbi2012_recipe_runs"
+    if not args.publish_only:
+        for name in [args.test] if args.test else args.candidates:
+            for seed in args.seeds:
+                run = one_run(args, name, seed, root, cache)
+                if args.test:
+                    test_run(args, run, root, cache)
+    report = publish_tables(args, out, cache)
+    if args.test and report.get("chosen") and args.test != report["chosen"]:
+        print(f"note: {args.test} was tested, but the validation choice is {report['chosen']}")
+
+
+if __name__ == "__main__":
+    main()
