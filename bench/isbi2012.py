@@ -171,9 +171,10 @@ def prediction_tile(net: dict[str, Any], shape: tuple[int, int]) -> tuple[int, .
     return valid_input_shape(cfg, (side, side), mode="up")
 
 
-def predict_slices(model, images: list[np.ndarray], tile, precision: str) -> np.ndarray:
+def predict_slices(model, images: list[np.ndarray], tile, precision: str,
+                   device: str = "cpu") -> np.ndarray:
     """probabilities[1] of every slice, averaged over the 8 dihedral transforms."""
-    return np.stack([predict(model, im, tile=tile, device="cpu", precision=precision,
+    return np.stack([predict(model, im, tile=tile, device=device, precision=precision,
                              tta=True)[1] for im in images])
 
 

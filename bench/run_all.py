@@ -33,6 +33,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "conv_kernels": (["bench/conv_kernels.py"], "conv_kernels.json"),
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
+    "isbi2012_recipe": (["bench/isbi2012_recipe.py", "--candidates", "base", "dice"],
+                        "isbi2012_recipe.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
     "flyem_neurons": (["bench/flyem_neurons.py"], "flyem_neurons.json"),
     "flyem_recipe": (["bench/flyem_recipe.py", "--candidates", "base", "long", "long-flips",
@@ -271,6 +273,21 @@ def _isbi_segment(d):
     return rows
 
 
+def _isbi_recipe(d):
+    rows = []
+    for r in _get(d, "table", default=[]):
+        chosen = " (chosen)" if r["candidate"] == d.get("chosen") else ""
+        value = (f"{_fmt(r['val_criterion']['mean'])} +- {_fmt(r['val_criterion']['std'])} "
+                 f"(pixel {_fmt(r['val_pixel_error']['mean'])}, adapted Rand "
+                 f"{_fmt(r['val_adapted_rand_error']['mean'])})")
+        if "test_pixel_error" in r:
+            value += (f"; test pixel {_fmt(r['test_pixel_error']['mean'])}, adapted Rand "
+                      f"{_fmt(r['test_adapted_rand_error']['mean'])}")
+        rows.append((f"ISBI 2012 recipe {r['candidate']}{chosen}, seeds {r['seeds']}: "
+                     "validation pixel + adapted Rand error at one point, mean +- std", value))
+    return rows
+
+
 def _isbi(d):
     rows = []
     for name, v in _get(d, "variants", default={}).items():
@@ -378,7 +395,7 @@ def _demo(d):
 EXTRACT: dict[str, Callable] = {
     "demo": _demo, "recipes": _recipes,
     "nuclei": _nuclei, "ovules3d": _ovules3d,
-    "isbi2012": _isbi, "isbi2012_segment": _isbi_segment,
+    "isbi2012": _isbi, "isbi2012_segment": _isbi_segment, "isbi2012_recipe": _isbi_recipe,
     "flyem_neurons": _flyem_neurons, "flyem_neurons_long": _flyem_neurons,
     "flyem_recipe": _flyem_recipe, "conv_kernels": _conv_kernels,
     "sparse3d": _sparse3d, "scale": _scale,
@@ -416,7 +433,16 @@ def summarise() -> str:
               "/work/peer_venv/bin/python` runs Cellpose 3 (trained from scratch, offline) from "
               "a virtual environment made with `python3 -m venv /work/peer_venv && "
               "/work/peer_venv/bin/pip install torch==2.13.0 \"cellpose<4\"` (Cellpose pins "
-              "an older NumPy than useg's).", ""]
+              "an older NumPy than useg's).", "",
+              "On a lent GPU (the `device` tool): `bench/gpu.py` is one prepared run (CUDA "
+              "checks, conv limit, training steps, prediction against MONAI, `gpu-paper` on "
+              "ISBI 2012) that fits one call. Here, once: `ln -sfn ../shared/data .devdata` and "
+              "`python3 -m pip download --no-deps --only-binary=:all: -d .whl monai==1.6.1`; "
+              "then one `run` with command `sh bench/gpu_run.sh 480`, carry `[\".whl\", "
+              "\".devdata/isbi2012/train\"]` and timeout_s 560; back here, `.venv/bin/python "
+              "bench/gpu.py --publish <files_at>/gpu.json` keeps it as `bench/results/gpu.json` "
+              "and `.md`. `.venv/bin/python bench/gpu.py --quick --device cpu --out /tmp/g.json` "
+              "checks the script itself at toy sizes.", ""]
     return "\n".join(lines)
 
 
