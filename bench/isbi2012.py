@@ -77,6 +77,7 @@ ITERATIONS = 3000
 VAL_EVERY_FRACTION = 20  # validation (checkpoint choice) at every 1/20 of the run
 PRECISION = "auto"
 MODEL_LIMIT_BYTES = 20 * 1024 * 1024
+PACKAGED = ROOT / "src" / "useg" / "models" / "em-membrane.safetensors"
 THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 
 # Ronneberger et al. 2015, Table 1: u-net on the ISBI 2012 challenge test set (30 slices whose
@@ -275,8 +276,12 @@ def figures(result: dict[str, Any], data: dict[str, Any], run_dir: Path, fig_dir
     return [str(w.relative_to(ROOT)) for w in written]
 
 
-def package_model(source: Path, result: dict[str, Any], target: Path) -> dict[str, Any]:
-    """Copy the chosen model into the package, with its operating point and test scores."""
+def package_model(source: Path, threshold: float, test_scores: dict[str, Any], target: Path,
+                  made_by: str = "bench/isbi2012.py",
+                  instances: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Copy a model into the package with its operating point (``threshold`` on
+    probabilities[1], chosen on validation), its test scores there and, optionally, the
+    instance settings chosen with it."""
     size = source.stat().st_size
     if size > MODEL_LIMIT_BYTES:
         return {"packaged": False, "bytes": size, "reason": "larger than 20 MB"}
@@ -286,17 +291,19 @@ def package_model(source: Path, result: dict[str, Any], target: Path) -> dict[st
     meta["name"] = "em-membrane"
     meta["description"] = (
         "2D U-Net for neuronal membranes in ssTEM images (ISBI 2012). Output class 1 = cell "
-        "interior / foreground, class 0 = membrane. Trained by bench/isbi2012.py on ISBI 2012 "
+        f"interior / foreground, class 0 = membrane. Trained by {made_by} on ISBI 2012 "
         "training slices 0..14; checkpoint and threshold chosen on slices 15..19.")
     # The weighted loss (class balance and border term) makes membranes come out thick, so the
     # threshold on probabilities[1] that suits segmentation is not 0.5: say which, for users.
     meta["operating_point"] = {
-        "threshold_on_probabilities_1": result["operating_point"]["threshold"],
+        "threshold_on_probabilities_1": threshold,
         "chosen_on": "ISBI 2012 training slices 15..19 (validation), TTA",
-        "criterion": result["operating_point"]["criterion"],
+        "criterion": "pixel_error + adapted_rand_error",
     }
     meta["test"] = {"slices": "ISBI 2012 training slices 20..24, reported once", "tta": True,
-                    "at_operating_point": result["test_at_operating_point"]}
+                    "at_operating_point": test_scores}
+    if instances is not None:
+        meta["instances"] = instances
     save_model(model, target, meta)
     os.chmod(target, 0o644)  # save_model's temporary file is private to its owner
     return {"packaged": True, "bytes": target.stat().st_size,
@@ -476,7 +483,8 @@ def main() -> None:
             result["figures"] = figures(result, data, run_dir, ROOT / "docs" / "figures")
             result.pop("_probs")
             result["model_file"] = package_model(
-                chosen, result, ROOT / "src" / "useg" / "models" / "em-membrane.safetensors")
+                chosen, result["operating_point"]["threshold"],
+                result["test_at_operating_point"], PACKAGED)
         report["variants"][variant] = result
         t = result["test_at_operating_point"]
         print(f"[{variant}] {result['seconds']['total'] / 60:.1f} min, threshold "
