@@ -334,6 +334,22 @@ def part_isbi(args, device: torch.device) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
+def merged(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reports of several calls as one: their parts together (a later call's part replaces
+    an earlier one's), what each call skipped or failed unless a later call ran it, and every
+    command."""
+    out = {**reports[0], "parts": {}, "skipped": {}, "failed": {},
+           "commands": [r["command"] for r in reports]}
+    for r in reports:
+        out["parts"].update(r["parts"])
+        for key in ("skipped", "failed"):
+            out[key].update(r.get(key, {}))
+    for key in ("skipped", "failed"):
+        out[key] = {k: v for k, v in out[key].items() if k not in out["parts"]}
+    out["command"] = " ; ".join(out["commands"])
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The tables of one run's JSON."""
     parts = report["parts"]
@@ -407,9 +423,10 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="the JSON to write")
-    parser.add_argument("--publish", type=Path, metavar="JSON",
-                        help="here, after the run: keep a run's JSON as bench/results/gpu.json "
-                             "and print its tables (gpu.md)")
+    parser.add_argument("--publish", type=Path, nargs="+", metavar="JSON",
+                        help="here, after the runs: keep the JSONs of one or more calls (their "
+                             "parts merged, later ones win) as bench/results/gpu.json and "
+                             "print the tables (gpu.md)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--budget-s", type=float, default=500.0,
                         help="seconds this call may take; a part that would not fit is skipped")
@@ -417,7 +434,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="toy sizes (a check of the script)")
     args = parser.parse_args()
     if args.publish:
-        report = json.loads(args.publish.read_text())
+        reports = [json.loads(p.read_text()) for p in args.publish]
+        if any(r.get("quick") or r.get("device", "").startswith("cpu") for r in reports):
+            sys.exit("a --quick or CPU run checks the script: nothing to publish")
+        report = merged(reports)
         publish(RESULTS, "gpu", report, markdown(report))
         return
     if args.out is None:

@@ -438,11 +438,14 @@ def summarise() -> str:
               "checks, conv limit, training steps, prediction against MONAI, `gpu-paper` on "
               "ISBI 2012) that fits one call. Here, once: `ln -sfn ../shared/data .devdata` and "
               "`python3 -m pip download --no-deps --only-binary=:all: -d .whl monai==1.6.1`; "
-              "then one `run` with command `sh bench/gpu_run.sh 480`, carry `[\".whl\", "
-              "\".devdata/isbi2012/train\"]` and timeout_s 560; back here, `.venv/bin/python "
-              "bench/gpu.py --publish <files_at>/gpu.json` keeps it as `bench/results/gpu.json` "
-              "and `.md`. `.venv/bin/python bench/gpu.py --quick --device cpu --out /tmp/g.json` "
-              "checks the script itself at toy sizes.", ""]
+              "then two `run` calls back to back (the second finds the machine warm), carry "
+              "`[\".whl\", \".devdata/isbi2012/train\"]`: command `sh bench/gpu_run.sh 400 "
+              "check limit train predict2d predict3d` with timeout_s 470, then `sh "
+              "bench/gpu_run.sh 360 isbi` with timeout_s 420, each answer's `gpu.json` copied "
+              "aside; back here, `.venv/bin/python bench/gpu.py --publish first.json "
+              "second.json` keeps them as `bench/results/gpu.json` and `.md`. "
+              "`.venv/bin/python bench/gpu.py --quick --device cpu --out /tmp/g.json` checks "
+              "the script itself at toy sizes.", ""]
     return "\n".join(lines)
 
 
