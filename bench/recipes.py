@@ -119,8 +119,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="useg-recipes-") as tmp:
         for name in args.recipes:
             for ndim in args.ndim:
-                if ndim not in RECIPES[name].get("ndims", (ndim,)):
-                    continue  # a recipe for other dimensions only
                 print(f"{name} {ndim}D ...", flush=True)
                 run = run_recipe(name, ndim, args.threads, Path(tmp), name in args.estimate_only)
                 runs.append({**run, "bench_command": command_line(), "date": machine["date"],

@@ -94,18 +94,18 @@ def test_recipe_settings_and_explicit_options_over_them():
         8, 2, "same", [44, 44, 44])
 
 
-def test_cpu_best_is_a_3d_recipe_and_says_so_for_2d(dataset, tmp_path, capsys):
+def test_cpu_best_is_the_configuration_chosen_on_validation_in_2d_and_3d():
     best = make_config(3, recipe="cpu-best", device="cpu")
     fast = make_config(3, recipe="cpu-fast", device="cpu")
-    # The same network and tile as cpu-fast's 3D one, trained longer.
+    # 3D: the same network and tile as cpu-fast's 3D one, trained longer.
     assert (best.net, best.tile, best.optimizer) == (fast.net, fast.tile, fast.optimizer)
     assert best.iterations == 3750 > fast.iterations
     # Its augmentation is the one it was chosen with (none); the flags still override it.
     from useg.training.from_folders import build_config
     from useg.training.options import TrainOptions
 
-    def augment(**flags):
-        return build_config(TrainOptions(device="cpu", **flags), 3, 1)["augment"]
+    def augment(ndim=3, **flags):
+        return build_config(TrainOptions(device="cpu", **flags), ndim, 1)["augment"]
 
     assert augment(recipe="cpu-best") is None and augment(recipe="cpu-fast") == {}
     assert augment(recipe="cpu-fast", no_elastic=True) == {"elastic": False}
@@ -115,14 +115,27 @@ def test_cpu_best_is_a_3d_recipe_and_says_so_for_2d(dataset, tmp_path, capsys):
 
     assert _recipe_line(best).endswith("3750 steps, no augmentation")
     assert "augmentation" not in _recipe_line(fast)
-    with pytest.raises(ConfigError, match="recipe cpu-best is for 3D networks only; for a 2D "
-                       "network use cpu-fast, gpu-paper"):
-        make_config(2, recipe="cpu-best", device="cpu")
-    # useg train on 2D images: one line, exit code 2, nothing written.
-    assert _train(dataset, tmp_path / "run", "--recipe", "cpu-best") == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "3D networks only" in err, err
-    assert not (tmp_path / "run").exists()
+    # 2D: bench/isbi2012_recipe.py's choice on the ISBI 2012 validation slices: the paper's
+    # valid layout at width 16, depth 3, one 316x316 tile per step, the paper's weight map and
+    # the default (elastic) augmentation, and a soft Dice term of weight 1.
+    flat = make_config(2, recipe="cpu-best", device="cpu")
+    assert (flat.net["width"], flat.net["depth"], flat.net["padding"], flat.tile) == (
+        16, 3, "valid", [316, 316])
+    assert (flat.optimizer, flat.lr, flat.schedule, flat.iterations) == ("adam", 1e-3, "poly",
+                                                                        3000)
+    assert (flat.w0, flat.sigma, flat.class_balance, flat.dice_weight) == (10.0, 5.0, True, 1.0)
+    assert augment(2, recipe="cpu-best") == {} and flat.net["dropout"] == 0.5
+    assert _recipe_line(flat).endswith("3000 steps, Dice term 1")
+
+    # --dice is the recipe's unless given; given, it wins and the record says so.
+    def dice(**flags):
+        return build_config(TrainOptions(device="cpu", **flags), 2, 1)
+
+    assert dice(recipe="cpu-best")["dice_weight"] == 1.0
+    assert dice(recipe="cpu-fast")["dice_weight"] == 0.0
+    given = dice(recipe="cpu-best", dice=0.0)
+    assert given["dice_weight"] == 0.0 and "dice_weight" in given["recipe"]["given"]
+    assert dice(recipe="cpu-fast", dice=0.5)["dice_weight"] == 0.5
 
 
 def test_useg_train_prints_the_recipe_the_estimate_and_the_missing_validation(

@@ -39,14 +39,16 @@ def duration(text: str) -> float:
 def _recipes_help() -> str:
     lines = []
     for name, recipe in RECIPES.items():
-        ndim = recipe.get("ndims", (2,))[0]  # the 2D settings, or the only ones it has
-        s = recipe_settings(name, ndim)
-        net = (f"width {s['width']}, depth {s['depth']}, tile {s['tile'][0]}"
-               if "width" in s else "the preset's network and tile")
-        only = " only" if "ndims" in recipe else ""
-        augment = ", no augmentation" if "augment" in s and s["augment"] is None else ""
-        lines.append(f"{name}: {recipe['about']} ({ndim}D{only}: {net}, {s['optimizer']}, "
-                     f"{s['iterations']} steps{augment})")
+        dims = sorted(recipe["by_ndim"]) or (2,)
+        parts = []
+        for ndim in dims:
+            s = recipe_settings(name, ndim)
+            net = (f"width {s['width']}, depth {s['depth']}, tile {s['tile'][0]}"
+                   if "width" in s else "the preset's network and tile")
+            extra = f", Dice term {s['dice_weight']:g}" if s.get("dice_weight") else ""
+            extra += ", no augmentation" if "augment" in s and s["augment"] is None else ""
+            parts.append(f"{ndim}D: {net}, {s['optimizer']}, {s['iterations']} steps{extra}")
+        lines.append(f"{name}: {recipe['about']} ({'; '.join(parts)})")
     return "; ".join(lines)
 
 
@@ -122,7 +124,8 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
     add_precision_argument(g)
     g.add_argument("--grad-clip", type=_typed("grad_clip"), default=_DEFAULTS.grad_clip)
     g.add_argument("--dice", type=_typed("dice"), default=_DEFAULTS.dice,
-                   help="weight of a soft Dice term")
+                   help="weight of a soft Dice term beside the weighted cross entropy "
+                   "(default: the recipe's, else 0)")
     g.add_argument("--no-augment", action="store_true",
                    help="no augmentation at all (default: the recipe's, else all of it)")
     g.add_argument("--no-elastic", action="store_true",

@@ -68,7 +68,7 @@ class TrainConfig:
     # "auto": see useg.device.resolve_precision; train() records the precision it resolved to.
     precision: str = _CLI.precision
     grad_clip: float | None = _CLI.grad_clip
-    dice_weight: float = _CLI.dice
+    dice_weight: float = 0.0
     augment: dict[str, Any] | None = field(default_factory=dict)
     label_mode: str = "binary"
     unlabeled: int | None = _CLI.unlabeled

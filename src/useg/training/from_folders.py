@@ -295,7 +295,9 @@ def build_config(
         **recipe,
         time_budget=getattr(options, "time_budget", None), batch_size=options.batch_size,
         weight_decay=options.weight_decay,
-        precision=options.precision, grad_clip=options.grad_clip, dice_weight=options.dice,
+        precision=options.precision, grad_clip=options.grad_clip,
+        # Not given: the recipe's Dice weight, else none.
+        **({"dice_weight": options.dice} if options.dice is not None else {}),
         # Neither flag given: the recipe's augmentation, else the default (all of it).
         **({"augment": None if options.no_augment else {"elastic": False}}
            if options.no_augment or options.no_elastic else {}),

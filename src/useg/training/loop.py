@@ -772,6 +772,8 @@ def _recipe_line(cfg: TrainConfig) -> str:
     line = (f"recipe {recipe.get('name')} ({recipe.get('why')}): width {net.get('width')}, "
             f"depth {net.get('depth')}{norm}, tile {'x'.join(map(str, cfg.tile))}, "
             f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, {cfg.iterations} steps")
+    if cfg.dice_weight:
+        line += f", Dice term {cfg.dice_weight:g}"
     if cfg.augment is None:
         line += ", no augmentation"
     elif cfg.augment.get("elastic", True) is False:

@@ -129,7 +129,7 @@ class TrainOptions:
     schedule: str | None = None
     precision: str = "auto"
     grad_clip: float | None = None
-    dice: float = 0.0
+    dice: float | None = None  # None: the recipe's (0 when it sets none)
     no_augment: bool = False
     no_elastic: bool = False
     w0: float = 10.0
