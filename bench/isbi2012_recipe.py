@@ -1,7 +1,8 @@
 """ISBI 2012: a 2D CPU recipe chosen on validation with seeds, then tested once.
 
 Run: .venv/bin/python bench/isbi2012_recipe.py [--candidates base dice] [--seeds 0 1 2]
-     .venv/bin/python bench/isbi2012_recipe.py --test NAME [--seeds 0 1 2]
+         [--packaged-base-seed0] [--then-test] [--package]
+     .venv/bin/python bench/isbi2012_recipe.py --test NAME [--seeds 0 1 2] [--package]
 
 bench/isbi2012.py trains one configuration once; this bench compares candidate recipes over
 seeds on the same split (train on slices 0..14, choose on 15..19, report 20..24 once):
@@ -313,6 +314,9 @@ def main() -> None:
     parser.add_argument("--test", choices=list(CANDIDATES),
                         help="score this recipe's kept models on the test slices (after "
                              "choosing it on validation)")
+    parser.add_argument("--then-test", action="store_true",
+                        help="after the candidates, score the validation choice on the test "
+                             "slices")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit-min", type=float, default=60.0,
@@ -343,6 +347,10 @@ def main() -> None:
                 if args.test:
                     test_run(args, run, root, cache)
     report = publish_tables(args, out, cache)
+    if args.then_test and report.get("chosen"):
+        for seed in args.seeds:
+            test_run(args, one_run(args, report["chosen"], seed, root, cache), root, cache)
+        report = publish_tables(args, out, cache)
     if args.test and report.get("chosen") and args.test != report["chosen"]:
         print(f"note: {args.test} was tested, but the validation choice is {report['chosen']}")
     if args.package and not args.quick:
