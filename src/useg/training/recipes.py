@@ -64,10 +64,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "iterations": 3750, "augment": None},
         },
         "measured": {
-            2: "19-20 min of training for the 3000 steps on one torch thread of an AMD EPYC "
-               "with AVX2 and no bf16 (fp32), another such run on the other core "
-               "(bench/isbi2012_recipe.py, 2 seeds); 30 min on two threads of a busier "
-               "machine (bench/isbi2012.py, the third seed)",
+            2: "18.5-19.4 min of training for the 3000 steps on one torch thread of an AMD "
+               "EPYC with AVX2 and no bf16 (fp32), another such run on the other core "
+               "(bench/isbi2012_recipe.py, ISBI 2012, 3 seeds)",
             3: "30.0 min of training for the 3750 steps on one torch thread of an AMD EPYC "
                "with AVX2 and no bf16 (fp32), another such run on the other core "
                "(bench/flyem_recipe.py, validation crop, 3 seeds); its test runs took 40 min "
