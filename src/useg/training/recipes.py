@@ -64,9 +64,11 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "iterations": 3750, "augment": None},
         },
         "measured": {
-            2: "18.5-19.4 min of training for the 3000 steps on one torch thread of an AMD "
-               "EPYC with AVX2 and no bf16 (fp32), another such run on the other core "
-               "(bench/isbi2012_recipe.py, ISBI 2012, 3 seeds)",
+            2: "12.1 min wall for the 3000 steps with 2 validation images (6 synthetic "
+               "512x512 training images; useg train --recipe cpu-best, bench/recipes.py) on an "
+               "AMD EPYC with 2 cores, AVX2 and no bf16 (fp32), 2 torch threads, quiet; "
+               "18.5-19.4 min of training on ISBI 2012 on one thread with another run on the "
+               "other core (bench/isbi2012_recipe.py, 3 seeds)",
             3: "30.0 min of training for the 3750 steps on one torch thread of an AMD EPYC "
                "with AVX2 and no bf16 (fp32), another such run on the other core "
                "(bench/flyem_recipe.py, validation crop, 3 seeds); its test runs took 40 min "
