@@ -91,9 +91,11 @@ def _autocast(device: torch.device, bf16: bool):
 
 
 def _net(preset: str, width: int, padding: str = "valid") -> UNet:
-    torch.manual_seed(0)  # the valid and same networks get the very same weights
-    kw = {"batch_stats": False} if preset == "cicek2016" else {}
-    return UNet(preset, width=width, padding=padding, **kw).eval()
+    """bench/predict.py's network of a preset and width (the valid and same-padded ones get
+    the very same weights)."""
+    from predict import network_for
+
+    return network_for({"preset": preset, "width": width}, padding)
 
 
 def _image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -286,9 +288,8 @@ def part_isbi(args, device: torch.device) -> dict[str, Any]:
         prediction_tile,
         samples,
     )
-    from isbi2012_segment import best_per_way, params_of, search
+    from isbi2012_segment import best_per_way, best_way, scores_at, search
 
-    from useg.evaluation.isbi import isbi_scores
     from useg.io.datasets import dataset
     from useg.nets.checkpoint import load_model
     from useg.training.from_folders import make_config
@@ -318,16 +319,15 @@ def part_isbi(args, device: torch.device) -> dict[str, Any]:
     val_truth = np.stack([lab > 0 for lab in data["val"][1]])
     val_probs = predict_slices(model, data["val"][0], tile, cfg.precision, device=str(device))
     best = best_per_way(search(val_probs, val_truth))
-    way = min(best, key=lambda w: best[w]["criterion"])
-    params, threshold = params_of(best[way]["settings"])
+    way = best_way(best)
     # The test slices are predicted and scored only now, once, at the validation choice.
     test_probs = predict_slices(model, data["test"][0], tile, cfg.precision, device=str(device))
     test_truth = np.stack([lab > 0 for lab in data["test"][1]])
-    scores = isbi_scores(test_probs, test_truth, thresholds=(threshold,), instances=params)
+    scores = scores_at(test_probs, test_truth, best[way]["settings"])
     return {"config": cfg.to_dict(), "train_s": train_s, "checkpoint_step": model.meta.get("step"),
             "way": way, "settings": best[way]["settings"],
             "validation": {k: best[way][k] for k in ("pixel_error", "adapted_rand_error")},
-            "test": {k: scores["per_threshold"][0][k] for k in SCORES},
+            "test": {k: scores[k] for k in SCORES},
             "seconds": time.perf_counter() - t0}
 
 

@@ -69,10 +69,9 @@ from isbi2012 import (
     samples,
     train_config,
 )
-from isbi2012_segment import best_per_way, params_of, search
+from isbi2012_segment import best_per_way, best_way, params_of, scores_at, search
 from sparse3d import spread
 
-from useg.evaluation.isbi import isbi_scores
 from useg.io.datasets import dataset
 from useg.nets.checkpoint import load_model, resolve_model
 
@@ -84,6 +83,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 PRECISION = "fp32"  # what bench/isbi2012.py's "auto" is on a CPU without native bf16
 MODELS = ROOT / "runs" / "isbi2012_recipe"
+# How a run record names base's seed 0 when it is the packaged model (--packaged-base-seed0).
+PACKAGED_RUN = "bench/isbi2012.py main (the packaged em-membrane model), two threads"
 
 
 def steps_of(name: str, quick: bool) -> int:
@@ -114,16 +115,15 @@ def one_run(args, name: str, seed: int, root: Path, cache: Path) -> dict[str, An
     model_file = MODELS / ("quick" if args.quick else "") / f"{name}_seed{seed}.safetensors"
     run: dict[str, Any] = {"candidate": name, "seed": seed, "threads": args.threads,
                            "model_file": str(model_file.relative_to(ROOT))}
+    val_images, val_truth, val_labels = _slices(root, VAL_SLICES, args.quick)
     if packaged:
         source = resolve_model("em-membrane")
-        run.update(trained_by="bench/isbi2012.py main (the packaged em-membrane model), "
-                              "two threads", threads=2, train_s=None)
+        run.update(trained_by=PACKAGED_RUN, threads=2, train_s=None)
     else:
         cfg = config_of(name, seed, args.quick)
         print(f"{name} seed {seed}: training {cfg.iterations} steps on {args.threads} "
               f"thread(s)", flush=True)
         images, _, labels = _slices(root, TRAIN_SLICES, args.quick)
-        val_images, _, val_labels = _slices(root, VAL_SLICES, args.quick)
         train_s = samples(images, labels, cfg,
                           [f"train/{i}.png" for i in TRAIN_SLICES][:len(images)])
         val_s = samples(val_images, val_labels, cfg, [f"train/{i}.png" for i in VAL_SLICES][
@@ -138,13 +138,11 @@ def one_run(args, name: str, seed: int, root: Path, cache: Path) -> dict[str, An
                    config=cfg.to_dict())
     model = load_model(source, device="cpu")
     run["checkpoint_step"] = int(model.meta.get("step", 0))
-    val_images, val_truth, _ = _slices(root, VAL_SLICES, args.quick)
     tile = prediction_tile(model.meta["config"], val_images[0].shape[1:])
     t0 = time.perf_counter()
     probs = predict_slices(model, val_images, tile, PRECISION)
-    rows = search(probs, val_truth)
-    best = best_per_way(rows)
-    chosen = min(best, key=lambda w: best[w]["criterion"])
+    best = best_per_way(search(probs, val_truth))
+    chosen = best_way(best)
     run.update(search_s=time.perf_counter() - t0, way=chosen, settings=best[chosen]["settings"],
                validation={k: best[chosen][k] for k in ("pixel_error", "adapted_rand_error",
                                                         "criterion")},
@@ -171,11 +169,9 @@ def test_run(args, run: dict[str, Any], root: Path, cache: Path) -> dict[str, An
     images, truth, _ = _slices(root, TEST_SLICES, args.quick)
     tile = prediction_tile(model.meta["config"], images[0].shape[1:])
     probs = predict_slices(model, images, tile, PRECISION)
-    params, threshold = params_of(run["settings"])
-    scores = isbi_scores(probs, truth, thresholds=(threshold,), instances=params)
+    scores = scores_at(probs, truth, run["settings"])
     result = {"candidate": run["candidate"], "seed": run["seed"], "way": run["way"],
-              "settings": run["settings"],
-              "test": {k: scores["per_threshold"][0][k] for k in SCORES}}
+              "settings": run["settings"], "test": {k: scores[k] for k in SCORES}}
     keep_run(path, identity, result)
     t = result["test"]
     print(f"  test {run['candidate']} seed {run['seed']}: pixel {t['pixel_error']:.4f}, "
@@ -191,8 +187,7 @@ def package(report: dict[str, Any]) -> dict[str, Any]:
     chosen = report.get("chosen")
     tests = {t["seed"]: t for t in report["tests"] if t["candidate"] == chosen}
     mine = [r for r in report["runs"] if r["candidate"] == chosen and r["seed"] in tests]
-    packaged = [r for r in report["runs"] if r.get("trained_by", "").startswith(
-        "bench/isbi2012.py main (the packaged")]
+    packaged = [r for r in report["runs"] if r.get("trained_by") == PACKAGED_RUN]
     if not mine or not packaged:
         return {"packaged": False, "reason": "the chosen recipe's test runs and the packaged "
                                              "model's validation run are both needed"}

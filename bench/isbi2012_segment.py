@@ -113,6 +113,18 @@ def best_per_way(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return best
 
 
+def best_way(best: dict[str, dict[str, Any]]) -> str:
+    """The way with the smallest validation criterion among :func:`best_per_way`'s."""
+    return min(best, key=lambda w: best[w]["criterion"])
+
+
+def scores_at(probs: np.ndarray, truth: np.ndarray, settings: dict[str, Any]) -> dict[str, Any]:
+    """Every score of the cells made with one way's ``settings`` (its threshold included)."""
+    params, threshold = params_of(settings)
+    return isbi_scores(probs, truth, thresholds=(threshold,),
+                       instances=params)["per_threshold"][0]
+
+
 def params_of(settings: dict[str, Any]) -> tuple[InstanceParams | None, float]:
     threshold = settings["threshold"]
     if set(settings) == {"threshold"}:
@@ -175,15 +187,13 @@ def main() -> None:
     rows = search(val_probs, data["validation"][1])
     search_s = time.perf_counter() - t0
     best = best_per_way(rows)
-    chosen_way = min(best, key=lambda w: best[w]["criterion"])
+    chosen_way = best_way(best)
     chosen_earlier = min(EARLIER_WAYS, key=lambda w: best[w]["criterion"])
     # The test slices are predicted and scored only now, once per way at its choice.
     test_probs = predict_slices(model, data["test"][0], tile, precision)
     ways = {}
     for way, r in best.items():
-        params, threshold = params_of(r["settings"])
-        scores = isbi_scores(test_probs, data["test"][1], thresholds=(threshold,),
-                             instances=params)["per_threshold"][0]
+        scores = scores_at(test_probs, data["test"][1], r["settings"])
         ways[way] = {"settings": r["settings"],
                      "validation": {k: r[k] for k in ("pixel_error", "adapted_rand_error")},
                      "test": {k: scores[k] for k in SCORES}}

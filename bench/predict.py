@@ -171,7 +171,7 @@ class RssSampler:
             self._sample()
 
 
-def _network(spec: dict, padding: str):
+def network_for(spec: dict, padding: str):
     import torch
 
     from useg.nets import UNet
@@ -240,7 +240,7 @@ def worker(spec: dict) -> dict:
         prof = profile(activities=[ProfilerActivity.CPU])
     with RssSampler() as sampler:
         if spec["kind"] == "useg":
-            net = _network(spec, spec.get("padding", "valid"))
+            net = network_for(spec, spec.get("padding", "valid"))
             result["tile"] = list(default_tile(net, image.shape[1:]))
             if prof:
                 prof.__enter__()
@@ -250,7 +250,7 @@ def worker(spec: dict) -> dict:
         else:
             from monai.inferers import sliding_window_inference
 
-            net = _network(spec, "same")
+            net = network_for(spec, "same")
             fmt = {"channels_last": torch.channels_last if ndim == 2 else torch.channels_last_3d,
                    "contiguous": torch.contiguous_format}[spec["memory_format"]]
             net = net.to(memory_format=fmt)
