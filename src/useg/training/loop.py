@@ -161,16 +161,24 @@ def _train(
         while run.step < cfg.iterations:
             run.train_step(batches, stream)
             per_step = timing.tick(run) if timing is not None else None
+            checked = timing is None  # the budget was decided before this step
             if per_step is not None:
                 assert timing is not None
                 _plan(run, per_step, timing.first, started, val_samples, tell, bar)
                 timing = None
-            elif timing is None and _out_of_time(run, started):
-                _stop_now(run, tell, bar)
-            if run.due(cfg.log_every):
+            logged, saved = run.due(cfg.log_every), run.due(cfg.checkpoint_every)
+            if logged:
                 run.log(val_samples, callback)
-            if run.due(cfg.checkpoint_every):
+            if saved:
                 run.checkpoint()
+            # After the step's own log and checkpoint, so that the time they took is counted;
+            # a stop makes this step the last one, which is then logged and saved too.
+            if checked and _out_of_time(run, started):
+                _stop_now(run, tell, bar)
+                if not logged:
+                    run.log(val_samples, callback)
+                if not saved:
+                    run.checkpoint()
             if bar is not None:
                 _show_progress(bar, run)
     finally:
@@ -732,12 +740,6 @@ def _out_of_time(run: _Run, started: float) -> bool:
         pace = (now - run.last_check[0]) / (run.step - run.last_check[1])
         ahead = pace * (cfg.log_every if run.dist.world > 1 else 1)
     run.last_check = (now, run.step)
-    # This step's own validation and checkpoint, when due, still come before the next check
-    # (the pace above only spreads them over the steps between checks).
-    if run.due(cfg.log_every) and run.due(cfg.val_every):
-        ahead += decision.get("validation_seconds", 0.0)
-    if run.due(cfg.checkpoint_every):
-        ahead += decision.get("checkpoint_seconds", 0.0)
     late = now - started + ahead + final > cfg.time_budget
     if run.dist.world > 1:
         flag = torch.tensor([float(late)], dtype=torch.float64, device=run.device)
