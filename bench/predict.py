@@ -8,7 +8,8 @@ Run: .venv/bin/python bench/predict.py [--quick] [--sizes 2048] [--widths 64 32]
 Speed (each configuration in a fresh subprocess, repeats interleaved, same image and weights):
 
 - useg: ``predict(UNet("ronneberger2015", width=W), image)``: the paper's valid network, its
-  default tile, fp32 and (opt-in) bf16 autocast;
+  default tile, fp32 and bf16 autocast (``--precisions``; by default bf16 only where the CPU
+  has bf16 instructions: emulated, it is ~10x slower and would only lengthen the run);
 - MONAI: ``sliding_window_inference`` over the same network made same-padded
   (``UNet("ronneberger2015", padding="same")``, loaded with the very same weights), roi 512,
   overlap 0.25, gaussian blending, ``sw_batch_size=1``, then softmax; once in PyTorch's default
@@ -275,8 +276,13 @@ def worker(spec: dict) -> dict:
             prof.__exit__(None, None, None)
     if with_limits:
         limits.append(conv_gflops(ndim, "fp32"))
+        # The bf16 limit where bf16 is in play: emulated (no bf16 instructions), the one 3D
+        # convolution alone takes minutes, which a fp32 configuration need not pay.
+        from useg.device import cpu_has_native_bf16
+
+        bf16_limit = spec.get("precision") == "bf16" or cpu_has_native_bf16()
         result.update(conv_gflops_fp32=float(np.mean(limits)), conv_gflops_fp32_before_after=limits,
-                      conv_gflops_bf16=conv_gflops(ndim, "bf16"))
+                      conv_gflops_bf16=conv_gflops(ndim, "bf16") if bf16_limit else None)
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # where there is no VmHWM
     result.update(
         seconds=seconds,
@@ -373,27 +379,32 @@ def write_memmap_image(path: Path, n: int, base: np.ndarray) -> None:
     del img
 
 
-def speed_comparison(args, ndim: int, preset: str, sizes: list[int], widths: list[int],
-                     roi: int, tmp: Path, script: Path) -> dict:
-    """Interleaved repeats of every configuration, ratios against MONAI, bf16 accuracy."""
+def speed_comparison(args, ndim: int, preset: str, sizes: list[int | tuple[int, ...]],
+                     widths: list[int], roi: int, tmp: Path, script: Path) -> dict:
+    """Interleaved repeats of every configuration, ratios against MONAI, bf16 accuracy.
+
+    ``sizes``: cube (square) sides, or whole shapes (e.g. an anisotropic volume)."""
     from useg.nets import preset as get_preset
 
+    precisions = cpu_precisions(args.precisions, machine_info(), "speed comparison")
     # (kind, precision, MONAI memory format, label of extra environment for the worker)
     configs: list[tuple[str, str, str | None, str | None]] = [
-        ("useg", "fp32", None, None), ("useg", "bf16", None, None)]
+        ("useg", p, None, None) for p in precisions]
     variants: dict[str, dict[str, str]] = getattr(args, "useg_env_variants", None) or {}
-    configs += [("useg", p, None, label) for label in variants for p in ("fp32", "bf16")]
+    configs += [("useg", p, None, label) for label in variants for p in precisions]
     configs += [("monai", "fp32", fmt, None) for fmt in args.monai_formats]
     configs += [("monai", "fp32", fmt, label) for label in variants for fmt in args.monai_formats]
     labels: dict[str, str | None] = {}
     results: dict = {}
     for size in sizes:
+        shape = tuple(size) if isinstance(size, tuple | list) else (size,) * ndim
+        size = "x".join(map(str, shape))  # noqa: PLW2901 (the name of the case from here on)
         image_path = tmp / f"image_{size}.npy"
-        np.save(image_path, synthetic_image((size,) * ndim))
+        np.save(image_path, synthetic_image(shape))
         for width in widths:
             cfg = get_preset(preset, width=width)
             fpp = flops_per_pixel(cfg)
-            key = f"{preset} width {width}, {'x'.join([str(size)] * ndim)}"
+            key = f"{preset} width {width}, {size}"
             runs: dict[str, list[dict]] = {}
             for rep in range(args.repeats):
                 for kind, precision, fmt, label in configs:
@@ -420,7 +431,8 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int], widths: lis
                 mps = [r["megapixels_per_s"] for r in rs]
                 # The limit in megapixels/s, from the convolution speed in the same process.
                 limit = [r["conv_gflops_fp32"] * 1e9 / fpp / 1e6 for r in rs]
-                limit_bf16 = [r["conv_gflops_bf16"] * 1e9 / fpp / 1e6 for r in rs]
+                bf16_gflops = [r["conv_gflops_bf16"] for r in rs]
+                bf16_measured = None not in bf16_gflops
                 c = {
                     "seconds": summary([r["seconds"] for r in rs]),
                     "cpu_seconds": summary([r["cpu_seconds"] for r in rs]),
@@ -428,14 +440,15 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int], widths: lis
                     "peak_rss_bytes": summary([r["peak_rss_bytes"] for r in rs]),
                     "peak_rss_anon_bytes": summary([r["peak_rss_anon_bytes"] for r in rs]),
                     "conv_gflops_fp32": summary([r["conv_gflops_fp32"] for r in rs]),
-                    "conv_gflops_bf16": summary([r["conv_gflops_bf16"] for r in rs]),
                     "limit_megapixels_per_s_fp32": summary(limit),
                     "fraction_of_fp32_limit": summary(
                         [m / li for m, li in zip(mps, limit, strict=True)]),
-                    "fraction_of_bf16_limit": summary(
-                        [m / li for m, li in zip(mps, limit_bf16, strict=True)]),
                     "loadavg": [[r["loadavg_before"], r["loadavg_after"]] for r in rs],
                 }
+                if bf16_measured:
+                    c["conv_gflops_bf16"] = summary(bf16_gflops)
+                    c["fraction_of_bf16_limit"] = summary(
+                        [m / (g * 1e9 / fpp / 1e6) for m, g in zip(mps, bf16_gflops, strict=True)])
                 if "tile" in rs[0]:
                     c["tile"] = rs[0]["tile"]
                 if peer and name != peer:
@@ -451,8 +464,9 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int], widths: lis
                         [b["cpu_seconds"] / a["cpu_seconds"]
                          for a, b in zip(rs, runs[peer], strict=True)])
                 entry["configurations"][name] = c
-            entry["bf16_vs_fp32_accuracy"] = accuracy(tmp / f"probs_{size}_{width}_fp32.npy",
-                                                      tmp / f"probs_{size}_{width}_bf16.npy")
+            if "bf16" in precisions:
+                entry["bf16_vs_fp32_accuracy"] = accuracy(
+                    tmp / f"probs_{size}_{width}_fp32.npy", tmp / f"probs_{size}_{width}_bf16.npy")
             results[key] = entry
     return results
 
@@ -480,15 +494,31 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, ndim: int) -> None:
                    help="network widths of the sweep (default: those of --widths)")
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """The precisions of the speed comparison, the same for the 2D and the 3D bench."""
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"],
+                        help="useg's precisions in the speed comparison (default: fp32 and bf16 "
+                             "on a CPU with bf16 instructions, fp32 alone elsewhere)")
+
+
+def cpu_precisions(asked: list[str] | None, machine: dict, part: str) -> list[str]:
+    """The precisions a part times: as asked, else fp32 and, where the CPU has bf16
+    instructions (avx512_bf16 or amx_bf16), bf16; emulated bf16 is ~10x slower than fp32, so
+    timing it by default would only add hours to a run."""
+    if asked:
+        return list(dict.fromkeys(["fp32", *asked]))
+    if machine.get("bf16_instructions"):
+        return ["fp32", "bf16"]
+    print(f"{part}: fp32 only, this CPU has no bf16 instructions (add bf16 to the precisions "
+          "to time emulated bf16 too)", flush=True)
+    return ["fp32"]
+
+
 def sweep_precisions(args, machine: dict) -> list[str]:
     """The precisions of the sweep: as asked, or by the CPU's bf16 instructions."""
     if args.sweep_precisions:
         return args.sweep_precisions
-    if machine.get("bf16_instructions"):
-        return ["fp32", "bf16"]
-    print("MONAI sweep: fp32 only, this CPU has no bf16 instructions (--sweep-precisions fp32 "
-          "bf16 to time emulated bf16 too)", flush=True)
-    return ["fp32"]
+    return cpu_precisions(None, machine, "MONAI sweep")
 
 
 def sweep_name(precision: str, fmt: str, roi: int, overlap: float) -> str:
@@ -703,7 +733,9 @@ def print_table(results: dict) -> None:
                   f"{cpu_text:>9}"
                   f"{c['fraction_of_fp32_limit']['median']:>10.2f}"
                   f"{c['peak_rss_bytes']['median'] / 2**30:>9.2f}")
-        acc = entry["bf16_vs_fp32_accuracy"]
+        acc = entry.get("bf16_vs_fp32_accuracy")
+        if acc is None:
+            continue
         print(f"{key + ' | bf16 vs fp32':<{w}} max |dp| {acc['max_abs_diff']:.2e}, "
               f"changed labels {acc['changed_label_fraction']:.2e}")
 
@@ -724,6 +756,7 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-speed", action="store_true",
                         help="skip the speed comparison (the sweep still uses --sizes)")
+    add_precision_argument(parser)
     add_sweep_arguments(parser, 2)
     parser.add_argument("--output", type=Path, default=RESULTS / "predict.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

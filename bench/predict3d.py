@@ -1,13 +1,15 @@
 """Prediction speed and memory on CPU, 3D: useg's overlap tiles against MONAI's sliding window.
 
-Run: .venv/bin/python bench/predict3d.py [--quick] [--sizes 256] [--widths 16] [--repeats 1]
+Run: .venv/bin/python bench/predict3d.py [--quick] [--sizes 256] [--shapes 128x512x512]
+     [--widths 16] [--repeats 1] [--precisions fp32 bf16]
      [--roi 128] [--keep-freed] [--profile] [--no-speed]
      [--monai-sweep [--sweep-rois 64 96 128] [--sweep-overlaps 0.25 0.5]
      [--sweep-precisions fp32 bf16] [--sweep-widths 16]]
 
 The 3D counterpart of bench/predict.py (same worker, same measurements): the 3D U-Net
 (``cicek2016``, with running batch-norm statistics, ``batch_stats=False``) on a cube of synthetic
-touching cells, useg with its default tile (fp32 and bf16 autocast) against MONAI's
+touching cells, useg with its default tile (fp32, and bf16 autocast where the CPU has bf16
+instructions, or as ``--precisions`` asks) against MONAI's
 ``sliding_window_inference`` over the same network made same-padded (same weights), roi 128^3,
 overlap 0.25, gaussian blending. The machine's limit uses a 64->64 3x3x3 convolution at 64^3
 (channels_last_3d).
@@ -57,6 +59,7 @@ from typing import Any
 
 from _common import BENCH, RESULTS
 from predict import (
+    add_precision_argument,
     add_sweep_arguments,
     machine_line,
     monai_sweep,
@@ -86,6 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: a 96^3 volume, roi 64")
     parser.add_argument("--sizes", type=int, nargs="+", help="volume sizes (default 256)")
+    parser.add_argument("--shapes", type=_shape, nargs="+", default=[], metavar="ZxYxX",
+                        help="volumes of the speed comparison given by their shape in voxels "
+                             "(e.g. 128x512x512, anisotropic); alone, instead of --sizes there")
     parser.add_argument("--widths", type=int, nargs="+", help="network widths (default 16)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats")
     parser.add_argument("--roi", type=int, help="MONAI roi side (default 128; 64 with --quick)")
@@ -113,6 +119,7 @@ def main() -> None:
         action="store_true",
         help="also time useg with glibc keeping freed memory (set at its start)",
     )
+    add_precision_argument(parser)
     add_sweep_arguments(parser, 3)
     parser.add_argument("--profile-worker", help=argparse.SUPPRESS)
     parser.add_argument("--layers-worker", help=argparse.SUPPRESS)
@@ -144,9 +151,10 @@ def main() -> None:
     )
     if not args.no_speed:
         with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
-            print(f"speed: sizes {sizes}, widths {widths}, {args.repeats} repeat(s)", flush=True)
+            cases = [*(args.sizes or ([] if args.shapes else sizes)), *args.shapes]
+            print(f"speed: sizes {cases}, widths {widths}, {args.repeats} repeat(s)", flush=True)
             result["speed"] = speed_comparison(
-                args, 3, "cicek2016", sizes, widths, roi, Path(tmp), BENCH / "predict.py"
+                args, 3, "cicek2016", cases, widths, roi, Path(tmp), BENCH / "predict.py"
             )
     if args.keep_freed:
         with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
@@ -189,6 +197,14 @@ def main() -> None:
     for key, part in result.get("profile", {}).items():
         print_profile(key, part)
     print(f"elapsed {result['elapsed_s'] / 60:.1f} min -> {args.output}")
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    """A volume shape from ``ZxYxX`` (voxels)."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a shape as ZxYxX, e.g. 128x512x512")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
 def profile_part(width: int, size: int) -> dict:

@@ -28,6 +28,11 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "predict3d_layers": (["bench/predict3d.py", "--no-speed", "--layers", "--profile",
                           "--output", "bench/results/predict3d_layers.json"],
                          "predict3d_layers.json"),
+    # A cube and an anisotropic volume against MONAI's tuned (channels-last) run, fp32 and, on
+    # a CPU with bf16 instructions, bf16.
+    "predict3d_shapes": (["bench/predict3d.py", "--shapes", "256x256x256", "128x512x512",
+                          "--monai-formats", "channels_last", "--output",
+                          "bench/results/predict3d_shapes.json"], "predict3d_shapes.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
     "train_step": (["bench/train_step.py"], "train_step.json"),
     "conv_kernels": (["bench/conv_kernels.py"], "conv_kernels.json"),
@@ -41,7 +46,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
     "flyem_neurons": (["bench/flyem_neurons.py"], "flyem_neurons.json"),
     "flyem_recipe": (["bench/flyem_recipe.py", "--candidates", "base", "long", "long-flips",
-                      "--then-test"], "flyem_recipe.json"),
+                      "wide", "--then-test"], "flyem_recipe.json"),
     # After flyem_recipe: the test runs of its choice keep the boundary maps this segments.
     "flyem_neurons_long": (["bench/flyem_neurons.py", "--recipe", "long"],
                            "flyem_neurons_long.json"),
@@ -169,15 +174,22 @@ def _prediction(d):
     rows = _part_cpus(d)
     for case, v in _get(d, "speed", default={}).items():
         configs = v.get("configurations", {})
-        channels_last = _get(configs, "monai fp32 (channels_last)", "megapixels_per_s", "median")
+        peers = {fmt: _get(configs, f"monai fp32 ({fmt})", "megapixels_per_s", "median")
+                 for fmt in ("contiguous", "channels_last")}
         for name, c in configs.items():
             if not name.startswith("useg"):
                 continue
             mps = _get(c, "megapixels_per_s", "median")
-            vs_cl = f"{_fmt(mps / channels_last)}x" if mps and channels_last else "-"
+            # The paired ratio against the run's first MONAI format (contiguous in results that
+            # predate `monai_peer`), ratios of medians against the other (a run with one format
+            # has no figure for the other).
+            vs = [f"{_fmt(_get(c, 'speed_vs_monai_fp32', 'median'))}x"
+                  if c.get("monai_peer", "monai fp32 (contiguous)") == f"monai fp32 ({fmt})"
+                  else f"{_fmt(mps / peer)}x" if mps and peer else "-"
+                  for fmt, peer in peers.items()]
             rows.append((f"{case}, {name}: speed vs MONAI fp32 (contiguous / channels-last) / "
                          "fraction of the fp32 limit",
-                         f"{_fmt(_get(c, 'speed_vs_monai_fp32', 'median'))}x / {vs_cl} / "
+                         f"{vs[0]} / {vs[1]} / "
                          f"{_fmt(_get(c, 'fraction_of_fp32_limit', 'median'))}"))
     for case, v in _get(d, "allocator", default={}).items():
         for name, c in v.get("configurations", {}).items():
@@ -404,6 +416,7 @@ EXTRACT: dict[str, Callable] = {
     "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
     "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
+    "predict3d_shapes": _prediction,
     "predict3d_layers": _layers, "precision": _precision, "train_step": _train_step,
 }
 
