@@ -174,3 +174,20 @@ def test_missing_partner_and_bad_input_return_2(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt")]) == 2
     assert "binary" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nothing"), str(tmp_path / "gt")]) == 2
+
+
+@pytest.mark.parametrize("shape, where", [((16, 16), "no cell interior ("),
+                                          ((5, 16, 16), "no cell interior in slice 1 (")])
+def test_ground_truth_without_interior_is_refused(tmp_path, capsys, shape, where):
+    # All membrane: the Rand scores would read perfect (V_rand 1) for any prediction.
+    gt = np.broadcast_to(membrane_gt(), shape).copy()
+    gt.reshape(-1, 16, 16)[-1 if len(shape) == 2 else 1] = 0
+    pred = np.broadcast_to(membrane_gt(), shape).astype(np.float32) / 255
+    tifffile.imwrite(tmp_path / "pred.tif", pred)
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "gt.tif")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gt.tif" in err[0] and where in err[0], err
+    gt.reshape(-1, 16, 16)[:] = membrane_gt()
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "gt.tif")]) == 0

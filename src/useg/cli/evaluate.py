@@ -19,7 +19,7 @@ gt/12.nii.gz), and every file must have a partner.
 --mode isbi: PRED is a probability of cell interior (0 = membrane, the ISBI 2012 submission
 format; use --membrane for a membrane probability) or a binary map. Integer files are divided
 by 255 when their values reach at most 255, else by 65535, unless they only hold 0 and 1; float
-files must lie in [0, 1]. GT is binary (nonzero = interior).
+files must lie in [0, 1]. GT is binary (nonzero = interior), with some interior in every slice.
 Reports, per threshold, pixel error, Rand error, adapted Rand error / V_rand, variation of
 information and V_info, warping error with split and merger counts, and membrane IoU; stacks
 are scored per 2D slice.
