@@ -276,13 +276,11 @@ def worker(spec: dict) -> dict:
             prof.__exit__(None, None, None)
     if with_limits:
         limits.append(conv_gflops(ndim, "fp32"))
-        # The bf16 limit where bf16 is in play: emulated (no bf16 instructions), the one 3D
-        # convolution alone takes minutes, which a fp32 configuration need not pay.
-        from useg.device import cpu_has_native_bf16
-
-        bf16_limit = spec.get("precision") == "bf16" or cpu_has_native_bf16()
+        # The bf16 limit only when the caller asks (a speed comparison that times bf16):
+        # emulated (no bf16 instructions), the one 3D convolution alone takes minutes.
+        bf16 = conv_gflops(ndim, "bf16") if spec.get("bf16_limit") else None
         result.update(conv_gflops_fp32=float(np.mean(limits)), conv_gflops_fp32_before_after=limits,
-                      conv_gflops_bf16=conv_gflops(ndim, "bf16") if bf16_limit else None)
+                      conv_gflops_bf16=bf16)
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # where there is no VmHWM
     result.update(
         seconds=seconds,
@@ -413,7 +411,8 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int | tuple[int, 
                     spec = {"kind": kind, "ndim": ndim, "preset": preset, "width": width,
                             "precision": precision, "image": str(image_path),
                             "classes": cfg.classes, "memory_format": fmt, "roi": [roi] * ndim,
-                            "overlap": 0.25, "threads": args.threads}
+                            "overlap": 0.25, "threads": args.threads,
+                            "bf16_limit": "bf16" in precisions}
                     if rep == 0 and kind == "useg" and label is None:
                         spec["save"] = str(tmp / f"probs_{size}_{width}_{precision}.npy")
                     r = run_worker(spec, script, variants.get(label or "", {}))
@@ -432,7 +431,6 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int | tuple[int, 
                 # The limit in megapixels/s, from the convolution speed in the same process.
                 limit = [r["conv_gflops_fp32"] * 1e9 / fpp / 1e6 for r in rs]
                 bf16_gflops = [r["conv_gflops_bf16"] for r in rs]
-                bf16_measured = None not in bf16_gflops
                 c = {
                     "seconds": summary([r["seconds"] for r in rs]),
                     "cpu_seconds": summary([r["cpu_seconds"] for r in rs]),
@@ -445,7 +443,7 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int | tuple[int, 
                         [m / li for m, li in zip(mps, limit, strict=True)]),
                     "loadavg": [[r["loadavg_before"], r["loadavg_after"]] for r in rs],
                 }
-                if bf16_measured:
+                if "bf16" in precisions:
                     c["conv_gflops_bf16"] = summary(bf16_gflops)
                     c["fraction_of_bf16_limit"] = summary(
                         [m / (g * 1e9 / fpp / 1e6) for m, g in zip(mps, bf16_gflops, strict=True)])
