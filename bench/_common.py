@@ -74,15 +74,17 @@ def machine_info(*packages: str, **extra: Any) -> dict[str, Any]:
 
     ``cpu``: lscpu's model name and vector/matrix flags; whether the CPU has bf16 instructions
     (useg's own test, which ``--precision auto`` starts from); core count, torch's threads and
-    CPU capability, ``OMP_NUM_THREADS``; python, numpy, scipy and torch versions, and those of
-    the distributions named in ``packages`` (None where missing); the CUDA device, if any; the
-    load average and the UTC date. ``extra`` items are added as they are.
+    CPU capability, ``OMP_NUM_THREADS``; the kernel's huge page mode and whether PyTorch's
+    large buffers get huge pages in this process (:func:`useg.device.huge_pages_in_effect`);
+    python, numpy, scipy and torch versions, and those of the distributions named in
+    ``packages`` (None where missing); the CUDA device, if any; the load average and the UTC
+    date. ``extra`` items are added as they are.
     """
     import numpy as np
     import scipy
     import torch
 
-    from useg.device import cpu_has_native_bf16
+    from useg.device import cpu_has_native_bf16, huge_pages_in_effect
 
     info: dict[str, Any] = {
         "cpu": lscpu(),
@@ -93,6 +95,9 @@ def machine_info(*packages: str, **extra: Any) -> dict[str, Any]:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "huge_pages": {"kernel": _kernel_huge_pages(),
+                       "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+                       "in_effect": huge_pages_in_effect()},
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -105,6 +110,15 @@ def machine_info(*packages: str, **extra: Any) -> dict[str, Any]:
     }
     info.update(extra)
     return info
+
+
+def _kernel_huge_pages() -> str | None:
+    """The kernel's transparent huge page mode (always, madvise or never), None if unknown."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return next((w[1:-1] for w in text.split() if w.startswith("[")), None)
 
 
 def cpu_line(machine: dict[str, Any]) -> str:

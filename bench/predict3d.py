@@ -19,9 +19,11 @@ paper's network (width 32), which takes about 40 more minutes on two cores, most
 
 ``--profile`` (alone, or beside a speed run) measures where one forward pass of a default tile
 goes, after two warm-up passes: wall, user and system CPU seconds, minor page faults, and the
-profiler's self CPU time per operator group, once with glibc's allocator as it comes and once
-with its mmap and trim thresholds raised from the process's start (``MALLOC_MMAP_THRESHOLD_``,
-``MALLOC_TRIM_THRESHOLD_``), which keeps freed activations for reuse instead of unmapping them.
+profiler's self CPU time per operator group, in three settings made at the process's start:
+4 KiB pages (``THP_MEM_ALLOC_ENABLE=0``), huge pages for PyTorch's large buffers (how useg runs:
+``import useg`` asks for them), and huge pages with glibc's mmap and trim thresholds raised
+(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``), which keeps freed activations for
+reuse instead of unmapping them.
 
 ``--keep-freed`` measures that setting (the README's optional one for 3D on Linux) on whole
 volumes, with its memory cost: useg fp32 and bf16 and MONAI channels-last, each with glibc as it
@@ -83,6 +85,13 @@ GROUPS = {
 # glibc's allocator settings, from the process's start, that keep freed blocks for reuse instead
 # of returning every block over 32 MiB to the kernel (which then faults and zeroes it again).
 KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+# The profile's allocator settings, each from the worker's start. "huge pages" is how useg runs
+# (importing useg asks PyTorch for them); a worker inherits that unless told 0.
+PROFILE_SETTINGS = {
+    "4 KiB pages": {"THP_MEM_ALLOC_ENABLE": "0"},
+    "huge pages": {},
+    "huge pages, freed memory kept": KEEP_FREED,
+}
 
 
 def main() -> None:
@@ -106,7 +115,8 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="profile one tile with and without keeping freed memory",
+        help="profile one tile with 4 KiB pages, huge pages, and huge pages with freed "
+        "memory kept",
     )
     parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
     parser.add_argument(
@@ -208,15 +218,16 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def profile_part(width: int, size: int) -> dict:
-    """One default tile of a ``size``^3 volume, with glibc's allocator as it comes and with its
-    mmap and trim thresholds raised from the worker's start."""
+    """One default tile of a ``size``^3 volume: with 4 KiB pages (PyTorch not asked for huge
+    pages), as useg runs it (huge pages for large buffers, :mod:`useg`), and with glibc's mmap
+    and trim thresholds raised as well, each set from the worker's start."""
     from useg.inference.tile_choice import default_tile
     from useg.nets import UNet
 
     # The tile predict uses, the same for both runs.
     tile = default_tile(UNet("cicek2016", width=width, batch_stats=False), (size,) * 3)
     part: dict[str, Any] = {"tile": list(tile)}
-    for name, env in (("allocator default", {}), ("keep freed memory", KEEP_FREED)):
+    for name, env in PROFILE_SETTINGS.items():
         part[name] = run_worker(
             {"width": width, "tile": list(tile)}, Path(__file__), env, flag="--profile-worker"
         )
@@ -232,6 +243,7 @@ def profile_worker(spec: dict) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from useg.device import huge_pages_in_effect
     from useg.nets import UNet
     from useg.nets.forward import inference_forward, inference_layers
 
@@ -252,6 +264,7 @@ def profile_worker(spec: dict) -> dict:
         groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total / 1e6
     return {
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "huge_pages_in_effect": huge_pages_in_effect(),
         "seconds": seconds,
         "user_cpu_s": after.ru_utime - before.ru_utime,
         "system_cpu_s": after.ru_stime - before.ru_stime,

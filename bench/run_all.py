@@ -202,13 +202,12 @@ def _prediction(d):
                          + f" / {_fmt(rss)} GiB"))
     profile = _get(d, "profile", default={})
     for case, part in (profile.items() if isinstance(profile, dict) else []):
-        plain = _get(part, "allocator default", default={})
-        kept = _get(part, "keep freed memory", default={})
-        if plain and kept:
-            rows.append((f"3D tile {part['tile']}, {case}: one forward pass, allocator default "
-                         "-> freed memory kept (seconds, system CPU s)",
-                         f"{_fmt(plain['seconds'])} s ({_fmt(plain['system_cpu_s'])}) -> "
-                         f"{_fmt(kept['seconds'])} s ({_fmt(kept['system_cpu_s'])})"))
+        runs = {k: v for k, v in part.items() if isinstance(v, dict)}
+        if len(runs) > 1:
+            rows.append((f"3D tile {part['tile']}, {case}: one forward pass, "
+                         + " -> ".join(runs) + " (seconds, system CPU s)",
+                         " -> ".join(f"{_fmt(r['seconds'])} s ({_fmt(r['system_cpu_s'])})"
+                                     for r in runs.values())))
     rows += _monai_best(d)
     for n, m in _get(d, "memory", "sizes", default={}).items():
         rows.append((f"memory {n}² (memmap in and out): peak RSS",

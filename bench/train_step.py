@@ -17,7 +17,9 @@ Networks: the paper's 2D U-Net (``ronneberger2015``, width 64, 572x572 tile), th
 U-Net (``cicek2016``, width 32, batch norm, 116x132x132 tile), and the CPU recipe's small ones.
 The paper's 3D U-Net runs twice: as useg trains it, and with every weight gradient computed by
 the batch/channel-swapped convolution (``useg.nets.conv``'s way before the per-offset matrix
-products for large 3D layers), to compare the two in one run.
+products for large 3D layers), to compare the two in one run. The paper's networks run once more
+each in a process of their own with 4 KiB pages (``THP_MEM_ALLOC_ENABLE=0``), against useg's
+huge pages for PyTorch's large buffers (what ``import useg`` asks for).
 fp32 (the precision ``auto`` picks on a CPU without bf16 instructions), channels-last.
 
 Results: bench/results/train_step.json and .md.
@@ -26,6 +28,9 @@ Results: bench/results/train_step.json and .md.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -35,6 +40,7 @@ from _common import RESULTS, command_line, machine_info, publish
 from predict import conv_gflops, layer_flops
 
 import useg.nets.conv as conv
+from useg.device import huge_pages_in_effect
 from useg.nets import UNet, output_shape, valid_input_shape
 from useg.training.losses import SegmentationLoss
 
@@ -48,7 +54,12 @@ NETWORKS = (
     ("3D chosen (sparse3d)", "cicek2016", {"width": 8, "depth": 2, "padding": "same"},
      (44, 44, 44)),
     (SWAPPED, "cicek2016", {"width": 32}, (116, 132, 132)),
+    ("2D paper, 4 KiB pages", "ronneberger2015", {"width": 64}, (572, 572)),
+    ("3D paper, 4 KiB pages", "cicek2016", {"width": 32}, (116, 132, 132)),
 )
+# Networks run in a process of their own without the huge pages that importing useg asks
+# PyTorch for (it reads the setting once, at its first allocation), to show what they save.
+SMALL_PAGES = " 4 KiB pages"
 
 
 def conv_flops(net: torch.nn.Module, x: torch.Tensor) -> float:
@@ -111,8 +122,19 @@ def one_network(name: str, preset: str, overrides: dict, tile: tuple[int, ...],
         "step_seconds": times, "best_step_s": seconds,
         "limit_gflops_fp32": limit, "limit_gflops_before_after": [limit_before, limit],
         "fraction_of_limit": step_flops / seconds / 1e9 / limit,
-        "profile_one_step": profile,
+        "profile_one_step": profile, "huge_pages_in_effect": huge_pages_in_effect(),
     }
+
+
+def small_pages_run(name: str, steps: int, quick: bool) -> dict[str, Any]:
+    """``name``'s network measured in a child process that does not ask for huge pages."""
+    cmd = [sys.executable, __file__, "--network-worker", name, "--steps", str(steps)]
+    done = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True,
+                          env={**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{name}: the worker failed:\n{done.stderr[-2000:]}")
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    return run
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -140,16 +162,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
     parser.add_argument("--quick", action="store_true", help="smoke run: the small networks")
+    parser.add_argument("--network-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    steps = 1 if args.quick else args.steps
+    if args.network_worker:
+        base = args.network_worker.removesuffix("," + SMALL_PAGES)
+        _, preset, overrides, tile = next(n for n in NETWORKS if n[0] == base)
+        print(json.dumps(one_network(args.network_worker, preset, overrides, tile, steps)))
+        return
     machine = machine_info()
-    networks = NETWORKS[2:4] if args.quick else NETWORKS
+    networks = [NETWORKS[i] for i in (2, 3, 2)] if args.quick else NETWORKS
+    if args.quick:  # the same small network in a child with 4 KiB pages, to smoke-test that
+        networks[2] = (f"2D cpu-fast,{SMALL_PAGES}", *networks[2][1:])
     runs = []
     for name, preset, overrides, tile in networks:
         print(f"{name}: {preset} {overrides}, tile {tile}", flush=True)
+        if name.endswith(SMALL_PAGES):
+            runs.append(small_pages_run(name, steps, args.quick))
+            print(f"  best step {runs[-1]['best_step_s']:.2f} s, "
+                  f"{runs[-1]['fraction_of_limit']:.2f} of the limit", flush=True)
+            continue
         conv.WEIGHT_GRAD_BY_OFFSETS = name != SWAPPED
         try:
-            runs.append(one_network(name, preset, overrides, tile,
-                                    1 if args.quick else args.steps))
+            runs.append(one_network(name, preset, overrides, tile, steps))
         finally:
             conv.WEIGHT_GRAD_BY_OFFSETS = True
         print(f"  best step {runs[-1]['best_step_s']:.2f} s, "

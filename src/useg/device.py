@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "PRECISION_CHOICES",
     "autocast",
     "cpu_has_native_bf16",
+    "huge_pages_in_effect",
     "resolve_device",
     "resolve_precision",
 ]
@@ -82,6 +84,39 @@ def device_memory(device: torch.device) -> float:
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):  # not a POSIX system: do not guess
         return math.inf
+
+
+def huge_pages_in_effect() -> bool:
+    """Whether PyTorch's large CPU buffers get transparent huge pages in this process.
+
+    ``import useg`` asks PyTorch for them (``THP_MEM_ALLOC_ENABLE=1``, unless set already), but
+    PyTorch reads that once, at its first CPU allocation, so a process that allocated a tensor
+    before importing useg keeps 4 KiB pages; and the kernel grants them only if its setting
+    (``/sys/kernel/mm/transparent_hugepage/enabled``) allows. So this touches a fresh 8 MiB
+    buffer and asks the kernel (``/proc/self/smaps``) whether huge pages back it. Linux only.
+
+    Examples
+    --------
+    >>> isinstance(huge_pages_in_effect(), bool)
+    True
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    probe = torch.zeros(8 << 20, dtype=torch.uint8)
+    address = probe.data_ptr()
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return False
+    inside = False
+    for line in lines:
+        head = line.split(maxsplit=1)[0]
+        if "-" in head and not head.endswith(":"):  # a mapping's header: start-end perms ...
+            start, _, end = head.partition("-")
+            inside = int(start, 16) <= address < int(end, 16)
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1]) > 0
+    return False
 
 
 def check_precision(precision: str) -> str:
