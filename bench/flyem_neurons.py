@@ -117,7 +117,7 @@ def setup(candidate: dict[str, Any], quick: bool) -> tuple[argparse.Namespace, i
         depth=candidate["depth"], padding="same", stats="running",
         augment=candidate["augment"], lr=1e-3, workers=1,
         tile3d=[32, 32, 32] if quick else [candidate["tile"]] * 3, tile2d=[128, 128],
-        precision=resolve_precision("auto", "cpu"))
+        precision=resolve_precision("auto", "cpu"), tta=candidate.get("tta", False))
     return exp_args, 12 if quick else candidate["steps"]
 
 
@@ -129,7 +129,8 @@ def network_description(exp_args: argparse.Namespace, steps: int) -> str:
     lr = f"{exp_args.lr:.0e}".replace("e-0", "e-")  # 1e-3, as the first kept maps say
     return (f"cicek2016 width {exp_args.width} depth {exp_args.depth}, {exp_args.padding} "
             f"padding, tile {exp_args.tile3d}, Adam {lr} poly, {exp_args.precision}, "
-            f"{augmentation}, {steps} steps, crop {exp_args.crop}")
+            f"{augmentation}, {steps} steps, crop {exp_args.crop}"
+            + (", test-time augmentation" if getattr(exp_args, "tta", False) else ""))
 
 
 def map_meta(exp: Experiment, run: dict[str, Any], steps: int, seed: int) -> dict[str, Any]:

@@ -201,10 +201,12 @@ class Experiment:
                                            name=f"{'zyx'[axis]}={i}"))
         return samples
 
-    def predict(self, model) -> np.ndarray:
-        """Boundary probability of every voxel of the crop."""
+    def predict(self, model, tta: bool | None = None) -> np.ndarray:
+        """Boundary probability of every voxel of the crop (with test-time augmentation if
+        ``tta``, by default if the settings ask for it)."""
         stats = {"offset": self.normalization["offset"], "scale": self.normalization["scale"]}
-        kw = dict(device="cpu", precision=self.args.precision, stats=stats)
+        tta = getattr(self.args, "tta", False) if tta is None else tta
+        kw = dict(device="cpu", precision=self.args.precision, stats=stats, tta=tta)
         if model.config.ndim == 3:
             return predict(model, self.image, **kw)[1]
         return np.stack([predict(model, self.image[:, z], **kw)[1]
@@ -235,6 +237,11 @@ class Experiment:
                                                annotated & (self.target != IGNORE), evaluate)
         if step_times is not None:
             step_times.extend(np.diff(stamps).tolist())
+        paired = {}
+        if getattr(self.args, "tta", False):  # the same network without it: what TTA adds
+            plain = (self.predict(model, tta=False) > 0.5).astype(np.uint8)
+            paired["iou_boundary_unannotated_without_tta"] = boundary_iou(plain, self.target,
+                                                                          evaluate)
         return {
             "net": f"{ndim}D",
             "seed": seed,
@@ -252,6 +259,7 @@ class Experiment:
             "predicted_boundary_fraction": float(pred.mean()),
             "true_boundary_fraction": float((self.target == 1).mean()),
             "pixel_accuracy_unannotated": float((pred[evaluate] == self.target[evaluate]).mean()),
+            **paired,
             "prediction": pred,
             **({"probability": prob} if keep_probability else {}),
         }
