@@ -35,6 +35,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                           "bench/results/predict3d_shapes.json"], "predict3d_shapes.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
     "train_step": (["bench/train_step.py"], "train_step.json"),
+    "huge_pages": (["bench/huge_pages.py"], "huge_pages.json"),
     "conv_kernels": (["bench/conv_kernels.py"], "conv_kernels.json"),
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
     # After isbi2012 (whose main run is base's seed 0 and was the packaged model): the recipe
@@ -46,7 +47,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
     "flyem_neurons": (["bench/flyem_neurons.py"], "flyem_neurons.json"),
     "flyem_recipe": (["bench/flyem_recipe.py", "--candidates", "base", "long", "long-flips",
-                      "wide", "--then-test"], "flyem_recipe.json"),
+                      "wide", "long-tta", "--then-test"], "flyem_recipe.json"),
     # After flyem_recipe: the test runs of its choice keep the boundary maps this segments.
     "flyem_neurons_long": (["bench/flyem_neurons.py", "--recipe", "long"],
                            "flyem_neurons_long.json"),
@@ -241,6 +242,19 @@ def _train_step(d):
             for r in d.get("runs", [])]
 
 
+def _huge_pages(d):
+    cpu = _get(d, "machine", "cpu", "model", default="?")
+    rows = []
+    for name, w in d.get("workloads", {}).items():
+        small, huge = w["4 KiB pages"], w["huge pages"]
+        rows.append((f"{name}, {cpu}: seconds with 4 KiB pages -> huge pages (speed-up) / "
+                     "peak RSS GiB",
+                     f"{_fmt(small['median_s'])} -> {_fmt(huge['median_s'])} "
+                     f"({_fmt(small['median_s'] / huge['median_s'])}x) / "
+                     f"{_fmt(small['peak_rss_gib'])} -> {_fmt(huge['peak_rss_gib'])}"))
+    return rows
+
+
 def _summary_rows(d) -> list[tuple[str, str]]:
     """Benchmarks that write a flat ``summary`` dict of headline figures."""
     return [(k, _fmt(v)) for k, v in (_get(d, "summary", default={}) or {}).items()
@@ -417,6 +431,7 @@ EXTRACT: dict[str, Callable] = {
     "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
     "predict3d_shapes": _prediction,
     "predict3d_layers": _layers, "precision": _precision, "train_step": _train_step,
+    "huge_pages": _huge_pages,
 }
 
 
