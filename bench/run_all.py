@@ -203,7 +203,8 @@ def _prediction(d):
                          + f" / {_fmt(rss)} GiB"))
     profile = _get(d, "profile", default={})
     for case, part in (profile.items() if isinstance(profile, dict) else []):
-        runs = {k: v for k, v in part.items() if isinstance(v, dict)}
+        runs = {k: v for k, v in part.items() if isinstance(v, dict) and "seconds" in v} \
+            if isinstance(part, dict) else {}
         if len(runs) > 1:
             rows.append((f"3D tile {part['tile']}, {case}: one forward pass, "
                          + " -> ".join(runs) + " (seconds, system CPU s)",
