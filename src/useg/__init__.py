@@ -14,11 +14,11 @@ import sys
 __version__ = "0.1.0"
 
 # Every activation of a large tile is a fresh allocation; with 4 KiB pages the kernel faults in
-# and zero-fills each page on first touch, which costs a 3D forward pass or training step a large
-# share of its time. PyTorch advises transparent huge pages for its CPU buffers of 2 MiB and
-# more when this variable is set before its first allocation, which importing useg precedes in
-# our entry points; the pages are the same memory, so peak memory does not grow. A value the
-# user set (0 turns it off) is kept. See useg.device.huge_pages_in_effect.
+# and zero-fills each page on first touch, a share of every forward pass and training step.
+# PyTorch advises transparent huge pages for its CPU buffers of 2 MiB and more when this
+# variable is set before its first allocation, which importing useg precedes in our entry
+# points; the memory is the same, up to rounding buffers to whole huge pages. A value the user
+# set (0 turns it off) is kept. See useg.device.huge_pages_in_effect, bench/huge_pages.py.
 if sys.platform.startswith("linux"):
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

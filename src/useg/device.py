@@ -109,7 +109,7 @@ def huge_pages_in_effect() -> bool:
     except OSError:
         return False
     inside = False
-    for line in lines:
+    for line in filter(None, lines):
         head = line.split(maxsplit=1)[0]
         if "-" in head and not head.endswith(":"):  # a mapping's header: start-end perms ...
             start, _, end = head.partition("-")
