@@ -39,3 +39,70 @@ def test_3d_set_is_z_flip_times_in_plane_dihedral_group():
     ts = transforms(3)
     assert len(ts) == 16
     assert all(k in range(4) for _, k in ts)
+
+
+# ---- a network that never saw flipped or turned images ----------------------------------------
+
+@pytest.mark.parametrize("augment, said", [
+    (None, "was trained without augmentation"),
+    ({"flip_probability": 0.0, "rotate": False}, "was trained without flips or rotations"),
+    ({"flip_axes": [], "rotate": False}, "was trained without flips or rotations"),
+    ({}, None),  # the default augmentation: flips and rotations
+    ({"rotate": False}, None),  # flips alone
+    ({"flip_probability": 0.0}, None),  # rotations alone
+])
+def test_unseen_by_training_reads_the_training_configuration(augment, said):
+    from useg.inference.tta import unseen_by_training
+
+    assert unseen_by_training({"provenance": {"config": {"augment": augment}}}) == said
+
+
+@pytest.mark.parametrize("header", [None, {}, {"provenance": {}}, {"provenance": {"config": {}}}])
+def test_unseen_by_training_says_nothing_without_a_training_configuration(header):
+    from useg.inference.tta import unseen_by_training
+
+    assert unseen_by_training(header) is None
+
+
+def _model_file(tmp_path, augment):
+    from useg.nets import UNet
+    from useg.nets.checkpoint import save_model
+
+    return save_model(UNet("ronneberger2015", width=2, depth=2), tmp_path / "m.safetensors",
+                      {"provenance": {"config": {"augment": augment}}})
+
+
+def test_predict_with_tta_warns_for_a_network_trained_without_augmentation(tmp_path, rng):
+    import warnings
+
+    from useg.errors import UsegWarning
+    from useg.inference.predict import predict
+    from useg.nets.checkpoint import load_model
+
+    image = rng.random((40, 40)).astype(np.float32)
+    plain = load_model(_model_file(tmp_path, None))
+    with pytest.warns(UsegWarning, match="trained without augmentation.*without TTA"):
+        predict(plain, image, device="cpu", tta=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UsegWarning)
+        predict(plain, image, device="cpu")  # no TTA asked: nothing to say
+        (tmp_path / "augmented").mkdir()
+        augmented = load_model(_model_file(tmp_path / "augmented", {}))
+        predict(augmented, image, device="cpu", tta=True)
+
+
+def test_useg_predict_tta_says_so_once_and_still_predicts(tmp_path, rng, capsys):
+    import tifffile
+
+    from useg.cli import main
+
+    path = _model_file(tmp_path, None)
+    tifffile.imwrite(tmp_path / "s.tif", (rng.random((3, 40, 40)) * 255).astype(np.uint8),
+                     photometric="minisblack")  # a stack of three slices
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "s.tif"), "--model", str(path), "--out", str(out),
+                 "--tta", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("trained without augmentation") == 1, err
+    assert str(path) in err
+    assert (out / "s_labels.tif").exists()

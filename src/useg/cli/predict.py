@@ -42,7 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "stitches exactly); default: the least work that memory allows")
     p.add_argument("--batch-size", type=positive_int, default=1, help="tiles per forward pass")
     p.add_argument("--tta", action="store_true",
-                   help="average over flips and quarter turns (8x slower in 2D)")
+                   help="average over flips and quarter turns (8x slower in 2D, 16x in 3D); "
+                   "it helps a model trained with flips or rotations, and can hurt one "
+                   "trained without (useg warns)")
     add_precision_argument(p)
     p.add_argument("--no-probs", action="store_true", help="write label masks only")
     g = p.add_argument_group(

@@ -7,6 +7,7 @@ to normalise inputs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,16 +15,29 @@ import numpy as np
 import torch
 
 from useg.device import autocast, resolve_device, resolve_precision
-from useg.errors import InputError, ModelFileError
+from useg.errors import InputError, ModelFileError, UsegWarning
 from useg.inference.tile_choice import tile_geometry
 from useg.inference.tiling import predict_tiled
-from useg.inference.tta import transforms, with_tta
+from useg.inference.tta import transforms, unseen_by_training, with_tta
 from useg.io import normalize as norm
 from useg.nets.forward import inference_forward, inference_layers, memory_format
 from useg.nets.geometry import pool_step
 from useg.nets.unet import UNet
 
 __all__ = ["check_image", "make_predictor", "predict"]
+
+
+def _note_unseen_transforms(model: UNet) -> None:
+    """One warning when test-time augmentation shows the network copies it never trained on."""
+    why = unseen_by_training(getattr(model, "meta", None))
+    if why is not None:
+        path = getattr(model, "path", None)
+        name = f"model {path}" if path is not None else "this model"
+        warnings.warn(UsegWarning(
+            f"test-time augmentation averages predictions over flipped and turned copies of the "
+            f"image, but {name} {why}: those copies are new to it, and the average can be worse "
+            "than one plain prediction; predict without TTA, or train with augmentation"),
+            stacklevel=3)
 
 
 def make_predictor(
@@ -173,6 +187,8 @@ def predict(
         meta = getattr(model, "meta", {}) or {}
         stats = norm.image_stats(image, meta.get("normalization"))
     tile, h, margin, step = tile_geometry(model, image.shape[1:], tile, device, tta)
+    if tta:
+        _note_unseen_transforms(model)
     predictor = make_predictor(model, stats, device=device, precision=precision, tta=tta)
     return predict_tiled(
         predictor, image, tile=tile, out_channels=cfg.classes, halo=h, margin=margin,

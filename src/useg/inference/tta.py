@@ -12,12 +12,12 @@ The functions work on NumPy arrays and torch tensors alike, laid out ``(B, C, *s
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Transform", "apply", "invert", "transforms", "with_tta"]
+__all__ = ["Transform", "apply", "invert", "transforms", "unseen_by_training", "with_tta"]
 
 Transform = tuple[tuple[int, ...], int]
 
@@ -108,3 +108,33 @@ def with_tta(predictor: Callable[[Any], Any], ts: Sequence[Transform]) -> Callab
         return total / len(ts)
 
     return averaged
+
+
+def unseen_by_training(header: Mapping[str, Any] | None) -> str | None:
+    """Why the flipped and turned copies that TTA predicts would be new to a network, from its
+    model file's header (the training configuration under ``provenance``), or None.
+
+    A network trained without flips and without rotations has only seen its images one way
+    round; averaging its predictions over copies it never saw can be worse than one plain
+    prediction (bench/flyem_recipe.py's ``long-tta``). A header without a training configuration
+    (a network not trained by useg, or built in code) says nothing, so neither does this.
+
+    Examples
+    --------
+    >>> unseen_by_training({"provenance": {"config": {"augment": None}}})
+    'was trained without augmentation'
+    >>> unseen_by_training({"provenance": {"config": {"augment": {}}}}) is None
+    True
+    """
+    config = ((header or {}).get("provenance") or {}).get("config")
+    if not isinstance(config, Mapping) or "augment" not in config:
+        return None
+    augment = config["augment"]
+    if augment is None:
+        return "was trained without augmentation"
+    if not isinstance(augment, Mapping):
+        return None
+    flips = augment.get("flip_probability", 0.5) > 0 and augment.get("flip_axes") != []
+    if not flips and augment.get("rotate", True) is False:
+        return "was trained without flips or rotations"
+    return None
