@@ -84,7 +84,7 @@ def machine_info(*packages: str, **extra: Any) -> dict[str, Any]:
     import scipy
     import torch
 
-    from useg.device import cpu_has_native_bf16, huge_pages_in_effect
+    from useg.device import cpu_has_native_bf16, huge_pages_in_effect, kernel_huge_page_mode
 
     info: dict[str, Any] = {
         "cpu": lscpu(),
@@ -95,7 +95,7 @@ def machine_info(*packages: str, **extra: Any) -> dict[str, Any]:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-        "huge_pages": {"kernel": _kernel_huge_pages(),
+        "huge_pages": {"kernel": kernel_huge_page_mode(),
                        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
                        "in_effect": huge_pages_in_effect()},
         "platform": platform.platform(),
@@ -110,15 +110,6 @@ def machine_info(*packages: str, **extra: Any) -> dict[str, Any]:
     }
     info.update(extra)
     return info
-
-
-def _kernel_huge_pages() -> str | None:
-    """The kernel's transparent huge page mode (always, madvise or never), None if unknown."""
-    try:
-        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return None
-    return next((w[1:-1] for w in text.split() if w.startswith("[")), None)
 
 
 def cpu_line(machine: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "autocast",
     "cpu_has_native_bf16",
     "huge_pages_in_effect",
+    "kernel_huge_page_mode",
     "resolve_device",
     "resolve_precision",
 ]
@@ -84,6 +85,16 @@ def device_memory(device: torch.device) -> float:
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):  # not a POSIX system: do not guess
         return math.inf
+
+
+def kernel_huge_page_mode() -> str | None:
+    """The kernel's transparent huge page mode, ``always``, ``madvise`` or ``never`` (the word in
+    brackets in ``/sys/kernel/mm/transparent_hugepage/enabled``); None where it does not say."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return next((w[1:-1] for w in text.split() if w.startswith("[")), None)
 
 
 def huge_pages_in_effect() -> bool:
