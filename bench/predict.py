@@ -68,6 +68,7 @@ from _common import (
     write_json,
 )
 
+from useg.device import cpu_has_native_bf16
 from useg.io.arrays import release_pages
 
 # ----------------------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ def speed_comparison(args, ndim: int, preset: str, sizes: list[int | tuple[int, 
     ``sizes``: cube (square) sides, or whole shapes (e.g. an anisotropic volume)."""
     from useg.nets import preset as get_preset
 
-    precisions = cpu_precisions(args.precisions, machine_info(), "speed comparison")
+    precisions = cpu_precisions(args.precisions, cpu_has_native_bf16(), "speed comparison")
     # (kind, precision, MONAI memory format, label of extra environment for the worker)
     configs: list[tuple[str, str, str | None, str | None]] = [
         ("useg", p, None, None) for p in precisions]
@@ -499,13 +500,13 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
                              "on a CPU with bf16 instructions, fp32 alone elsewhere)")
 
 
-def cpu_precisions(asked: list[str] | None, machine: dict, part: str) -> list[str]:
+def cpu_precisions(asked: list[str] | None, native_bf16: bool, part: str) -> list[str]:
     """The precisions a part times: as asked, else fp32 and, where the CPU has bf16
-    instructions (avx512_bf16 or amx_bf16), bf16; emulated bf16 is ~10x slower than fp32, so
-    timing it by default would only add hours to a run."""
+    instructions (avx512_bf16 or amx_bf16: ``native_bf16``), bf16; emulated bf16 is ~10x slower
+    than fp32, so timing it by default would only add hours to a run."""
     if asked:
         return list(dict.fromkeys(["fp32", *asked]))
-    if machine.get("bf16_instructions"):
+    if native_bf16:
         return ["fp32", "bf16"]
     print(f"{part}: fp32 only, this CPU has no bf16 instructions (add bf16 to the precisions "
           "to time emulated bf16 too)", flush=True)
@@ -516,7 +517,7 @@ def sweep_precisions(args, machine: dict) -> list[str]:
     """The precisions of the sweep: as asked, or by the CPU's bf16 instructions."""
     if args.sweep_precisions:
         return args.sweep_precisions
-    return cpu_precisions(None, machine, "MONAI sweep")
+    return cpu_precisions(None, bool(machine.get("bf16_instructions")), "MONAI sweep")
 
 
 def sweep_name(precision: str, fmt: str, roi: int, overlap: float) -> str:

@@ -57,7 +57,13 @@ def test_unseen_by_training_reads_the_training_configuration(augment, said):
     assert unseen_by_training({"provenance": {"config": {"augment": augment}}}) == said
 
 
-@pytest.mark.parametrize("header", [None, {}, {"provenance": {}}, {"provenance": {"config": {}}}])
+@pytest.mark.parametrize("header", [
+    None, {}, {"provenance": {}}, {"provenance": {"config": {}}},
+    # Not what training writes (a hand-edited or hostile header): no traceback, nothing said.
+    "x", {"provenance": "x"}, {"provenance": {"config": {"augment": "x"}}},
+    {"provenance": {"config": {"augment": {"flip_probability": "x", "rotate": False}}}},
+    {"provenance": {"config": {"augment": {"unknown": 1, "rotate": False}}}},
+])
 def test_unseen_by_training_says_nothing_without_a_training_configuration(header):
     from useg.inference.tta import unseen_by_training
 

@@ -20,6 +20,7 @@ from useg.inference.tile_choice import tile_geometry
 from useg.inference.tiling import predict_tiled
 from useg.inference.tta import transforms, unseen_by_training, with_tta
 from useg.io import normalize as norm
+from useg.nets.checkpoint import model_name
 from useg.nets.forward import inference_forward, inference_layers, memory_format
 from useg.nets.geometry import pool_step
 from useg.nets.unet import UNet
@@ -31,12 +32,11 @@ def _note_unseen_transforms(model: UNet) -> None:
     """One warning when test-time augmentation shows the network copies it never trained on."""
     why = unseen_by_training(getattr(model, "meta", None))
     if why is not None:
-        path = getattr(model, "path", None)
-        name = f"model {path}" if path is not None else "this model"
         warnings.warn(UsegWarning(
-            f"test-time augmentation averages predictions over flipped and turned copies of the "
-            f"image, but {name} {why}: those copies are new to it, and the average can be worse "
-            "than one plain prediction; predict without TTA, or train with augmentation"),
+            "test-time augmentation averages predictions over flipped and turned copies of the "
+            f"image, but {model_name(model)} {why}: those copies are new to it, and the average "
+            "can be worse than one plain prediction; predict without TTA, or train with "
+            "augmentation"),
             stacklevel=3)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from useg.device import device_memory
 from useg.errors import ConfigError, TileWarning
 from useg.inference.tiling import plan_tiles
+from useg.nets.checkpoint import model_name
 from useg.nets.geometry import (
     conv_macs,
     halo,
@@ -334,8 +335,7 @@ def _check_one_pass(
     """Refuse to tile a network whose output depends on the tile (``reason``, from
     :func:`tile_dependence`): one pass only, and one that fits in the memory of the device."""
     cfg = model.config
-    path = getattr(model, "path", None)
-    name = f"model {path}" if path is not None else "this model"
+    name = model_name(model)
     try:
         counts = plan_tiles(image_shape, tile, h, margin, pool_step(cfg)).counts
     except ConfigError:

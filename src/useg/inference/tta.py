@@ -117,7 +117,8 @@ def unseen_by_training(header: Mapping[str, Any] | None) -> str | None:
     A network trained without flips and without rotations has only seen its images one way
     round; averaging its predictions over copies it never saw can be worse than one plain
     prediction (bench/flyem_recipe.py's ``long-tta``). A header without a training configuration
-    (a network not trained by useg, or built in code) says nothing, so neither does this.
+    (a network not trained by useg, or built in code), or with one that training could not have
+    written, says nothing, so neither does this.
 
     Examples
     --------
@@ -126,7 +127,8 @@ def unseen_by_training(header: Mapping[str, Any] | None) -> str | None:
     >>> unseen_by_training({"provenance": {"config": {"augment": {}}}}) is None
     True
     """
-    config = ((header or {}).get("provenance") or {}).get("config")
+    provenance = header.get("provenance") if isinstance(header, Mapping) else None
+    config = provenance.get("config") if isinstance(provenance, Mapping) else None
     if not isinstance(config, Mapping) or "augment" not in config:
         return None
     augment = config["augment"]
@@ -134,7 +136,15 @@ def unseen_by_training(header: Mapping[str, Any] | None) -> str | None:
         return "was trained without augmentation"
     if not isinstance(augment, Mapping):
         return None
-    flips = augment.get("flip_probability", 0.5) > 0 and augment.get("flip_axes") != []
-    if not flips and augment.get("rotate", True) is False:
+    # Training's own reading of the settings, so that an omitted one means its default there.
+    from useg.errors import ConfigError
+    from useg.training.augment import AugmentConfig
+
+    try:
+        settings = AugmentConfig.from_dict(augment)
+        flips = float(settings.flip_probability) > 0 and settings.flip_axes != ()
+    except (ConfigError, TypeError, ValueError):  # not a configuration training wrote
+        return None
+    if not flips and settings.rotate is False:
         return "was trained without flips or rotations"
     return None

@@ -27,8 +27,8 @@ from useg.io.files import atomic_write, make_folder
 from useg.nets.config import UNetConfig
 from useg.nets.unet import UNet
 
-__all__ = ["FOLDER_MODELS", "FORMAT", "check_header", "load_model", "model_info", "packaged_models",
-           "resolve_model", "save_model", "update_header"]
+__all__ = ["FOLDER_MODELS", "FORMAT", "check_header", "load_model", "model_info", "model_name",
+           "packaged_models", "resolve_model", "save_model", "update_header"]
 
 FORMAT = "useg-model"
 #: The model files a folder given as a model stands for, in order of preference: an exported
@@ -45,6 +45,13 @@ def _usual_permissions(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
+
+
+def model_name(model: Any) -> str:
+    """How messages name a network: ``model <file>`` for one loaded by :func:`load_model`,
+    else ``this model``."""
+    path = getattr(model, "path", None)
+    return f"model {path}" if path is not None else "this model"
 
 
 def save_model(model: UNet, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
