@@ -12,6 +12,7 @@ from useg.cli import (
     non_negative_float,
     non_negative_int,
     out_path,
+    positive_float,
     positive_int,
     sizes,
 )
@@ -39,7 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=sizes, default=None,
                    help="input tile in pixels (voxels in 3D), e.g. 572 or 572x572, rounded up "
                         "to one the network takes (for a same-padding network, to one that "
-                        "stitches exactly); default: the least work that memory allows")
+                        "stitches exactly); default: the least work that --memory allows")
+    p.add_argument("--memory", type=positive_float, default=None, metavar="GIB",
+                   help="memory for one forward pass's activations, in GiB, from which the tile "
+                   "is chosen (instead of --tile): more memory, larger tiles, less context "
+                   "computed again at tile edges, faster; default 1 for 2D models, 4 for 3D "
+                   "(at most a quarter of RAM), a quarter of a GPU's free memory; per worker "
+                   "with --dask")
     p.add_argument("--batch-size", type=positive_int, default=1, help="tiles per forward pass")
     p.add_argument("--tta", action="store_true",
                    help="average over flips and quarter turns (8x slower in 2D, 16x in 3D); "
@@ -96,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         instance_options=instance_options, on_settings=lambda line: print(line, file=sys.stderr),
         dask=args.dask, scheduler=args.scheduler,
         workers=args.workers, block=args.block, device=args.device, tile=args.tile,
+        memory_gib=args.memory,
         batch_size=args.batch_size, tta=args.tta, precision=args.precision,
         write_probabilities=not args.no_probs, overwrite=args.overwrite,
         torch_threads=args.torch_threads, progress=not args.quiet, on_written=report,

@@ -46,7 +46,7 @@ from useg.inference.blocks import (
     plan_blocks,
     predict_block,
 )
-from useg.inference.tiling import plan_tiles
+from useg.inference.tiling import check_batch_size, plan_tiles
 from useg.io import normalize as norm
 from useg.io.chunked import as_channels_first, create_array, is_array_spec, open_array, parse_spec
 from useg.io.files import (
@@ -230,6 +230,7 @@ def predict_dask(
     labels: str | os.PathLike | None = None,
     block: Sequence[int] | int | None = None,
     tile: Sequence[int] | int | None = None,
+    memory_gib: float | None = None,
     device: str = "cpu",
     scheduler: Any = None,
     workers: int | None = None,
@@ -274,6 +275,9 @@ def predict_dask(
     tile : int or tuple, optional
         Input tile as for :func:`useg.inference.predict.predict`; chosen for a CPU memory budget
         when omitted (give it explicitly for GPUs).
+    memory_gib : float, optional
+        That budget, in GiB, for each worker's forward pass, as for
+        :func:`useg.inference.predict.predict` (instead of ``tile``).
     device : str
         Device on each worker (``auto``, ``cpu``, ``cuda``: a worker's own visible GPU).
     scheduler : None, str, distributed.Client or cluster
@@ -333,6 +337,13 @@ def predict_dask(
     if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
         raise ConfigError(f"workers (--workers) must be a positive integer, got {workers!r}")
     check_choice("zarr_format", zarr_format, (2, 3))
+    check_batch_size(batch_size)
+    if memory_gib is not None:
+        import torch
+
+        from useg.inference.tile_choice import memory_budget
+
+        memory_budget(memory_gib, tile, torch.device("cpu"))  # each worker's tile choice
     precision = _run_precision(precision, device)
     # Absolute specs: workers run in other folders, and a resumed run may be started elsewhere.
     outputs = {"probabilities": _absolute(output), "labels": _absolute(labels)}
@@ -341,7 +352,8 @@ def predict_dask(
         if spec is not None:
             _zarr_dir(spec)
     settings = _Settings(
-        outputs, run_dir, block=block, tile=tile, device=device, scheduler=scheduler,
+        outputs, run_dir, block=block, tile=tile, memory_gib=memory_gib, device=device,
+        scheduler=scheduler,
         workers=workers, tta=tta, precision=precision, batch_size=batch_size, stats=stats,
         overwrite=overwrite, progress=progress, torch_threads=torch_threads,
         zarr_format=zarr_format, on_block=on_block, spacing=spacing, unit=unit,
@@ -362,6 +374,7 @@ class _Settings:
     run_dir: Path  # the run's record: <output array>/.useg-run
     block: Sequence[int] | int | None
     tile: Sequence[int] | int | None
+    memory_gib: float | None
     device: str
     scheduler: Any
     workers: int | None
@@ -557,7 +570,8 @@ def _plan(net, source: _Input, s: _Settings) -> _Geometry:
 
     from useg.inference.tile_choice import tile_geometry
 
-    tile, h, margin, step = tile_geometry(net, source.spatial, s.tile, torch.device("cpu"), s.tta)
+    tile, h, margin, step = tile_geometry(net, source.spatial, s.tile, torch.device("cpu"), s.tta,
+                                          memory_gib=s.memory_gib, batch_size=s.batch_size)
     tiles = plan_tiles(source.spatial, tile, h, margin, step)
     return _Geometry(tile, h, margin, step, plan_blocks(tiles, s.block))
 

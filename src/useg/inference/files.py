@@ -14,7 +14,6 @@ after it.
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +26,8 @@ from useg import io
 from useg.device import check_precision, resolve_device, resolve_precision
 from useg.errors import ConfigError, InputError, ModelFileError
 from useg.inference.predict import predict
-from useg.inference.tile_choice import tile_notes_said
+from useg.inference.tile_choice import memory_budget, tile_notes_said
+from useg.inference.tiling import check_batch_size
 from useg.labels import class_dtype, most_likely_class
 from useg.nets.checkpoint import load_model
 from useg.nets.unet import UNet
@@ -156,6 +156,7 @@ def predict_files(
     *,
     device: str = "auto",
     tile: Sequence[int] | int | None = None,
+    memory_gib: float | None = None,
     batch_size: int = 1,
     tta: bool = False,
     precision: str = "auto",
@@ -184,7 +185,7 @@ def predict_files(
         Output folder.
     model : path or str
         Model file, run folder or packaged model name (:func:`useg.nets.checkpoint.resolve_model`).
-    device, tile, batch_size, tta, precision
+    device, tile, memory_gib, batch_size, tta, precision
         As for :func:`useg.inference.predict.predict`; a ``tile`` needs 1 or ``ndim`` sizes.
     write_probabilities : bool
         Write ``<stem>_probs.tif`` besides the label images.
@@ -212,6 +213,7 @@ def predict_files(
 
     io.check_output_folder(out_dir)
     device = resolve_device(device)
+    memory_budget(memory_gib, tile, device)  # checked before anything is read
     derive = dict(derive or {})
     plan = _planned_results(inputs, out_dir, write_probabilities, overwrite, tuple(derive))
     # Temporary files of a run killed earlier (kill -9), in the folders this run writes to.
@@ -231,8 +233,8 @@ def predict_files(
     for path, name, _ in outer:
         written = predict_file(
             net, path, out_dir, write_probabilities=write_probabilities, tile=tile,
-            device=device, precision=precision, tta=tta, batch_size=batch_size,
-            progress=progress, name=name, derive=derive,
+            memory_gib=memory_gib, device=device, precision=precision, tta=tta,
+            batch_size=batch_size, progress=progress, name=name, derive=derive,
         )
         done.append((path, written))
         if on_written is not None:
@@ -303,9 +305,7 @@ def predict_paths(
         # cannot start them at all).
         raise ConfigError(f"--torch-threads {threads}: more than the {cpus} CPUs of this "
                           "machine")
-    batch = options.get("batch_size", 1)
-    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch!r}")
+    check_batch_size(options.get("batch_size", 1))
     if dask:
         return _predict_store(inputs, out, model, scheduler, workers, block, options)
     given = [flag for flag, value in zip(_DASK_ONLY, (scheduler, workers, block), strict=True)

@@ -125,6 +125,7 @@ def predict(
     image: Any,
     *,
     tile: Sequence[int] | int | None = None,
+    memory_gib: float | None = None,
     device: str | torch.device = "auto",
     precision: str = "auto",
     tta: bool = False,
@@ -148,6 +149,13 @@ def predict(
         (:func:`useg.inference.tile_choice.default_tile`). A network whose output depends on the
         tile (:func:`~useg.inference.tile_choice.tile_dependence`) predicts in one pass over the
         whole image; a tile that does not cover it raises :class:`~useg.errors.ConfigError`.
+    memory_gib : float, optional
+        Memory for the activations of one forward pass, in GiB (2**30 bytes), from which the
+        tile is chosen instead of ``tile``: more memory, larger tiles, less context computed
+        again at every tile edge (faster). Default: 1 GiB for 1D and 2D networks, 4 GiB for 3D
+        ones (at most a quarter of the machine's memory), a quarter of the free memory of a
+        GPU. Shared by the ``batch_size`` tiles of a pass; a budget too small for any tile
+        raises :class:`~useg.errors.ConfigError`.
     device : str
         ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
     precision : {"auto", "fp32", "bf16", "fp16"}
@@ -186,7 +194,8 @@ def predict(
     if stats is None:
         meta = getattr(model, "meta", {}) or {}
         stats = norm.image_stats(image, meta.get("normalization"))
-    tile, h, margin, step = tile_geometry(model, image.shape[1:], tile, device, tta)
+    tile, h, margin, step = tile_geometry(model, image.shape[1:], tile, device, tta,
+                                          memory_gib=memory_gib, batch_size=batch_size)
     if tta:
         _note_unseen_transforms(model)
     predictor = make_predictor(model, stats, device=device, precision=precision, tta=tta)

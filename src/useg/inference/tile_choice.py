@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ from torch import nn
 
 from useg.device import device_memory
 from useg.errors import ConfigError, TileWarning
-from useg.inference.tiling import plan_tiles
+from useg.inference.tiling import check_batch_size, plan_tiles
 from useg.nets.checkpoint import model_name
 from useg.nets.geometry import (
     conv_macs,
@@ -38,7 +40,8 @@ from useg.nets.geometry import (
 from useg.nets.unet import UNet
 
 __all__ = [
-    "default_tile", "tile_dependence", "tile_geometry", "tile_notes_said", "whole_image_tile",
+    "default_tile", "memory_budget", "tile_dependence", "tile_geometry", "tile_notes_said",
+    "whole_image_tile",
 ]
 
 
@@ -210,41 +213,52 @@ def _best_tile(cfg, image_shape: Sequence[int], budget: float, itemsize: int) ->
 
 def tile_geometry(
     model: UNet, image_shape: Sequence[int], tile: Sequence[int] | int | None,
-    device: torch.device, tta: bool,
+    device: torch.device, tta: bool, memory_gib: float | None = None, batch_size: int = 1,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | int, tuple[int, ...]]:
     """Tile, halo, margin and pooling step that :func:`useg.inference.predict.predict` uses for
-    an image shape: ``tile`` (:func:`default_tile` when None) rounded up to a valid one, for a
-    same-padding network to one whose discarded margin covers its context (so that stitching
-    is exact; :func:`useg.nets.geometry.tile_margin`), and square in the (Y, X) plane for
-    test-time augmentation.
+    an image shape: ``tile`` (when None, :func:`default_tile` for a budget of ``memory_gib``
+    GiB, or the default budget, shared by the ``batch_size`` tiles of a forward pass) rounded up
+    to a valid one, for a same-padding network to one whose discarded margin covers its context
+    (so that stitching is exact; :func:`useg.nets.geometry.tile_margin`), and square in the
+    (Y, X) plane for test-time augmentation.
 
     A requested tile that had to grow for exactness, or that costs several times the work of
     the default tile, is named in one :class:`~useg.errors.TileWarning` (callers that repeat a
     geometry already named, block by block or slice by slice, use :func:`tile_notes_said`).
 
     Raises :class:`~useg.errors.ConfigError` for a network whose output depends on the tile
-    (:func:`tile_dependence`) when the tile does not cover the image, or when the one pass it
-    needs does not fit in the memory of ``device``.
+    (:func:`tile_dependence`) when the tile does not cover the image, when a forward pass does
+    not fit in the memory of ``device``, for both a tile and a memory budget, and for a budget
+    that is not a positive number, exceeds the device's memory or is too small for the
+    smallest tile.
     """
     cfg = model.config
     requested = tile
+    check_batch_size(batch_size)
+    budget = memory_budget(memory_gib, tile, device)
     if tile is None:
-        tile = default_tile(model, image_shape, device)
+        total = _budget(device, budget, cfg.ndim)
+        tile = default_tile(model, image_shape, device, total / batch_size)
     asked = valid_input_shape(cfg, tile, mode="up")
     tile, h, margin = _geometry(cfg, asked, tta)
     output_shape(cfg, tile)  # validates the tile
     reason = tile_dependence(model)
     if reason is not None:
+        # One tile: the batch holds it alone.
         _check_one_pass(model, reason, image_shape, tile, h, margin, device)
+        _check_budget(cfg, tile, budget, 1, "this model predicts in one pass over the whole "
+                      f"image ({reason}), with a tile of {tile}, which")
         return tile, h, margin, pool_step(cfg)
     grown = tile != asked and tile != _geometry(cfg, asked, tta, exact=False)[0]
     if grown:
         _refuse_too_large(cfg, tile, device, "this same-padding network stitches tiles exactly "
                           f"(as one whole-image pass) only from a tile of {tile}, which needs",
-                          "predict on a device with more memory")
+                          "predict on a device with more memory", batch_size)
     else:
         _refuse_too_large(cfg, tile, device, f"a tile of {tile} needs", "give a smaller tile "
-                          "(or none: the default tile fits the memory)")
+                          "(or none: the default tile fits the memory)", batch_size)
+    _check_budget(cfg, tile, budget, batch_size,
+                  f"the smallest tile this network can use here, {tile},")
     if requested is not None:
         _note_requested_tile(model, image_shape, asked, (tile, h, margin), grown, device, tta)
     return tile, h, margin, pool_step(cfg)
@@ -319,13 +333,48 @@ def _note_requested_tile(
 
 
 def _refuse_too_large(cfg, tile: tuple[int, ...], device: torch.device, what: str,
-                      advice: str) -> None:
-    """One forward pass of ``tile`` must fit in the memory of ``device``."""
-    need = peak_bytes(cfg, tile, itemsize=4)
+                      advice: str, batch_size: int = 1) -> None:
+    """One forward pass of ``batch_size`` tiles must fit in the memory of ``device``."""
+    need = peak_bytes(cfg, tile, itemsize=4) * batch_size
     have = device_memory(device)
     if need > have:
-        raise ConfigError(f"{what} about {need / 2**30:.1f} GiB for one forward pass, more "
-                          f"than the {have / 2**30:.1f} GiB of {device}; {advice}")
+        batch = f" of {batch_size} tiles" if batch_size > 1 else ""
+        raise ConfigError(f"{what} about {need / 2**30:.1f} GiB for one forward pass{batch}, "
+                          f"more than the {have / 2**30:.1f} GiB of {device}; {advice}")
+
+
+def memory_budget(memory_gib: float | None, tile: Any, device: torch.device) -> float | None:
+    """The memory budget ``memory_gib`` asks for, in bytes (None for the default one), checked:
+    a positive number of GiB, within the memory of ``device``, and not given beside a ``tile``
+    (it chooses the tile). Raises :class:`~useg.errors.ConfigError` otherwise."""
+    if memory_gib is None:
+        return None
+    if tile is not None:
+        raise ConfigError("give a tile or a memory budget (--tile or --memory), not both: the "
+                          "budget chooses the tile")
+    if (isinstance(memory_gib, bool) or not isinstance(memory_gib, numbers.Real)
+            or not math.isfinite(memory_gib) or memory_gib <= 0):
+        raise ConfigError(f"the memory budget (--memory) must be a positive number of GiB, "
+                          f"got {memory_gib!r}")
+    budget = float(memory_gib) * 2**30
+    have = device_memory(device)
+    if budget > have:
+        raise ConfigError(f"--memory {memory_gib:g} GiB: more than the {have / 2**30:.1f} GiB "
+                          f"of {device}")
+    return budget
+
+
+def _check_budget(cfg, tile: tuple[int, ...], budget: float | None, batch_size: int,
+                  what: str) -> None:
+    """A forward pass of ``batch_size`` tiles must fit a budget the caller asked for (the
+    default one is a preference: the smallest tile is used when none fits it)."""
+    if budget is None:
+        return
+    need = peak_bytes(cfg, tile, itemsize=4) * batch_size
+    if need > budget:
+        batch = f" ({batch_size} at a time: --batch-size)" if batch_size > 1 else ""
+        raise ConfigError(f"--memory {budget / 2**30:g} GiB is too little: {what} needs about "
+                          f"{need / 2**30:.2f} GiB{batch}")
 
 
 def _check_one_pass(

@@ -199,6 +199,15 @@ def _region_on_plan(
     return tuple(origin), tuple(extent), ranges
 
 
+def check_batch_size(batch_size: Any) -> None:
+    """Raise :class:`~useg.errors.ConfigError` unless ``batch_size`` (tiles per forward pass)
+    is a positive integer."""
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1):
+        raise ConfigError(f"batch_size (--batch-size) must be a positive integer, got "
+                          f"{batch_size!r}")
+
+
 def predict_tiled(
     predictor: Predictor,
     image: Any,
@@ -259,9 +268,7 @@ def predict_tiled(
     """
     if image.ndim < 2:
         raise ConfigError(f"image must be (C, *spatial), got shape {image.shape}")
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
-            or batch_size < 1):
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
     spatial = tuple(image.shape[1:])
     plan = plan_tiles(spatial, tile, halo, margin, step)
     origin, extent, ranges = _region_on_plan(plan, region)
