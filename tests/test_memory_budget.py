@@ -150,3 +150,12 @@ def test_a_batch_of_given_tiles_beyond_the_memory_is_refused(net, image, monkeyp
     with pytest.raises(ConfigError, match=r"a tile of \(140, 140\) needs about .* GiB for one "
                                           r"forward pass of 3 tiles, more than"):
         predict(net, image, tile=140, batch_size=3, device="cpu")
+
+
+@pytest.mark.parametrize("shape", [(60, 300), (2000, 300)])
+def test_the_square_tile_of_test_time_augmentation_keeps_to_the_budget(net, shape):
+    # TTA turns tiles a quarter turn, so its tile is square in (Y, X): larger than the tile the
+    # budget chose for an elongated image, unless the choice allows for it.
+    for gib in (2**-10, 2**-8):
+        tile = tile_geometry(net, shape, None, CPU, True, memory_gib=gib)[0]
+        assert tile[0] == tile[1] and peak_bytes(net.config, tile, 4) <= gib * 2**30, tile

@@ -237,8 +237,8 @@ def tile_geometry(
     check_batch_size(batch_size)
     budget = memory_budget(memory_gib, tile, device)
     if tile is None:
-        total = _budget(device, budget, cfg.ndim)
-        tile = default_tile(model, image_shape, device, total / batch_size)
+        share = _budget(device, budget, cfg.ndim) / batch_size
+        tile = _default_tile_within(model, image_shape, device, share, tta)
     asked = valid_input_shape(cfg, tile, mode="up")
     tile, h, margin = _geometry(cfg, asked, tta)
     output_shape(cfg, tile)  # validates the tile
@@ -262,6 +262,23 @@ def tile_geometry(
     if requested is not None:
         _note_requested_tile(model, image_shape, asked, (tile, h, margin), grown, device, tta)
     return tile, h, margin, pool_step(cfg)
+
+
+def _default_tile_within(model: UNet, image_shape: Sequence[int], device: torch.device,
+                         budget: float, tta: bool) -> tuple[int, ...]:
+    """:func:`default_tile` for ``budget`` bytes, whose tile for test-time augmentation (square
+    in the (Y, X) plane, so larger) fits the budget too: the budget the choice is given shrinks
+    until it does, or until the smallest tile."""
+    cfg = model.config
+    choice, smallest = budget, min_input_shape(cfg)
+    while True:
+        tile = default_tile(model, image_shape, device, choice)
+        if not tta or tile_dependence(model) is not None or tile == smallest:
+            return tile
+        square = _geometry(cfg, valid_input_shape(cfg, tile, mode="up"), tta)[0]
+        if peak_bytes(cfg, square, itemsize=4) <= budget:
+            return tile
+        choice *= 0.8
 
 
 def _geometry(cfg, tile: tuple[int, ...], tta: bool, exact: bool = True):
