@@ -243,11 +243,15 @@ def worker(spec: dict) -> dict:
     with RssSampler() as sampler:
         if spec["kind"] == "useg":
             net = network_for(spec, spec.get("padding", "valid"))
-            result["tile"] = list(default_tile(net, image.shape[1:]))
+            # A memory budget (GiB) for the tile, as useg predict --memory; the default else.
+            gib = spec.get("memory_gib")
+            budget = None if gib is None else gib * 2**30
+            result["tile"] = list(default_tile(net, image.shape[1:], budget_bytes=budget))
             if prof:
                 prof.__enter__()
             t0, c0 = time.perf_counter(), time.process_time()
-            probs = predict(net, image, device="cpu", precision=spec["precision"], out=out)
+            probs = predict(net, image, device="cpu", precision=spec["precision"], out=out,
+                            memory_gib=gib)
             seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         else:
             from monai.inferers import sliding_window_inference
@@ -808,7 +812,7 @@ def main() -> None:
     print(f"elapsed {result['elapsed_s'] / 60:.1f} min -> {args.output}")
 
 
-PARTS = ("speed", "profile", "memory", "allocator", "monai_best")
+PARTS = ("speed", "profile", "memory", "allocator", "monai_best", "budgets")
 
 
 def result_head(benchmark: str, setup: dict) -> dict[str, Any]:

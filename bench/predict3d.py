@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/predict3d.py [--quick] [--sizes 256] [--shapes 128x512x512]
      [--widths 16] [--repeats 1] [--precisions fp32 bf16]
-     [--roi 128] [--keep-freed] [--profile] [--no-speed]
+     [--roi 128] [--keep-freed] [--profile] [--no-speed] [--budgets 2 4 8 16]
      [--monai-sweep [--sweep-rois 64 96 128] [--sweep-overlaps 0.25 0.5]
      [--sweep-precisions fp32 bf16] [--sweep-widths 16]]
 
@@ -37,6 +37,13 @@ convolutions over their summed seconds, as a fraction of the limit, is what a pr
 reach if nothing but the convolutions took time; the whole pass over the summed convolutions is
 what the rest (pooling, up-convolutions, copies, ReLU) adds.
 
+``--budgets 2 4 8 16`` times useg at each memory budget (GiB; ``predict(memory_gib=...)``,
+``useg predict --memory``), with glibc as it comes and with freed memory kept, in fresh
+processes, interleaved over ``--repeats``: seconds, peak memory, the tile the budget gives and
+the convolutions its tiles compute over those of one ideal pass (``budgets`` part). A larger
+budget buys less recomputed context with memory; keeping freed memory buys the kernel's zeroing
+with memory too; the table shows which buys more for the same peak memory.
+
 ``--monai-sweep`` compares useg with MONAI in every configuration of a sweep (memory format x
 roi 64/96/128 x overlap 0.25/0.5, each in useg's precision: fp32, and bf16 autocast where the
 CPU has bf16 instructions) and then, back to back, with the fastest of them, and compares their
@@ -59,7 +66,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH, RESULTS
+from _common import BENCH, RESULTS, summary
 from predict import (
     add_precision_argument,
     add_sweep_arguments,
@@ -129,6 +136,13 @@ def main() -> None:
         action="store_true",
         help="also time useg with glibc keeping freed memory (set at its start)",
     )
+    parser.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        metavar="GIB",
+        help="time useg at these memory budgets (GiB), default and freed memory kept",
+    )
     add_precision_argument(parser)
     add_sweep_arguments(parser, 3)
     parser.add_argument("--profile-worker", help=argparse.SUPPRESS)
@@ -184,6 +198,13 @@ def main() -> None:
             result["monai_best"] = monai_sweep(
                 args, 3, "cicek2016", sizes, widths, Path(tmp), BENCH / "predict.py"
             )
+    if args.budgets:
+        with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
+            result["budgets"] = {
+                f"width {w}, {s}^3": budget_part(w, s, args.budgets, args.repeats, Path(tmp))
+                for s in sizes
+                for w in widths
+            }
     if args.layers:
         result["layers"] = {
             f"width {w}, {s}^3": run_worker(
@@ -202,6 +223,8 @@ def main() -> None:
             print_table(result[part])
     if "monai_best" in result:
         print_sweep(result["monai_best"])
+    for key, part in result.get("budgets", {}).items():
+        print_budgets(key, part)
     for key, part in result.get("layers", {}).items():
         print_layers(key, part)
     for key, part in result.get("profile", {}).items():
@@ -215,6 +238,77 @@ def _shape(text: str) -> tuple[int, int, int]:
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise argparse.ArgumentTypeError(f"{text!r}: give a shape as ZxYxX, e.g. 128x512x512")
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+# The allocator settings of the budget part, each from the worker's start (huge pages in both).
+BUDGET_ALLOCATORS = {"glibc default": {}, "freed memory kept": KEEP_FREED}
+
+
+def budget_part(width: int, size: int, budgets: list[float], repeats: int, tmp: Path) -> dict:
+    """useg fp32 on a ``size``^3 volume at each memory budget and allocator setting, every
+    configuration once per repeat, in fresh processes; with each budget's tile, number of
+    tiles and modelled work (convolutions of all tiles over those of one pass without tiling
+    overhead, :func:`predict.flops_per_pixel`)."""
+    import math
+
+    import numpy as np
+    import torch
+    from predict import flops_per_pixel, synthetic_image
+
+    from useg.inference.tile_choice import tile_geometry
+    from useg.inference.tiling import plan_tiles
+    from useg.nets import UNet
+    from useg.nets.geometry import conv_macs
+
+    shape = (size,) * 3
+    net = UNet("cicek2016", width=width, batch_stats=False)
+    fpp = flops_per_pixel(net.config)
+    image = tmp / f"image_{size}.npy"
+    np.save(image, synthetic_image(shape))
+    part: dict[str, Any] = {"flops_per_output_pixel": fpp, "budgets": {}}
+    for gib in budgets:
+        tile, h, margin, step = tile_geometry(net, shape, None, torch.device("cpu"), False,
+                                              memory_gib=gib)
+        tiles = len(plan_tiles(shape, tile, h, margin, step))
+        work = conv_macs(net.config, tile) * tiles * 2 / (fpp * math.prod(shape))
+        part["budgets"][f"{gib:g}"] = {"tile": list(tile), "tiles": tiles,
+                                       "work_over_one_ideal_pass": work, "runs": {}}
+    for _ in range(repeats):
+        for gib in budgets:
+            for label, env in BUDGET_ALLOCATORS.items():
+                spec = {"kind": "useg", "ndim": 3, "preset": "cicek2016", "width": width,
+                        "image": str(image), "classes": net.config.classes, "precision": "fp32",
+                        "memory_gib": gib}
+                r = run_worker(spec, BENCH / "predict.py", env)
+                r["fraction_of_fp32_limit"] = (r["megapixels_per_s"] * 1e6 * fpp
+                                               / (r["conv_gflops_fp32"] * 1e9))
+                part["budgets"][f"{gib:g}"]["runs"].setdefault(label, []).append(r)
+                print(f"  width {width}, {size}^3, {gib:g} GiB, {label:<18} {r['seconds']:7.1f} s"
+                      f"  rss {r['peak_rss_bytes'] / 2**30:5.2f} GiB  tile {r['tile']}  "
+                      f"{r['fraction_of_fp32_limit']:.3f} of the limit  load "
+                      f"{r['loadavg_before']:.1f}", flush=True)
+    for entry in part["budgets"].values():
+        for label, rs in entry["runs"].items():
+            entry[label] = {
+                "seconds": summary([r["seconds"] for r in rs]),
+                "peak_rss_bytes": summary([r["peak_rss_bytes"] for r in rs]),
+                "fraction_of_fp32_limit": summary([r["fraction_of_fp32_limit"] for r in rs]),
+            }
+    return part
+
+
+def print_budgets(key: str, part: dict) -> None:
+    print(f"memory budgets, {key} (fp32; medians)")
+    print(f"  {'GiB':>5} {'tile':>18} {'tiles':>5} {'work':>6}   " + "".join(
+        f"{label + ': s, RSS GiB, of limit':>44}" for label in BUDGET_ALLOCATORS))
+    for gib, entry in part["budgets"].items():
+        cells = "".join(
+            f"{entry[label]['seconds']['median']:>24.1f}"
+            f"{entry[label]['peak_rss_bytes']['median'] / 2**30:>10.2f}"
+            f"{entry[label]['fraction_of_fp32_limit']['median']:>10.3f}"
+            for label in BUDGET_ALLOCATORS if label in entry)
+        print(f"  {gib:>5} {'x'.join(map(str, entry['tile'])):>18} {entry['tiles']:>5} "
+              f"{entry['work_over_one_ideal_pass']:>6.2f}   {cells}")
 
 
 def profile_part(width: int, size: int) -> dict:
