@@ -33,6 +33,11 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "predict3d_shapes": (["bench/predict3d.py", "--shapes", "256x256x256", "128x512x512",
                           "--monai-formats", "channels_last", "--output",
                           "bench/results/predict3d_shapes.json"], "predict3d_shapes.json"),
+    # What a larger memory budget (useg predict --memory) buys, with glibc as it comes and with
+    # freed memory kept.
+    "predict3d_budgets": (["bench/predict3d.py", "--no-speed", "--budgets", "2", "4", "8",
+                           "--repeats", "2", "--output", "bench/results/predict3d_budgets.json"],
+                          "predict3d_budgets.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
     "train_step": (["bench/train_step.py"], "train_step.json"),
     "huge_pages": (["bench/huge_pages.py"], "huge_pages.json"),
@@ -160,9 +165,26 @@ def _monai_best(d):
     return rows
 
 
+def _budgets(d):
+    """Rows of the memory budgets: per budget, the tile and its modelled work, then seconds and
+    peak memory with glibc as it comes and with freed memory kept."""
+    rows = []
+    for case, part in _get(d, "budgets", default={}).items():
+        for gib, e in part.get("budgets", {}).items():
+            cells = [f"{_fmt(_get(e, label, 'seconds', 'median'))} s, "
+                     f"{_fmt(_get(e, label, 'peak_rss_bytes', 'median', default=0) / 2**30)} GiB"
+                     for label in ("glibc default", "freed memory kept") if label in e]
+            rows.append((f"{case}, fp32, memory budget {gib} GiB: tile, tiles, work over one "
+                         "ideal pass / seconds, peak RSS (glibc default; freed memory kept)",
+                         f"{'x'.join(map(str, e['tile']))}, {e['tiles']}, "
+                         f"{_fmt(e['work_over_one_ideal_pass'])}x / {'; '.join(cells)}"))
+    return rows
+
+
 def _part_cpus(d):
     """Which CPU measured each part (results from before part_machines: the run's machine)."""
-    parts = [k for k in ("speed", "allocator", "profile", "memory", "monai_best") if k in d]
+    parts = [k for k in ("speed", "allocator", "profile", "memory", "monai_best", "budgets")
+             if k in d]
     machines = _get(d, "part_machines", default={}) or {}
     by_cpu: dict[str, list[str]] = {}
     for part in parts:
@@ -211,6 +233,7 @@ def _prediction(d):
                          " -> ".join(f"{_fmt(r['seconds'])} s ({_fmt(r['system_cpu_s'])})"
                                      for r in runs.values())))
     rows += _monai_best(d)
+    rows += _budgets(d)
     for n, m in _get(d, "memory", "sizes", default={}).items():
         rows.append((f"memory {n}² (memmap in and out): peak RSS",
                      f"{_fmt(m['peak_rss_bytes'] / 1e9)} GB"))
@@ -430,7 +453,7 @@ EXTRACT: dict[str, Callable] = {
     "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
     "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
-    "predict3d_shapes": _prediction,
+    "predict3d_shapes": _prediction, "predict3d_budgets": _prediction,
     "predict3d_layers": _layers, "precision": _precision, "train_step": _train_step,
     "huge_pages": _huge_pages,
 }
