@@ -390,8 +390,9 @@ def _check_budget(cfg, tile: tuple[int, ...], budget: float | None, batch_size: 
     need = peak_bytes(cfg, tile, itemsize=4) * batch_size
     if need > budget:
         batch = f" ({batch_size} at a time: --batch-size)" if batch_size > 1 else ""
+        # Three significant digits: a small network's smallest tile needs a few MiB.
         raise ConfigError(f"--memory {budget / 2**30:g} GiB is too little: {what} needs about "
-                          f"{need / 2**30:.2f} GiB{batch}")
+                          f"{need / 2**30:.3g} GiB{batch}")
 
 
 def _check_one_pass(
