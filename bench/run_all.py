@@ -22,6 +22,13 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "weightmap": (["bench/weightmap.py"], "weightmap.json"),
     "augment": (["bench/augment.py"], "augment.json"),
     "predict": (["bench/predict.py", "--monai-sweep"], "predict.json"),
+    # MONAI's 2D roi sweep at the 2048^2, fp32 channels-last (any CPU), apart from
+    # predict.json's sweep.
+    "predict_sweep2048": (["bench/predict.py", "--monai-sweep", "--no-speed", "--no-profile",
+                           "--memory-sizes", "--sizes", "2048", "--widths", "64",
+                           "--sweep-widths", "64", "--sweep-precisions", "fp32",
+                           "--monai-formats", "channels_last", "--repeats", "2", "--output",
+                           "bench/results/predict_sweep2048.json"], "predict_sweep2048.json"),
     "precision": (["bench/precision.py"], "precision.json"),
     "predict3d": (["bench/predict3d.py", "--widths", "16", "32", "--profile", "--keep-freed",
                    "--monai-sweep", "--sweep-widths", "16"], "predict3d.json"),
@@ -454,6 +461,7 @@ EXTRACT: dict[str, Callable] = {
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
     "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
     "predict3d_shapes": _prediction, "predict3d_budgets": _prediction,
+    "predict_sweep2048": _prediction,
     "predict3d_layers": _layers, "precision": _precision, "train_step": _train_step,
     "huge_pages": _huge_pages,
 }
