@@ -269,16 +269,18 @@ def _default_tile_within(model: UNet, image_shape: Sequence[int], device: torch.
     """:func:`default_tile` for ``budget`` bytes, whose tile for test-time augmentation (square
     in the (Y, X) plane, so larger) fits the budget too: the budget the choice is given shrinks
     until it does, or until the smallest tile."""
+    tile = default_tile(model, image_shape, device, budget)
+    if not tta or tile_dependence(model) is not None:  # no square, or one pass whatever fits
+        return tile
     cfg = model.config
     choice, smallest = budget, min_input_shape(cfg)
-    while True:
-        tile = default_tile(model, image_shape, device, choice)
-        if not tta or tile_dependence(model) is not None or tile == smallest:
-            return tile
+    while tile != smallest:
         square = _geometry(cfg, valid_input_shape(cfg, tile, mode="up"), tta)[0]
         if peak_bytes(cfg, square, itemsize=4) <= budget:
             return tile
         choice *= 0.8
+        tile = default_tile(model, image_shape, device, choice)
+    return tile
 
 
 def _geometry(cfg, tile: tuple[int, ...], tta: bool, exact: bool = True):
