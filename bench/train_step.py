@@ -1,6 +1,6 @@
 """A training step against the machine's convolution limit (issue #16, target 3).
 
-Run: .venv/bin/python bench/train_step.py [--quick] [--steps 3]
+Run: .venv/bin/python bench/train_step.py [--quick] [--steps 3] [--layers [--no-steps]]
 
 For each network: one bare training step (forward, softmax cross-entropy, backward, SGD with
 momentum 0.99) on one tile already in memory, timed as the best of ``--steps`` after one
@@ -21,6 +21,17 @@ products for large 3D layers), to compare the two in one run. The paper's networ
 each in a process of their own with 4 KiB pages (``THP_MEM_ALLOC_ENABLE=0``), against useg's
 huge pages for PyTorch's large buffers (what ``import useg`` asks for).
 fp32 (the precision ``auto`` picks on a CPU without bf16 instructions), channels-last.
+
+``--layers`` (alone: ``--layers --no-steps``) shows what the convolutions themselves allow: for
+every convolution of the paper's 2D and 3D networks, on the shapes of their training tiles, the
+three products of a training step timed alone (best of three after a warm-up): the forward,
+the input gradient and the weight gradient, each the way useg computes it and the other ways
+there are (PyTorch's own ``convolution_backward``, which is oneDNN's backward primitive, for
+both gradients; the batch/channel-swapped convolution and the per-offset matrix products for
+the weight gradient). Their FLOPs over their summed seconds is the fraction of the limit a step
+would reach if nothing but convolutions took time, with useg's ways and with the fastest way of
+each layer; the whole step over it is what the rest costs (``layers`` part;
+with ``--no-steps``, bench/results/train_step_layers.json and .md).
 
 Results: bench/results/train_step.json and .md.
 """
@@ -137,6 +148,127 @@ def small_pages_run(name: str, steps: int, quick: bool) -> dict[str, Any]:
     return run
 
 
+# The networks --layers takes apart (names in NETWORKS).
+LAYER_NETWORKS = ("2D paper", "3D paper")
+
+
+def conv_inputs(net: torch.nn.Module, x: torch.Tensor) -> list[tuple[torch.nn.Module, Any]]:
+    """Every convolution and up-convolution of one forward pass of ``x``, with its input."""
+    seen: list[tuple[torch.nn.Module, Any]] = []
+
+    def keep(module: torch.nn.Module, inputs: tuple, _out: torch.Tensor) -> None:
+        seen.append((module, inputs[0].detach()))
+
+    hooks = [m.register_forward_hook(keep) for m in net.modules()
+             if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def best_of(fn: Any, repeats: int) -> float:
+    """Best seconds of ``repeats`` calls of ``fn`` after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def layer_ways(module: torch.nn.Module, x: torch.Tensor, first: bool,
+               repeats: int) -> dict[str, Any]:
+    """Seconds of the forward, input gradient and weight gradient of one convolution on its
+    training input ``x``, each the way useg computes it and the other ways (see --layers)."""
+    w = module.weight.detach()
+    with torch.no_grad():
+        y = module(x)
+    g = torch.randn_like(y)
+    flops = layer_flops(module, y.shape[2:])
+    entry: dict[str, Any] = {"layer": f"{module.in_channels}->{module.out_channels} "
+                             f"{type(module).__name__} {list(module.kernel_size)}",
+                             "input": list(x.shape[2:]), "gflop": flops / 1e9,
+                             "input_gradient_needed": not first}
+    kernel = tuple(module.kernel_size)
+    direct = (isinstance(module, (conv.Conv2d, conv.Conv3d))
+              and conv.uses_onednn_kernel(module, x))
+    if direct:
+        padding = tuple(module.padding)
+        ones = (1,) * len(kernel)
+        zeros = (0,) * len(kernel)
+
+        def native(mask: tuple[bool, bool, bool]) -> Any:
+            return lambda: torch.ops.aten.convolution_backward(
+                g, x, w, None, ones, padding, ones, False, zeros, 1, mask)
+
+        entry["forward"] = {"useg": best_of(lambda: conv._onednn(x, w, None, padding), repeats)}
+        if not first:
+            entry["input_gradient"] = {
+                "useg": best_of(lambda: conv._input_gradient(g, w, padding, x), repeats),
+                "pytorch": best_of(native((True, False, False)), repeats)}
+        pays = conv._weight_grad_by_offsets_pays(x, g)
+        ways = {"swapped": lambda: conv._weight_grad_swapped(x, g, padding),
+                "offsets": lambda: conv._weight_grad_by_offsets(x, g, kernel, padding),
+                "pytorch": native((False, True, False))}
+        entry["weight_gradient"] = {k: best_of(f, repeats) for k, f in ways.items()}
+        entry["weight_gradient"]["useg"] = entry["weight_gradient"][
+            "offsets" if pays else "swapped"]
+    else:  # up-convolutions and the 1x1 head: PyTorch's autograd, as training runs them
+        xg = x.clone().requires_grad_(not first)
+        params = [p for p in (module.weight, module.bias) if p is not None]
+
+        def backward() -> Any:
+            out = module(xg)
+            return torch.autograd.grad(out, ([xg] if not first else []) + params, g)
+
+        entry["forward"] = {"useg": best_of(lambda: module(xg).detach(), repeats)}
+        whole = best_of(backward, repeats)
+        # Forward and both gradients together, attributed to the weight gradient.
+        entry["input_gradient"] = {"useg": 0.0}
+        entry["weight_gradient"] = {"useg": max(whole - entry["forward"]["useg"], 0.0)}
+    return entry
+
+
+def layers_part(name: str, preset: str, overrides: dict, tile: tuple[int, ...],
+                repeats: int) -> dict[str, Any]:
+    """Every convolution of ``name``'s training tile taken apart (see --layers)."""
+    torch.manual_seed(0)
+    net = UNet(preset, **overrides)
+    cfg = net.config
+    ndim = len(tile)
+    tile = valid_input_shape(cfg, tile)
+    fmt = torch.channels_last if ndim == 2 else torch.channels_last_3d
+    net = net.to(memory_format=fmt).train()
+    x = torch.randn(1, cfg.in_channels, *tile).contiguous(memory_format=fmt)
+    limit_before = conv_gflops(ndim, "fp32")
+    layers = []
+    for i, (module, inp) in enumerate(conv_inputs(net, x)):
+        layers.append(layer_ways(module, inp, i == 0, repeats))
+        print(f"  {layers[-1]['layer']} at {layers[-1]['input']}: "
+              + ", ".join(f"{part} " + " ".join(f"{k} {v:.3f}" for k, v in ways.items())
+                          for part, ways in layers[-1].items()
+                          if part in ("forward", "input_gradient", "weight_gradient")),
+              flush=True)
+    limit = (limit_before + conv_gflops(ndim, "fp32")) / 2
+    flops = sum(e["gflop"] * (2 + e["input_gradient_needed"]) for e in layers) * 1e9
+
+    def total(choose: Any) -> float:
+        return sum(choose(e[part]) for e in layers
+                   for part in ("forward", "input_gradient", "weight_gradient") if part in e)
+
+    totals = {"useg": total(lambda w: w["useg"]), "fastest": total(lambda w: min(w.values()))}
+    parts = {part: sum(e[part]["useg"] for e in layers if part in e)
+             for part in ("forward", "input_gradient", "weight_gradient")}
+    return {"network": name, "tile": list(tile), "limit_gflops_fp32": limit,
+            "convolution_seconds": totals, "useg_seconds_by_product": parts,
+            "fraction_of_limit_convolutions_only": {
+                k: flops / v / 1e9 / limit for k, v in totals.items()},
+            "layers": layers}
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = ["# Training step against the convolution limit", "",
@@ -145,16 +277,32 @@ def markdown(report: dict[str, Any]) -> str:
              "limit = one forward 64->64 convolution, same process.", "",
              "| network | tile -> output | step GFLOP | best step s | limit GFLOP/s | "
              "fraction of the limit |", "|---|---|---|---|---|---|"]
+    if not report["runs"]:
+        lines = lines[:-3]
     for r in report["runs"]:
         lines.append(f"| {r['network']} | {'x'.join(map(str, r['tile']))} -> "
                      f"{'x'.join(map(str, r['output']))} | {r['step_gflop']:.0f} | "
                      f"{r['best_step_s']:.2f} | {r['limit_gflops_fp32']:.0f} | "
                      f"{r['fraction_of_limit']:.2f} |")
-    lines += ["", "Where one step's time goes (self CPU time of its operators, top 5, one "
-              "profiled step):", ""]
+    if report["runs"]:
+        lines += ["", "Where one step's time goes (self CPU time of its operators, top 5, one "
+                  "profiled step):", ""]
     for r in report["runs"]:
         top = ", ".join(f"{e['op']} {e['share']:.0%}" for e in r["profile_one_step"][:5])
         lines.append(f"- {r['network']}: {top}")
+    if report.get("layers"):
+        lines += ["", "The convolutions alone (--layers): forward, input and weight gradient of "
+                  "every convolution on its training input, each timed alone; seconds summed "
+                  "over the network with useg's ways and with each layer's fastest way; "
+                  "fraction of the limit if a step were nothing but these.", "",
+                  "| network | forward s | input gradient s | weight gradient s | useg's ways "
+                  "(fraction) | fastest ways (fraction) |", "|---|---|---|---|---|---|"]
+        for r in report["layers"]:
+            by, tot = r["useg_seconds_by_product"], r["convolution_seconds"]
+            frac = r["fraction_of_limit_convolutions_only"]
+            lines.append(f"| {r['network']} | {by['forward']:.2f} | {by['input_gradient']:.2f} "
+                         f"| {by['weight_gradient']:.2f} | {tot['useg']:.2f} "
+                         f"({frac['useg']:.2f}) | {tot['fastest']:.2f} ({frac['fastest']:.2f}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -162,6 +310,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
     parser.add_argument("--quick", action="store_true", help="smoke run: the small networks")
+    parser.add_argument("--layers", action="store_true",
+                        help="take the paper networks' convolutions apart (see the docstring)")
+    parser.add_argument("--no-steps", action="store_true", help="skip the whole-step timings")
     parser.add_argument("--network-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     steps = 1 if args.quick else args.steps
@@ -175,7 +326,7 @@ def main() -> None:
     if args.quick:  # the same small network in a child with 4 KiB pages, to smoke-test that
         networks[2] = (f"2D cpu-fast,{SMALL_PAGES}", *networks[2][1:])
     runs = []
-    for name, preset, overrides, tile in networks:
+    for name, preset, overrides, tile in [] if args.no_steps else networks:
         print(f"{name}: {preset} {overrides}, tile {tile}", flush=True)
         if name.endswith(SMALL_PAGES):
             runs.append(small_pages_run(name, steps, args.quick))
@@ -189,10 +340,19 @@ def main() -> None:
             conv.WEIGHT_GRAD_BY_OFFSETS = True
         print(f"  best step {runs[-1]['best_step_s']:.2f} s, "
               f"{runs[-1]['fraction_of_limit']:.2f} of the limit", flush=True)
+    layers = []
+    if args.layers:
+        wanted = (networks[0][0],) if args.quick else LAYER_NETWORKS
+        for name, preset, overrides, tile in NETWORKS:
+            if name in wanted:
+                print(f"{name}, layer by layer: {preset} {overrides}, tile {tile}", flush=True)
+                layers.append(layers_part(name, preset, overrides, tile, steps + 1))
     report = {"benchmark": "train_step", "command": command_line(), "machine": machine,
-              "threads": torch.get_num_threads(), "runs": runs}
+              "threads": torch.get_num_threads(), "runs": runs, "layers": layers}
     out = RESULTS if not args.quick else RESULTS.parent.parent / "runs" / "train-step-quick"
-    publish(out, "train_step", report, markdown(report))
+    # The layers alone go beside the whole steps, which they do not replace.
+    publish(out, "train_step_layers" if args.no_steps else "train_step", report,
+            markdown(report))
 
 
 if __name__ == "__main__":

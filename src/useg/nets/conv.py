@@ -93,29 +93,43 @@ class _OneDNNConvolution(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         x, weight = ctx.saved_tensors
-        padding = ctx.padding
-        spatial = tuple(range(2, weight.dim()))
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            # In the layout of the forward's input, so that the input gradient comes out in it
-            # too and the layers below need no conversion.
-            last = memory_format(x.dim() - 2)
-            layout = last if x.is_contiguous(memory_format=last) else torch.contiguous_format
-            flipped = weight.transpose(0, 1).flip(spatial).contiguous()
-            full = tuple(k - 1 - p for k, p in zip(weight.shape[2:], padding, strict=True))
-            grad_x = _onednn(grad.contiguous(memory_format=layout), flipped, None, full)
+            grad_x = _input_gradient(grad, weight, ctx.padding, x)
         if ctx.needs_input_grad[1]:
-            if _weight_grad_by_offsets_pays(x, grad):
-                grad_w = _weight_grad_by_offsets(x, grad, weight.shape[2:], padding)
-            else:
-                # Batch and channels swapped: the output gradient is the kernel; its output is
-                # the kernel-sized gradient, summed over the batch (now the channels).
-                g = grad.contiguous()
-                grad_w = _onednn(x.transpose(0, 1).contiguous(), g.transpose(0, 1).contiguous(),
-                                 None, padding).transpose(0, 1)
+            grad_w = _weight_gradient(x, grad, weight.shape[2:], ctx.padding)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(dim=(0, *spatial))
+            grad_b = grad.sum(dim=(0, *range(2, weight.dim())))
         return grad_x, grad_w, grad_b, None
+
+
+def _input_gradient(grad: torch.Tensor, weight: torch.Tensor, padding: tuple[int, ...],
+                    x: torch.Tensor) -> torch.Tensor:
+    """The input gradient: the output gradient convolved with the flipped, transposed kernel,
+    in the layout of the forward's input ``x`` (so the layers below need no conversion)."""
+    last = memory_format(x.dim() - 2)
+    layout = last if x.is_contiguous(memory_format=last) else torch.contiguous_format
+    flipped = weight.transpose(0, 1).flip(tuple(range(2, weight.dim()))).contiguous()
+    full = tuple(k - 1 - p for k, p in zip(weight.shape[2:], padding, strict=True))
+    return _onednn(grad.contiguous(memory_format=layout), flipped, None, full)
+
+
+def _weight_gradient(x: torch.Tensor, grad: torch.Tensor, kernel: tuple[int, ...],
+                     padding: tuple[int, ...]) -> torch.Tensor:
+    """The weight gradient, by whichever of the two ways pays for these shapes."""
+    if _weight_grad_by_offsets_pays(x, grad):
+        return _weight_grad_by_offsets(x, grad, kernel, padding)
+    return _weight_grad_swapped(x, grad, padding)
+
+
+def _weight_grad_swapped(x: torch.Tensor, grad: torch.Tensor,
+                         padding: tuple[int, ...]) -> torch.Tensor:
+    """The weight gradient as a convolution with batch and channels swapped: the output
+    gradient is the kernel; its output is the kernel-sized gradient, summed over the batch (now
+    the channels)."""
+    g = grad.contiguous()
+    return _onednn(x.transpose(0, 1).contiguous(), g.transpose(0, 1).contiguous(), None,
+                   padding).transpose(0, 1)
 
 
 # Rows of the flat grid per block of matrix products in _weight_grad_by_offsets: the block of
