@@ -61,7 +61,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             # bench/flyem_recipe.py's choice on a validation crop of FlyEM with the paper's
             # (5,5,3) annotated slices: cpu-fast's 3D network and tile, trained for longer.
             3: {"width": 8, "depth": 2, "padding": "same", "tile": [44, 44, 44],
-                "iterations": 3750, "augment": None},
+                "iterations": 7500, "augment": None},
         },
         "measured": {
             2: "12.1 min wall for the 3000 steps with 2 validation images (6 synthetic "
@@ -69,10 +69,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                "AMD EPYC with 2 cores, AVX2 and no bf16 (fp32), 2 torch threads, quiet; "
                "18.5-19.4 min of training on ISBI 2012 on one thread with another run on the "
                "other core (bench/isbi2012_recipe.py, 3 seeds)",
-            3: "30.0 min of training for the 3750 steps on one torch thread of an AMD EPYC "
-               "with AVX2 and no bf16 (fp32), another such run on the other core "
-               "(bench/flyem_recipe.py, validation crop, 3 seeds); its test runs took 40 min "
-               "with a third process on the two cores part of the time",
+            3: "34.7 min of training for the 7500 steps on two torch threads of an AMD EPYC "
+               "with AVX2 and no bf16 (fp32), mean of 3 seeds (32-39 min; niced test runs "
+               "beside two of them part of the time; bench/flyem_recipe.py, validation crop)",
         },
     },
     "gpu-paper": {
