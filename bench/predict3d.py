@@ -21,9 +21,7 @@ paper's network (width 32), which takes about 40 more minutes on two cores, most
 goes, after two warm-up passes: wall, user and system CPU seconds, minor page faults, and the
 profiler's self CPU time per operator group, in three settings made at the process's start:
 4 KiB pages (``THP_MEM_ALLOC_ENABLE=0``), huge pages for PyTorch's large buffers (how useg runs:
-``import useg`` asks for them), the same with each up-convolution writing its own output and
-copying it into the concatenation (as before ``useg.nets.forward.up_into``), and huge pages
-with glibc's mmap and trim thresholds raised
+``import useg`` asks for them), and huge pages with glibc's mmap and trim thresholds raised
 (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``), which keeps freed activations for
 reuse instead of unmapping them.
 
@@ -99,8 +97,6 @@ KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": 
 PROFILE_SETTINGS = {
     "4 KiB pages": {"THP_MEM_ALLOC_ENABLE": "0"},
     "huge pages": {},
-    # The up-convolutions as before useg.nets.forward.up_into: their own output, then a copy.
-    "huge pages, up-convolution copied": {"USEG_BENCH_UP_COPY": "1"},
     "huge pages, freed memory kept": KEEP_FREED,
 }
 
@@ -345,10 +341,6 @@ def profile_worker(spec: dict) -> dict:
     from useg.nets import UNet
     from useg.nets.forward import inference_forward, inference_layers
 
-    if os.environ.get("USEG_BENCH_UP_COPY"):
-        import useg.nets.forward
-
-        useg.nets.forward.up_into = lambda up, x, out: out.copy_(up(x))
     net = UNet("cicek2016", width=spec["width"], batch_stats=False).eval()
     layers = inference_layers(net)
     x = torch.rand(1, 1, *spec["tile"]).contiguous(memory_format=torch.channels_last_3d)

@@ -168,36 +168,3 @@ def test_bad_config():
         preset("nope")
     with pytest.raises(ConfigError):
         UNetConfig.from_dict({"ndim": 2, "colour": 3})
-
-
-@pytest.mark.parametrize(
-    ("nd", "stride", "bias", "batch"),
-    [(2, (2, 2), True, 2), (3, (2, 2, 2), False, 1), (3, (1, 2, 2), True, 2)],
-)
-def test_up_into_writes_the_up_convolution_into_its_slice(nd, stride, bias, batch):
-    from useg.nets.forward import up_into
-
-    gen = torch.Generator().manual_seed(nd)
-    conv_t = (nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d)(
-        16, 8, stride, stride=stride, bias=bias)
-    fmt = torch.channels_last if nd == 2 else torch.channels_last_3d
-    grid = (5, 7, 6)[:nd]
-    x = torch.randn(batch, 16, *grid, generator=gen).contiguous(memory_format=fmt)
-    out_shape = [g * s for g, s in zip(grid, stride, strict=True)]
-    cat = torch.full((batch, 11, *out_shape), 7.0).contiguous(memory_format=fmt)
-    with torch.inference_mode():
-        up_into(conv_t, x, cat[:, 3:])
-        want = conv_t(x)
-    torch.testing.assert_close(cat[:, 3:], want, rtol=1e-5, atol=1e-5)
-    assert torch.all(cat[:, :3] == 7.0)  # the skip's channels are left alone
-
-
-def test_up_into_other_up_convolutions_are_copied():
-    from useg.nets.forward import up_into
-
-    conv_t = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1)
-    x = torch.randn(1, 4, 6, 6)
-    out = torch.zeros(1, 2, 12, 12)
-    with torch.inference_mode():
-        up_into(conv_t, x, out)
-        torch.testing.assert_close(out, conv_t(x))

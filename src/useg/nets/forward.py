@@ -7,9 +7,6 @@ Prediction (:func:`useg.inference.predict.make_predictor`) runs it; its memory i
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import torch
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
@@ -18,7 +15,7 @@ from useg.nets.conv import memory_format
 from useg.nets.geometry import forward_shapes
 from useg.nets.unet import UNet
 
-__all__ = ["inference_forward", "inference_layers", "memory_format", "up_into"]
+__all__ = ["inference_forward", "inference_layers", "memory_format"]
 
 
 def inference_layers(model: UNet) -> tuple[list[list], list[list]]:
@@ -88,64 +85,9 @@ def inference_forward(model: UNet, x: torch.Tensor, layers: tuple | None = None)
         )
         cat[:, :c_skip] = skip
         del skip
-        up_into(stage.up, x, cat[:, c_skip:])
+        cat[:, c_skip:] = stage.up(x)
         x = cat
         del cat
         for layer in block:
             x = layer(x)
     return model.head(x)
-
-
-# Input pixels per matrix product of up_into on the CPU: the product's buffer stays in the cache
-# until it is copied out.
-_UP_BLOCK_ROWS = 16384
-
-
-def up_into(up: nn.modules.conv._ConvTransposeNd, x: torch.Tensor, out: torch.Tensor) -> None:
-    """``out[...] = up(x)`` without the up-convolution's own output tensor.
-
-    With a stride equal to its kernel and no padding, every output pixel of an up-convolution
-    meets one tap of the kernel: the output pixels at kernel offset ``k`` are the input pixels
-    times that tap's weights (one matrix product over the channels), which go straight to
-    their strided places in ``out`` (here the concatenation buffer). That saves allocating and
-    writing an output the size of ``out`` and then copying it, and it lowers the pass's peak
-    memory (the up-convolution's output no longer lives beside the buffer). Any other
-    up-convolution is computed as usual and copied.
-    """
-    plain = (all(s == k for s, k in zip(up.stride, up.kernel_size, strict=True))
-             and not any(up.padding) and not any(up.output_padding)
-             and all(d == 1 for d in up.dilation) and up.groups == 1
-             and up.padding_mode == "zeros")
-    if not plain:
-        out.copy_(up(x))
-        return
-    nd = x.dim() - 2
-    last = (0, *range(2, nd + 2), 1)
-    # Under autocast the up-convolution would run in its lower precision, as the activations
-    # already are: the same precision, explicitly.
-    with torch.autocast(x.device.type, enabled=False):
-        rows = x.permute(last).contiguous()  # no copy for a channels-last input
-        dst = out.permute(last)
-        taps = [(k, up.weight.detach()[(slice(None), slice(None), *k)].to(x.dtype))
-                for k in itertools.product(*(range(s) for s in up.stride))]
-        bias = up.bias.detach().to(x.dtype) if up.bias is not None else None
-        per_slice = math.prod(rows.shape[2:-1])
-        step = (rows.shape[1] if x.device.type != "cpu"
-                else max(1, _UP_BLOCK_ROWS // max(per_slice, 1)))
-        buffer = torch.empty((min(step, rows.shape[1]) * per_slice, up.out_channels),
-                             dtype=x.dtype, device=x.device)
-        for n in range(rows.shape[0]):
-            for start in range(0, rows.shape[1], step):
-                stop = min(rows.shape[1], start + step)
-                block = rows[n, start:stop].reshape(-1, rows.shape[-1])
-                product = buffer[: block.shape[0]]
-                for k, tap in taps:
-                    if bias is None:
-                        torch.mm(block, tap, out=product)
-                    else:
-                        torch.addmm(bias, block, tap, out=product)
-                    first = slice(start * up.stride[0] + k[0], stop * up.stride[0], up.stride[0])
-                    rest = tuple(slice(j, None, s) for j, s in zip(k[1:], up.stride[1:],
-                                                                  strict=True))
-                    dst[(n, first, *rest)].copy_(product.view(stop - start,
-                                                              *rows.shape[2:-1], -1))

@@ -397,9 +397,7 @@ def peak_bytes(cfg: UNetConfig, tile: Sequence[int], itemsize: int = 4) -> int:
         peak = max(
             peak,
             held + c_skip * n(skip_shapes[level]) + x + buf,
-            # The up-convolution writes into the buffer through a product of at most a
-            # pooling step's share of its output (useg.nets.forward.up_into).
-            held + x + buf + c_up * (x // c_in),
+            held + x + buf + c_up * n(u),
             held + buf + twice * c_skip * n(a),
             held + c_skip * n(a) + twice * c_skip * n(b),
         )
