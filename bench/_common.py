@@ -229,3 +229,16 @@ def peak_rss_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Best seconds of ``repeats`` calls of ``fn`` after one warm-up."""
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)

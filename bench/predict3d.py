@@ -66,7 +66,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH, RESULTS, summary
+from _common import BENCH, RESULTS, best_of, summary
 from predict import (
     add_precision_argument,
     add_sweep_arguments,
@@ -395,14 +395,6 @@ def layers_worker(spec: dict) -> dict:
         for m in record.values()
     ]
 
-    def best(fn, repeats: int = 3) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
 
     x = torch.rand(1, 1, *tile).contiguous(memory_format=fmt)
     with torch.inference_mode():
@@ -410,11 +402,11 @@ def layers_worker(spec: dict) -> dict:
         for h in hooks:
             h.remove()
         limits = [conv_gflops(3, "fp32")]
-        whole = best(lambda: inference_forward(net, x, layers))
+        whole = best_of(lambda: inference_forward(net, x, layers))
         rows = []
         for module, shape_in, shape_out in seen:
             xi = torch.rand(*shape_in).contiguous(memory_format=fmt)
-            seconds = best(lambda m=module, xi=xi: m(xi))
+            seconds = best_of(lambda m=module, xi=xi: m(xi))
             flops = layer_flops(module, shape_out[2:])
             rows.append(
                 {

@@ -47,7 +47,7 @@ import time
 from typing import Any
 
 import torch
-from _common import RESULTS, command_line, machine_info, publish
+from _common import RESULTS, best_of, command_line, machine_info, publish
 from predict import conv_gflops, layer_flops
 
 import useg.nets.conv as conv
@@ -89,15 +89,20 @@ def conv_flops(net: torch.nn.Module, x: torch.Tensor) -> float:
     return total[0]
 
 
-def one_network(name: str, preset: str, overrides: dict, tile: tuple[int, ...],
-                steps: int) -> dict[str, Any]:
+def training_net(preset: str, overrides: dict,
+                 tile: tuple[int, ...]) -> tuple[UNet, tuple[int, ...]]:
+    """The network (seeded, channels-last, in training mode) and its valid tile."""
     torch.manual_seed(0)
     net = UNet(preset, **overrides)
-    cfg = net.config
-    ndim = len(tile)
-    tile = valid_input_shape(cfg, tile)
+    fmt = torch.channels_last if len(tile) == 2 else torch.channels_last_3d
+    return net.to(memory_format=fmt).train(), valid_input_shape(net.config, tile)
+
+
+def one_network(name: str, preset: str, overrides: dict, tile: tuple[int, ...],
+                steps: int) -> dict[str, Any]:
+    net, tile = training_net(preset, overrides, tile)
+    cfg, ndim = net.config, len(tile)
     fmt = torch.channels_last if ndim == 2 else torch.channels_last_3d
-    net = net.to(memory_format=fmt).train()
     out = output_shape(cfg, tile)
     x = torch.randn(1, cfg.in_channels, *tile).contiguous(memory_format=fmt)
     y = torch.randint(0, cfg.classes, (1, *out))
@@ -168,17 +173,6 @@ def conv_inputs(net: torch.nn.Module, x: torch.Tensor) -> list[tuple[torch.nn.Mo
     return seen
 
 
-def best_of(fn: Any, repeats: int) -> float:
-    """Best seconds of ``repeats`` calls of ``fn`` after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def layer_ways(module: torch.nn.Module, x: torch.Tensor, first: bool,
                repeats: int) -> dict[str, Any]:
     """Seconds of the forward, input gradient and weight gradient of one convolution on its
@@ -235,13 +229,9 @@ def layer_ways(module: torch.nn.Module, x: torch.Tensor, first: bool,
 def layers_part(name: str, preset: str, overrides: dict, tile: tuple[int, ...],
                 repeats: int) -> dict[str, Any]:
     """Every convolution of ``name``'s training tile taken apart (see --layers)."""
-    torch.manual_seed(0)
-    net = UNet(preset, **overrides)
-    cfg = net.config
-    ndim = len(tile)
-    tile = valid_input_shape(cfg, tile)
+    net, tile = training_net(preset, overrides, tile)
+    cfg, ndim = net.config, len(tile)
     fmt = torch.channels_last if ndim == 2 else torch.channels_last_3d
-    net = net.to(memory_format=fmt).train()
     x = torch.randn(1, cfg.in_channels, *tile).contiguous(memory_format=fmt)
     limit_before = conv_gflops(ndim, "fp32")
     layers = []
