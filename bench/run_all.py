@@ -47,6 +47,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                           "predict3d_budgets.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
     "train_step": (["bench/train_step.py"], "train_step.json"),
+    "train_step_layers": (["bench/train_step.py", "--layers", "--no-steps"],
+                          "train_step_layers.json"),
     "huge_pages": (["bench/huge_pages.py"], "huge_pages.json"),
     "conv_kernels": (["bench/conv_kernels.py"], "conv_kernels.json"),
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
@@ -270,7 +272,15 @@ def _train_step(d):
     return [(f"{r['network']} training step, tile {'x'.join(map(str, r['tile']))}, fp32, {cpu}: "
              "best step s / fraction of the forward conv limit (3x forward FLOPs)",
              f"{_fmt(r['best_step_s'])} / {_fmt(r['fraction_of_limit'])}")
-            for r in d.get("runs", [])]
+            for r in d.get("runs", [])] + [
+        (f"{r['network']} training step, tile {'x'.join(map(str, r['tile']))}, fp32, {cpu}: "
+         "convolutions alone (forward, input and weight gradients), seconds and fraction of the "
+         "forward conv limit, useg's ways / each layer's fastest way",
+         f"{_fmt(r['convolution_seconds']['useg'])} s, "
+         f"{_fmt(r['fraction_of_limit_convolutions_only']['useg'])} / "
+         f"{_fmt(r['convolution_seconds']['fastest'])} s, "
+         f"{_fmt(r['fraction_of_limit_convolutions_only']['fastest'])}")
+        for r in d.get("layers", [])]
 
 
 def _huge_pages(d):
@@ -463,6 +473,7 @@ EXTRACT: dict[str, Callable] = {
     "predict3d_shapes": _prediction, "predict3d_budgets": _prediction,
     "predict_sweep2048": _prediction,
     "predict3d_layers": _layers, "precision": _precision, "train_step": _train_step,
+    "train_step_layers": _train_step,
     "huge_pages": _huge_pages,
 }
 
