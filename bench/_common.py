@@ -233,8 +233,6 @@ def peak_rss_bytes() -> int | None:
 
 def best_of(fn, repeats: int = 3) -> float:
     """Best seconds of ``repeats`` calls of ``fn`` after one warm-up."""
-    import time
-
     fn()
     times = []
     for _ in range(repeats):

@@ -394,8 +394,6 @@ def layers_worker(spec: dict) -> dict:
         m.register_forward_hook(lambda m, i, o: seen.append((m, i[0].shape, o.shape)))
         for m in record.values()
     ]
-
-
     x = torch.rand(1, 1, *tile).contiguous(memory_format=fmt)
     with torch.inference_mode():
         inference_forward(net, x, layers)

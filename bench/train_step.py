@@ -73,6 +73,19 @@ NETWORKS = (
 SMALL_PAGES = " 4 KiB pages"
 
 
+def each_conv(net: torch.nn.Module, x: torch.Tensor, hook: Any) -> None:
+    """One forward pass of ``x`` without gradients, calling ``hook(module, inputs, output)``
+    after every convolution and up-convolution."""
+    hooks = [m.register_forward_hook(hook) for m in net.modules()
+             if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def conv_flops(net: torch.nn.Module, x: torch.Tensor) -> float:
     """FLOPs (2 per multiply-add) of every convolution of one forward pass of ``x``."""
     total = [0.0]
@@ -80,31 +93,27 @@ def conv_flops(net: torch.nn.Module, x: torch.Tensor) -> float:
     def count(module: torch.nn.Module, _inputs: Any, out: torch.Tensor) -> None:
         total[0] += layer_flops(module, out.shape[2:])
 
-    hooks = [m.register_forward_hook(count) for m in net.modules()
-             if isinstance(m, torch.nn.modules.conv._ConvNd)]
-    with torch.no_grad():
-        net(x)
-    for h in hooks:
-        h.remove()
+    each_conv(net, x, count)
     return total[0]
 
 
 def training_net(preset: str, overrides: dict,
-                 tile: tuple[int, ...]) -> tuple[UNet, tuple[int, ...]]:
-    """The network (seeded, channels-last, in training mode) and its valid tile."""
+                 tile: tuple[int, ...]) -> tuple[UNet, tuple[int, ...], torch.Tensor]:
+    """The network (seeded, channels-last, in training mode), its valid tile and a random
+    input of that tile."""
     torch.manual_seed(0)
     net = UNet(preset, **overrides)
     fmt = torch.channels_last if len(tile) == 2 else torch.channels_last_3d
-    return net.to(memory_format=fmt).train(), valid_input_shape(net.config, tile)
+    tile = valid_input_shape(net.config, tile)
+    x = torch.randn(1, net.config.in_channels, *tile).contiguous(memory_format=fmt)
+    return net.to(memory_format=fmt).train(), tile, x
 
 
 def one_network(name: str, preset: str, overrides: dict, tile: tuple[int, ...],
                 steps: int) -> dict[str, Any]:
-    net, tile = training_net(preset, overrides, tile)
+    net, tile, x = training_net(preset, overrides, tile)
     cfg, ndim = net.config, len(tile)
-    fmt = torch.channels_last if ndim == 2 else torch.channels_last_3d
     out = output_shape(cfg, tile)
-    x = torch.randn(1, cfg.in_channels, *tile).contiguous(memory_format=fmt)
     y = torch.randint(0, cfg.classes, (1, *out))
     w = torch.ones(1, *out)
     loss_fn = SegmentationLoss()
@@ -160,16 +169,7 @@ LAYER_NETWORKS = ("2D paper", "3D paper")
 def conv_inputs(net: torch.nn.Module, x: torch.Tensor) -> list[tuple[torch.nn.Module, Any]]:
     """Every convolution and up-convolution of one forward pass of ``x``, with its input."""
     seen: list[tuple[torch.nn.Module, Any]] = []
-
-    def keep(module: torch.nn.Module, inputs: tuple, _out: torch.Tensor) -> None:
-        seen.append((module, inputs[0].detach()))
-
-    hooks = [m.register_forward_hook(keep) for m in net.modules()
-             if isinstance(m, torch.nn.modules.conv._ConvNd)]
-    with torch.no_grad():
-        net(x)
-    for h in hooks:
-        h.remove()
+    each_conv(net, x, lambda module, inputs, _out: seen.append((module, inputs[0].detach())))
     return seen
 
 
@@ -229,10 +229,8 @@ def layer_ways(module: torch.nn.Module, x: torch.Tensor, first: bool,
 def layers_part(name: str, preset: str, overrides: dict, tile: tuple[int, ...],
                 repeats: int) -> dict[str, Any]:
     """Every convolution of ``name``'s training tile taken apart (see --layers)."""
-    net, tile = training_net(preset, overrides, tile)
-    cfg, ndim = net.config, len(tile)
-    fmt = torch.channels_last if ndim == 2 else torch.channels_last_3d
-    x = torch.randn(1, cfg.in_channels, *tile).contiguous(memory_format=fmt)
+    net, tile, x = training_net(preset, overrides, tile)
+    ndim = len(tile)
     limit_before = conv_gflops(ndim, "fp32")
     layers = []
     for i, (module, inp) in enumerate(conv_inputs(net, x)):
@@ -264,11 +262,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["# Training step against the convolution limit", "",
              f"Command: `{report['command']}`; CPU {m['cpu']['model']}, {m['date']}; fp32, "
              f"{report['threads']} thread(s). FLOPs = 3 x the forward convolutions of the tile; "
-             "limit = one forward 64->64 convolution, same process.", "",
-             "| network | tile -> output | step GFLOP | best step s | limit GFLOP/s | "
-             "fraction of the limit |", "|---|---|---|---|---|---|"]
-    if not report["runs"]:
-        lines = lines[:-3]
+             "limit = one forward 64->64 convolution, same process."]
+    if report["runs"]:
+        lines += ["", "| network | tile -> output | step GFLOP | best step s | limit GFLOP/s | "
+                  "fraction of the limit |", "|---|---|---|---|---|---|"]
     for r in report["runs"]:
         lines.append(f"| {r['network']} | {'x'.join(map(str, r['tile']))} -> "
                      f"{'x'.join(map(str, r['output']))} | {r['step_gflop']:.0f} | "
