@@ -203,7 +203,7 @@ def layer_ways(module: torch.nn.Module, x: torch.Tensor, first: bool,
             entry["input_gradient"] = {
                 "useg": best_of(lambda: conv._input_gradient(g, w, padding, x), repeats),
                 "pytorch": best_of(native((True, False, False)), repeats)}
-        pays = conv._weight_grad_by_offsets_pays(x, g)
+        pays = conv._weight_grad_by_offsets_pays(x, g, kernel)
         ways = {"swapped": lambda: conv._weight_grad_swapped(x, g, padding),
                 "offsets": lambda: conv._weight_grad_by_offsets(x, g, kernel, padding),
                 "pytorch": native((False, True, False))}

@@ -95,15 +95,28 @@ def test_weight_gradient_by_offsets_is_the_weight_gradient(shape, kernel, paddin
     torch.testing.assert_close(mine, w.grad, rtol=1e-10, atol=1e-10)
 
 
-def test_a_large_3d_layer_takes_the_offsets_and_matches_pytorch():
+@pytest.mark.parametrize(("module", "shape", "kernel", "pays"), [
     # The top level of a 3D U-Net: 32 -> 32 channels over 52^3 outputs.
+    (Conv3d, (1, 32, 54, 54, 54), (3, 3, 3), True),
+    # The top level of a 2D U-Net (narrowed): 8 -> 8 channels over 190^2 outputs.
+    (Conv2d, (1, 8, 192, 192), (3, 3), True),
+    # A 1x1 head is one matrix product, whatever its size.
+    (Conv2d, (1, 8, 20, 20), (1, 1), True),
+    (Conv3d, (1, 8, 6, 6, 6), (1, 1, 1), True),
+    # Small layers keep the swapped convolution.
+    (Conv2d, (1, 8, 40, 40), (3, 3), False),
+    (Conv3d, (1, 8, 20, 20, 20), (3, 3, 3), False),
+])
+def test_weight_gradient_takes_the_way_that_pays_and_matches_pytorch(module, shape, kernel,
+                                                                    pays):
     torch.manual_seed(2)
-    mine = Conv3d(32, 32, 3)
-    ref = nn.Conv3d(32, 32, 3)
+    mine = module(shape[1], shape[1], kernel)
+    ref = (nn.Conv3d if module is Conv3d else nn.Conv2d)(shape[1], shape[1], kernel)
     ref.load_state_dict(mine.state_dict())
-    x = torch.randn(1, 32, 54, 54, 54).contiguous(memory_format=torch.channels_last_3d)
+    layout = torch.channels_last_3d if module is Conv3d else torch.channels_last
+    x = torch.randn(shape).contiguous(memory_format=layout)
     y = mine(x.requires_grad_(True))
-    assert conv._weight_grad_by_offsets_pays(x, y)
+    assert conv._weight_grad_by_offsets_pays(x, y, kernel) is pays
     g = torch.randn_like(y)
     y.backward(g)
     ref(x.detach()).backward(g)

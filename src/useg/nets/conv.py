@@ -11,9 +11,9 @@ backward of a 3D convolution was slow even where the forward was oneDNN's.
 state dict) that call oneDNN directly in those cases (:func:`uses_onednn_kernel`), with a
 backward pass made of oneDNN convolutions too (the input gradient is the convolution of the
 output gradient with the flipped, transposed kernel; the weight gradient the convolution of
-the input with the output gradient, batch and channels swapped, or, for large 3D layers, one
-matrix product per kernel offset over the flat channels-last grid). Elsewhere, and while a
-network is traced or exported, they are PyTorch's convolutions unchanged.
+the input with the output gradient, batch and channels swapped, or, for large layers and 1x1
+kernels, one matrix product per kernel offset over the flat channels-last grid). Elsewhere,
+and while a network is traced or exported, they are PyTorch's convolutions unchanged.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def _input_gradient(grad: torch.Tensor, weight: torch.Tensor, padding: tuple[int
 def _weight_gradient(x: torch.Tensor, grad: torch.Tensor, kernel: tuple[int, ...],
                      padding: tuple[int, ...]) -> torch.Tensor:
     """The weight gradient, by whichever of the two ways pays for these shapes."""
-    if _weight_grad_by_offsets_pays(x, grad):
+    if _weight_grad_by_offsets_pays(x, grad, kernel):
         return _weight_grad_by_offsets(x, grad, kernel, padding)
     return _weight_grad_swapped(x, grad, padding)
 
@@ -137,17 +137,28 @@ def _weight_grad_swapped(x: torch.Tensor, grad: torch.Tensor,
 _BLOCK_ROWS = 8192
 
 
-def _weight_grad_by_offsets_pays(x: torch.Tensor, grad: torch.Tensor) -> bool:
+def _weight_grad_by_offsets_pays(x: torch.Tensor, grad: torch.Tensor,
+                                 kernel: tuple[int, ...]) -> bool:
     """Whether :func:`_weight_grad_by_offsets` beats the batch/channel-swapped convolution.
 
-    Measured on a 2-core AVX2 CPU (3D U-Net layers, one image): faster for large volumes with
-    many channel pairs (the top levels of the paper's 3D network), slower for small volumes or
-    few channels, where oneDNN's convolution does well; the one 2D layer measured (64 -> 64
-    channels over 286^2 pixels) was no faster, so 2D keeps the swapped convolution.
+    Measured layer by layer on the paper networks' training tiles on a 2-core AVX2 CPU (one
+    image; ``bench/train_step.py --layers``, which times both ways for every layer):
+
+    * a 1x1 kernel: always; it is a single matrix product, while the swapped convolution meets
+      oneDNN with a kernel as large as the image;
+    * 2D: over large images (the top two levels of the 2D U-Net, where the swapped convolution
+      took up to twice as long); below, the two were within a few percent either way;
+    * 3D: over large volumes with many channel pairs (the top levels of the 3D U-Net); slower
+      for small volumes or few channels, where oneDNN's convolution does well.
     """
-    voxels = math.prod(grad.shape[2:])
-    return (WEIGHT_GRAD_BY_OFFSETS and x.dim() == 5 and x.shape[1] * grad.shape[1] >= 1024
-            and voxels >= 1 << 17)
+    if not WEIGHT_GRAD_BY_OFFSETS:
+        return False
+    if math.prod(kernel) == 1:
+        return True
+    outputs = math.prod(grad.shape[2:])
+    if x.dim() == 4:
+        return outputs >= 1 << 15
+    return x.shape[1] * grad.shape[1] >= 1024 and outputs >= 1 << 17
 
 
 def _weight_grad_by_offsets(x: torch.Tensor, grad: torch.Tensor, kernel: tuple[int, ...],
