@@ -15,23 +15,26 @@ profiler, self CPU time per operator) to show where the rest goes.
 
 Networks: the paper's 2D U-Net (``ronneberger2015``, width 64, 572x572 tile), the paper's 3D
 U-Net (``cicek2016``, width 32, batch norm, 116x132x132 tile), and the CPU recipe's small ones.
-The paper's 3D U-Net runs twice: as useg trains it, and with every weight gradient computed by
-the batch/channel-swapped convolution (``useg.nets.conv``'s way before the per-offset matrix
-products for large 3D layers), to compare the two in one run. The paper's networks run once more
-each in a process of their own with 4 KiB pages (``THP_MEM_ALLOC_ENABLE=0``), against useg's
-huge pages for PyTorch's large buffers (what ``import useg`` asks for).
-fp32 (the precision ``auto`` picks on a CPU without bf16 instructions), channels-last.
+The paper's networks run twice: as useg trains them, and with useg's own training kernels
+turned off (every weight gradient computed by the batch/channel-swapped convolution, as
+``useg.nets.conv`` did before its per-offset matrix products, and PyTorch's up-convolutions
+instead of ``useg.nets.upconv``'s matrix products), to compare the two in one run. The paper's
+networks run once more each in a process of their own with 4 KiB pages
+(``THP_MEM_ALLOC_ENABLE=0``), against useg's huge pages for PyTorch's large buffers (what
+``import useg`` asks for). fp32 (the precision ``auto`` picks on a CPU without bf16
+instructions), channels-last.
 
 ``--layers`` (alone: ``--layers --no-steps``) shows what the convolutions themselves allow: for
 every convolution of the paper's 2D and 3D networks, on the shapes of their training tiles, the
-three products of a training step timed alone (best of three after a warm-up): the forward,
-the input gradient and the weight gradient, each the way useg computes it and the other ways
-there are (PyTorch's own ``convolution_backward``, which is oneDNN's backward primitive, for
-both gradients; the batch/channel-swapped convolution and the per-offset matrix products for
-the weight gradient). Their FLOPs over their summed seconds is the fraction of the limit a step
-would reach if nothing but convolutions took time, with useg's ways and with the fastest way of
-each layer; the whole step over it is what the rest costs (``layers`` part;
-with ``--no-steps``, bench/results/train_step_layers.json and .md).
+three products of a training step timed alone (best of three after a warm-up): the forward, the
+input gradient and the weight gradient, each the way useg computes it and the other ways there
+are (PyTorch's own ``convolution_backward``, which is oneDNN's backward primitive, for both
+gradients; the batch/channel-swapped convolution and the per-offset matrix products for the
+weight gradient; for an up-convolution, useg's matrix products and PyTorch's kernels, the two
+gradients counted together). Their FLOPs over their summed seconds is the fraction of the limit
+a step would reach if nothing but convolutions took time, with useg's ways and with the fastest
+way of each layer; the whole step over it is what the rest costs (``layers`` part; with
+``--no-steps``, bench/results/train_step_layers.json and .md).
 
 Results: bench/results/train_step.json and .md.
 """
@@ -51,12 +54,15 @@ from _common import RESULTS, best_of, command_line, machine_info, publish
 from predict import conv_gflops, layer_flops
 
 import useg.nets.conv as conv
+import useg.nets.upconv as upconv
 from useg.device import huge_pages_in_effect
 from useg.nets import UNet, output_shape, valid_input_shape
 from useg.training.losses import SegmentationLoss
 
-# The network run with useg.nets.conv's per-offset weight gradient turned off.
-SWAPPED = "3D paper, swapped weight gradient"
+# Networks run with useg's own training kernels turned off, to compare in one run: every weight
+# gradient by the swapped convolution (useg.nets.conv), PyTorch's up-convolutions
+# (useg.nets.upconv).
+PLAIN = ", swapped weight gradients, PyTorch up-convolutions"
 # (name, preset, overrides, tile) of the measured networks.
 NETWORKS = (
     ("2D paper", "ronneberger2015", {"width": 64}, (572, 572)),
@@ -64,7 +70,8 @@ NETWORKS = (
     ("2D cpu-fast", "ronneberger2015", {"width": 16, "depth": 3}, (188, 188)),
     ("3D chosen (sparse3d)", "cicek2016", {"width": 8, "depth": 2, "padding": "same"},
      (44, 44, 44)),
-    (SWAPPED, "cicek2016", {"width": 32}, (116, 132, 132)),
+    ("2D paper" + PLAIN, "ronneberger2015", {"width": 64}, (572, 572)),
+    ("3D paper" + PLAIN, "cicek2016", {"width": 32}, (116, 132, 132)),
     ("2D paper, 4 KiB pages", "ronneberger2015", {"width": 64}, (572, 572)),
     ("3D paper, 4 KiB pages", "cicek2016", {"width": 32}, (116, 132, 132)),
 )
@@ -210,7 +217,7 @@ def layer_ways(module: torch.nn.Module, x: torch.Tensor, first: bool,
         entry["weight_gradient"] = {k: best_of(f, repeats) for k, f in ways.items()}
         entry["weight_gradient"]["useg"] = entry["weight_gradient"][
             "offsets" if pays else "swapped"]
-    else:  # up-convolutions and the 1x1 head: PyTorch's autograd, as training runs them
+    else:  # up-convolutions: autograd, as training runs them, useg's way and PyTorch's
         xg = x.clone().requires_grad_(not first)
         params = [p for p in (module.weight, module.bias) if p is not None]
 
@@ -218,11 +225,18 @@ def layer_ways(module: torch.nn.Module, x: torch.Tensor, first: bool,
             out = module(xg)
             return torch.autograd.grad(out, ([xg] if not first else []) + params, g)
 
-        entry["forward"] = {"useg": best_of(lambda: module(xg).detach(), repeats)}
-        whole = best_of(backward, repeats)
-        # Forward and both gradients together, attributed to the weight gradient.
-        entry["input_gradient"] = {"useg": 0.0}
-        entry["weight_gradient"] = {"useg": max(whole - entry["forward"]["useg"], 0.0)}
+        entry["forward"], entry["input_gradient"], entry["weight_gradient"] = {}, {}, {}
+        for way, product in (("useg", True), ("pytorch", False)):
+            upconv.PRODUCT = product
+            try:
+                forward = best_of(lambda: module(xg).detach(), repeats)
+                whole = best_of(backward, repeats)
+            finally:
+                upconv.PRODUCT = True
+            # Both gradients together, attributed to the weight gradient.
+            entry["forward"][way] = forward
+            entry["input_gradient"][way] = 0.0
+            entry["weight_gradient"][way] = max(whole - forward, 0.0)
     return entry
 
 
@@ -320,11 +334,11 @@ def main() -> None:
             print(f"  best step {runs[-1]['best_step_s']:.2f} s, "
                   f"{runs[-1]['fraction_of_limit']:.2f} of the limit", flush=True)
             continue
-        conv.WEIGHT_GRAD_BY_OFFSETS = name != SWAPPED
+        conv.WEIGHT_GRAD_BY_OFFSETS = upconv.PRODUCT = not name.endswith(PLAIN)
         try:
             runs.append(one_network(name, preset, overrides, tile, steps))
         finally:
-            conv.WEIGHT_GRAD_BY_OFFSETS = True
+            conv.WEIGHT_GRAD_BY_OFFSETS = upconv.PRODUCT = True
         print(f"  best step {runs[-1]['best_step_s']:.2f} s, "
               f"{runs[-1]['fraction_of_limit']:.2f} of the limit", flush=True)
     layers = []

@@ -17,12 +17,14 @@ from torch import nn
 from useg.nets.config import UNetConfig, preset
 from useg.nets.conv import Conv2d, Conv3d
 from useg.nets.geometry import halo, output_shape, valid_input_shape
+from useg.nets.upconv import ConvTranspose2d, ConvTranspose3d
 
 __all__ = ["ConvBlock", "Down", "UNet", "Up", "center_crop", "unet_from_config"]
 
-# useg's Conv2d/Conv3d are nn's with oneDNN kept where PyTorch would fall back (nets.conv).
+# useg's Conv2d/Conv3d are nn's with oneDNN kept where PyTorch would fall back (nets.conv);
+# its up-convolutions train as matrix products (nets.upconv).
 _CONV = {1: nn.Conv1d, 2: Conv2d, 3: Conv3d}
-_UPCONV = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_UPCONV = {1: nn.ConvTranspose1d, 2: ConvTranspose2d, 3: ConvTranspose3d}
 _POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _INSTANCENORM = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
