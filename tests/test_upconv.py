@@ -65,3 +65,29 @@ def test_tracing_records_pytorchs_transposed_convolution():
     up = ConvTranspose3d(2, 3, 2, stride=2)
     traced = torch.jit.trace(up, torch.randn(1, 2, 3, 3, 3, requires_grad=True))
     assert "PythonOp" not in str(traced.graph)
+
+
+@pytest.mark.parametrize(("preset", "shape"), [
+    ("ronneberger2015", (1, 1, 44, 44)),
+    ("cicek2016", (2, 1, 20, 20, 20)),
+])
+def test_a_unet_trains_to_the_same_gradients_either_way(preset, shape):
+    from useg.nets import UNet
+
+    torch.manual_seed(3)
+    overrides = {"width": 4, "depth": 2, "dropout": 0.0}  # dropout would differ per pass
+    if preset == "cicek2016":
+        overrides["padding"] = "same"
+    net = UNet(preset, **overrides).train()
+    x = torch.randn(shape)
+    grads = []
+    for product in (True, False):
+        upconv.PRODUCT = product
+        try:
+            net.zero_grad()
+            net(x).square().mean().backward()
+        finally:
+            upconv.PRODUCT = True
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
