@@ -137,7 +137,8 @@ def map_meta(exp: Experiment, run: dict[str, Any], steps: int, seed: int) -> dic
     """The figures kept with a boundary map, from a run made with ``keep_probability``."""
     _, unannotated = planes(exp)
     return {"seed": seed, "slices_zyx": list(SLICES), "steps": steps,
-            "train_s": run["train_s"], "predict_s": run["predict_s"],
+            "train_s": run["train_s"], "threads": torch.get_num_threads(),
+            "predict_s": run["predict_s"],
             "iou_boundary_unannotated": boundary_iou(run["prediction"], exp.target,
                                                      unannotated & (exp.target != IGNORE))}
 
@@ -245,10 +246,12 @@ def markdown(report: dict[str, Any]) -> str:
     for way in runs[0]["ways"]:
         lines.append(f"| {way} | {_fmt(s[way]['unannotated_adapted_rand'])} | "
                      f"{', '.join(map(str, s[way]['segments']))} / {bodies} |")
-    lines += ["", "| seed | train s (1 thread) | search s | boundary IoU (argmax) | chosen way | "
+    lines += ["", "| seed | train s (threads) | search s | boundary IoU (argmax) | chosen way | "
               "its settings |", "|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['seed']} | {r['train_s']:.0f} | {r['segment_s']:.0f} | "
+        # Runs kept before the thread count was recorded were trained on one.
+        lines.append(f"| {r['seed']} | {r['train_s']:.0f} ({r.get('threads', 1)}) | "
+                     f"{r['segment_s']:.0f} | "
                      f"{r['iou_boundary_unannotated']:.3f} | {r['chosen_way']} | "
                      f"`{r['ways'][r['chosen_way']]['settings']}` |")
     return "\n".join(lines) + "\n"
