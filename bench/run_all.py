@@ -46,9 +46,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                            "--repeats", "2", "--output", "bench/results/predict3d_budgets.json"],
                           "predict3d_budgets.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
-    "train_step": (["bench/train_step.py"], "train_step.json"),
-    "train_step_layers": (["bench/train_step.py", "--layers", "--no-steps"],
-                          "train_step_layers.json"),
+    # The whole steps and the convolutions taken apart in one run, so that they compare.
+    "train_step": (["bench/train_step.py", "--layers"], "train_step.json"),
     "huge_pages": (["bench/huge_pages.py"], "huge_pages.json"),
     "conv_kernels": (["bench/conv_kernels.py"], "conv_kernels.json"),
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
@@ -473,7 +472,6 @@ EXTRACT: dict[str, Callable] = {
     "predict3d_shapes": _prediction, "predict3d_budgets": _prediction,
     "predict_sweep2048": _prediction,
     "predict3d_layers": _layers, "precision": _precision, "train_step": _train_step,
-    "train_step_layers": _train_step,
     "huge_pages": _huge_pages,
 }
 
