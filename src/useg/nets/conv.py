@@ -41,6 +41,21 @@ def memory_format(ndim: int) -> torch.memory_format:
     return {2: torch.channels_last, 3: torch.channels_last_3d}.get(ndim, torch.contiguous_format)
 
 
+def eager_cpu_float32(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a 2D or 3D float32 CPU batch in an eager pass that useg's own kernels
+    may take over: not under autocast, and not while a network is traced, scripted or exported
+    (exported networks must hold PyTorch's standard operators)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() in (4, 5)
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.onnx.is_in_onnx_export()
+    )
+
+
 def uses_onednn_kernel(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> bool:
     """Whether :class:`Conv2d`/:class:`Conv3d` take the direct oneDNN path for input ``x``.
 
@@ -51,9 +66,7 @@ def uses_onednn_kernel(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> bool:
     """
     if not (
         DIRECT
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.dim() in (4, 5)
+        and eager_cpu_float32(x)
         and conv.groups == 1
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
@@ -63,10 +76,6 @@ def uses_onednn_kernel(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> bool:
         and all(p < k for p, k in zip(conv.padding, conv.kernel_size, strict=True))
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-        and not torch.onnx.is_in_onnx_export()
     ):
         return False
     if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):

@@ -22,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from useg.nets.conv import eager_cpu_float32
+
 __all__ = ["ConvTranspose2d", "ConvTranspose3d", "uses_product"]
 
 #: False turns the product path off everywhere (PyTorch's own kernels), to compare.
@@ -34,9 +36,7 @@ def uses_product(up: nn.modules.conv._ConvTransposeNd, x: torch.Tensor) -> bool:
     undilated, ungrouped) in a pass that needs a gradient."""
     return (
         PRODUCT
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.dim() in (4, 5)
+        and eager_cpu_float32(x)
         and torch.is_grad_enabled()
         and (x.requires_grad or up.weight.requires_grad)
         and tuple(up.stride) == tuple(up.kernel_size)
@@ -45,10 +45,6 @@ def uses_product(up: nn.modules.conv._ConvTransposeNd, x: torch.Tensor) -> bool:
         and all(d == 1 for d in up.dilation)
         and up.groups == 1
         and up.padding_mode == "zeros"
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-        and not torch.onnx.is_in_onnx_export()
     )
 
 
