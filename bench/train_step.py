@@ -17,8 +17,9 @@ Networks: the paper's 2D U-Net (``ronneberger2015``, width 64, 572x572 tile), th
 U-Net (``cicek2016``, width 32, batch norm, 116x132x132 tile), and the CPU recipe's small ones.
 The paper's networks run twice: as useg trains them, and with useg's own training kernels
 turned off (every weight gradient computed by the batch/channel-swapped convolution, as
-``useg.nets.conv`` did before its per-offset matrix products, and PyTorch's up-convolutions
-instead of ``useg.nets.upconv``'s matrix products), to compare the two in one run. The paper's
+``useg.nets.conv`` did before its per-offset matrix products, PyTorch's up-convolutions
+instead of ``useg.nets.upconv``'s matrix products, and each level's max-pooling and skip crop
+as two operations instead of ``useg.nets.skip``'s one), to compare the two in one run. The paper's
 networks run once more each in a process of their own with 4 KiB pages
 (``THP_MEM_ALLOC_ENABLE=0``), against useg's huge pages for PyTorch's large buffers (what
 ``import useg`` asks for). fp32 (the precision ``auto`` picks on a CPU without bf16
@@ -54,6 +55,7 @@ from _common import RESULTS, best_of, command_line, machine_info, publish
 from predict import conv_gflops, layer_flops
 
 import useg.nets.conv as conv
+import useg.nets.skip as skip
 import useg.nets.upconv as upconv
 from useg.device import huge_pages_in_effect
 from useg.nets import UNet, output_shape, valid_input_shape
@@ -61,8 +63,8 @@ from useg.training.losses import SegmentationLoss
 
 # Networks run with useg's own training kernels turned off, to compare in one run: every weight
 # gradient by the swapped convolution (useg.nets.conv), PyTorch's up-convolutions
-# (useg.nets.upconv).
-PLAIN = ", swapped weight gradients, PyTorch up-convolutions"
+# (useg.nets.upconv), each level's pooling and skip crop apart (useg.nets.skip).
+PLAIN = ", swapped weight gradients, PyTorch up-convolutions, pooling and crop apart"
 # (name, preset, overrides, tile) of the measured networks.
 NETWORKS = (
     ("2D paper", "ronneberger2015", {"width": 64}, (572, 572)),
@@ -334,11 +336,11 @@ def main() -> None:
             print(f"  best step {runs[-1]['best_step_s']:.2f} s, "
                   f"{runs[-1]['fraction_of_limit']:.2f} of the limit", flush=True)
             continue
-        conv.WEIGHT_GRAD_BY_OFFSETS = upconv.PRODUCT = not name.endswith(PLAIN)
+        conv.WEIGHT_GRAD_BY_OFFSETS = upconv.PRODUCT = skip.FUSED = not name.endswith(PLAIN)
         try:
             runs.append(one_network(name, preset, overrides, tile, steps))
         finally:
-            conv.WEIGHT_GRAD_BY_OFFSETS = upconv.PRODUCT = True
+            conv.WEIGHT_GRAD_BY_OFFSETS = upconv.PRODUCT = skip.FUSED = True
         print(f"  best step {runs[-1]['best_step_s']:.2f} s, "
               f"{runs[-1]['fraction_of_limit']:.2f} of the limit", flush=True)
     layers = []

@@ -16,7 +16,8 @@ from torch import nn
 
 from useg.nets.config import UNetConfig, preset
 from useg.nets.conv import Conv2d, Conv3d
-from useg.nets.geometry import halo, output_shape, valid_input_shape
+from useg.nets.geometry import forward_shapes, halo, output_shape, valid_input_shape
+from useg.nets.skip import center_crop, fuses, pool_and_crop
 from useg.nets.upconv import ConvTranspose2d, ConvTranspose3d
 
 __all__ = ["ConvBlock", "Down", "UNet", "Up", "center_crop", "unet_from_config"]
@@ -69,15 +70,6 @@ class Down(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pool(x))
-
-
-def center_crop(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Crop the spatial axes of ``x`` (batch, channel first) to ``shape`` around the centre."""
-    slices = [slice(None), slice(None)]
-    for have, want in zip(x.shape[2:], shape, strict=True):
-        start = (have - want) // 2
-        slices.append(slice(start, start + want))
-    return x[tuple(slices)]
 
 
 class Up(nn.Module):
@@ -156,10 +148,22 @@ class UNet(nn.Module):
                     m.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(skips[-1]))
-        x = self.dropout(skips.pop())
+        shape = x.shape[2:]
+        x = self.inc(x)
+        # In training, each level's output is pooled and cropped by one operation with one
+        # gradient buffer (nets.skip); the crop's size is then known from the input's.
+        crops = [u for _, u, *_ in reversed(forward_shapes(self.config, shape)[1])] \
+            if fuses(x) else None
+        skips = []
+        for level, down in enumerate(self.downs):
+            if crops is None:
+                skips.append(x)
+                x = down(x)
+            else:
+                pooled, skip = pool_and_crop(x, self.config.pools()[level], crops[level])
+                skips.append(skip)
+                x = down.conv(pooled)
+        x = self.dropout(x)
         for up in self.ups:
             x = up(x, skips.pop())
         return self.head(x)
