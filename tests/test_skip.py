@@ -18,27 +18,34 @@ def _both_ways(fn):
     return out
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize(("shape", "kernel", "crop"), [
     ((2, 3, 13, 10), (2, 2), (6, 4)),          # odd size: the last row is never pooled
     ((1, 2, 9, 8, 12), (1, 2, 2), (5, 8, 7)),  # anisotropic pooling, uneven crop margins
     ((1, 2, 6, 6, 6), (2, 2, 2), (6, 6, 6)),   # crop of the whole level
+    ((1, 2, 6, 6, 6), (2, 2, 2), None),        # no crop
 ])
-def test_pool_and_crop_gives_the_same_values_and_gradients(shape, kernel, crop):
+def test_pool_and_crop_gives_the_same_values_and_gradients(shape, kernel, crop, relu):
     torch.manual_seed(0)
     x0 = torch.randn(shape, dtype=torch.float64)
 
     def run():
         x = x0.clone().requires_grad_()
-        pooled, cropped = pool_and_crop(x, kernel, crop)
-        assert skip.fuses(x) == skip.FUSED
+        pre = x * 1.0  # a ReLU in place needs a non-leaf input
+        pooled, cropped = pool_and_crop(pre, kernel, crop, relu=relu)
+        assert skip.fuses(pre) == skip.FUSED
         (pooled.sin().sum() + cropped.cos().sum()).backward()
         return pooled.detach(), cropped.detach(), x.grad
 
     for a, b in zip(*_both_ways(run), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert run()[1].shape[2:] == crop
+    pooled, cropped, grad = run()
+    assert cropped.shape[2:] == (crop or shape[2:])
+    if relu:
+        assert pooled.min() >= 0 and cropped.min() >= 0
+        assert (grad[x0 < 0] == 0).all() and (grad[x0 > 0] != 0).any()
     x = x0.clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: pool_and_crop(t, kernel, crop), (x,))
+    assert torch.autograd.gradcheck(lambda t: pool_and_crop(t * 1.0, kernel, crop, relu), (x,))
 
 
 def test_one_output_unused_still_gets_its_zero_gradient():

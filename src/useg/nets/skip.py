@@ -5,9 +5,11 @@ input, and centre-cropped, to be concatenated in the expanding path. Taken apart
 pass builds two gradients of the full level: the pooling's (zeros, then one value per pooling
 window) and the crop's (zeros, then the crop copied into its centre), and autograd then adds
 them; on a large 3D level those fills, the sum and the first touch of their fresh memory cost
-as much as a convolution's gradient of a small layer. :func:`pool_and_crop` is one autograd
-operation with one gradient buffer: the pooling's gradient, with the crop's gradient added into
-its centre in place. The forward results are the same tensors as ``max_pool`` and a slice give.
+as much as a convolution's gradient of a small layer; the level's last ReLU then makes a third
+(its backward is not in place). :func:`pool_and_crop` is one autograd operation for the ReLU,
+the pooling and the crop with one gradient buffer: the pooling's gradient, the crop's added into
+its centre in place, and the ReLU's backward applied to it in place. The forward results are
+those of ``relu_``, ``max_pool`` and a slice.
 """
 
 from __future__ import annotations
@@ -63,17 +65,29 @@ def fuses(x: torch.Tensor) -> bool:
 
 class _PoolAndCrop(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, kernel, box):
+    def forward(ctx, x, kernel, box, relu):
+        if relu:
+            # In place, as nn.ReLU(inplace=True) would: x is a normalisation's or a
+            # convolution's output, which neither needs for its backward.
+            x.relu_()
+            ctx.mark_dirty(x)
         pooled, indices = F.max_pool2d(x, kernel, return_indices=True) if x.dim() == 4 else \
             F.max_pool3d(x, kernel, return_indices=True)
         ctx.save_for_backward(x, indices)
-        ctx.kernel, ctx.box = kernel, box
-        ctx.mark_non_differentiable(indices)
+        ctx.kernel, ctx.box, ctx.relu = kernel, box, relu
+        ctx.whole = all(b.stop - b.start == n for b, n in zip(box[2:], x.shape[2:], strict=True))
+        ctx.set_materialize_grads(False)
+        if ctx.whole:
+            return pooled, x
+        if relu:
+            # A tensor changed in place must be an output itself, so the crop cannot be a view
+            # of it; the crop is a small part of the level, the copy cheap.
+            return pooled, x[box].clone(), x
         return pooled, x[box]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_pooled, grad_cropped):
+    def backward(ctx, grad_pooled, grad_cropped, grad_whole=None):
         x, indices = ctx.saved_tensors
         k = list(ctx.kernel)
         if grad_pooled is None:
@@ -84,20 +98,30 @@ class _PoolAndCrop(torch.autograd.Function):
                 grad_pooled, x, k, k, [0] * len(k), [1] * len(k), False, indices
             )
         if grad_cropped is not None:
-            grad[ctx.box].add_(grad_cropped)
-        return grad, None, None
+            (grad if ctx.whole else grad[ctx.box]).add_(grad_cropped)
+        if grad_whole is not None:
+            grad.add_(grad_whole)
+        if ctx.relu:
+            # ReLU's backward written into the buffer this function owns, instead of a new one.
+            torch.ops.aten.threshold_backward.grad_input(grad, x, 0.0, grad_input=grad)
+        return grad, None, None, None
 
 
 def pool_and_crop(
-    x: torch.Tensor, kernel: Sequence[int], crop: Sequence[int]
+    x: torch.Tensor, kernel: Sequence[int], crop: Sequence[int] | None, relu: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` max-pooled (kernel and stride ``kernel``) and centre-cropped to ``crop``.
+    """``x`` max-pooled (kernel and stride ``kernel``) and centre-cropped to ``crop`` (None:
+    not cropped); with ``relu``, of ``x`` after a ReLU applied in place.
 
     The same results as ``max_poolNd(x, kernel)`` and ``x[crop_box(...)]``; where
-    :func:`fuses` holds, one autograd operation whose backward fills one gradient buffer.
+    :func:`fuses` holds, one autograd operation whose backward fills one gradient buffer (and
+    applies the ReLU's backward to it in place).
     """
     kernel = tuple(int(k) for k in kernel)
     if fuses(x):
-        return _PoolAndCrop.apply(x, kernel, crop_box(x.shape[2:], crop))
+        box = crop_box(x.shape[2:], x.shape[2:] if crop is None else crop)
+        return _PoolAndCrop.apply(x, kernel, box, relu)[:2]
+    if relu:
+        x = F.relu(x, inplace=True)
     pool = {3: F.max_pool1d, 4: F.max_pool2d, 5: F.max_pool3d}[x.dim()]
-    return pool(x, kernel), center_crop(x, crop)
+    return pool(x, kernel), x if crop is None else center_crop(x, crop)

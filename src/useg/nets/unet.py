@@ -58,6 +58,12 @@ class ConvBlock(nn.Sequential):
             nn.ReLU(inplace=True),
         )
 
+    def before_last_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """The block without its last ReLU (which the U-Net applies with the pooling)."""
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        return x
+
 
 class Down(nn.Module):
     """Max-pooling followed by a :class:`ConvBlock`."""
@@ -149,21 +155,18 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[2:]
-        x = self.inc(x)
-        # In training, each level's output is pooled and cropped by one operation with one
-        # gradient buffer (nets.skip); the crop's size is then known from the input's.
+        # Each contracting level's last ReLU, its pooling and its skip crop are one operation
+        # (nets.skip), which in training owns one gradient buffer for all three; the crop's
+        # size is then known from the input's. Elsewhere (prediction, tracing) the Up crops.
+        x = self.inc.before_last_relu(x)
         crops = [u for _, u, *_ in reversed(forward_shapes(self.config, shape)[1])] \
-            if fuses(x) else None
+            if fuses(x) else [None] * len(self.downs)
         skips = []
         for level, down in enumerate(self.downs):
-            if crops is None:
-                skips.append(x)
-                x = down(x)
-            else:
-                pooled, skip = pool_and_crop(x, self.config.pools()[level], crops[level])
-                skips.append(skip)
-                x = down.conv(pooled)
-        x = self.dropout(x)
+            pooled, skip = pool_and_crop(x, self.config.pools()[level], crops[level], relu=True)
+            skips.append(skip)
+            x = down.conv.before_last_relu(pooled)
+        x = self.dropout((self.downs[-1].conv if len(self.downs) else self.inc)[-1](x))
         for up in self.ups:
             x = up(x, skips.pop())
         return self.head(x)
