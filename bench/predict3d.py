@@ -66,7 +66,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH, RESULTS, best_of, summary
+from _common import BENCH, KEEP_FREED, RESULTS, best_of, summary
 from predict import (
     add_precision_argument,
     add_sweep_arguments,
@@ -89,9 +89,6 @@ GROUPS = {
     "aten::clamp_min_": "ReLU",
 }
 
-# glibc's allocator settings, from the process's start, that keep freed blocks for reuse instead
-# of returning every block over 32 MiB to the kernel (which then faults and zeroes it again).
-KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 # The profile's allocator settings, each from the worker's start. "huge pages" is how useg runs
 # (importing useg asks PyTorch for them); a worker inherits that unless told 0.
 PROFILE_SETTINGS = {

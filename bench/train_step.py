@@ -22,8 +22,10 @@ instead of ``useg.nets.upconv``'s matrix products, and each level's max-pooling 
 as two operations instead of ``useg.nets.skip``'s one), to compare the two in one run. The paper's
 networks run once more each in a process of their own with 4 KiB pages
 (``THP_MEM_ALLOC_ENABLE=0``), against useg's huge pages for PyTorch's large buffers (what
-``import useg`` asks for). fp32 (the precision ``auto`` picks on a CPU without bf16
-instructions), channels-last.
+``import useg`` asks for), and once more each with glibc keeping freed blocks for reuse
+(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``: no fresh memory for the kernel to fault
+and zero after the first step), with the peak memory of each process. fp32 (the precision
+``auto`` picks on a CPU without bf16 instructions), channels-last.
 
 ``--layers`` (alone: ``--layers --no-steps``) shows what the convolutions themselves allow: for
 every convolution of the paper's 2D and 3D networks, on the shapes of their training tiles, the
@@ -51,7 +53,15 @@ import time
 from typing import Any
 
 import torch
-from _common import RESULTS, best_of, command_line, machine_info, publish
+from _common import (
+    KEEP_FREED,
+    RESULTS,
+    best_of,
+    command_line,
+    machine_info,
+    peak_rss_bytes,
+    publish,
+)
 from predict import conv_gflops, layer_flops
 
 import useg.nets.conv as conv
@@ -76,9 +86,14 @@ NETWORKS = (
     ("3D paper" + PLAIN, "cicek2016", {"width": 32}, (116, 132, 132)),
     ("2D paper, 4 KiB pages", "ronneberger2015", {"width": 64}, (572, 572)),
     ("3D paper, 4 KiB pages", "cicek2016", {"width": 32}, (116, 132, 132)),
+    ("2D paper, freed memory kept", "ronneberger2015", {"width": 64}, (572, 572)),
+    ("3D paper, freed memory kept", "cicek2016", {"width": 32}, (116, 132, 132)),
 )
-# Networks run in a process of their own without the huge pages that importing useg asks
-# PyTorch for (it reads the setting once, at its first allocation), to show what they save.
+# Networks run in a process of their own, with environment settings read once at its start:
+# without the huge pages that importing useg asks PyTorch for (read at its first allocation), to
+# show what they save; with glibc keeping freed blocks (bench/_common.KEEP_FREED), to show what
+# the kernel's faulting and zeroing of fresh memory costs a step, and the peak memory it saves.
+CHILD_ENV = {" 4 KiB pages": {"THP_MEM_ALLOC_ENABLE": "0"}, " freed memory kept": KEEP_FREED}
 SMALL_PAGES = " 4 KiB pages"
 
 
@@ -157,14 +172,22 @@ def one_network(name: str, preset: str, overrides: dict, tile: tuple[int, ...],
         "limit_gflops_fp32": limit, "limit_gflops_before_after": [limit_before, limit],
         "fraction_of_limit": step_flops / seconds / 1e9 / limit,
         "profile_one_step": profile, "huge_pages_in_effect": huge_pages_in_effect(),
+        # The process's peak so far: the network's own in a child, the largest yet otherwise.
+        "process_peak_rss_gib": (peak_rss_bytes() or 0) / 2**30,
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }
 
 
-def small_pages_run(name: str, steps: int, quick: bool) -> dict[str, Any]:
-    """``name``'s network measured in a child process that does not ask for huge pages."""
+def child_env(name: str) -> dict[str, str] | None:
+    """The environment settings of a network run in a child process (None: in this one)."""
+    return next((env for suffix, env in CHILD_ENV.items() if name.endswith("," + suffix)), None)
+
+
+def child_run(name: str, steps: int, quick: bool) -> dict[str, Any]:
+    """``name``'s network measured in a child process started with its settings."""
     cmd = [sys.executable, __file__, "--network-worker", name, "--steps", str(steps)]
     done = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True,
-                          env={**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}, check=False)
+                          env={**os.environ, **child_env(name)}, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{name}: the worker failed:\n{done.stderr[-2000:]}")
     run = json.loads(done.stdout.strip().splitlines()[-1])
@@ -281,12 +304,13 @@ def markdown(report: dict[str, Any]) -> str:
              "limit = one forward 64->64 convolution, same process."]
     if report["runs"]:
         lines += ["", "| network | tile -> output | step GFLOP | best step s | limit GFLOP/s | "
-                  "fraction of the limit |", "|---|---|---|---|---|---|"]
+                  "fraction of the limit | peak RSS GiB (process so far) |",
+                  "|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         lines.append(f"| {r['network']} | {'x'.join(map(str, r['tile']))} -> "
                      f"{'x'.join(map(str, r['output']))} | {r['step_gflop']:.0f} | "
                      f"{r['best_step_s']:.2f} | {r['limit_gflops_fp32']:.0f} | "
-                     f"{r['fraction_of_limit']:.2f} |")
+                     f"{r['fraction_of_limit']:.2f} | {r.get('process_peak_rss_gib', 0):.2f} |")
     if report["runs"]:
         lines += ["", "Where one step's time goes (self CPU time of its operators, top 5, one "
                   "profiled step):", ""]
@@ -320,7 +344,9 @@ def main() -> None:
     args = parser.parse_args()
     steps = 1 if args.quick else args.steps
     if args.network_worker:
-        base = args.network_worker.removesuffix("," + SMALL_PAGES)
+        base = args.network_worker
+        for suffix in CHILD_ENV:
+            base = base.removesuffix("," + suffix)
         _, preset, overrides, tile = next(n for n in NETWORKS if n[0] == base)
         print(json.dumps(one_network(args.network_worker, preset, overrides, tile, steps)))
         return
@@ -331,8 +357,8 @@ def main() -> None:
     runs = []
     for name, preset, overrides, tile in [] if args.no_steps else networks:
         print(f"{name}: {preset} {overrides}, tile {tile}", flush=True)
-        if name.endswith(SMALL_PAGES):
-            runs.append(small_pages_run(name, steps, args.quick))
+        if child_env(name) is not None:
+            runs.append(child_run(name, steps, args.quick))
             print(f"  best step {runs[-1]['best_step_s']:.2f} s, "
                   f"{runs[-1]['fraction_of_limit']:.2f} of the limit", flush=True)
             continue
