@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 __all__ = ["center_crop", "crop_box", "fuses", "pool_and_crop"]
 
-#: False makes :func:`fuses` always False (the pooling and the slice apart), to compare.
+#: False makes :func:`fuses` always False (the ReLU, the pooling and the slice apart), to compare.
 FUSED = True
 
 _POOL_BACKWARD = {
@@ -64,6 +64,8 @@ def fuses(x: torch.Tensor) -> bool:
 
 
 class _PoolAndCrop(torch.autograd.Function):
+    """ReLU (optional, in place), max-pooling and centre crop of one tensor, one gradient buffer."""
+
     @staticmethod
     def forward(ctx, x, kernel, box, relu):
         if relu:
