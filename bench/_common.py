@@ -25,11 +25,11 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 
-# lscpu flags kept in the results: the vector and matrix instruction sets (x86: AVX, AVX-512,
-# AMX, FMA, F16C; Arm: Advanced SIMD, SVE, BF16, I8MM).
 # glibc's allocator settings, from the process's start, that keep freed blocks for reuse instead
 # of returning every block over 32 MiB to the kernel (which then faults and zeroes it again).
 KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+# lscpu flags kept in the results: the vector and matrix instruction sets (x86: AVX, AVX-512,
+# AMX, FMA, F16C; Arm: Advanced SIMD, SVE, BF16, I8MM).
 VECTOR_FLAG_PREFIXES = ("avx", "amx", "fma", "f16c", "asimd", "sve", "bf16", "i8mm")
 # Of those, the flags that decide the speed of fp32 and bf16 convolutions (the summaries' CPU).
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",

@@ -93,8 +93,8 @@ NETWORKS = (
 # without the huge pages that importing useg asks PyTorch for (read at its first allocation), to
 # show what they save; with glibc keeping freed blocks (bench/_common.KEEP_FREED), to show what
 # the kernel's faulting and zeroing of fresh memory costs a step, and the peak memory it saves.
-CHILD_ENV = {" 4 KiB pages": {"THP_MEM_ALLOC_ENABLE": "0"}, " freed memory kept": KEEP_FREED}
 SMALL_PAGES = " 4 KiB pages"
+CHILD_ENV = {SMALL_PAGES: {"THP_MEM_ALLOC_ENABLE": "0"}, " freed memory kept": KEEP_FREED}
 
 
 def each_conv(net: torch.nn.Module, x: torch.Tensor, hook: Any) -> None:

@@ -13,6 +13,7 @@ from torch.nn.utils import fuse_conv_bn_eval
 
 from useg.nets.conv import memory_format
 from useg.nets.geometry import forward_shapes
+from useg.nets.skip import crop_box
 from useg.nets.unet import UNet
 
 __all__ = ["inference_forward", "inference_layers", "memory_format"]
@@ -67,11 +68,7 @@ def inference_forward(model: UNet, x: torch.Tensor, layers: tuple | None = None)
             pooled = model.downs[level].pool(x)
         want = up[cfg.depth - 1 - level][1]
         if tuple(x.shape[2:]) != want:
-            box = tuple(
-                slice((have - w) // 2, (have - w) // 2 + w)
-                for have, w in zip(x.shape[2:], want, strict=True)
-            )
-            x = x[(slice(None), slice(None), *box)].contiguous(memory_format=fmt)
+            x = x[crop_box(x.shape[2:], want)].contiguous(memory_format=fmt)
         skips.append(x)
         x = pooled
         del pooled

@@ -162,8 +162,8 @@ class UNet(nn.Module):
         crops = [u for _, u, *_ in reversed(forward_shapes(self.config, shape)[1])] \
             if fuses(x) else [None] * len(self.downs)
         skips = []
-        for level, down in enumerate(self.downs):
-            pooled, skip = pool_and_crop(x, self.config.pools()[level], crops[level], relu=True)
+        for down, pool, crop in zip(self.downs, self.config.pools(), crops, strict=True):
+            pooled, skip = pool_and_crop(x, pool, crop, relu=True)
             skips.append(skip)
             x = down.conv.before_last_relu(pooled)
         x = self.dropout((self.downs[-1].conv if len(self.downs) else self.inc)[-1](x))
