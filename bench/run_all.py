@@ -46,6 +46,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                            "--repeats", "2", "--output", "bench/results/predict3d_budgets.json"],
                           "predict3d_budgets.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
+    "loader_workers": (["bench/loader_workers.py"], "loader_workers.json"),
     # The whole steps and the convolutions taken apart in one run, so that they compare.
     "train_step": (["bench/train_step.py", "--layers"], "train_step.json"),
     "huge_pages": (["bench/huge_pages.py"], "huge_pages.json"),
@@ -59,11 +60,16 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
     "flyem_neurons": (["bench/flyem_neurons.py"], "flyem_neurons.json"),
+    # Every candidate that was run (wide-long would not fit the time limit); the runs kept in
+    # bench/results/flyem_recipe_runs are not run again. The later candidates ran on two threads.
     "flyem_recipe": (["bench/flyem_recipe.py", "--candidates", "base", "long", "long-flips",
-                      "wide", "long-tta", "--then-test"], "flyem_recipe.json"),
-    # After flyem_recipe: the test runs of its choice keep the boundary maps this segments.
+                      "wide", "long-tta", "longer", "longest", "--threads", "2", "--then-test"],
+                     "flyem_recipe.json"),
+    # After flyem_recipe: the test runs of a recipe keep the boundary maps these segment.
     "flyem_neurons_long": (["bench/flyem_neurons.py", "--recipe", "long"],
                            "flyem_neurons_long.json"),
+    "flyem_neurons_longer": (["bench/flyem_neurons.py", "--recipe", "longer"],
+                             "flyem_neurons_longer.json"),
     "scale": (["bench/scale.py"], "scale.json"),
     "nuclei": (["bench/nuclei.py"], "nuclei.json"),
     "ovules3d": (["bench/ovules3d.py"], "ovules3d.json"),
@@ -133,6 +139,18 @@ def _train_throughput(d):
         rows.append((f"training {r['precision']}: useg / bare PyTorch loop (it/s)",
                      f"{_fmt(r['ratio_useg_over_bare']['median'])} (data wait "
                      f"{_fmt(r['useg_data_wait_fraction'])}; target >= 0.9)"))
+    return rows
+
+
+def _loader_workers(d):
+    rows = []
+    for r in _get(d, "results", default=[]):
+        s = r["s_per_step"]
+        rows.append((f"{d.get('recipe')} {r['ndim']}D, {d.get('threads')} torch threads, "
+                     f"{r['workers']} loader worker(s): s/step (min-max) / share waiting for "
+                     "tiles",
+                     f"{_fmt(s['median'])} ({_fmt(s['min'])}-{_fmt(s['max'])}) / "
+                     f"{_fmt(r['data_wait']['median'])}"))
     return rows
 
 
@@ -465,10 +483,12 @@ EXTRACT: dict[str, Callable] = {
     "nuclei": _nuclei, "ovules3d": _ovules3d,
     "isbi2012": _isbi, "isbi2012_segment": _isbi_segment, "isbi2012_recipe": _isbi_recipe,
     "flyem_neurons": _flyem_neurons, "flyem_neurons_long": _flyem_neurons,
+    "flyem_neurons_longer": _flyem_neurons,
     "flyem_recipe": _flyem_recipe, "conv_kernels": _conv_kernels,
     "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
-    "train_throughput": _train_throughput, "predict": _prediction, "predict3d": _prediction,
+    "train_throughput": _train_throughput, "loader_workers": _loader_workers,
+    "predict": _prediction, "predict3d": _prediction,
     "predict3d_shapes": _prediction, "predict3d_budgets": _prediction,
     "predict_sweep2048": _prediction,
     "predict3d_layers": _layers, "precision": _precision, "train_step": _train_step,
