@@ -157,7 +157,8 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=_typed("checkpoint_every"),
                    default=_DEFAULTS.checkpoint_every)
     g.add_argument("--workers", type=_typed("workers"), default=_DEFAULTS.workers,
-                   help="data worker processes")
+                   help="processes making the training tiles beside the training step; 0: "
+                   "the training process makes them (default: the recipe's, else 1)")
     g.add_argument("--seed", type=_typed("seed"), default=_DEFAULTS.seed)
     g.add_argument("--device", default=_DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--quiet", action="store_true", help="no progress bar")

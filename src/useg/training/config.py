@@ -83,7 +83,8 @@ class TrainConfig:
     checkpoint_every: int = _CLI.checkpoint_every
     log_every: int = _CLI.log_every
     seed: int = _CLI.seed
-    workers: int = _CLI.workers
+    # Loader processes making the training tiles; 0: the training process makes them.
+    workers: int = 1
     device: str = _CLI.device
     labels: dict[str, Any] = field(default_factory=dict)  # class names etc., for the model file
     # The recipe the configuration was built from: name, why it was chosen, the settings given

@@ -304,8 +304,7 @@ def build_config(
         unlabeled=options.unlabeled, boundary_width=options.boundary_width, w0=options.w0,
         sigma=options.sigma, class_balance=not options.no_class_balance,
         val_every=options.val_every, checkpoint_every=options.checkpoint_every,
-        log_every=options.log_every, seed=options.seed, workers=options.workers,
-        device=options.device, **net,
+        log_every=options.log_every, seed=options.seed, device=options.device, **net,
     )
     return dataclasses.asdict(cfg)
 

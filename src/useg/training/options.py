@@ -143,7 +143,7 @@ class TrainOptions:
     val_every: int = 200
     log_every: int = 10
     checkpoint_every: int = 100
-    workers: int = 1
+    workers: int | None = None  # None: the recipe's, else 1
     seed: int = 0
     device: str = "auto"
 
@@ -155,7 +155,7 @@ class TrainOptions:
 NET_OPTIONS = ("width", "depth", "padding", "norm", "dropout", "batch_stats")
 # Options whose default (None) is the recipe's value (useg.training.recipes).
 RECIPE_OPTIONS = ("width", "depth", "padding", "norm", "tile", "iterations", "optimizer", "lr",
-                  "momentum", "schedule")
+                  "momentum", "schedule", "workers")
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh])", re.IGNORECASE)

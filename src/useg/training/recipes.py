@@ -2,8 +2,9 @@
 
 A recipe gives the network's size, the tile, the optimizer, the learning-rate schedule, the
 number of steps and, where it was chosen with other augmentation than the default, that
-augmentation; an option given explicitly overrides its one setting, and every setting a
-recipe leaves out keeps its default (:class:`~useg.training.config.TrainConfig`). ``auto``, the
+augmentation (and with its tiles made another way, the loader workers: ``workers``); an option
+given explicitly overrides its one setting, and every setting a recipe leaves out keeps its
+default (:class:`~useg.training.config.TrainConfig`). ``auto``, the
 default of ``useg train`` and ``useg densify``, picks ``cpu-fast`` for a run on the CPU and
 ``gpu-paper`` for a run on a CUDA GPU, and says which and why.
 
@@ -59,9 +60,10 @@ RECIPES: dict[str, dict[str, Any]] = {
             2: {"width": 16, "depth": 3, "tile": [316, 316], "iterations": 3000,
                 "dice_weight": 1.0},
             # bench/flyem_recipe.py's choice on a validation crop of FlyEM with the paper's
-            # (5,5,3) annotated slices: cpu-fast's 3D network and tile, trained for longer.
+            # (5,5,3) annotated slices: cpu-fast's 3D network and tile, trained for longer, its
+            # tiles made in the training process, as the runs it was chosen by were.
             3: {"width": 8, "depth": 2, "padding": "same", "tile": [44, 44, 44],
-                "iterations": 7500, "augment": None},
+                "iterations": 12000, "augment": None, "workers": 0},
         },
         "measured": {
             2: "12.1 min wall for the 3000 steps with 2 validation images (6 synthetic "
@@ -69,9 +71,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                "AMD EPYC with 2 cores, AVX2 and no bf16 (fp32), 2 torch threads, quiet; "
                "18.5-19.4 min of training on ISBI 2012 on one thread with another run on the "
                "other core (bench/isbi2012_recipe.py, 3 seeds)",
-            3: "34.7 min of training for the 7500 steps on two torch threads of an AMD EPYC "
-               "with AVX2 and no bf16 (fp32), mean of 3 seeds (32-39 min; niced test runs "
-               "beside two of them part of the time; bench/flyem_recipe.py, validation crop)",
+            3: "44.7 min of training for the 12000 steps on two torch threads of an AMD EPYC "
+               "with AVX2 and no bf16 (fp32), no loader worker, mean of 3 seeds (42.8-46.3 "
+               "min; bench/flyem_recipe.py, validation crop)",
         },
     },
     "gpu-paper": {
