@@ -46,8 +46,11 @@ training tiles are made in the training process (``workers`` 0) instead of a loa
 beside it: with no augmentation a tile is cheap to make, and on two cores the loader process
 cost the step more than it saved (seen on 300 steps of longer, one run each way, before the
 step count was chosen; the runs' own times are in their records). The loader gives the same
-tiles either way (they are a function of the seed and the step). Chosen by the same rule, on
-validation; the test crop is run only if it is the choice.
+tiles either way (they are a function of the seed and the step). bench/loader_workers.py,
+measured later with interleaved repeats, puts the difference at 5% or less, within its spread:
+the 300-step check overstated it, and the steps, not the workers, are what the candidate
+changes. Chosen by the same rule, on validation (it was: 0.712 against longer's 0.708); the
+test crop is run only if it is the choice.
 
 The training time of every run is recorded with the number of torch threads it ran on; a
 recipe qualifies if its mean training time is within ``--limit-min`` (60) minutes. Every
