@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from _common import RESULTS, command_line, cpu_line, machine_info, summary, write_json
+from sparse3d import slice_positions
 
 from useg.training.from_folders import make_config
 from useg.training.loop import train
@@ -48,19 +49,11 @@ WARMUP = 5
 DATA = {2: (6, (512, 512), None), 3: (4, (64, 128, 128), (5, 5, 3))}
 
 
-def _spread(size: int, n: int) -> list[int]:
-    """``n`` slice indices evenly spread over an axis of ``size``, away from its ends."""
-    return [int((i + 0.5) * size / n) for i in range(n)]
-
-
 def _samples(folder: Path, ndim: int, cfg) -> list:
     n, shape, budget = DATA[ndim]
     if not (folder / "images").exists():
         make_dataset(folder, n_images=n, shape=shape, seed=1)
-    slices = None
-    if budget is not None:
-        slices = {axis: _spread(size, k)
-                  for axis, (size, k) in enumerate(zip(shape, budget, strict=True))}
+    slices = slice_positions(budget, shape) if budget is not None else None
     return load_pairs(folder / "images", folder / "labels", ndim=ndim, in_channels=1,
                       **cfg.sample_options(slices))
 
