@@ -116,6 +116,11 @@ def test_cpu_best_is_the_configuration_chosen_on_validation_in_2d_and_3d():
     assert augment(recipe="cpu-fast", no_elastic=True) == {"elastic": False}
     assert augment(recipe="cpu-fast", no_augment=True) is None
     assert augment(recipe="cpu-best", no_elastic=True) == {"elastic": False}
+    # As on the command line: --workers not given is the recipe's; given, it is recorded so.
+    cli = build_config(TrainOptions(recipe="cpu-best", device="cpu"), 3, 1)
+    given = build_config(TrainOptions(recipe="cpu-best", device="cpu", workers=1), 3, 1)
+    assert (cli["workers"], given["workers"]) == (0, 1)
+    assert given["recipe"]["given"] == ["workers"] and cli["recipe"]["given"] == []
     from useg.training.loop import _recipe_line
 
     assert _recipe_line(best).endswith("12000 steps, no augmentation")
