@@ -49,21 +49,25 @@ WARMUP = 5
 DATA = {2: (6, (512, 512), None), 3: (4, (64, 128, 128), (5, 5, 3))}
 
 
-def _samples(folder: Path, ndim: int, cfg) -> list:
+def _config(recipe: str, ndim: int, workers: int, steps: int):
+    return make_config(ndim, recipe=recipe, iterations=steps + WARMUP, workers=workers,
+                       val_every=10**9, checkpoint_every=10**9, log_every=1, device="cpu",
+                       seed=0)
+
+
+def built_in_samples(folder: Path, recipe: str, ndim: int) -> list:
+    """The built-in data of ``ndim`` as the recipe's samples (the same for every worker count)."""
     n, shape, budget = DATA[ndim]
-    if not (folder / "images").exists():
-        make_dataset(folder, n_images=n, shape=shape, seed=1)
+    make_dataset(folder, n_images=n, shape=shape, seed=1)
     slices = slice_positions(budget, shape) if budget is not None else None
     return load_pairs(folder / "images", folder / "labels", ndim=ndim, in_channels=1,
-                      **cfg.sample_options(slices))
+                      **_config(recipe, ndim, 0, 1).sample_options(slices))
 
 
-def one_run(recipe: str, ndim: int, workers: int, steps: int, data: Path) -> dict[str, float]:
+def one_run(recipe: str, ndim: int, workers: int, steps: int,
+            samples: list) -> dict[str, float]:
     """Mean and median seconds per step after the warm-up, and the share spent waiting."""
-    cfg = make_config(ndim, recipe=recipe, iterations=steps + WARMUP, workers=workers,
-                      val_every=10**9, checkpoint_every=10**9, log_every=1, device="cpu",
-                      seed=0)
-    samples = _samples(data / f"{ndim}d", ndim, cfg)
+    cfg = _config(recipe, ndim, workers, steps)
     stamps: dict[int, float] = {}
     waits: dict[int, float] = {}
 
@@ -94,11 +98,13 @@ def main() -> None:
     machine = machine_info()
     runs: dict[tuple[int, int], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as data:
+        samples = {ndim: built_in_samples(Path(data) / f"{ndim}d", args.recipe, ndim)
+                   for ndim in args.ndim}
         for repeat in range(args.repeats):
             for ndim in args.ndim:
                 order = args.workers if repeat % 2 == 0 else args.workers[::-1]
                 for workers in order:
-                    r = one_run(args.recipe, ndim, workers, args.steps, Path(data))
+                    r = one_run(args.recipe, ndim, workers, args.steps, samples[ndim])
                     runs.setdefault((ndim, workers), []).append(r)
                     print(f"repeat {repeat} {ndim}D workers {workers}: {r['mean_s']:.3f} s/step "
                           f"(median {r['median_s']:.3f}), waiting {r['data_wait']:.1%}",

@@ -4,9 +4,9 @@ A recipe gives the network's size, the tile, the optimizer, the learning-rate sc
 number of steps and, where it was chosen with other augmentation than the default, that
 augmentation (and with its tiles made another way, the loader workers: ``workers``); an option
 given explicitly overrides its one setting, and every setting a recipe leaves out keeps its
-default (:class:`~useg.training.config.TrainConfig`). ``auto``, the
-default of ``useg train`` and ``useg densify``, picks ``cpu-fast`` for a run on the CPU and
-``gpu-paper`` for a run on a CUDA GPU, and says which and why.
+default (:class:`~useg.training.config.TrainConfig`). ``auto``, the default of ``useg train``
+and ``useg densify``, picks ``cpu-fast`` for a run on the CPU and ``gpu-paper`` for a run on a
+CUDA GPU, and says which and why.
 
 ``gpu-paper`` is the papers' configuration, which is also what
 :class:`~useg.training.config.TrainConfig` defaults to (one source: :data:`PAPER`). Needs nothing
