@@ -95,6 +95,29 @@ def test_weight_gradient_by_offsets_is_the_weight_gradient(shape, kernel, paddin
     torch.testing.assert_close(mine, w.grad, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize(("shape", "channels_out"), [
+    ((2, 1, 9, 7, 6), 3),    # one input channel: gathered offsets, batch of two
+    ((1, 6, 9, 7, 6), 4),    # one product per offset
+    ((2, 6, 11, 9), 5),      # 2D
+])
+def test_weight_gradient_by_offsets_over_many_slabs_and_blocks(monkeypatch, shape,
+                                                               channels_out):
+    """Slabs of planes, blocks of rows and the last, shorter slab all add up to the gradient."""
+    monkeypatch.setattr(conv, "_SLAB_ROWS", 70)
+    monkeypatch.setattr(conv, "_BLOCK_ROWS", 23)
+    monkeypatch.setattr(conv, "_IM2COL_ROWS", 31)
+    torch.manual_seed(3)
+    nd = len(shape) - 2
+    kernel, padding = (3,) * nd, (1,) + (0,) * (nd - 1)
+    x = torch.randn(shape, dtype=torch.float64)
+    w = torch.randn(channels_out, shape[1], *kernel, dtype=torch.float64, requires_grad=True)
+    y = (nn.functional.conv3d if nd == 3 else nn.functional.conv2d)(x, w, padding=padding)
+    g = torch.randn_like(y)
+    y.backward(g)
+    mine = conv._weight_grad_by_offsets(x, g, kernel, padding)
+    torch.testing.assert_close(mine, w.grad, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize(("module", "shape", "kernel", "pays"), [
     # The top level of a 3D U-Net: 32 -> 32 channels over 52^3 outputs.
     (Conv3d, (1, 32, 54, 54, 54), (3, 3, 3), True),
@@ -103,6 +126,8 @@ def test_weight_gradient_by_offsets_is_the_weight_gradient(shape, kernel, paddin
     # A 1x1 head is one matrix product, whatever its size.
     (Conv2d, (1, 8, 20, 20), (1, 1), True),
     (Conv3d, (1, 8, 6, 6, 6), (1, 1, 1), True),
+    # The first layer of a gray volume's network: one input channel over 52^3 outputs.
+    (Conv3d, (1, 1, 54, 54, 54), (3, 3, 3), True),
     # Small layers keep the swapped convolution.
     (Conv2d, (1, 8, 40, 40), (3, 3), False),
     (Conv3d, (1, 8, 20, 20, 20), (3, 3, 3), False),

@@ -141,9 +141,17 @@ def _weight_grad_swapped(x: torch.Tensor, grad: torch.Tensor,
                    padding).transpose(0, 1)
 
 
-# Rows of the flat grid per block of matrix products in _weight_grad_by_offsets: the block of
-# the output gradient is reused by every kernel offset while it is in the cache.
+# Rows of the flat grid per matrix product in _weight_grad_by_offsets: a block of the output
+# gradient is reused by every kernel offset while it is in the cache. With one input channel
+# each offset's product is a matrix times a vector; for a kernel of at least _GATHER_OFFSETS
+# offsets (3x3x3) the offsets' rows are gathered instead (a small im2col, in longer blocks) and
+# multiplied once, which measured faster there and slower for a 3x3 kernel.
 _BLOCK_ROWS = 8192
+_IM2COL_ROWS = 32768
+_GATHER_OFFSETS = 27
+# Rows of the flat grid whose output gradient is laid out at a time (whole planes of the
+# first spatial axis; at least one).
+_SLAB_ROWS = 65536
 
 
 def _weight_grad_by_offsets_pays(x: torch.Tensor, grad: torch.Tensor,
@@ -157,8 +165,11 @@ def _weight_grad_by_offsets_pays(x: torch.Tensor, grad: torch.Tensor,
       oneDNN with a kernel as large as the image;
     * 2D: over large images (the top two levels of the 2D U-Net, where the swapped convolution
       took up to twice as long); below, the two were within a few percent either way;
-    * 3D: over large volumes with many channel pairs (the top levels of the 3D U-Net); slower
-      for small volumes or few channels, where oneDNN's convolution does well.
+    * 3D: over large volumes with many channel pairs (the top levels of the 3D U-Net), or with
+      one input channel (the first layer of a gray image's network, where the swapped
+      convolution also copies the output gradient to another layout); slower for small
+      volumes, or for few channel pairs (three input channels among them), where oneDNN's
+      convolution does well.
     """
     if not WEIGHT_GRAD_BY_OFFSETS:
         return False
@@ -167,7 +178,8 @@ def _weight_grad_by_offsets_pays(x: torch.Tensor, grad: torch.Tensor,
     outputs = math.prod(grad.shape[2:])
     if x.dim() == 4:
         return outputs >= 1 << 15
-    return x.shape[1] * grad.shape[1] >= 1024 and outputs >= 1 << 17
+    many_pairs = x.shape[1] * grad.shape[1] >= 1024
+    return (many_pairs or x.shape[1] == 1) and outputs >= 1 << 17
 
 
 def _weight_grad_by_offsets(x: torch.Tensor, grad: torch.Tensor, kernel: tuple[int, ...],
@@ -175,35 +187,62 @@ def _weight_grad_by_offsets(x: torch.Tensor, grad: torch.Tensor, kernel: tuple[i
     """The weight gradient of a stride-1 convolution, one matrix product per kernel offset.
 
     ``dW[:, :, k] = sum_o grad[o]^T x[o + k]`` over the output positions ``o``. On the flat,
-    channels-last grid of the (zero-padded) input, the output gradient placed at the output
-    positions (zeros elsewhere, which also covers the rows that wrap into the next line, slice
-    or image) and the input shifted by the flat offset of ``k`` are two contiguous row ranges,
-    so each offset is a matrix product without copying the input (unlike the swapped
-    convolution, which transposes both tensors and meets oneDNN with a kernel as large as the
-    volume).
+    channels-last grid of the (zero-padded) input, the output gradient laid out at the output
+    positions (zeros elsewhere, which also covers the rows that wrap into the next line or
+    slice) and the input shifted by the flat offset of ``k`` are two contiguous row ranges, so
+    each offset is a matrix product without copying the input (unlike the swapped convolution,
+    which transposes both tensors and meets oneDNN with a kernel as large as the volume). The
+    output gradient is laid out a slab of planes at a time, into one small buffer whose padding
+    stays zero: no tensor of the input's size is allocated, filled and faulted in.
     """
     nd = len(kernel)
     channels_in, channels_out = x.shape[1], grad.shape[1]
     last = (0, *range(2, nd + 2), 1)
     if any(padding):
         x = torch.nn.functional.pad(x, [q for p in reversed(padding) for q in (p, p)])
-    rows = x.permute(last).contiguous()  # no copy for a channels-last input
-    grid = rows.shape[1:-1]
-    rows = rows.reshape(-1, channels_in)
-    high = [q for k in reversed(kernel) for q in (0, k - 1)]
-    placed = torch.nn.functional.pad(grad.permute(last), [0, 0, *high]).reshape(-1, channels_out)
+    images = x.permute(last).contiguous()  # no copy for a channels-last input
+    grads = grad.permute(last)
+    grid, outputs = images.shape[1:-1], grad.shape[2:]
     strides = [math.prod(grid[a + 1:]) for a in range(nd)]
     shifts = [sum(i * st for i, st in zip(k, strides, strict=True))
               for k in itertools.product(*(range(n) for n in kernel))]
-    # Rows past the last valid output position hold zeros in `placed`: stop before them, so
-    # that every shifted range stays inside the input.
-    used = rows.shape[0] - shifts[-1]
-    total = torch.zeros(len(shifts), channels_out, channels_in, dtype=x.dtype, device=x.device)
-    for start in range(0, used, _BLOCK_ROWS):
-        stop = min(used, start + _BLOCK_ROWS)
-        block = placed[start:stop].T
-        for i, shift in enumerate(shifts):
-            total[i].addmm_(block, rows[start + shift:stop + shift])
+    plane = strides[0]
+    planes = max(1, _SLAB_ROWS // plane)
+    # Rows of a slab's last plane up to its last output position: no shifted range beyond it
+    # leaves the input.
+    tail = sum((o - 1) * st for o, st in zip(outputs[1:], strides[1:], strict=True)) + 1
+    laid = grad.new_zeros(min(planes, outputs[0]), *grid[1:], channels_out)
+    inner = tuple(slice(0, o) for o in outputs[1:])
+    few = channels_in == 1 and len(shifts) >= _GATHER_OFFSETS
+    if few:
+        total = grad.new_zeros(channels_out, len(shifts) * channels_in)
+        gathered = grad.new_empty(len(shifts) * channels_in, _IM2COL_ROWS)
+    else:
+        total = grad.new_zeros(len(shifts), channels_out, channels_in)
+    for image, image_grad in zip(images, grads, strict=True):
+        rows = image.reshape(-1, channels_in)
+        for first in range(0, outputs[0], planes):
+            count = min(planes, outputs[0] - first)
+            laid[(slice(0, count), *inner)].copy_(image_grad[first:first + count])
+            used = (count - 1) * plane + tail
+            flat = laid.view(-1, channels_out)
+            base = first * plane
+            step = _IM2COL_ROWS if few else _BLOCK_ROWS
+            for start in range(0, used, step):
+                stop = min(used, start + step)
+                block = flat[start:stop].T
+                lo, hi = base + start, base + stop
+                if few:
+                    n = stop - start
+                    for i, shift in enumerate(shifts):
+                        part = gathered[i * channels_in:(i + 1) * channels_in, :n]
+                        part.copy_(rows[lo + shift:hi + shift].T)
+                    total.addmm_(block, gathered[:, :n].T)
+                else:
+                    for i, shift in enumerate(shifts):
+                        total[i].addmm_(block, rows[lo + shift:hi + shift])
+    if few:
+        total = total.view(channels_out, len(shifts), channels_in).transpose(0, 1)
     return total.permute(1, 2, 0).reshape(channels_out, channels_in, *kernel)
 
 
