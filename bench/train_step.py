@@ -22,9 +22,11 @@ instead of ``useg.nets.upconv``'s matrix products, and each level's max-pooling 
 as two operations instead of ``useg.nets.skip``'s one), to compare the two in one run. The paper's
 networks run once more each in a process of their own with 4 KiB pages
 (``THP_MEM_ALLOC_ENABLE=0``), against useg's huge pages for PyTorch's large buffers (what
-``import useg`` asks for), and once more each with glibc keeping freed blocks for reuse
-(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``: no fresh memory for the kernel to fault
-and zero after the first step), with the peak memory of each process. fp32 (the precision
+``import useg`` asks for), and once more each with freed memory handed back to the kernel
+(``USEG_KEEP_FREED_MEMORY=0``: fresh memory for the kernel to fault and zero every step), where
+the steps are otherwise timed as ``useg train`` runs them, with glibc keeping freed memory for
+reuse when twice the step's peak fits in half the machine's memory
+(``useg.device.freed_memory_kept``), with the peak memory of each process. fp32 (the precision
 ``auto`` picks on a CPU without bf16 instructions), channels-last.
 
 ``--layers`` (alone: ``--layers --no-steps``) shows what the convolutions themselves allow: for
@@ -54,7 +56,6 @@ from typing import Any
 
 import torch
 from _common import (
-    KEEP_FREED,
     RESULTS,
     best_of,
     command_line,
@@ -67,8 +68,9 @@ from predict import conv_gflops, layer_flops
 import useg.nets.conv as conv
 import useg.nets.skip as skip
 import useg.nets.upconv as upconv
-from useg.device import huge_pages_in_effect
+from useg.device import freed_memory_fits, freed_memory_kept, huge_pages_in_effect
 from useg.nets import UNet, output_shape, valid_input_shape
+from useg.nets.geometry import training_step_bytes
 from useg.training.losses import SegmentationLoss
 
 # Networks run with useg's own training kernels turned off, to compare in one run: every weight
@@ -86,15 +88,17 @@ NETWORKS = (
     ("3D paper" + PLAIN, "cicek2016", {"width": 32}, (116, 132, 132)),
     ("2D paper, 4 KiB pages", "ronneberger2015", {"width": 64}, (572, 572)),
     ("3D paper, 4 KiB pages", "cicek2016", {"width": 32}, (116, 132, 132)),
-    ("2D paper, freed memory kept", "ronneberger2015", {"width": 64}, (572, 572)),
-    ("3D paper, freed memory kept", "cicek2016", {"width": 32}, (116, 132, 132)),
+    ("2D paper, freed memory handed back", "ronneberger2015", {"width": 64}, (572, 572)),
+    ("3D paper, freed memory handed back", "cicek2016", {"width": 32}, (116, 132, 132)),
 )
 # Networks run in a process of their own, with environment settings read once at its start:
 # without the huge pages that importing useg asks PyTorch for (read at its first allocation), to
-# show what they save; with glibc keeping freed blocks (bench/_common.KEEP_FREED), to show what
-# the kernel's faulting and zeroing of fresh memory costs a step, and the peak memory it saves.
+# show what they save; with freed memory handed back to the kernel (glibc's default), to show
+# what the kernel's faulting and zeroing of fresh memory costs a step, and the peak memory that
+# keeping it costs.
 SMALL_PAGES = " 4 KiB pages"
-CHILD_ENV = {SMALL_PAGES: {"THP_MEM_ALLOC_ENABLE": "0"}, " freed memory kept": KEEP_FREED}
+CHILD_ENV = {SMALL_PAGES: {"THP_MEM_ALLOC_ENABLE": "0"},
+             " freed memory handed back": {"USEG_KEEP_FREED_MEMORY": "0"}}
 
 
 def each_conv(net: torch.nn.Module, x: torch.Tensor, hook: Any) -> None:
@@ -153,10 +157,13 @@ def one_network(name: str, preset: str, overrides: dict, tile: tuple[int, ...],
         opt.step()
         return time.perf_counter() - t0
 
-    step()  # warm-up: oneDNN picks and caches its kernels
-    times = [step() for _ in range(steps)]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        step()
+    # As useg train runs its steps: freed memory kept where twice the step's peak fits.
+    fits = freed_memory_fits(training_step_bytes(cfg, tile), torch.device("cpu"))
+    with freed_memory_kept(fits) as kept:
+        step()  # warm-up: oneDNN picks and caches its kernels
+        times = [step() for _ in range(steps)]
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            step()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     whole = sum(e.self_cpu_time_total for e in events) or 1.0
     profile = [{"op": e.key, "calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6,
@@ -172,6 +179,7 @@ def one_network(name: str, preset: str, overrides: dict, tile: tuple[int, ...],
         "limit_gflops_fp32": limit, "limit_gflops_before_after": [limit_before, limit],
         "fraction_of_limit": step_flops / seconds / 1e9 / limit,
         "profile_one_step": profile, "huge_pages_in_effect": huge_pages_in_effect(),
+        "freed_memory_kept": kept,
         # The process's peak so far: the network's own in a child, the largest yet otherwise.
         "process_peak_rss_gib": (peak_rss_bytes() or 0) / 2**30,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},

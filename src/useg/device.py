@@ -32,6 +32,9 @@ __all__ = [
     "PRECISION_CHOICES",
     "autocast",
     "cpu_has_native_bf16",
+    "freed_memory_fits",
+    "freed_memory_handed_back",
+    "freed_memory_kept",
     "huge_pages_in_effect",
     "kernel_huge_page_mode",
     "resolve_device",
@@ -85,6 +88,95 @@ def device_memory(device: torch.device) -> float:
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):  # not a POSIX system: do not guess
         return math.inf
+
+
+# glibc's mallopt parameters (malloc.h) and what it takes by default.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+_KEEP_ALL = 2**31 - 1  # mallopt takes an int
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+
+
+def freed_memory_fits(step_bytes: float, device: torch.device) -> bool:
+    """Whether keeping freed memory (:func:`freed_memory_kept`) is affordable for a computation
+    of ``step_bytes`` at its peak: on the CPU, when twice that peak (about what keeping it
+    measured) stays within half the machine's memory."""
+    return device.type == "cpu" and 2 * step_bytes <= device_memory(device) / 2
+
+
+_kept = False
+
+
+@contextlib.contextmanager
+def freed_memory_kept(keep: bool = True) -> Any:
+    """Within the block, glibc keeps memory that is freed for the next allocation instead of
+    handing it back to the kernel; yields whether it does.
+
+    A training step frees and allocates the same large activations every step; handed back,
+    each comes back as fresh pages that the kernel faults in and zeroes again, a large share of
+    a 3D step on a 2-core CPU (``bench/train_step.py``, "freed memory handed back"). Kept, the
+    process's peak memory grows (to about twice the step's peak, measured), so callers keep it
+    only where that fits (:func:`freed_memory_fits`). On leaving, glibc's defaults are set
+    again and the kept memory is handed back. Nothing changes where the process is not on
+    glibc, where the user set glibc's malloc variables (their choice stands), or with
+    ``USEG_KEEP_FREED_MEMORY=0``.
+    """
+    global _kept
+    libc = None
+    if (keep and not _kept and os.environ.get("USEG_KEEP_FREED_MEMORY", "1") != "0"
+            and not any(v in os.environ for v in _MALLOC_ENV)):
+        libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    _keep(libc, True)
+    try:
+        yield True
+    finally:
+        _keep(libc, False)
+
+
+@contextlib.contextmanager
+def freed_memory_handed_back() -> Any:
+    """Within a :func:`freed_memory_kept` block, hand freed memory back for a while (e.g. for
+    a validation, whose tiles differ from the training step's and would only add to what is
+    kept); elsewhere nothing changes."""
+    libc = _glibc() if _kept else None
+    if libc is None:
+        yield
+        return
+    _keep(libc, False)
+    try:
+        yield
+    finally:
+        _keep(libc, True)
+
+
+def _keep(libc: Any, keep: bool) -> None:
+    """Set glibc to keep freed memory, or back to its defaults (handing back what it kept)."""
+    global _kept
+    threshold = _KEEP_ALL if keep else _GLIBC_DEFAULT_THRESHOLD
+    libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+    libc.mallopt(_M_TRIM_THRESHOLD, threshold)
+    if not keep:
+        libc.malloc_trim(0)
+    _kept = keep
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> Any:
+    """The process's C library when it is glibc (it has ``mallopt`` and ``malloc_trim``)."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def kernel_huge_page_mode() -> str | None:

@@ -33,6 +33,7 @@ __all__ = [
     "receptive_radius",
     "tile_context",
     "tile_margin",
+    "training_step_bytes",
     "up_channels",
     "valid_input_shape",
 ]
@@ -363,6 +364,23 @@ def mac_terms(cfg: UNetConfig, tile: Sequence[int]) -> list[tuple[int, tuple[int
 def conv_macs(cfg: UNetConfig, tile: Sequence[int]) -> int:
     """Multiply-accumulates of all convolutions of one tile."""
     return sum(c * math.prod(shape) for c, shape in mac_terms(cfg, tile))
+
+
+def training_step_bytes(cfg: UNetConfig, tile: Sequence[int], itemsize: int = 4) -> int:
+    """About the peak memory of one training step on one tile: four times the bytes of every
+    convolution's output (a training step holds each output, its normalised and activated
+    copies for the backward pass, and their gradients; the papers' networks measured 3.0 to
+    3.5 times at their training tiles, ``bench/train_step.py``)."""
+    down, up = forward_shapes(cfg, tile)
+    n = math.prod
+    total = 0
+    for level, (_, a, b) in enumerate(down):
+        mid, out = cfg.level_channels(level)
+        total += mid * n(a) + out * n(b)
+    for level, u, a, b in up:
+        mid, out = cfg.level_channels(level)
+        total += out * n(u) + mid * n(a) + out * n(b)
+    return 4 * total * itemsize
 
 
 def peak_bytes(cfg: UNetConfig, tile: Sequence[int], itemsize: int = 4) -> int:

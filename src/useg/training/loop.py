@@ -38,13 +38,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from useg.device import autocast, cpu_info, device_memory
+from useg.device import (
+    autocast,
+    cpu_info,
+    device_memory,
+    freed_memory_fits,
+    freed_memory_handed_back,
+    freed_memory_kept,
+)
 from useg.errors import ConfigError, InputError
 from useg.io.files import make_folder, remove_stale_temporaries
 from useg.nets.checkpoint import save_model
 from useg.nets.config import UNetConfig
 from useg.nets.forward import memory_format
-from useg.nets.geometry import output_shape, peak_bytes, valid_input_shape
+from useg.nets.geometry import output_shape, peak_bytes, training_step_bytes, valid_input_shape
 from useg.nets.unet import UNet
 from useg.training.config import TrainConfig, lr_factor
 from useg.training.distributed import Dist, all_reduce_sum, init_distributed, shared_precision
@@ -157,30 +164,35 @@ def _train(
     run.model.train()
     batches = iter(loader)
     timing: _Timing | None = _Timing(run.step)
+    # Every step frees and allocates the same activations: kept by glibc, they are not faulted
+    # in and zeroed again by the kernel each step (where twice the step's peak fits).
+    net_cfg = UNetConfig.from_dict(cfg.net)
+    step_bytes = cfg.batch_size * training_step_bytes(net_cfg, run.tile, itemsize=4)
     try:
-        while run.step < cfg.iterations:
-            run.train_step(batches, stream)
-            per_step = timing.tick(run) if timing is not None else None
-            checked = timing is None  # the budget was decided before this step
-            if per_step is not None:
-                assert timing is not None
-                _plan(run, per_step, timing.first, started, val_samples, tell, bar)
-                timing = None
-            logged, saved = run.due(cfg.log_every), run.due(cfg.checkpoint_every)
-            if logged:
-                run.log(val_samples, callback)
-            if saved:
-                run.checkpoint()
-            # After the step's own log and checkpoint, so that the time they took is counted;
-            # a stop makes this step the last one, which is then logged and saved too.
-            if checked and _out_of_time(run, started):
-                _stop_now(run, tell, bar)
-                if not logged:
+        with freed_memory_kept(freed_memory_fits(step_bytes, run.device)):
+            while run.step < cfg.iterations:
+                run.train_step(batches, stream)
+                per_step = timing.tick(run) if timing is not None else None
+                checked = timing is None  # the budget was decided before this step
+                if per_step is not None:
+                    assert timing is not None
+                    _plan(run, per_step, timing.first, started, val_samples, tell, bar)
+                    timing = None
+                logged, saved = run.due(cfg.log_every), run.due(cfg.checkpoint_every)
+                if logged:
                     run.log(val_samples, callback)
-                if not saved:
+                if saved:
                     run.checkpoint()
-            if bar is not None:
-                _show_progress(bar, run)
+                # After the step's own log and checkpoint, so that the time they took is counted;
+                # a stop makes this step the last one, which is then logged and saved too.
+                if checked and _out_of_time(run, started):
+                    _stop_now(run, tell, bar)
+                    if not logged:
+                        run.log(val_samples, callback)
+                    if not saved:
+                        run.checkpoint()
+                if bar is not None:
+                    _show_progress(bar, run)
     finally:
         if bar is not None:
             bar.close()
@@ -338,8 +350,9 @@ class _Run:
 
     def _validate(self, row: dict[str, Any], val_samples: list[Sample]) -> None:
         """Add the validation metrics to ``row``; save ``best`` when the score is the best yet."""
-        row.update(evaluate_samples(self.model, val_samples, self.device,
-                                    precision=self.cfg.precision))
+        with freed_memory_handed_back():
+            row.update(evaluate_samples(self.model, val_samples, self.device,
+                                        precision=self.cfg.precision))
         score = row["val_iou"]
         if self.best is None or score > self.best:
             self.best = score
@@ -671,7 +684,8 @@ def _decide_budget(
     if val_samples:
         t0 = time.perf_counter()
         if run.dist.main:
-            evaluate_samples(run.model, val_samples, run.device, precision=cfg.precision)
+            with freed_memory_handed_back():
+                evaluate_samples(run.model, val_samples, run.device, precision=cfg.precision)
             run.model.train()
         validation = _mean_over_processes(time.perf_counter() - t0, run) * run.dist.world
     t0 = time.perf_counter()

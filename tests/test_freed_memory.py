@@ -1,0 +1,101 @@
+"""glibc keeping freed memory during training (:func:`useg.device.freed_memory_kept`): kept inside
+the block, handed back after it and for a while inside it, left alone where the user chose."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from useg import device
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's allocator only")
+def test_freed_memory_is_kept_inside_the_block_and_handed_back_after(monkeypatch):
+    monkeypatch.delenv("USEG_KEEP_FREED_MEMORY", raising=False)
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    size = 256 * 2**20
+    with device.freed_memory_kept() as kept:
+        assert kept
+        with device.freed_memory_kept() as again:  # nested: the outer block decides
+            assert not again
+        block = np.ones(size, dtype=np.uint8)
+        held = _rss_bytes()
+        del block
+        assert _rss_bytes() > held - size // 2  # freed, but kept by the process
+        with device.freed_memory_handed_back():
+            assert _rss_bytes() < held - size // 2  # handed back for a while
+        assert device._kept
+    assert not device._kept
+    block = np.ones(size, dtype=np.uint8)
+    held = _rss_bytes()
+    del block
+    assert _rss_bytes() < held - size // 2  # glibc's default: large blocks go back at once
+
+
+def test_freed_memory_is_not_kept_where_the_user_chose(monkeypatch):
+    monkeypatch.setenv("USEG_KEEP_FREED_MEMORY", "0")
+    with device.freed_memory_kept() as kept:
+        assert not kept
+    monkeypatch.delenv("USEG_KEEP_FREED_MEMORY")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    with device.freed_memory_kept() as kept:
+        assert not kept
+    with device.freed_memory_kept(False) as kept:
+        assert not kept
+
+
+def test_freed_memory_fits_only_within_half_the_machine_on_cpu():
+    cpu = torch.device("cpu")
+    memory = device.device_memory(cpu)
+    assert device.freed_memory_fits(memory / 8, cpu)
+    assert not device.freed_memory_fits(memory / 3, cpu)
+    assert not device.freed_memory_fits(1, torch.device("meta"))
+
+
+def test_training_keeps_freed_memory_for_its_steps_and_hands_it_back_to_validate(
+        tmp_path, monkeypatch):
+    from useg.training import loop
+    from useg.training.config import TrainConfig
+    from useg.training.samples import make_sample
+    from useg.workflows.synthetic import touching_cells
+
+    events = []
+    real_kept, real_back = loop.freed_memory_kept, loop.freed_memory_handed_back
+    real_evaluate = loop.evaluate_samples
+
+    def kept(keep=True):
+        events.append(("kept", keep))
+        return real_kept(keep)
+
+    def back():
+        events.append(("handed back",))
+        return real_back()
+
+    def evaluate(*args, **kwargs):
+        events.append(("validation", device._kept))
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "freed_memory_kept", kept)
+    monkeypatch.setattr(loop, "freed_memory_handed_back", back)
+    monkeypatch.setattr(loop, "evaluate_samples", evaluate)
+    img, inst = touching_cells((64, 64), rng=0)
+    samples = [make_sample(img, inst, mode="instances", w0=10, sigma=5)]
+    cfg = TrainConfig(net={"ndim": 2, "width": 2, "depth": 1}, tile=36, iterations=4,
+                      log_every=2, val_every=2, workers=0, device="cpu", augment=None, seed=1)
+    loop.train(cfg, samples, tmp_path / "run", val_samples=samples, progress=False)
+    assert events[0] == ("kept", True)  # a tiny step fits the machine
+    validations = [e for e in events if e[0] == "validation"]
+    assert validations and all(not inside for _, inside in validations)
+    assert not device._kept  # handed back when training ends
