@@ -165,9 +165,11 @@ def _train(
     batches = iter(loader)
     timing: _Timing | None = _Timing(run.step)
     # Every step frees and allocates the same activations: kept by glibc, they are not faulted
-    # in and zeroed again by the kernel each step (where twice the step's peak fits).
+    # in and zeroed again by the kernel each step (where twice the step's peak fits; counted
+    # for every process of the job, which may share the machine).
     net_cfg = UNetConfig.from_dict(cfg.net)
-    step_bytes = cfg.batch_size * training_step_bytes(net_cfg, run.tile, itemsize=4)
+    step_bytes = (cfg.batch_size * run.dist.world
+                  * training_step_bytes(net_cfg, run.tile, itemsize=4))
     try:
         with freed_memory_kept(freed_memory_fits(step_bytes, run.device)):
             while run.step < cfg.iterations:
