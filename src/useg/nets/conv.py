@@ -230,20 +230,26 @@ def _weight_grad_by_offsets(x: torch.Tensor, grad: torch.Tensor, kernel: tuple[i
             step = _IM2COL_ROWS if few else _BLOCK_ROWS
             for start in range(0, used, step):
                 stop = min(used, start + step)
-                block = flat[start:stop].T
-                lo, hi = base + start, base + stop
+                block, lo, hi = flat[start:stop].T, base + start, base + stop
                 if few:
-                    n = stop - start
-                    for i, shift in enumerate(shifts):
-                        part = gathered[i * channels_in:(i + 1) * channels_in, :n]
-                        part.copy_(rows[lo + shift:hi + shift].T)
-                    total.addmm_(block, gathered[:, :n].T)
+                    _gathered_product(total, block, rows, lo, hi, shifts, gathered)
                 else:
                     for i, shift in enumerate(shifts):
                         total[i].addmm_(block, rows[lo + shift:hi + shift])
     if few:
         total = total.view(channels_out, len(shifts), channels_in).transpose(0, 1)
     return total.permute(1, 2, 0).reshape(channels_out, channels_in, *kernel)
+
+
+def _gathered_product(total: torch.Tensor, block: torch.Tensor, rows: torch.Tensor, lo: int,
+                      hi: int, shifts: list[int], gathered: torch.Tensor) -> None:
+    """Add ``block`` times the input rows ``lo:hi`` at every shift, gathered side by side into
+    ``gathered`` (offsets x channels rows), to ``total`` (output channels x offsets x channels):
+    one matrix product instead of one thin product per offset."""
+    channels, n = rows.shape[1], hi - lo
+    for i, shift in enumerate(shifts):
+        gathered[i * channels:(i + 1) * channels, :n].copy_(rows[lo + shift:hi + shift].T)
+    total.addmm_(block, gathered[:, :n].T)
 
 
 class _OneDNNWhereSlow:
