@@ -71,6 +71,11 @@ def test_training_keeps_freed_memory_for_its_steps_and_hands_it_back_to_validate
     from useg.training.samples import make_sample
     from useg.workflows.synthetic import touching_cells
 
+    # Importing dask's distributed (other tests) exports MALLOC_TRIM_THRESHOLD_, which counts
+    # as the user's choice.
+    monkeypatch.delenv("USEG_KEEP_FREED_MEMORY", raising=False)
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
     events = []
     real_kept, real_back = loop.freed_memory_kept, loop.freed_memory_handed_back
     real_evaluate = loop.evaluate_samples
@@ -94,8 +99,12 @@ def test_training_keeps_freed_memory_for_its_steps_and_hands_it_back_to_validate
     samples = [make_sample(img, inst, mode="instances", w0=10, sigma=5)]
     cfg = TrainConfig(net={"ndim": 2, "width": 2, "depth": 1}, tile=36, iterations=4,
                       log_every=2, val_every=2, workers=0, device="cpu", augment=None, seed=1)
-    loop.train(cfg, samples, tmp_path / "run", val_samples=samples, progress=False)
+    notes = []
+    loop.train(cfg, samples, tmp_path / "run", val_samples=samples, progress=False,
+               say=notes.append)
     assert events[0] == ("kept", True)  # a tiny step fits the machine
+    if device._glibc() is not None:  # the user is told, with the way out
+        assert any("USEG_KEEP_FREED_MEMORY=0" in note for note in notes)
     validations = [e for e in events if e[0] == "validation"]
     assert validations and all(not inside for _, inside in validations)
     assert not device._kept  # handed back when training ends

@@ -171,7 +171,11 @@ def _train(
     step_bytes = (cfg.batch_size * run.dist.world
                   * training_step_bytes(net_cfg, run.tile, itemsize=4))
     try:
-        with freed_memory_kept(freed_memory_fits(step_bytes, run.device)):
+        with freed_memory_kept(freed_memory_fits(step_bytes, run.device)) as kept:
+            if kept and tell is not None:
+                tell(f"freed memory kept for the steps, not handed back to the system: up to "
+                     f"about {2 * step_bytes / 2**30:.1f} GiB, estimated "
+                     "(USEG_KEEP_FREED_MEMORY=0 hands it back)")
             while run.step < cfg.iterations:
                 run.train_step(batches, stream)
                 per_step = timing.tick(run) if timing is not None else None
