@@ -108,3 +108,23 @@ def test_training_keeps_freed_memory_for_its_steps_and_hands_it_back_to_validate
     validations = [e for e in events if e[0] == "validation"]
     assert validations and all(not inside for _, inside in validations)
     assert not device._kept  # handed back when training ends
+
+
+def test_training_step_bytes_counts_every_convolution_output_four_times():
+    from useg.nets import UNet
+    from useg.nets.geometry import training_step_bytes
+
+    # No pooling: 1 -> 64 -> 64 valid 3x3 convolutions, then the 64 -> 2 head.
+    cfg = UNet("ronneberger2015", depth=0).config
+    outputs = 64 * 98**2 + 64 * 96**2 + 2 * 96**2
+    assert training_step_bytes(cfg, (100, 100), itemsize=4) == 4 * 4 * outputs
+    # One level down: the up-convolution of the 3D paper network keeps its channels.
+    # At a 44^3 tile: level 0 convolves to 42^3 and 40^3, pools to 20^3, level 1 convolves to
+    # 18^3 and 16^3, the up-convolution gives 32^3, the expanding convolutions 30^3 and 28^3.
+    deep = UNet("cicek2016", width=4, depth=1).config
+    mid0, out0 = deep.level_channels(0)
+    mid1, out1 = deep.level_channels(1)
+    up = out1 if deep.up_keep_channels else out1 // 2
+    outputs = (mid0 * 42**3 + out0 * 40**3 + mid1 * 18**3 + out1 * 16**3 + up * 32**3
+               + out0 * 30**3 + out0 * 28**3 + deep.classes * 28**3)
+    assert training_step_bytes(deep, (44, 44, 44), itemsize=2) == 4 * 2 * outputs

@@ -342,23 +342,30 @@ def up_channels(cfg: UNetConfig, c_in: int) -> int:
     return c_in if cfg.up_keep_channels else c_in // 2
 
 
-def mac_terms(cfg: UNetConfig, tile: Sequence[int]) -> list[tuple[int, tuple[int, ...]]]:
-    """(multiply-accumulates per output pixel, output shape) of every convolution of one tile,
-    up-convolutions and the head included."""
+def _convolutions(cfg: UNetConfig,
+                  tile: Sequence[int]) -> list[tuple[int, int, int, tuple[int, ...]]]:
+    """(input channels, output channels, taps per output pixel, output shape) of every
+    convolution of one tile, up-convolutions and the head included."""
     down, up = forward_shapes(cfg, tile)
     taps = [math.prod(k) for k in cfg.kernels()]
-    terms, c_in = [], cfg.in_channels
+    layers, c_in = [], cfg.in_channels
     for level, (_, a, b) in enumerate(down):
         mid, out = cfg.level_channels(level)
-        terms += [(taps[level] * c_in * mid, a), (taps[level] * mid * out, b)]
+        layers += [(c_in, mid, taps[level], a), (mid, out, taps[level], b)]
         c_in = out
     for level, u, a, b in up:
         c_up, c_skip = up_channels(cfg, c_in), cfg.level_channels(level)[1]
         # With the stride equal to the kernel, each output pixel of an up-convolution sees one tap.
-        terms += [(c_in * c_up, u), (taps[level] * (c_up + c_skip) * c_skip, a),
-                  (taps[level] * c_skip**2, b)]
+        layers += [(c_in, c_up, 1, u), (c_up + c_skip, c_skip, taps[level], a),
+                   (c_skip, c_skip, taps[level], b)]
         c_in = c_skip
-    return [*terms, (c_in * cfg.classes, up[-1][3] if up else down[-1][2])]
+    return [*layers, (c_in, cfg.classes, 1, up[-1][3] if up else down[-1][2])]
+
+
+def mac_terms(cfg: UNetConfig, tile: Sequence[int]) -> list[tuple[int, tuple[int, ...]]]:
+    """(multiply-accumulates per output pixel, output shape) of every convolution of one tile,
+    up-convolutions and the head included."""
+    return [(taps * c_in * c_out, shape) for c_in, c_out, taps, shape in _convolutions(cfg, tile)]
 
 
 def conv_macs(cfg: UNetConfig, tile: Sequence[int]) -> int:
@@ -369,18 +376,10 @@ def conv_macs(cfg: UNetConfig, tile: Sequence[int]) -> int:
 def training_step_bytes(cfg: UNetConfig, tile: Sequence[int], itemsize: int = 4) -> int:
     """About the peak memory of one training step on one tile: four times the bytes of every
     convolution's output (a training step holds each output, its normalised and activated
-    copies for the backward pass, and their gradients; the papers' networks measured 3.0 to
-    3.5 times at their training tiles, ``bench/train_step.py``)."""
-    down, up = forward_shapes(cfg, tile)
-    n = math.prod
-    total = 0
-    for level, (_, a, b) in enumerate(down):
-        mid, out = cfg.level_channels(level)
-        total += mid * n(a) + out * n(b)
-    for level, u, a, b in up:
-        mid, out = cfg.level_channels(level)
-        total += out * n(u) + mid * n(a) + out * n(b)
-    return 4 * total * itemsize
+    copies for the backward pass, and their gradients; the papers' networks measured 3.0 and
+    3.2 times at their training tiles, ``bench/train_step.py``, freed memory handed back)."""
+    outputs = sum(c_out * math.prod(shape) for _, c_out, _, shape in _convolutions(cfg, tile))
+    return 4 * outputs * itemsize
 
 
 def peak_bytes(cfg: UNetConfig, tile: Sequence[int], itemsize: int = 4) -> int:

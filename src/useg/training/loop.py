@@ -164,18 +164,8 @@ def _train(
     run.model.train()
     batches = iter(loader)
     timing: _Timing | None = _Timing(run.step)
-    # Every step frees and allocates the same activations: kept by glibc, they are not faulted
-    # in and zeroed again by the kernel each step (where twice the step's peak fits; counted
-    # for every process of the job, which may share the machine).
-    net_cfg = UNetConfig.from_dict(cfg.net)
-    step_bytes = (cfg.batch_size * run.dist.world
-                  * training_step_bytes(net_cfg, run.tile, itemsize=4))
     try:
-        with freed_memory_kept(freed_memory_fits(step_bytes, run.device)) as kept:
-            if kept and tell is not None:
-                tell(f"freed memory kept for the steps, not handed back to the system: up to "
-                     f"about {2 * step_bytes / 2**30:.1f} GiB, estimated "
-                     "(USEG_KEEP_FREED_MEMORY=0 hands it back)")
+        with _freed_memory_for_steps(run, tell):
             while run.step < cfg.iterations:
                 run.train_step(batches, stream)
                 per_step = timing.tick(run) if timing is not None else None
@@ -207,6 +197,24 @@ def _train(
     if not (out / "best.safetensors").exists():
         return out / "last.safetensors"
     return out / "best.safetensors"
+
+
+@contextlib.contextmanager
+def _freed_memory_for_steps(run: _Run, tell: Callable[[str], None] | None) -> Iterator[None]:
+    """Keep freed memory for the steps where it fits, and say so.
+
+    Every step frees and allocates the same activations: kept by glibc, they are not faulted
+    in and zeroed again by the kernel each step. It fits where twice the step's peak does,
+    counted for every process of the job, which may share the machine.
+    """
+    step_bytes = (run.cfg.batch_size * run.dist.world
+                  * training_step_bytes(run.model.config, run.tile, itemsize=4))
+    with freed_memory_kept(freed_memory_fits(step_bytes, run.device)) as kept:
+        if kept and tell is not None:
+            tell(f"freed memory kept for the steps, not handed back to the system: up to "
+                 f"about {2 * step_bytes / 2**30:.1f} GiB, estimated "
+                 "(USEG_KEEP_FREED_MEMORY=0 hands it back)")
+        yield
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,11 +362,17 @@ class _Run:
         if callback:
             callback(self.step, row)
 
+    def evaluate(self, val_samples: list[Sample]) -> dict[str, float]:
+        """The validation metrics of the network as it is, with freed memory handed back
+        meanwhile (validation tiles differ from the step's and would only add to what is kept);
+        the network is left in eval mode."""
+        with freed_memory_handed_back():
+            return evaluate_samples(self.model, val_samples, self.device,
+                                    precision=self.cfg.precision)
+
     def _validate(self, row: dict[str, Any], val_samples: list[Sample]) -> None:
         """Add the validation metrics to ``row``; save ``best`` when the score is the best yet."""
-        with freed_memory_handed_back():
-            row.update(evaluate_samples(self.model, val_samples, self.device,
-                                        precision=self.cfg.precision))
+        row.update(self.evaluate(val_samples))
         score = row["val_iou"]
         if self.best is None or score > self.best:
             self.best = score
@@ -690,8 +704,7 @@ def _decide_budget(
     if val_samples:
         t0 = time.perf_counter()
         if run.dist.main:
-            with freed_memory_handed_back():
-                evaluate_samples(run.model, val_samples, run.device, precision=cfg.precision)
+            run.evaluate(val_samples)
             run.model.train()
         validation = _mean_over_processes(time.perf_counter() - t0, run) * run.dist.world
     t0 = time.perf_counter()
