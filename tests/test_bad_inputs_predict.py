@@ -72,6 +72,26 @@ def test_ordinary_images_keep_float32_arithmetic():
     assert np.array_equal(normalize(x, stats), expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.int64])
+def test_a_small_contrast_on_a_large_offset_is_not_rounded_away(model, dtype):
+    # float32 cannot hold 1e9 + 0.5 exactly (its steps there are 64 apart): rounded before
+    # the offset is taken away, the image would collapse to a few values and the map with it.
+    from useg.inference.predict import predict
+    from useg.nets.checkpoint import load_model
+
+    rng = np.random.default_rng(3)
+    image = (rng.random((48, 48)) * 1000).astype(dtype)
+    net = load_model(model)
+    plain = predict(net, image, device="cpu", precision="fp32")
+    shifted = image + dtype(10**12)
+    stats = image_stats(shifted[None])
+    np.testing.assert_allclose(normalize(shifted[None], stats), normalize(image[None],
+                                                                          image_stats(image[None])),
+                               atol=1e-5)
+    far = predict(net, shifted, device="cpu", precision="fp32")
+    np.testing.assert_allclose(far, plain, atol=1e-4)
+
+
 @pytest.mark.parametrize("kept", ["best", "last"])
 def test_a_run_folder_is_a_model(tmp_path, image, kept):
     # A run trained without validation images keeps last.safetensors only.

@@ -112,3 +112,27 @@ def test_useg_predict_tta_says_so_once_and_still_predicts(tmp_path, rng, capsys)
     assert err.count("trained without augmentation") == 1, err
     assert str(path) in err
     assert (out / "s_labels.tif").exists()
+
+
+@pytest.mark.parametrize("geometry", [{"pool": ((1, 2), (2, 2))},
+                                      {"kernel": ((1, 3), (1, 3), (1, 3))}])
+def test_tta_of_a_network_that_treats_y_and_x_differently_takes_flips_alone(geometry, rng):
+    # A quarter turn would hand such a network another geometry (and another output shape).
+    import warnings
+
+    from useg.inference.predict import predict
+    from useg.inference.tta import turns_commute
+    from useg.nets.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet("ronneberger2015", width=2, depth=2, **geometry).eval()
+    assert not turns_commute(net.config)
+    assert turns_commute(UNet("ronneberger2015", width=2, depth=2).config)
+    image = rng.random((40, 56)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        averaged = predict(net, image, device="cpu", tta=True, tile=48)
+        plain = predict(net, image, device="cpu", tile=48)
+    assert averaged.shape == plain.shape
+    np.testing.assert_allclose(averaged.sum(axis=0), 1.0, atol=1e-5)
+    assert not np.allclose(averaged, plain)  # the flips were averaged in

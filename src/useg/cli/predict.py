@@ -49,7 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "with --dask")
     p.add_argument("--batch-size", type=positive_int, default=1, help="tiles per forward pass")
     p.add_argument("--tta", action="store_true",
-                   help="average over flips and quarter turns (8x slower in 2D, 16x in 3D); "
+                   help="average over flips and quarter turns (8x slower in 2D, 16x in 3D; "
+                   "flips alone, 4x and 8x, for a model that pools or convolves Y and X "
+                   "differently); "
                    "it helps a model trained with flips or rotations, and can hurt one "
                    "trained without (useg warns)")
     add_precision_argument(p)

@@ -18,7 +18,7 @@ from useg.device import autocast, resolve_device, resolve_precision
 from useg.errors import InputError, ModelFileError, UsegWarning
 from useg.inference.tile_choice import tile_geometry
 from useg.inference.tiling import predict_tiled
-from useg.inference.tta import transforms, unseen_by_training, with_tta
+from useg.inference.tta import transforms, turns_commute, unseen_by_training, with_tta
 from useg.io import normalize as norm
 from useg.nets.checkpoint import model_name
 from useg.nets.forward import inference_forward, inference_layers, memory_format
@@ -72,8 +72,9 @@ def make_predictor(
 
     ts = None
     if tta:
-        # Quarter turns need square tiles in the (Y, X) plane; the tiler always uses one shape.
-        ts = transforms(ndim, rotations=ndim >= 2)
+        # Quarter turns need square tiles in the (Y, X) plane (the tiler always uses one
+        # shape) and a network that treats Y and X alike.
+        ts = transforms(ndim, rotations=turns_commute(model.config))
     run = with_tta(probabilities, ts) if ts else probabilities
 
     def predictor(x: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from torch import nn
 from useg.device import device_memory
 from useg.errors import ConfigError, TileWarning
 from useg.inference.tiling import check_batch_size, plan_tiles
+from useg.inference.tta import turns_commute
 from useg.nets.checkpoint import model_name
 from useg.nets.geometry import (
     conv_macs,
@@ -289,7 +290,8 @@ def _geometry(cfg, tile: tuple[int, ...], tta: bool, exact: bool = True):
     For a same-padding network the output within its context of a tile edge sees the tile's
     zero padding; the margin discards it, and with ``exact`` the tile grows (per axis, by
     pooling steps) until the margin covers the context, so that stitching is exact. Test-time
-    augmentation rotates in the (Y, X) plane, so its tile is square there."""
+    augmentation turns the (Y, X) plane of a network that treats Y and X alike, so its tile is
+    square there."""
     tile = tuple(tile)
     if exact and cfg.padding == "same":
         grown, ctx, step = list(tile), tile_context(cfg), pool_step(cfg)
@@ -297,7 +299,7 @@ def _geometry(cfg, tile: tuple[int, ...], tta: bool, exact: bool = True):
             while tile_margin(cfg, grown)[axis] < ctx[axis]:
                 grown[axis] += step[axis]
         tile = valid_input_shape(cfg, grown, mode="up")
-    if tta and cfg.ndim >= 2 and tile[-1] != tile[-2]:
+    if tta and turns_commute(cfg) and tile[-1] != tile[-2]:
         side = max(tile[-2:])
         tile = valid_input_shape(cfg, (*tile[:-2], side, side), mode="up")
     margin = tile_margin(cfg, tile) if cfg.padding == "same" else 0

@@ -229,7 +229,8 @@ def predict_tiled(
     Parameters
     ----------
     predictor : callable
-        Maps a float32 batch ``(B, C, *tile)`` to ``(B, out_channels, *(tile - 2 * halo))``.
+        Maps a float32 batch ``(B, C, *tile)`` (float64 for an image of values float32
+        cannot hold exactly) to ``(B, out_channels, *(tile - 2 * halo))``.
     image : array-like
         ``(C, *spatial)``; anything with ``.shape`` and slicing (NumPy, memmap, zarr, h5py).
     tile : int or tuple
@@ -355,12 +356,15 @@ def _read_ahead(
 
 
 def _gather(image: Any, plan: TilePlan, batch: list[_Tile]) -> np.ndarray:
-    """The input tiles of ``batch`` as float32 ``(B, C, *tile)``, mirrored beyond the image."""
+    """The input tiles of ``batch`` as ``(B, C, *tile)``, mirrored beyond the image: float32,
+    or float64 for an image whose values float32 cannot hold exactly (float64, 32- and 64-bit
+    integers), which the predictor normalises before anything rounds them."""
     # A tile's rows of a wide memmap map far more than the tile (whole pages, and Linux maps up
     # to 64 KiB around each page fault): read a memmap in slabs and unmap each, so that reading
     # the next tile adds little to the memory the predictor holds meanwhile.
     slab = 64 if isinstance(image, np.memmap) else plan.tile[0]
-    x = np.empty((len(batch), image.shape[0], *plan.tile), dtype=np.float32)
+    dtype = np.float32 if np.can_cast(image.dtype, np.float32) else np.float64
+    x = np.empty((len(batch), image.shape[0], *plan.tile), dtype=dtype)
     for k, (start, _, _) in enumerate(batch):
         for lo in range(0, plan.tile[0], slab):
             hi = min(lo + slab, plan.tile[0])

@@ -17,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Transform", "apply", "invert", "transforms", "unseen_by_training", "with_tta"]
+__all__ = [
+    "Transform",
+    "apply",
+    "invert",
+    "turns_commute",
+    "transforms",
+    "unseen_by_training",
+    "with_tta",
+]
 
 Transform = tuple[tuple[int, ...], int]
 
@@ -48,6 +56,24 @@ def transforms(
         ks = range(1)
     subsets = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
     return [(f, k) for f in subsets for k in ks]
+
+
+def turns_commute(cfg: Any) -> bool:
+    """Whether a quarter turn of the (Y, X) plane commutes with the network of config ``cfg``:
+    it pools and convolves Y and X alike at every level. A network that does not (a pooling or
+    kernel size that differs between Y and X) would see a turned input as another geometry, of
+    another output shape, so test-time augmentation takes flips alone for it.
+
+    Examples
+    --------
+    >>> from useg.nets.config import UNetConfig
+    >>> turns_commute(UNetConfig(ndim=2, depth=2)), turns_commute(
+    ...     UNetConfig(ndim=2, depth=2, pool=((1, 2), (2, 2))))
+    (True, False)
+    """
+    if cfg.ndim < 2:
+        return False
+    return all(level[-1] == level[-2] for level in (*cfg.pools(), *cfg.kernels()))
 
 
 def _flip(x: Any, dims: tuple[int, ...]) -> Any:

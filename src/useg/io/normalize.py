@@ -75,8 +75,11 @@ def normalize(x: np.ndarray, stats: dict[str, Any], channel_axis: int = 0) -> np
     offset = np.asarray(stats["offset"], dtype=np.float64).reshape(shape)
     scale = np.asarray(stats["scale"], dtype=np.float64).reshape(shape)
     # Statistics beyond float32's comfortable range (images of huge float values) are applied
-    # in float64, where x - offset cannot overflow; every other image stays in float32.
+    # in float64, where x - offset cannot overflow, and so are values float32 cannot hold
+    # exactly (float64, 32- and 64-bit integers): rounded first, a small contrast on a large
+    # offset would collapse to a few steps. Every other image stays in float32.
     big = max(np.abs(offset).max(initial=0.0), np.abs(scale).max(initial=0.0)) > _FLOAT32_SAFE
-    work = np.float64 if big else np.float32
+    exact = np.can_cast(x.dtype, np.float32)
+    work = np.float32 if exact and not big else np.float64
     out = (x.astype(work, copy=False) - offset.astype(work)) / scale.astype(work)
     return out.astype(np.float32, copy=False)
