@@ -873,3 +873,34 @@ def test_demo_checks_its_options_before_making_its_folder(tmp_path):
                             "--data", "synthetic", "--quiet"])
     one_line_error(code, err, "'tpu'")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_one_file_on_both_sides_of_a_pair_is_refused(dataset, tmp_path, command):
+    # The same folder given twice would train the images on themselves as labels (any gray
+    # value passes as an instance id) or score each file against itself.
+    images = dataset / "train" / "images"
+    if command == "train":
+        argv = ["train", "--images", images, "--labels", images, "--out", tmp_path / "run",
+                "--iterations", "1", "--quiet"]
+    else:
+        argv = ["evaluate", images, images]
+    code, err, _ = run_cli(argv)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "both the" in err and str(images) in err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.parametrize("extra, flag", [
+    (["--batch-stats"], "--batch-stats"),  # the 2D network has no batch norm
+    (["--label-mode", "boundary", "--w0", "20"], "--w0"),  # no border weights in this mode
+    (["--label-mode", "boundary", "--sigma", "3"], "--sigma"),
+])
+def test_an_option_the_run_would_ignore_is_refused(dataset, tmp_path, extra, flag):
+    code, err, _ = run_cli(["train", "--images", dataset / "train" / "images", "--labels",
+                            dataset / "train" / "labels", "--out", tmp_path / "run",
+                            "--iterations", "1", "--quiet", "--width", "2", "--depth", "1",
+                            "--workers", "0", *extra])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert flag in err, err
+    assert not (tmp_path / "run" / "last.safetensors").exists()

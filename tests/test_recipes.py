@@ -269,8 +269,12 @@ def test_a_run_interrupted_after_the_budget_decision_resumes_to_the_decided_step
     assert steps < 100_000 and decided["budget_decision"]["asked_iterations"] == 100_000
     # The same configuration (100000 steps asked) continues to the decided steps and decides
     # nothing again: the schedule of the uninterrupted run.
-    train(make_config(**_same(cfg)), samples, run, resume=True, progress=False)
+    notes = []
+    train(make_config(**_same(cfg)), samples, run, resume=True, progress=False,
+          say=notes.append)
     assert _config(run) == decided
+    # ... and says so, for whoever gave the 100000 steps again expecting all of them.
+    assert any(f"resuming to step {steps}" in n and "100000 asked for" in n for n in notes)
     rows = _rows(run)
     assert int(rows[-1]["step"]) == steps
     assert float(rows[-1]["lr"]) == pytest.approx(1e-3 * (1 - (steps - 1) / steps) ** 0.9)

@@ -168,6 +168,20 @@ def test_choose_instance_params_finds_settings_that_separate_the_objects():
     assert record["tp"] == 3 and record["images"] == 1
 
 
+def test_choose_instance_params_leaves_unlabeled_pixels_out():
+    # A strip nobody annotated (255) is not an object, and what is found there is not wrong.
+    labels = _discs()
+    probs = _probs_of(labels)
+    grid = {"threshold": (0.5,), "seed_distance": (2.0,), "min_size": (0,)}
+    with_strip = labels.copy()
+    with_strip[:, :8] = 255
+    _, plain = choose_instance_params([probs], [with_strip], "instances", grid=grid)
+    assert plain["fn"] >= 1  # read as an object, the strip is missed
+    _, record = choose_instance_params([probs], [with_strip], "instances", grid=grid,
+                                       unlabeled=255)
+    assert record["fn"] == 0 and record["fp"] == 0 and record["object_f1"] == 1.0
+
+
 def test_dask_instances_equal_one_piece(tmp_path):
     pytest.importorskip("dask")
     zarr = pytest.importorskip("zarr")

@@ -192,6 +192,28 @@ def test_resume_with_more_iterations_extends_the_run(dataset, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "9 steps" in err, err
 
 
+def test_resume_from_another_folder_reads_the_files_the_run_started_with(dataset, tmp_path,
+                                                                        monkeypatch):
+    # The run records its data folders as absolute paths: resumed from a folder that has
+    # its own images/ and labels/, it still reads the ones it was started with.
+    import shutil
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    for folder in (first, other):
+        shutil.copytree(dataset / "train", folder)
+    sorted((other / "images").iterdir())[0].write_bytes(b"not an image")  # would fail a read
+    run = tmp_path / "run"
+    monkeypatch.chdir(first)
+    assert main(["train", "--images", "images", "--labels", "labels", "--out", str(run),
+                 "--iterations", "3", "--log-every", "3", "--quiet", *TINY]) == 0
+    data = json.loads((run / "config.json").read_text())["labels"]["data"]
+    assert data["images"] == str(first / "images") and data["labels"] == str(first / "labels")
+    monkeypatch.chdir(other)
+    assert main(["train", "--resume", "--out", str(run), "--quiet", "--iterations", "6"]) == 0
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [3, 6]
+
+
 @pytest.fixture(scope="module")
 def finished(dataset, tmp_path_factory):
     """A finished two-step run (tests that use it must leave it unchanged)."""
@@ -350,3 +372,21 @@ def test_validation_of_a_same_network_does_not_tile_with_the_training_tile(tmp_p
     passes = [s for s in heads if s != (16, 16, 16)]  # the training steps' tiles are 16^3
     assert len(heads) - len(passes) == 2
     assert 1 <= len(passes) <= 8
+
+
+def test_validation_runs_every_val_every_steps_whatever_the_log_interval(tmp_path):
+    from useg.training.config import TrainConfig
+    from useg.training.loop import train
+    from useg.training.samples import make_sample
+    from useg.workflows.synthetic import touching_cells
+
+    img, inst = touching_cells((64, 64), rng=0)
+    samples = [make_sample(img, inst, mode="instances", w0=10, sigma=5)]
+    cfg = TrainConfig(net={"ndim": 2, "width": 2, "depth": 1}, tile=36, iterations=10,
+                      log_every=3, val_every=5, checkpoint_every=100, workers=0, device="cpu",
+                      augment=None, seed=1)
+    train(cfg, samples, tmp_path / "run", val_samples=samples, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [3, 5, 6, 9, 10]
+    validated = [int(r["step"]) for r in rows if r.get("val_iou") not in (None, "")]
+    assert validated == [5, 10]

@@ -621,9 +621,16 @@ def pair_files(
     first_files, second_files = list_images(first), list_images(second)
     first, second = Path(first), Path(second)
     if first.is_file() and second.is_file():
-        return [(first, second)]
-    partial = (second.is_file(), first.is_file()) if one_file_picks else (False, False)
-    return pair_by_stem(first_files, second_files, names=names, partial=partial)
+        pairs = [(first, second)]
+    else:
+        partial = (second.is_file(), first.is_file()) if one_file_picks else (False, False)
+        pairs = pair_by_stem(first_files, second_files, names=names, partial=partial)
+    for a, b in pairs:
+        # One file on both sides (the same folder given twice) would train an image on
+        # itself as labels, or score a prediction against itself.
+        if os.path.samefile(a, b):
+            raise input_error(a, f"given as both the {names[0]} and the {names[1]} file")
+    return pairs
 
 
 #: The Software tag of the TIFF files useg writes (:func:`useg.io.images.write_image`)...

@@ -309,6 +309,21 @@ def build_config(
     return dataclasses.asdict(cfg)
 
 
+def refuse_options_without_effect(cfg: TrainConfig, given: Sequence[tuple[str, str]]) -> None:
+    """Raise :class:`ConfigError` for an option given explicitly that the new run ``cfg`` would
+    ignore: ``--batch-stats`` on a network without batch norm, ``--w0`` or ``--sigma`` in a
+    label mode that builds no border weights (``boundary`` and ``classes``)."""
+    flags = dict(given)
+    if "batch_stats" in flags and UNetConfig.from_dict(cfg.net).norm != "batch":
+        raise ConfigError(f"{flags['batch_stats']}: this network has no batch norm (norm "
+                          f"{UNetConfig.from_dict(cfg.net).norm!r}); it takes effect with "
+                          "--norm batch")
+    for dest in ("w0", "sigma"):
+        if dest in flags and cfg.label_mode in ("boundary", "classes"):
+            raise ConfigError(f"{flags[dest]}: --label-mode {cfg.label_mode} builds no border "
+                              "weights between objects; leave --w0 and --sigma out")
+
+
 # ----------------------------------------------------------------------------------------------
 # Resuming: the options given, and whether they agree with the saved run
 
@@ -525,6 +540,7 @@ def train_from_folders(
         cfg = resumed_config(saved, given, {**dataclasses.asdict(options), **paths}, config_path)
     else:
         cfg = _new_run_config(options, **paths)
+        refuse_options_without_effect(cfg, given)
         cfg.command = list(command) if command is not None else None
     samples, val = _training_samples(cfg)
     return train(cfg, samples, out, val_samples=val, resume=resume, progress=progress, say=say,
@@ -548,10 +564,11 @@ def _new_run_config(
     if ndim == 3 and options.preset == "ronneberger2015":
         ndim = 2  # a 2D network trained on the slices of stacks
     kwargs = build_config(options, ndim, first.shape[0], first_meta.get("spacing"))
+    # Absolute: a run resumed from another working directory must read the same files.
     data = {
-        "images": str(Path(images)), "labels": str(Path(labels)),
-        "val_images": str(Path(val_images)) if val_images else None,
-        "val_labels": str(Path(val_labels)) if val_labels else None,
+        "images": str(Path(images).resolve()), "labels": str(Path(labels).resolve()),
+        "val_images": str(Path(val_images).resolve()) if val_images else None,
+        "val_labels": str(Path(val_labels).resolve()) if val_labels else None,
         "slices": parse_slices(options.slices, ndim),
     }
     kwargs["labels"] = labels_record(kwargs["label_mode"], kwargs["net"]["classes"], data)

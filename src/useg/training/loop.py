@@ -157,6 +157,13 @@ def _train(
     if tell is not None:
         if cfg.recipe and not resume:
             tell(_recipe_line(cfg))
+        decision = cfg.budget_decision
+        if resume and decision and cfg.iterations != decision.get("asked_iterations"):
+            # The iterations first asked for continue with the budget's number: say so, for a
+            # user who gave them again expecting all of them.
+            tell(f"resuming to step {cfg.iterations}, the steps the time budget chose of the "
+                 f"{decision['asked_iterations']} asked for (--iterations N with another N "
+                 "trains to N)")
         if not val_samples:
             tell(NO_VALIDATION)
     stream, loader = _tile_loader(run, samples)
@@ -174,7 +181,10 @@ def _train(
                     assert timing is not None
                     _plan(run, per_step, timing.first, started, val_samples, tell, bar)
                     timing = None
-                logged, saved = run.due(cfg.log_every), run.due(cfg.checkpoint_every)
+                # Validation steps are logged too (their row holds the metrics), whether or
+                # not they fall on a log step: the same steps in every process.
+                logged = run.due(cfg.log_every) or run.due(cfg.val_every)
+                saved = run.due(cfg.checkpoint_every)
                 if logged:
                     run.log(val_samples, callback)
                 if saved:
@@ -713,7 +723,7 @@ def _decide_budget(
     elapsed = _mean_over_processes(time.perf_counter() - started, run)
     asked, step = cfg.iterations, run.step
     left = BUDGET_SHARE * (cfg.time_budget - elapsed)
-    every_val = math.lcm(cfg.val_every, cfg.log_every) if val_samples else 0
+    every_val = cfg.val_every if val_samples else 0
 
     def cost(end: int) -> float:
         # steps, and the validations and checkpoints of steps step+1..end (the last one has both)

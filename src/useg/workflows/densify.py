@@ -39,6 +39,7 @@ from useg.training.from_folders import (
     labels_record,
     make_config,
     recorded_slices,
+    refuse_options_without_effect,
     resumed_config,
     saved_run,
 )
@@ -389,6 +390,7 @@ def densify_file(
     _check_annotation_shape(image, annotation, str(volume), str(labels_path))
     if not resume:
         cfg = _new_file_config(options, image, meta, annotation, volume, labels_path)
+        refuse_options_without_effect(cfg, given)
     spacing = cfg.spacing if cfg.spacing is not None else meta.get("spacing")
     result = densify(
         image, annotation, out, slices=recorded_slices(cfg.labels["data"]), config=cfg,
@@ -432,7 +434,8 @@ def _new_file_config(options: TrainOptions, image: np.ndarray, meta: dict[str, A
     kwargs = build_config(options, ndim, image.shape[0], meta.get("spacing"))
     if kwargs["label_mode"] == "classes":
         kwargs["net"]["classes"] = _classes(annotation, kwargs["unlabeled"], labels_path)
-    data = {"volume": str(volume), "labels": str(labels_path),
+    # Absolute: a run resumed from another working directory must read the same files.
+    data = {"volume": str(Path(volume).resolve()), "labels": str(Path(labels_path).resolve()),
             "slices": parse_slices(options.slices, ndim)}
     kwargs["labels"] = labels_record(kwargs["label_mode"], kwargs["net"]["classes"], data)
     return TrainConfig(**kwargs)

@@ -48,6 +48,7 @@ def choose_instance_params(
     *,
     spacings: Sequence[Sequence[float] | None] | None = None,
     grid: Mapping[str, Sequence[Any]] | None = None,
+    unlabeled: int | None = None,
 ) -> tuple[InstanceParams, dict[str, Any]]:
     """The instance settings with the largest pooled object F1 at IoU 0.5.
 
@@ -67,6 +68,9 @@ def choose_instance_params(
         Relative voxel size of each image (None: isotropic).
     grid : mapping, optional
         Candidate values per setting (default :data:`DEFAULT_GRID`).
+    unlabeled : int, optional
+        The reference id of pixels nobody annotated (the run's ``--unlabeled``): they are not
+        an object, and what is found there is neither right nor wrong, so both are left out.
 
     Returns
     -------
@@ -79,13 +83,18 @@ def choose_instance_params(
                          "(at least one)")
     grid = dict(DEFAULT_GRID if grid is None else grid)
     spacings = list(spacings) if spacings is not None else [None] * len(probs)
+    outside = [None if unlabeled is None else ref == unlabeled for ref in references]
+    references = [ref if out is None else np.where(out, 0, ref)
+                  for ref, out in zip(references, outside, strict=True)]
     names = list(grid)
     best: tuple[float, InstanceParams, dict] | None = None
     for values in itertools.product(*(grid[n] for n in names)):
         params = InstanceParams.from_dict(dict(zip(names, values, strict=True)), source="grid")
         tp = fp = fn = 0
-        for p, ref, sp in zip(probs, references, spacings, strict=True):
+        for p, ref, sp, out in zip(probs, references, spacings, outside, strict=True):
             found = instances_from_probabilities(p, target, params, spacing=sp)
+            if out is not None:
+                found = np.where(out, 0, found)
             counts = object_f1(found, ref, thresholds=(0.5,))[0.5]
             tp, fp, fn = tp + counts["tp"], fp + counts["fp"], fn + counts["fn"]
         f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
@@ -130,7 +139,9 @@ def tune_model_instances(
         refs.append(ref)
         spacings.append(instance_spacing(meta.get("spacing"), ref.ndim))
         names.append(Path(img_path).name)
-    params, record = choose_instance_params(probs, refs, target, spacings=spacings, grid=grid)
+    trained = (net.meta.get("provenance") or {}).get("config") or {}
+    params, record = choose_instance_params(probs, refs, target, spacings=spacings, grid=grid,
+                                            unlabeled=trained.get("unlabeled"))
     entry = {
         "target": target,
         "params": params.to_dict(),
