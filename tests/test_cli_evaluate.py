@@ -151,6 +151,26 @@ def test_instances_mean_pools_counts_and_averages_scores(tmp_path, capsys):
     assert mean["object_f1"]["0.5"]["recall"] == pytest.approx(3 / 4)
 
 
+def test_a_reference_without_objects_has_no_rand_score(tmp_path, capsys):
+    # Its 0/0 would read as a perfect V_rand whatever the prediction holds.
+    gt = np.zeros((8, 8), np.uint16)
+    objects = gt.copy()
+    objects[1:4, 1:4], objects[5:8, 5:8] = 1, 2
+    for folder, a, b in (("g", objects, gt), ("p", objects, objects)):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "a.tif", a)
+        tifffile.imwrite(tmp_path / folder / "b.tif", b)
+    out = tmp_path / "s.json"
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "g"), "--mode", "instances",
+                 "--json", str(out)]) == 0
+    assert "no object" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    empty = report["pairs"][1]["scores"]
+    assert empty["v_rand"] is None and empty["adapted_rand_error"] is None
+    assert empty["average_precision"] == 0.0
+    assert report["mean"]["v_rand"] == 1.0  # the one pair where it is defined
+
+
 def test_shape_mismatch_returns_2_and_names_the_file(tmp_path, capsys):
     save_png(tmp_path / "pred" / "x.png", membrane_gt((16, 16)))
     save_png(tmp_path / "gt" / "x.png", membrane_gt((16, 15)))

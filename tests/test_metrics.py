@@ -345,6 +345,13 @@ def test_iou_and_dice_per_class_match_brute_force():
     assert metrics.iou(np.array([True, False]), np.array([True, True])) == {0: 0.0, 1: 0.5}
 
 
+def test_iou_keeps_huge_ids_of_mixed_signed_and_unsigned_maps():
+    big = 2**53 + 1  # not a float64
+    pred = np.array([0, big, big, 0], np.uint64)
+    gt = np.array([big, 0, 0, big], np.int64)
+    assert metrics.iou(pred, gt) == {0: 0.0, big: 0.0}
+
+
 # ------------------------------------------------------------------ object scores
 
 

@@ -96,6 +96,8 @@ _CASES = {
     "ndim 7": (_with("config", "ndim", 7), None, "ndim"),
     "infinite dropout": (_with("config", "dropout", math.inf), None, "dropout"),
     "bad spacing": (_with(None, "spacing", [1, -1]), None, "spacing"),
+    "list label mode": (_with("labels", "mode", ["binary"]), None, "labels mode"),
+    "numbered classes": (_with("labels", "classes", [0, 1]), None, "labels classes"),
     "shape mismatch": (None, _reshaped(), "head.weight"),
     "missing tensor": (None, {k: v for k, v in _TENSORS.items() if k != "head.bias"}, "missing"),
     "extra tensor": (None, {**_TENSORS, "extra": torch.zeros(2)}, "unexpected"),
@@ -139,6 +141,39 @@ def test_predict_with_a_hostile_model_is_one_line_and_exit_2(tmp_path, capsys, c
     assert code == 2
     assert len(err.splitlines()) == 1 and "bad.safetensors" in err
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_fixed_normalisation_of_unequal_offset_and_scale_is_refused(tmp_path):
+    net = UNet("ronneberger2015", width=2, depth=1, in_channels=3)
+    header = {**json.loads(json.dumps(_HEADER)), "config": net.config.to_dict(),
+              "normalization": {"mode": "fixed", "offset": [0.0], "scale": [1.0, 2.0, 4.0]}}
+    path = _write(tmp_path / "m.safetensors", header,
+                  {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()})
+    with pytest.raises(ModelFileError, match="offset and scale must have as many entries"):
+        load_model(path)
+
+
+def test_a_normalisation_that_overflows_names_the_model_not_the_image(tmp_path, capsys):
+    header = _with(None, "normalization", {"mode": "fixed", "offset": [0.0], "scale": [1e-320]})
+    path = _write(tmp_path / "tiny.safetensors", header)
+    img = tmp_path / "a.tif"
+    tifffile.imwrite(img, np.full((40, 40), 200, np.uint8))
+    code = main(["predict", str(img), "--model", str(path), "--out", str(tmp_path / "o"),
+                 "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "tiny.safetensors" in err and "normalization" in err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_an_export_header_holds_the_whole_configuration(tmp_path):
+    # A model file may leave configuration fields to their defaults; its exports may not.
+    from useg.nets.export import export_header
+
+    partial = {"ndim": 2, "width": 2, "depth": 1}
+    model = load_model(_write(tmp_path / "m.safetensors", _with(None, "config", partial)))
+    config = export_header(model)["config"]
+    assert config == model.config.to_dict() and {"in_channels", "classes"} <= set(config)
 
 
 def test_valid_models_still_load(tmp_path, spy):

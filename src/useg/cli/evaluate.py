@@ -165,7 +165,7 @@ def _print_instances(results: list[dict], mean: dict) -> None:
             f"{s['aji']:.4f}",
             f"{s['seg']:.4f}",
             f"{s['mean_matched_iou']:.4f}",
-            f"{s['v_rand']:.4f}",
+            "-" if s["v_rand"] is None else f"{s['v_rand']:.4f}",
             f"{s['voi_split']:.4f}",
             f"{s['voi_merge']:.4f}",
             f"{s['iou_foreground']:.4f}",
@@ -181,6 +181,9 @@ def _print_instances(results: list[dict], mean: dict) -> None:
     if len(results) > 1:
         print("mean: F1, P and R from the pooled object counts, n_pred and n_gt summed, "
               "the rest averaged over the pairs")
+    if any(r["scores"]["v_rand"] is None for r in results):
+        print("V_rand -: the reference has no object, so its Rand score is undefined (left "
+              "out of the mean)")
     f1s = ", ".join(f"{t}: {mean['object_f1'][t]['f1']:.4f}" for t in keys)
     print(f"object F1 by IoU threshold (pooled): {f1s}")
 

@@ -153,9 +153,13 @@ def _score_instances(pairs, iou_thresholds) -> tuple[list[dict], dict]:
         scores = _instance_scores(pred, gt, iou_thresholds)
         results.append({"pred": str(pred_path), "gt": str(gt_path), "scores": scores})
     mean: dict = {}
-    for key, value in results[0]["scores"].items():
-        if isinstance(value, float):
-            mean[key] = float(np.mean([r["scores"][key] for r in results]))
+    for key in results[0]["scores"]:
+        values = [r["scores"][key] for r in results]
+        if all(isinstance(v, float) or v is None for v in values):
+            # Scores undefined for a pair (None: the Rand scores of a reference without
+            # objects) are left out of the mean; undefined for every pair, it is undefined.
+            defined = [v for v in values if v is not None]
+            mean[key] = float(np.mean(defined)) if defined else None
     # Average precision per threshold: averaged over images, as the Data Science Bowl 2018 does.
     mean["average_precision_by_threshold"] = {
         t: float(np.mean([r["scores"]["average_precision_by_threshold"][t] for r in results]))
@@ -173,7 +177,9 @@ def _score_instances(pairs, iou_thresholds) -> tuple[list[dict], dict]:
 
 
 def _instance_scores(pred: np.ndarray, gt: np.ndarray, iou_thresholds) -> dict:
-    are, _, _ = adapted_rand_error(pred, gt, ignore_labels=(0,))
+    # The adapted Rand error counts the pairs of reference object pixels: with no object in
+    # the reference there is nothing to count, and its 0/0 must not read as a perfect score.
+    are = adapted_rand_error(pred, gt, ignore_labels=(0,))[0] if gt.any() else None
     voi_split, voi_merge = variation_of_information(pred, gt)
     obj = object_scores(pred, gt, iou_thresholds=iou_thresholds)
     return {
@@ -182,7 +188,7 @@ def _instance_scores(pred: np.ndarray, gt: np.ndarray, iou_thresholds) -> dict:
         "aji": obj["aji"],
         "mean_matched_iou": obj["mean_matched_iou"],
         "adapted_rand_error": are,
-        "v_rand": 1.0 - are,
+        "v_rand": None if are is None else 1.0 - are,
         "voi_split": voi_split,
         "voi_merge": voi_merge,
         "iou_foreground": iou(pred > 0, gt > 0, labels=(1,))[1],
@@ -311,7 +317,9 @@ def evaluate_folders(
         ``object_f1`` (threshold -> precision, recall, f1, tp, fp, fn) and
         ``average_precision_by_threshold`` (threshold -> AP); the mean has the same keys:
         precision, recall and F1 from the counts pooled over the pairs, ``n_pred`` and ``n_gt``
-        summed, every other score averaged over the pairs.
+        summed, every other score averaged over the pairs. ``adapted_rand_error`` and
+        ``v_rand`` are None for a reference without objects (undefined: no pair of object
+        pixels to count) and left out of the mean.
     """
     _check_options(mode, {"--thresholds": thresholds, "--membrane": membrane,
                           "--channel": channel, "--unassigned": unassigned,

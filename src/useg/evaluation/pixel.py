@@ -55,7 +55,9 @@ def _class_overlaps(pred, gt, labels) -> tuple[list, np.ndarray, np.ndarray, np.
         gt = gt.astype(np.uint8)
     t = contingency_table(gt, pred)
     if labels is None:
-        labels = np.union1d(t.row_labels, t.col_labels).tolist()
+        # As Python ints: NumPy would unite uint64 and int64 ids in float64, rounding ids
+        # beyond 2**53 into ones that match nothing.
+        labels = sorted(set(t.row_labels.tolist()) | set(t.col_labels.tolist()))
     else:
         labels = [lab.item() if isinstance(lab, np.generic) else lab for lab in labels]
     # Per label: pixels in gt, pixels in pred, pixels in both.

@@ -78,9 +78,16 @@ def make_predictor(
     run = with_tta(probabilities, ts) if ts else probabilities
 
     def predictor(x: np.ndarray) -> np.ndarray:
-        x = norm.normalize(x, stats, channel_axis=1)
-        if not np.isfinite(x).all():
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            normalized = norm.normalize(x, stats, channel_axis=1)
+        if not np.isfinite(normalized).all():
+            if np.isfinite(x).all():
+                # A finite image made infinite by the model's own (fixed) normalisation.
+                raise ModelFileError("the model's normalization (offset, scale) takes this "
+                                     "image beyond float32's range; the model file's "
+                                     "normalization is unusable")
             raise InputError("image contains NaN or infinite values")
+        x = normalized
         t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
         with torch.inference_mode():
             out = run(t)

@@ -104,14 +104,16 @@ def segment_array(
     from useg.inference.files import predict_image
     from useg.labels import class_dtype, most_likely_class
     from useg.nets.checkpoint import load_model, model_info, resolve_model
+    from useg.nets.config import UNetConfig
     from useg.workflows.segment import instance_settings, instances_of
 
     path = resolve_model(model)
-    config = model_info(path)["config"]
+    # Complete, with the defaults of the fields a model file may leave out.
+    config = UNetConfig.from_dict(model_info(path)["config"])
     data = np.asarray(image)
     if rgb:
         data = np.moveaxis(data, -1, 0)
-    elif int(config["in_channels"]) == 1:
+    elif config.in_channels == 1:
         data = data[np.newaxis]
     # Checked before the model is loaded or a tile predicted: a mistake costs nothing.
     if spacing is not None:
@@ -121,7 +123,7 @@ def segment_array(
         spacing = tuple(float(s) for s in spacing[len(spacing) - (data.ndim - 1):])
     derive, note = None, None
     if instances:
-        ndim = int(config["ndim"])
+        ndim = config.ndim
         target, params, source = instance_settings(path)
         derive = instances_of(target, params, ndim)
         note = f"instances: {target} target; {source}"

@@ -281,6 +281,9 @@ def _check_normalization(spec: Any, in_channels: int) -> str | None:
                     and all(_is_number(v) for v in value)):
                 return (f"normalization {name} must be a list of 1 or {in_channels} finite "
                         f"numbers, got {_short(value)}")
+        if len(spec["offset"]) != len(spec["scale"]):
+            return (f"normalization offset and scale must have as many entries, got "
+                    f"{_short(spec['offset'])} and {_short(spec['scale'])}")
         if any(v == 0 for v in spec["scale"]):
             return f"normalization scale must not be 0, got {_short(spec['scale'])}"
     return None
@@ -296,6 +299,13 @@ def _check_extras(header: dict[str, Any]) -> str | None:
     for name in ("labels", "provenance", "instances"):
         if header.get(name) is not None and not isinstance(header[name], dict):
             return f"{name!r} must be a JSON object, got {_short(header[name])}"
+    labels = header.get("labels") or {}
+    if labels.get("mode") is not None and not isinstance(labels["mode"], str):
+        return f"labels mode must be a string, got {_short(labels['mode'])}"
+    classes = labels.get("classes")
+    if classes is not None and not (isinstance(classes, list)
+                                    and all(isinstance(c, str) for c in classes)):
+        return f"labels classes must be a list of names, got {_short(classes)}"
     return None
 
 

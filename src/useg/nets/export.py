@@ -79,7 +79,9 @@ def export_header(model: UNet) -> dict[str, Any]:
     """The model file's header (network configuration, normalisation, labels, ...) with the
     geometry of the export (:func:`export_geometry`) under ``"export"``."""
     header = dict(getattr(model, "meta", None) or {})
-    header.setdefault("config", model.config.to_dict())
+    # The complete configuration: a model file may leave fields to their defaults, an export's
+    # reader must not have to know them.
+    header["config"] = model.config.to_dict()
     header["export"] = export_geometry(model)
     return header
 
