@@ -121,6 +121,7 @@ def experiment(args: argparse.Namespace, candidate: dict[str, Any], split: str) 
     exp_args, _ = flyem_neurons.setup(candidate, args.quick)
     exp_args.crop, exp_args.crop_start = crops(args)[split]
     exp_args.workers = candidate.get("workers", exp_args.workers)
+    exp_args.precision = args.precision
     if args.quick:
         exp_args.tile3d = [16] * 3
     return Experiment(exp_args)
@@ -131,6 +132,8 @@ def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, An
     steps = 6 if args.quick else candidate["steps"]
     identity = {"candidate": candidate, "steps": steps, "split": split,
                 "crop": crops(args)[split], "slices": list(SLICES)}
+    if args.precision != "fp32":  # the runs kept before this was recorded are all fp32
+        identity["precision"] = args.precision
     path = cache / f"{split}_{name}_seed{seed}.json"
     kept = kept_run(path, identity)
     if kept is not None:
@@ -152,7 +155,8 @@ def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, An
                                flyem_neurons.network_description(exp.args, steps),
                                flyem_neurons.map_meta(exp, run, steps, seed))
     run = {k: v for k, v in run.items() if k not in ("prediction", "probability")}
-    run.update(candidate=name, split=split, threads=args.threads)
+    run.update(candidate=name, split=split, threads=args.threads, precision=args.precision,
+               cpu=cpu_line(machine_info()))
     keep_run(path, identity, run)
     print(f"  IoU {run['iou_boundary_unannotated']:.3f} (calibrated "
           f"{run['iou_boundary_unannotated_calibrated']:.3f}), train {run['train_s']:.0f} s",
@@ -172,7 +176,12 @@ def table(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
                      "calibrated": spread([r["iou_boundary_unannotated_calibrated"]
                                            for r in mine]),
                      "annotated": spread([r["iou_boundary_annotated"] for r in mine]),
-                     "train_min": spread([r["train_s"] / 60 for r in mine])})
+                     "train_min": spread([r["train_s"] / 60 for r in mine]),
+                     # Runs kept before the CPU was recorded ran on a 2-core AMD EPYC with
+                     # AVX2 only (no bf16), as the tables published then say.
+                     "cpus": sorted({r.get("cpu", "AMD EPYC x 2 (avx2, fma), not recorded")
+                                     for r in mine}),
+                     "precision": sorted({r.get("precision", "fp32") for r in mine})})
         paired = [r["iou_boundary_unannotated_without_tta"] for r in mine
                   if "iou_boundary_unannotated_without_tta" in r]
         if len(paired) == len(mine):
@@ -196,13 +205,15 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         lines += [f"## {split} crop {report['crops'][split]}", "",
                   "| recipe | settings | seeds | IoU argmax | IoU calibrated | IoU annotated "
-                  "voxels | train min (threads) |", "|---|---|---|---|---|---|---|"]
+                  "voxels | train min (threads) | precision, CPU |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             mark = "**" if r["candidate"] == report.get("chosen") else ""
             lines.append(f"| {mark}{r['candidate']}{mark} | `{json.dumps(r['settings'])}` | "
                          f"{r['seeds']} | {_cell(r['argmax'])} | {_cell(r['calibrated'])} | "
                          f"{_cell(r['annotated'])} | {r['train_min']['mean']:.1f} "
-                         f"({r['threads']}) |")
+                         f"({r['threads']}) | {', '.join(r['precision'])}; "
+                         f"{'; '.join(r['cpus'])} |")
         for r in rows:
             if "argmax_without_tta" in r:
                 lines.append(f"{r['candidate']}'s networks predicted without test-time "
@@ -227,6 +238,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit-min", type=float, default=60.0,
                         help="training time a recipe may take, minutes")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="every candidate was chosen in fp32 (default); auto would take "
+                        "bf16 on a CPU with bf16 instructions, which the candidates never ran")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: small crops, few steps, nothing kept in bench/results")
     args = parser.parse_args()
