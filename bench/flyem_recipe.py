@@ -62,6 +62,11 @@ that has helped so far (long, longer, longest); the validation gain shrank from 
 one (0.78, 0.86, 0.91). Chosen by the same rule, on validation; the test crop is run only if
 it is the choice.
 
+Every run is in fp32 (``--precision``): ``auto`` would take bf16 on a CPU with bf16
+instructions, and the candidates were chosen in fp32 on a 2-core AMD EPYC with AVX2 only. Runs
+kept since long-15k record their precision and CPU (the tables show them); training times
+compare only between runs on the same CPU.
+
 The training time of every run is recorded with the number of torch threads it ran on; a
 recipe qualifies if its mean training time is within ``--limit-min`` (60) minutes. Every
 finished run is kept in bench/results/flyem_recipe_runs/ (with what it was made with), so an

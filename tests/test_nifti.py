@@ -2,6 +2,8 @@
 spacing in Z, Y, X order and the affine kept; ``useg predict`` on a ``.nii.gz`` writes
 ``.nii.gz`` results in the input's space; training and evaluation pair ``.nii.gz`` files."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -133,9 +135,12 @@ def test_predict_nifti_writes_nifti_with_the_input_affine(tmp_path):
     np.testing.assert_array_equal(np.asarray(labels.dataobj), expected.argmax(0).T)
     assert is_result_file(out / "brain_probs.nii.gz")
     assert not is_result_file(src / "brain.nii.gz")
-    # the result files are NIfTI label images that useg evaluate reads and pairs
-    assert main(["evaluate", str(out / "brain_labels.nii.gz"), str(out / "brain_labels.nii.gz"),
-                 "--mode", "instances"]) == 0
+    # the result files are NIfTI label images that useg evaluate reads and pairs (with a copy:
+    # one file on both sides is refused)
+    (tmp_path / "reference").mkdir()
+    shutil.copy(out / "brain_labels.nii.gz", tmp_path / "reference" / "brain_labels.nii.gz")
+    assert main(["evaluate", str(out / "brain_labels.nii.gz"),
+                 str(tmp_path / "reference" / "brain_labels.nii.gz"), "--mode", "instances"]) == 0
 
 
 def test_without_nibabel_one_line(tmp_path, monkeypatch, capsys):

@@ -217,7 +217,10 @@ def test_cicek2016_preset_is_seamless(cicek2016, tile, counts, rng):
     image = rng.standard_normal(VOLUME).astype(np.float32)
     assert plan_tiles(VOLUME[1:], tile, halo(net.config), 0, pool_step(net.config)).counts \
         == counts
-    tiled = predict(net, image, tile=tile, device="cpu", stats=UNCHANGED, batch_size=2)
+    # fp32: on a CPU with bf16 instructions auto would take bf16, whose rounding is not the
+    # subject here (the reference pass is fp32).
+    tiled = predict(net, image, tile=tile, device="cpu", stats=UNCHANGED, batch_size=2,
+                    precision="fp32")
     whole = _one_pass_probabilities(net, image)
     np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
 
@@ -242,7 +245,7 @@ def test_batch_statistics_predict_in_one_pass_or_refuse(tmp_path, rng, capsys):
     # So predict refuses tiles, and predicts in one pass over the whole image without one.
     with pytest.raises(ConfigError, match=f"model {path} .*depends on the tile.*running-stats"):
         predict(model, image, tile=60, device="cpu", stats=UNCHANGED)
-    one_pass = predict(model, image, device="cpu", stats=UNCHANGED)
+    one_pass = predict(model, image, device="cpu", stats=UNCHANGED, precision="fp32")
     # Rounding only: predict runs channels-last, the reference pass contiguous, and oneDNN sums
     # in another order for each; batch statistics of a width-2 network magnify the difference.
     np.testing.assert_allclose(one_pass, whole, atol=1e-4, rtol=0)
