@@ -30,6 +30,11 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                            "--monai-formats", "channels_last", "--repeats", "2", "--output",
                            "bench/results/predict_sweep2048.json"], "predict_sweep2048.json"),
     "precision": (["bench/precision.py"], "precision.json"),
+    # The same on the other CPU kind: a CPU with bf16 instructions (the figure names the CPU;
+    # rerun it there, precision.json on an AVX2-only CPU).
+    "precision_bf16_cpu": (["bench/precision.py", "--repeats", "2", "--out",
+                            "bench/results/precision_avx512_bf16.json"],
+                           "precision_avx512_bf16.json"),
     "predict3d": (["bench/predict3d.py", "--widths", "16", "32", "--profile", "--keep-freed",
                    "--monai-sweep", "--sweep-widths", "16"], "predict3d.json"),
     "predict3d_layers": (["bench/predict3d.py", "--no-speed", "--layers", "--profile",
@@ -158,7 +163,8 @@ def _loader_workers(d):
 
 def _precision(d):
     net, side = _get(d, "network", default={}), _get(d, "image", 0)
-    cpu = _get(d, "machine", "cpu", "model", default=_get(d, "cpu", "model_name"))
+    cpu = (cpu_line(d["machine"]) if "machine" in d
+           else f"{_get(d, 'cpu', 'model_name')} (avx2 only)")
     return [(f"{net.get('preset')} width {net.get('width')}, {side}x{side} on "
              f"{cpu}: bf16 / fp32 seconds; what auto picks (/ fp32)",
              f"{_fmt(_get(d, 'bf16_over_fp32'))}x; {_get(d, 'auto', 'picks')} "
@@ -493,7 +499,8 @@ EXTRACT: dict[str, Callable] = {
     "predict": _prediction, "predict3d": _prediction,
     "predict3d_shapes": _prediction, "predict3d_budgets": _prediction,
     "predict_sweep2048": _prediction,
-    "predict3d_layers": _layers, "precision": _precision, "train_step": _train_step,
+    "predict3d_layers": _layers, "precision": _precision, "precision_bf16_cpu": _precision,
+    "train_step": _train_step,
     "huge_pages": _huge_pages,
 }
 
