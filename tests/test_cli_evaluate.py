@@ -211,3 +211,20 @@ def test_ground_truth_without_interior_is_refused(tmp_path, capsys, shape, where
     gt.reshape(-1, 16, 16)[:] = membrane_gt()
     tifffile.imwrite(tmp_path / "gt.tif", gt)
     assert main(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "gt.tif")]) == 0
+
+
+def test_a_16_bit_probability_file_of_low_values_says_how_it_was_read(tmp_path, capsys):
+    from useg.errors import UsegWarning
+    from useg.evaluation.files import read_probability
+
+    path = tmp_path / "p.tif"
+    tifffile.imwrite(path, np.array([[0, 100], [200, 255]], np.uint16))
+    with pytest.warns(UsegWarning, match="16-bit file whose values stay within 0..255"):
+        p = read_probability(path)
+    assert p.max() == 1.0
+    tifffile.imwrite(path, np.array([[0, 100], [200, 255]], np.uint8))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UsegWarning)
+        assert read_probability(path).max() == 1.0  # 8-bit: nothing to say

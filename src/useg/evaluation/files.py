@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from useg.errors import (
     InputError,
     OutputError,
     UsegError,
+    UsegWarning,
     check_choice,
     input_error,
 )
@@ -64,6 +66,12 @@ def read_probability(path: str | os.PathLike, channel: int | None = None) -> np.
         if p.min() < 0 or top > 65535:
             raise InputError(f"{path}: integer values outside 0..65535 cannot be probabilities")
         scale = 1 if top <= 1 else 255 if top <= 255 else 65535
+        if scale == 255 and p.dtype.itemsize > 1:
+            # Read from the values, not the pixel type: say so where the two disagree, since
+            # 16-bit probabilities that happen to stay low would be read 257x too high.
+            warnings.warn(f"{path}: a {p.dtype.itemsize * 8}-bit file whose values stay within "
+                          "0..255: read as 8-bit probabilities (divided by 255)", UsegWarning,
+                          stacklevel=2)
         return p.astype(np.float64) / scale
     p = p.astype(np.float64)
     if p.min() < 0 or p.max() > 1:
