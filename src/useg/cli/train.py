@@ -103,8 +103,8 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
                        "(default; seamless overlap tiles)")
     g = p.add_argument_group("training")
     g.add_argument("--tile", type=_typed("tile"), nargs="+",
-                   help="input tile size, rounded to a valid one (default: the recipe's, else "
-                   "the paper's)")
+                   help="input tile size in pixels (voxels in 3D; one value, or one per axis), "
+                   "rounded to a valid one (default: the recipe's, else the paper's)")
     g.add_argument("--iterations", type=_typed("iterations"), default=_DEFAULTS.iterations,
                    help="training steps (default: the recipe's); with --resume, a new total "
                    "extends a finished or interrupted run (the learning-rate schedule is then "
@@ -147,9 +147,11 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--boundary-width", type=_typed("boundary_width"),
                    default=_DEFAULTS.boundary_width,
                    help="thickness of the boundary class in label modes 'boundary' and "
-                   "'three_class'")
+                   "'three_class', in pixels (voxels in 3D, whatever their spacing)")
     g.add_argument("--spacing", type=parse_spacing, metavar="Z,Y,X",
-                   help="voxel size, e.g. 50,4,4 (overrides the files'; stored in the model)")
+                   help="voxel size in any one unit for all axes, e.g. 50,4,4 (nm): only the "
+                   "ratios matter for training (pooling, rotations, the border weights); "
+                   "overrides the files' calibration; stored in the model")
     g.add_argument("--slices", nargs="+", metavar="AXIS=I,J",
                    help="only these slices are annotated, e.g. z=10,40 y=64 x=20")
     g.add_argument("--val-every", type=_typed("val_every"), default=_DEFAULTS.val_every)
