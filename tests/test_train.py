@@ -68,6 +68,8 @@ def test_train_writes_run_folder(dataset, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["sigma"] == 5.0 and config["sigma_unit"] == "pixels (finest axis)"
     assert model.meta["provenance"]["config"]["sigma_unit"] == "pixels (finest axis)"
+    assert model.meta["units"]["tile"] == "pixels (voxels in 3D)"  # the header says its units
+    assert "ratios" in model.meta["units"]["spacing"]
     assert not list(out.glob(".*tmp*"))
     # An existing run is not overwritten without --resume.
     assert main(_cmd(dataset, out)) == 2

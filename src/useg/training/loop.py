@@ -53,7 +53,7 @@ from useg.nets.config import UNetConfig
 from useg.nets.forward import memory_format
 from useg.nets.geometry import output_shape, peak_bytes, training_step_bytes, valid_input_shape
 from useg.nets.unet import UNet
-from useg.training.config import TrainConfig, lr_factor
+from useg.training.config import SIGMA_UNIT, TrainConfig, lr_factor
 from useg.training.distributed import Dist, all_reduce_sum, init_distributed, shared_precision
 from useg.training.options import format_duration
 from useg.training.run_folder import (
@@ -554,6 +554,17 @@ def _grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler |
     return None
 
 
+#: What the sizes of a model file's header are measured in (its ``units``).
+UNITS = {
+    "spacing": "the training data's calibration (or --spacing), in its own unit; only the "
+               "ratios between axes are used",
+    "tile": "pixels (voxels in 3D)",
+    "sigma": SIGMA_UNIT,
+    "boundary_width": "pixels (voxels in 3D)",
+    "instances": "min_size in pixels (voxels in 3D), seed_distance in pixels of the finest axis",
+}
+
+
 def _model_meta(
     cfg: TrainConfig, samples: list[Sample], val_samples: list[Sample] | None = None
 ) -> dict[str, Any]:
@@ -569,6 +580,7 @@ def _model_meta(
                     "(val_iou)"}}
     return {
         "spacing": [float(v) for v in spacing] if spacing is not None else None,
+        "units": UNITS,
         "normalization": cfg.normalization,
         "labels": cfg.labels or {"mode": cfg.label_mode},
         **validation,
