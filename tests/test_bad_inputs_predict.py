@@ -205,6 +205,14 @@ def test_dask_output_that_holds_the_input_is_refused(tmp_path, model):
         assert code == 2 and len(err.splitlines()) == 1 and "holds the input" in err, err
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == listing
     assert np.array_equal(zarr.open_array(str(store), mode="r")[:], data)
+    # An array inside a store, named as store:level or store/level: the store holds it too.
+    group = tmp_path / "img.zarr"
+    zarr.open_group(str(group), mode="w").create_array("0", shape=data.shape, dtype="f4")[:] = data
+    for source in (f"{group}:0", f"{group}/0"):
+        code, err = run_cli(["predict", source, "--model", model, "--out", group, "--dask",
+                             "--overwrite", "--quiet"])
+        assert code == 2 and len(err.splitlines()) == 1 and "holds the input" in err, err
+    assert np.array_equal(zarr.open_group(str(group), mode="r")["0"][:], data)
 
 
 def test_report_keeps_to_report_html_inside_the_run(dataset, tmp_path):

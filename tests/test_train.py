@@ -392,3 +392,64 @@ def test_validation_runs_every_val_every_steps_whatever_the_log_interval(tmp_pat
     assert [int(r["step"]) for r in rows] == [3, 5, 6, 9, 10]
     validated = [int(r["step"]) for r in rows if r.get("val_iou") not in (None, "")]
     assert validated == [5, 10]
+
+
+def _tiny_samples():
+    from useg.training.samples import make_sample
+    from useg.workflows.synthetic import touching_cells
+
+    img, inst = touching_cells((64, 64), rng=0)
+    return [make_sample(img, inst, mode="instances", w0=10, sigma=5)]
+
+
+def test_a_run_killed_inside_a_checkpoint_resumes_with_every_log_row(tmp_path, monkeypatch):
+    # The trainer state is the checkpoint's commit point: written last, after the log.
+    from useg.training import loop, run_folder
+    from useg.training.config import TrainConfig
+
+    cfg = TrainConfig(net={"ndim": 2, "width": 2, "depth": 1}, tile=36, iterations=6,
+                      log_every=1, checkpoint_every=3, workers=0, device="cpu", augment=None)
+    real = run_folder.write_log
+
+    def killed(path, rows):
+        if int(rows[-1]["step"]) == 6:
+            raise KeyboardInterrupt  # a kill inside the last checkpoint, at its log
+        return real(path, rows)
+
+    monkeypatch.setattr(run_folder, "write_log", killed)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, _tiny_samples(), tmp_path / "run", progress=False)
+    monkeypatch.setattr(run_folder, "write_log", real)
+    # Partial network section, as Python callers give it: the run must still resume.
+    loop.train(TrainConfig.from_dict({**cfg.to_dict(), "net": {"ndim": 2, "width": 2,
+                                                                 "depth": 1}}),
+               _tiny_samples(), tmp_path / "run", resume=True, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert {"in_channels", "classes"} <= set(saved["net"])  # complete, as read back
+
+
+def test_loader_workers_stop_when_training_raises(tmp_path, monkeypatch):
+    import multiprocessing as mp
+
+    from useg.training import loop
+    from useg.training.config import TrainConfig
+
+    real = loop._Run._loss
+
+    def failing(self, *args):
+        if self.step == 2:
+            raise RuntimeError("boom")
+        return real(self, *args)
+
+    monkeypatch.setattr(loop._Run, "_loss", failing)
+    cfg = TrainConfig(net={"ndim": 2, "width": 2, "depth": 1}, tile=36, iterations=6,
+                      workers=1, device="cpu", augment=None)
+    with pytest.raises(RuntimeError, match="boom") as info:
+        loop.train(cfg, _tiny_samples(), tmp_path / "run", progress=False)
+    assert info.value is not None  # the traceback (and its frames) still held here
+    deadline = time.time() + 10
+    while mp.active_children() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not mp.active_children()

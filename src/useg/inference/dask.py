@@ -76,6 +76,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _content_sha256(array: Any) -> str:
+    """The checksum of an in-memory image's values (read a slab of its first axis at a time):
+    what tells a resumed run that it is given the same image, when no file names it."""
+    h = hashlib.sha256()
+    a = np.asarray(array)
+    if a.flags.c_contiguous:
+        flat = a.reshape(-1).view(np.uint8)
+        for start in range(0, flat.size, 1 << 26):  # no copy, 64 MiB at a time
+            h.update(flat[start:start + (1 << 26)])
+    else:
+        for index in np.ndindex(a.shape[:-2]):  # a copy of one plane at a time
+            h.update(np.ascontiguousarray(a[index]).tobytes())
+    return h.hexdigest()
+
+
 def _zarr_dir(spec: str) -> Path:
     sp = parse_spec(spec)
     if sp.kind != "zarr":
@@ -544,7 +559,10 @@ def _open_input(image: Any, net, s: _Settings) -> _Input:
         spacing = None if s.spacing is None else tuple(float(v) for v in s.spacing)
         unit = s.unit if spacing is not None else None
         view = as_channels_first(image, None, ndim)
-        described = {"spec": None, "shape": list(image.shape), "dtype": str(image.dtype)}
+        # No file names it: its values do, or another image of this shape would resume the
+        # run (and be handed the first one's result).
+        described = {"spec": None, "shape": list(image.shape), "dtype": str(image.dtype),
+                     "sha256": _content_sha256(image)}
     try:
         check_image(net, view)
     except InputError as exc:

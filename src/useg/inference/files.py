@@ -319,7 +319,11 @@ def predict_paths(
 def _predict_store(inputs, out, model, scheduler, workers, block, options) -> dict[str, Any]:
     if len(inputs) != 1:
         raise InputError("--dask predicts one image (or volume) at a time; give one INPUT")
-    source, store = Path(inputs[0]).resolve(), Path(out).resolve()
+    # The containers (a store's array may be named as store:level or store/level).
+    from useg.io.chunked import parse_spec
+
+    source = parse_spec(inputs[0]).container.resolve()
+    store = parse_spec(out).container.resolve()
     if source == store or source.is_relative_to(store) or store.is_relative_to(source):
         # Writing (or --overwrite replacing) the store would destroy the image being read.
         raise ConfigError(f"--out {out}: holds the input {inputs[0]} (or lies in it); write "

@@ -202,7 +202,13 @@ def _train(
     finally:
         if bar is not None:
             bar.close()
-        del batches  # shuts the loader's worker processes down now, not when collected
+        # The loader's worker processes stop now: an exception's traceback keeps the frames
+        # that hold the iterator (a notebook keeps the last one), so dropping ours is not
+        # enough.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del batches
         _leave_process_group(run.dist)
     if not (out / "best.safetensors").exists():
         return out / "last.safetensors"
@@ -478,6 +484,7 @@ def _start_run(
     from useg.training.losses import SegmentationLoss
 
     net_cfg = UNetConfig.from_dict(cfg.net)
+    cfg.net = net_cfg.to_dict()  # complete, as a resumed run reads it back
     dist_info, device = init_distributed(cfg.device)
     cfg.precision = shared_precision(cfg.precision, device, dist_info)
     tile = valid_input_shape(net_cfg, cfg.tile, mode="nearest")

@@ -315,10 +315,12 @@ def write_checkpoint(
     out: Path, model: UNet, opt: torch.optim.Optimizer, info: dict[str, Any],
     rows: list[dict[str, Any]], meta: dict[str, Any],
 ) -> None:
-    """Write a checkpoint of the run in ``out``: ``last.safetensors`` (a model file with
-    ``meta``), the trainer state (``info``: step, best score, pending losses), the log and the
-    curves, in that order."""
-    save_model(model, out / "last.safetensors", {**meta, "step": info["step"]})
-    save_state(out / STATE, model, opt, info)
+    """Write a checkpoint of the run in ``out``: the log and the curves, ``last.safetensors``
+    (a model file with ``meta``), then the trainer state (``info``: step, best score, pending
+    losses). The state is written last: a run killed before it resumes from the previous
+    state, whose log rows it finds (a resumed run drops the rows past its state's step), so no
+    row is lost."""
     write_log(out / LOG, rows)
     plot_curves(rows, out / CURVES)
+    save_model(model, out / "last.safetensors", {**meta, "step": info["step"]})
+    save_state(out / STATE, model, opt, info)
