@@ -296,3 +296,19 @@ def test_a_costly_tile_is_named_once_not_once_per_block(case3d, tmp_path):
                         block=BLOCK3, scheduler="threads", progress=False)
     notes = [str(w.message) for w in record if issubclass(w.category, TileWarning)]
     assert len(notes) == 1 and "times the work of the default tile" in notes[0]
+
+
+def test_another_in_memory_image_of_the_same_shape_does_not_resume_the_run(case3d, tmp_path):
+    # No file names an in-memory image: its values must, or the second image would be handed
+    # the first one's result as "already done".
+    out = tmp_path / "mem.zarr"
+    first = dp.predict_dask(case3d["model"], case3d["vol"], out, block=BLOCK3, tile=TILE3,
+                            scheduler="synchronous", progress=False)
+    assert first["skipped"] == 0
+    again = dp.predict_dask(case3d["model"], case3d["vol"].copy(), out, block=BLOCK3,
+                            tile=TILE3, scheduler="synchronous", progress=False)
+    assert again["skipped"] == again["blocks"]  # the same values: resumed, nothing to do
+    other = 255 - case3d["vol"]
+    with pytest.raises(ConfigError, match="different input"):
+        dp.predict_dask(case3d["model"], other, out, block=BLOCK3, tile=TILE3,
+                        scheduler="synchronous", progress=False)
