@@ -312,3 +312,9 @@ def test_another_in_memory_image_of_the_same_shape_does_not_resume_the_run(case3
     with pytest.raises(ConfigError, match="different input"):
         dp.predict_dask(case3d["model"], other, out, block=BLOCK3, tile=TILE3,
                         scheduler="synchronous", progress=False)
+
+
+def test_workers_with_a_scheduler_that_takes_none_is_refused(case3d, tmp_path):
+    with pytest.raises(ConfigError, match="does not take a number of workers"):
+        dp.predict_dask(case3d["model"], case3d["vol"], tmp_path / "w.zarr", block=BLOCK3,
+                        tile=TILE3, scheduler="synchronous", workers=8, progress=False)

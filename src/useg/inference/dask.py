@@ -169,6 +169,11 @@ def _check_scheduler(scheduler: Any) -> None:
 def _resolve_scheduler(scheduler: Any, workers: int | None) -> tuple[str, Any, bool]:
     """(kind, client or local scheduler name, whether we own the client)."""
     _check_scheduler(scheduler)
+    if workers is not None and scheduler is not None and scheduler not in ("threads",
+                                                                            "processes"):
+        # The synchronous scheduler runs one block at a time; a cluster has its own workers.
+        raise ConfigError(f"--workers {workers}: the {scheduler!r} scheduler does not take a "
+                          "number of workers (only threads and processes do); leave it out")
     if scheduler is None:
         try:
             from distributed import default_client
