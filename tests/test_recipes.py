@@ -373,3 +373,42 @@ def test_demo_says_when_the_model_does_not_beat_the_floor():
     assert line.startswith("WARNING") and "pixel error" in line and "adapted" not in line
     assert "again" in line  # what to do: the demo resumes
     assert line in score_lines(weak, 0.5, floor)
+
+
+def test_a_validation_is_not_taken_for_slow_steps(monkeypatch):
+    # The real decision and check on a fake clock: steps run exactly as measured, and each
+    # validation takes a good share of the budget; the run must not stop early for it.
+    import types
+
+    from useg.training import loop
+    from useg.training.config import TrainConfig
+
+    clock = [0.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(loop, "write_config", lambda *a: None)
+    monkeypatch.setattr(loop, "_record_decision_in_best", lambda run: None)
+    step_s, validation_s, every = 0.1, 15.0, 20
+    cfg = TrainConfig(net={"ndim": 2}, iterations=10000, val_every=every, log_every=10,
+                      checkpoint_every=10**6, time_budget=100.0)
+    run = types.SimpleNamespace(
+        out=None, cfg=cfg, step=10, last_check=None, paused=0.0, meta={"provenance": {}},
+        dist=types.SimpleNamespace(main=True, world=1), device=types.SimpleNamespace(type="cpu"),
+        model=types.SimpleNamespace(train=lambda: None), checkpoint=lambda: None)
+    run.due = lambda n: run.step % n == 0 or run.step == cfg.iterations
+
+    def evaluate(samples):
+        clock[0] += validation_s
+
+    run.evaluate = evaluate
+    clock[0] = 20.0 - validation_s  # the decision's own validation brings the clock to 20 s
+    loop._decide_budget(run, step_s, 0.0, val_samples=[object()])
+    planned = cfg.iterations
+    assert 10 < planned < 10000
+    while run.step < cfg.iterations:
+        run.step += 1
+        clock[0] += step_s
+        if run.due(every):  # the loop counts what its validation took apart from the steps
+            clock[0] += validation_s
+            run.paused += validation_s
+        assert not loop._out_of_time(run, 0.0), f"stopped at step {run.step} of {planned}"
+    assert clock[0] <= 100.0  # its last validation included, it ended within the budget

@@ -185,10 +185,12 @@ def _train(
                 # not they fall on a log step: the same steps in every process.
                 logged = run.due(cfg.log_every) or run.due(cfg.val_every)
                 saved = run.due(cfg.checkpoint_every)
+                paused_from = time.perf_counter()
                 if logged:
                     run.log(val_samples, callback)
                 if saved:
                     run.checkpoint()
+                run.paused += time.perf_counter() - paused_from
                 # After the step's own log and checkpoint, so that the time they took is counted;
                 # a stop makes this step the last one, which is then logged and saved too.
                 if checked and _out_of_time(run, started):
@@ -268,8 +270,10 @@ class _Run:
     last_value: float = math.nan
     data_wait: float = 0.0  # seconds spent waiting for batches
     compute: float = 0.0  # seconds spent in steps
-    # (time, step) of the last out-of-time check: how fast the steps go now, logs and all.
+    # (time, step) of the last out-of-time check: how fast the steps go now.
     last_check: tuple[float, int] | None = None
+    # Seconds of logging, validation and checkpoints since the last check: not the steps' pace.
+    paused: float = 0.0
 
     def due(self, every: int) -> bool:
         """Whether the step reached is a multiple of ``every`` or the last one."""
@@ -794,14 +798,17 @@ def _out_of_time(run: _Run, started: float) -> bool:
         return False  # several processes agree at log steps only
     final = decision.get("validation_seconds", 0.0) + decision.get("checkpoint_seconds", 0.0)
     now = time.perf_counter()
-    # The steps up to the next check at the pace of those since the last one (everything
-    # between two checks counted: logging, callbacks, another program on the cores), so the
-    # run stops before the step that would end past the budget, not after it.
+    # The steps up to the next check at the pace of those since the last one (what slows
+    # them counted: callbacks, another program on the cores), so the run stops before the
+    # step that would end past the budget, not after it.
     ahead = 0.0
     if run.last_check is not None and run.step > run.last_check[1]:
-        pace = (now - run.last_check[0]) / (run.step - run.last_check[1])
+        # The steps alone: a validation or checkpoint since the last check is not what the
+        # next step will take (the final ones are counted apart, in ``final``).
+        pace = (now - run.last_check[0] - run.paused) / (run.step - run.last_check[1])
         ahead = pace * (cfg.log_every if run.dist.world > 1 else 1)
     run.last_check = (now, run.step)
+    run.paused = 0.0
     late = now - started + ahead + final > cfg.time_budget
     if run.dist.world > 1:
         flag = torch.tensor([float(late)], dtype=torch.float64, device=run.device)
