@@ -116,8 +116,12 @@ def freed_memory_kept(keep: bool = True) -> Any:
     each comes back as fresh pages that the kernel faults in and zeroes again, a large share of
     a 3D step on a 2-core CPU (``bench/train_step.py``, "freed memory handed back"). Kept, the
     process's peak memory grows (to about twice the step's peak, measured), so callers keep it
-    only where that fits (:func:`freed_memory_fits`). On leaving, glibc's defaults are set
-    again and the kept memory is handed back. Nothing changes where the process is not on
+    only where that fits (:func:`freed_memory_fits`). On leaving, glibc's default thresholds
+    are set again and the kept memory is handed back. One thing glibc cannot undo: once set,
+    its thresholds stay fixed, where by default they grow with the first large blocks freed;
+    so in a long-lived process (a notebook) that trained, large blocks are mapped and unmapped
+    afresh from then on, as with freed memory handed back. ``useg train`` ends its process
+    after training, where this does not matter. Nothing changes where the process is not on
     glibc, where the user set glibc's malloc variables (their choice stands), or with
     ``USEG_KEEP_FREED_MEMORY=0``.
     """
