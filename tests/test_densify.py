@@ -254,16 +254,16 @@ def test_densify_resume_matches_uninterrupted(synthetic, tmp_path, monkeypatch):
 
     import useg.training.run_folder
 
-    real_plot = useg.training.run_folder.plot_curves
+    real_state = useg.training.run_folder.save_state
 
-    def interrupt(rows, path):  # the run dies right after its first checkpoint (step 2)
-        real_plot(rows, path)
+    def interrupt(*a, **kw):  # the run dies right after its first checkpoint (step 2)
+        real_state(*a, **kw)
         raise KeyboardInterrupt
 
     run = tmp_path / "run"
-    monkeypatch.setattr(useg.training.run_folder, "plot_curves", interrupt)
+    monkeypatch.setattr(useg.training.run_folder, "save_state", interrupt)
     assert main([*args, "--out", str(run)]) == 130
-    monkeypatch.setattr(useg.training.run_folder, "plot_curves", real_plot)
+    monkeypatch.setattr(useg.training.run_folder, "save_state", real_state)
     assert not (run / "vol_labels.tif").exists()
     assert [s for s, _ in _losses(run)] == [1, 2]
     assert main(["densify", "--resume", "--out", str(run), "--quiet"]) == 0

@@ -66,15 +66,15 @@ import sys
 import useg.training.run_folder
 from useg.cli import main
 
-real = useg.training.run_folder.plot_curves
+real = useg.training.run_folder.save_state
 
 
-def stop(rows, path):  # the last thing rank 0 does for a checkpoint
-    real(rows, path)
+def stop(*args, **kwargs):  # the last thing rank 0 does for a checkpoint
+    real(*args, **kwargs)
     raise SystemExit(3)
 
 
-useg.training.run_folder.plot_curves = stop
+useg.training.run_folder.save_state = stop
 sys.exit(main(sys.argv[1:]))
 """
 
