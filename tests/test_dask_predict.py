@@ -318,3 +318,20 @@ def test_workers_with_a_scheduler_that_takes_none_is_refused(case3d, tmp_path):
     with pytest.raises(ConfigError, match="does not take a number of workers"):
         dp.predict_dask(case3d["model"], case3d["vol"], tmp_path / "w.zarr", block=BLOCK3,
                         tile=TILE3, scheduler="synchronous", workers=8, progress=False)
+
+
+def test_a_corrupt_chunk_of_the_input_is_one_line(case3d, tmp_path, capsys):
+    from useg.cli import main
+
+    spec = tmp_path / "bad.zarr" / "raw"
+    create_array(str(spec), SHAPE3, np.uint8, (6, 16, 16), axes="ZYX")[:] = case3d["vol"]
+    chunks = [p for p in spec.rglob("*") if p.is_file() and p.name not in
+              ("zarr.json", ".zarray", ".zattrs", ".zgroup")]
+    assert chunks
+    chunks[len(chunks) // 2].write_bytes(b"garbage")  # a chunk its codec cannot decode
+    code = main(["predict", str(spec), "--model", str(case3d["model"]), "--out",
+                 str(tmp_path / "out.zarr"), "--dask", "--scheduler", "synchronous",
+                 "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "cannot read" in err and "bad.zarr" in err

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from useg.errors import ConfigError
+from useg.errors import ConfigError, InputError, one_line
 from useg.inference.tiling import TilePlan
 from useg.io.arrays import mirror_indices
 from useg.io.chunked import as_channels_first, open_array
@@ -171,7 +171,11 @@ class _Prefetched:
         self.ndim = len(self.shape)
         self.dtype = image.dtype
         self.box = box
-        self.data = np.asarray(image[(slice(None), *box)])
+        try:
+            self.data = np.asarray(image[(slice(None), *box)])
+        except Exception as exc:  # noqa: BLE001 - the edge: a corrupt chunk, a codec error
+            raise InputError(f"cannot read the block at {[(b.start, b.stop) for b in box]} "
+                             f"({one_line(exc)})") from None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple) and len(key) == self.ndim and key[0] == slice(None):
@@ -244,7 +248,10 @@ def predict_block(job: dict[str, Any], index: tuple[int, ...], image: Any = None
     if image is None:
         image = _worker_array(job["input"], "r")
     image = as_channels_first(image, job["axes"], model.config.ndim)
-    source = _Prefetched(image, blocks.input_box(index))
+    try:
+        source = _Prefetched(image, blocks.input_box(index))
+    except InputError as exc:
+        raise InputError(f"{job['input'] or 'the image'}: {exc}") from None
     # The tile was chosen, and any note on it said, once for the whole volume.
     with tile_notes_said():
         probs = predict(

@@ -623,9 +623,15 @@ def _prepare_outputs(
     _refuse_existing(previous, record, s)
     stats = s.stats
     if stats is None:
-        stats = norm.image_stats(
-            source.view, (getattr(net, "meta", None) or {}).get("normalization")
-        )
+        try:
+            stats = norm.image_stats(
+                source.view, (getattr(net, "meta", None) or {}).get("normalization")
+            )
+        except UsegError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the edge: a corrupt chunk, a codec error
+            raise InputError(f"{source.spec or 'the image'}: cannot read it "
+                             f"({one_line(exc)})") from None
     _create_outputs(net.config, source, g.blocks, s)
     (s.run_dir / "levels.json").unlink(missing_ok=True)
     make_folder(s.run_dir / "done")
