@@ -379,11 +379,8 @@ def test_validation_of_a_same_network_does_not_tile_with_the_training_tile(tmp_p
 def test_validation_runs_every_val_every_steps_whatever_the_log_interval(tmp_path):
     from useg.training.config import TrainConfig
     from useg.training.loop import train
-    from useg.training.samples import make_sample
-    from useg.workflows.synthetic import touching_cells
 
-    img, inst = touching_cells((64, 64), rng=0)
-    samples = [make_sample(img, inst, mode="instances", w0=10, sigma=5)]
+    samples = _tiny_samples()
     cfg = TrainConfig(net={"ndim": 2, "width": 2, "depth": 1}, tile=36, iterations=10,
                       log_every=3, val_every=5, checkpoint_every=100, workers=0, device="cpu",
                       augment=None, seed=1)

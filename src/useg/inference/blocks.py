@@ -165,7 +165,7 @@ class _Prefetched:
     """The image as an array-like whose reads inside one box come from a copy read in one go
     (the tiles of a block overlap, and chunked stores have no cache)."""
 
-    def __init__(self, image: Any, box: tuple[slice, ...]):
+    def __init__(self, image: Any, box: tuple[slice, ...], name: str):
         self.image = image
         self.shape = tuple(image.shape)
         self.ndim = len(self.shape)
@@ -174,8 +174,8 @@ class _Prefetched:
         try:
             self.data = np.asarray(image[(slice(None), *box)])
         except Exception as exc:  # noqa: BLE001 - the edge: a corrupt chunk, a codec error
-            raise InputError(f"cannot read the block at {[(b.start, b.stop) for b in box]} "
-                             f"({one_line(exc)})") from None
+            raise InputError(f"{name}: cannot read the block at "
+                             f"{[(b.start, b.stop) for b in box]} ({one_line(exc)})") from None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple) and len(key) == self.ndim and key[0] == slice(None):
@@ -248,10 +248,7 @@ def predict_block(job: dict[str, Any], index: tuple[int, ...], image: Any = None
     if image is None:
         image = _worker_array(job["input"], "r")
     image = as_channels_first(image, job["axes"], model.config.ndim)
-    try:
-        source = _Prefetched(image, blocks.input_box(index))
-    except InputError as exc:
-        raise InputError(f"{job['input'] or 'the image'}: {exc}") from None
+    source = _Prefetched(image, blocks.input_box(index), job["input"] or "the image")
     # The tile was chosen, and any note on it said, once for the whole volume.
     with tile_notes_said():
         probs = predict(

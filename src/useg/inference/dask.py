@@ -77,8 +77,9 @@ def _sha256(path: Path) -> str:
 
 
 def _content_sha256(array: Any) -> str:
-    """The checksum of an in-memory image's values (read a slab of its first axis at a time):
-    what tells a resumed run that it is given the same image, when no file names it."""
+    """The checksum of an in-memory image's values (in 64 MiB pieces of a contiguous array, or
+    a copy of one plane at a time): what tells a resumed run that it is given the same image,
+    when no file names it."""
     h = hashlib.sha256()
     a = np.asarray(array)
     if a.flags.c_contiguous:

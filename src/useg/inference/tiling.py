@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from useg.errors import ConfigError
+from useg.io import normalize as norm
 from useg.io.arrays import read_tile, release_pages
 
 __all__ = ["TilePlan", "plan_tiles", "predict_tiled"]
@@ -363,8 +364,7 @@ def _gather(image: Any, plan: TilePlan, batch: list[_Tile]) -> np.ndarray:
     # to 64 KiB around each page fault): read a memmap in slabs and unmap each, so that reading
     # the next tile adds little to the memory the predictor holds meanwhile.
     slab = 64 if isinstance(image, np.memmap) else plan.tile[0]
-    dtype = np.float32 if np.can_cast(image.dtype, np.float32) else np.float64
-    x = np.empty((len(batch), image.shape[0], *plan.tile), dtype=dtype)
+    x = np.empty((len(batch), image.shape[0], *plan.tile), dtype=norm.raw_dtype(image.dtype))
     for k, (start, _, _) in enumerate(batch):
         for lo in range(0, plan.tile[0], slab):
             hi = min(lo + slab, plan.tile[0])

@@ -8,7 +8,7 @@ import numpy as np
 
 from useg.io.arrays import release_pages
 
-__all__ = ["DEFAULT", "image_stats", "normalize"]
+__all__ = ["DEFAULT", "image_stats", "normalize", "raw_dtype"]
 
 # Percentiles map to 0 and 1: robust to hot pixels and to the dtype of the file.
 DEFAULT: dict[str, Any] = {"mode": "percentile", "low": 1.0, "high": 99.8}
@@ -68,6 +68,13 @@ def image_stats(image: Any, spec: dict[str, Any] | None = None, max_samples: int
 _FLOAT32_SAFE = 1e30
 
 
+def raw_dtype(dtype: Any) -> type:
+    """The float type that holds raw values of ``dtype`` until they are normalised: float32,
+    or float64 for values float32 cannot hold exactly (float64, 32- and 64-bit integers), which
+    rounded first would collapse a small contrast on a large offset to a few steps."""
+    return np.float32 if np.can_cast(dtype, np.float32) else np.float64
+
+
 def normalize(x: np.ndarray, stats: dict[str, Any], channel_axis: int = 0) -> np.ndarray:
     """``(x - offset) / scale`` per channel, as float32."""
     shape = [1] * x.ndim
@@ -76,10 +83,8 @@ def normalize(x: np.ndarray, stats: dict[str, Any], channel_axis: int = 0) -> np
     scale = np.asarray(stats["scale"], dtype=np.float64).reshape(shape)
     # Statistics beyond float32's comfortable range (images of huge float values) are applied
     # in float64, where x - offset cannot overflow, and so are values float32 cannot hold
-    # exactly (float64, 32- and 64-bit integers): rounded first, a small contrast on a large
-    # offset would collapse to a few steps. Every other image stays in float32.
+    # exactly (raw_dtype). Every other image stays in float32.
     big = max(np.abs(offset).max(initial=0.0), np.abs(scale).max(initial=0.0)) > _FLOAT32_SAFE
-    exact = np.can_cast(x.dtype, np.float32)
-    work = np.float32 if exact and not big else np.float64
+    work = np.float64 if big else raw_dtype(x.dtype)
     out = (x.astype(work, copy=False) - offset.astype(work)) / scale.astype(work)
     return out.astype(np.float32, copy=False)

@@ -314,10 +314,10 @@ def refuse_options_without_effect(cfg: TrainConfig, given: Sequence[tuple[str, s
     ignore: ``--batch-stats`` on a network without batch norm, ``--w0`` or ``--sigma`` in a
     label mode that builds no border weights (``boundary`` and ``classes``)."""
     flags = dict(given)
-    if "batch_stats" in flags and UNetConfig.from_dict(cfg.net).norm != "batch":
+    net_norm = UNetConfig.from_dict(cfg.net).norm
+    if "batch_stats" in flags and net_norm != "batch":
         raise ConfigError(f"{flags['batch_stats']}: this network has no batch norm (norm "
-                          f"{UNetConfig.from_dict(cfg.net).norm!r}); it takes effect with "
-                          "--norm batch")
+                          f"{net_norm!r}); it takes effect with --norm batch")
     for dest in ("w0", "sigma"):
         if dest in flags and cfg.label_mode in ("boundary", "classes"):
             raise ConfigError(f"{flags[dest]}: --label-mode {cfg.label_mode} builds no border "
