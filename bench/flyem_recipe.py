@@ -62,10 +62,22 @@ that has helped so far (long, longer, longest); the validation gain shrank from 
 one (0.78, 0.86, 0.91). Chosen by the same rule, on validation; the test crop is run only if
 it is the choice.
 
-Every run is in fp32 (``--precision``): ``auto`` would take bf16 on a CPU with bf16
-instructions, and the candidates were chosen in fp32 on a 2-core AMD EPYC with AVX2 only. Runs
-kept since long-15k record their precision and CPU (the tables show them); training times
-compare only between runs on the same CPU.
+``flips-15k-bf16`` was added while long-15k's third validation run trained (its first two left it
+level with longest): long-15k with random flips on every axis, in bf16. Past 12000 steps the
+networks fit the annotated voxels better (0.91, then 0.93) and the others no better: they now
+overfit the 13 annotated slices, where long-flips, at 3750 steps, had underfit (0.65 on the
+annotated voxels against long's 0.78). Flips are the augmentation that costs nothing per step on
+this volume of isotropic voxels. It runs in bf16, the precision a CPU with bf16 instructions runs
+fastest: one long-15k run in bf16 scored as the fp32 runs did (0.713) in about half their time, and
+in fp32 this candidate's three seeds would not fit a session. Its time holds only on such a CPU
+(the bench refuses it elsewhere); it differs from long-15k in precision as well as flips, which the
+bf16 run of long-15k (bench/results/flyem_recipe_long-15k_bf16_run.json) lets one read apart.
+Chosen by the same rule, on validation.
+
+Every run is in fp32 unless its candidate names a precision (``--precision``): ``auto`` would
+take bf16 on a CPU with bf16 instructions, and the earlier candidates were chosen in fp32 on a
+2-core AMD EPYC with AVX2 only. Runs kept since long-15k record their precision and CPU (the
+tables show them); training times compare only between runs on the same CPU.
 
 The training time of every run is recorded with the number of torch threads it ran on; a
 recipe qualifies if its mean training time is within ``--limit-min`` (60) minutes. Every
@@ -87,6 +99,8 @@ import flyem_neurons
 import torch
 from _common import RESULTS, ROOT, command_line, cpu_line, keep_run, kept_run, machine_info, publish
 from sparse3d import Experiment, spread
+
+from useg.device import cpu_has_native_bf16
 
 SLICES = (5, 5, 3)
 # (crop shape, crop start), zyx; the test crop is bench/sparse3d.py's centred one.
@@ -112,6 +126,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # Added after longest's test result (see the module docstring).
     "long-15k": {"width": 8, "depth": 2, "tile": 44, "steps": 15000, "augment": False,
                  "workers": 0},
+    # Added after long-15k's validation runs (see the module docstring). Its precision is part
+    # of it: it needs a CPU with bf16 instructions, where its time was measured.
+    "flips-15k-bf16": {"width": 8, "depth": 2, "tile": 44, "steps": 15000, "augment": FLIPS,
+                       "workers": 0, "precision": "bf16"},
 }
 # The issue asks for at least three seeds per candidate before one is chosen.
 MIN_SEEDS = 3
@@ -126,7 +144,7 @@ def experiment(args: argparse.Namespace, candidate: dict[str, Any], split: str) 
     exp_args, _ = flyem_neurons.setup(candidate, args.quick)
     exp_args.crop, exp_args.crop_start = crops(args)[split]
     exp_args.workers = candidate.get("workers", exp_args.workers)
-    exp_args.precision = args.precision
+    exp_args.precision = candidate.get("precision", args.precision)
     if args.quick:
         exp_args.tile3d = [16] * 3
     return Experiment(exp_args)
@@ -137,12 +155,19 @@ def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, An
     steps = 6 if args.quick else candidate["steps"]
     identity = {"candidate": candidate, "steps": steps, "split": split,
                 "crop": crops(args)[split], "slices": list(SLICES)}
-    if args.precision != "fp32":  # the runs kept before this was recorded are all fp32
-        identity["precision"] = args.precision
-    path = cache / f"{split}_{name}_seed{seed}.json"
+    precision = candidate.get("precision", args.precision)
+    if precision != "fp32":  # the runs kept before this was recorded are all fp32
+        identity["precision"] = precision
+    # A run in another precision than its candidate's is kept under a name of its own, so
+    # that it never replaces (or is taken for) the candidate's run.
+    tag = "" if precision == candidate.get("precision", "fp32") else f"_{precision}"
+    path = cache / f"{split}_{name}{tag}_seed{seed}.json"
     kept = kept_run(path, identity)
     if kept is not None:
         return kept
+    if precision == "bf16" and not cpu_has_native_bf16():
+        raise SystemExit(f"{name} in bf16 needs a CPU with bf16 instructions; this one would "
+                         "emulate them (many times slower than fp32)")
     print(f"{split} {name} seed {seed}: training {steps} steps on {args.threads} thread(s)",
           flush=True)
     exp = experiment(args, candidate, split)
@@ -160,7 +185,7 @@ def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, An
                                flyem_neurons.network_description(exp.args, steps),
                                flyem_neurons.map_meta(exp, run, steps, seed))
     run = {k: v for k, v in run.items() if k not in ("prediction", "probability")}
-    run.update(candidate=name, split=split, threads=args.threads, precision=args.precision,
+    run.update(candidate=name, split=split, threads=args.threads, precision=precision,
                cpu=cpu_line(machine_info()))
     keep_run(path, identity, run)
     print(f"  IoU {run['iou_boundary_unannotated']:.3f} (calibrated "
@@ -172,7 +197,9 @@ def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, An
 def table(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     rows = []
     for name in names:
-        mine = [r for r in runs if r["candidate"] == name]
+        # A candidate's row holds only the runs in its own precision (see one_run).
+        own = CANDIDATES[name].get("precision", "fp32")
+        mine = [r for r in runs if r["candidate"] == name and r.get("precision", "fp32") == own]
         if not mine:
             continue
         rows.append({"candidate": name, "settings": CANDIDATES[name], "seeds": len(mine),

@@ -562,3 +562,46 @@ def test_real_stardist_dsb2018():
 def test_module_exports():
     for name in io.__all__:
         assert hasattr(io, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# the unit of the spacing
+
+
+@pytest.mark.parametrize(("unit", "known"), [("CENTIMETER", True), ("NONE", False)])
+def test_read_image_says_whether_the_spacing_has_a_unit(tmp_path, unit, known):
+    tifffile.imwrite(tmp_path / "r.tif", np.zeros((4, 4), np.uint8), resolution=(0.5, 0.5),
+                     resolutionunit=unit)
+    _, meta = read_image(tmp_path / "r.tif")
+    assert meta["spacing"] is not None
+    assert meta["unit"] == ("micrometer" if known else None)
+
+
+def test_no_spacing_has_no_unit(tmp_path):
+    _, meta = read_image(write_image(tmp_path / "a.tif", np.zeros((4, 4), np.uint8)))
+    assert meta["spacing"] is None and meta["unit"] is None
+
+
+@pytest.mark.parametrize("name", ["f.tif", "i.tif", "l.nii.gz"])
+@pytest.mark.parametrize("unit", ["micrometer", None])
+def test_written_spacing_keeps_its_unit_or_its_absence(tmp_path, name, unit):
+    if name.endswith(".nii.gz"):
+        pytest.importorskip("nibabel")
+    # float32 goes to an ImageJ hyperstack, int32 to a plain TIFF: both must keep the unit.
+    arr = np.zeros((3, 4, 5), np.float32 if name.startswith("f") else np.int32)
+    path = write_image(tmp_path / name, arr, axes="ZYX", spacing=(2.0, 0.5, 0.25), unit=unit)
+    _, meta = read_image(path)
+    np.testing.assert_allclose(meta["spacing"], (2.0, 0.5, 0.25), rtol=1e-6)
+    assert meta["unit"] == unit
+
+
+def test_png_without_a_unit_stores_no_spacing(tmp_path):
+    # A PNG's pHYs chunk names metres or nothing; ratios of unknown unit are not made metres.
+    path = write_image(tmp_path / "a.png", np.zeros((4, 6), np.uint8), spacing=(0.5, 0.25),
+                       unit=None)
+    assert read_image(path)[1]["spacing"] is None
+
+
+def test_write_image_refuses_another_unit(tmp_path):
+    with pytest.raises(InputError, match=r"a\.tif: unit must be 'micrometer' or None"):
+        write_image(tmp_path / "a.tif", np.zeros((4, 4), np.uint8), spacing=(1, 1), unit="nm")

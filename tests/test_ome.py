@@ -246,3 +246,30 @@ def test_isotropic_volume_halves_z_too_and_validates(tmp_path):
                                downsample(probs, (2, 2, 2), "mean"), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(nodes["/labels/cells"].data[1]),
                                   downsample(cells, (2, 2, 2), "mode"))
+
+
+def test_result_of_a_tiff_without_a_unit_claims_none(case, tmp_path):
+    # The TIFF holds ratios (resolution unit "none"): the OME-Zarr result keeps the ratios and
+    # names no unit, and so does a TIFF result of the same input.
+    import tifffile
+
+    source = tmp_path / "ratios.tif"
+    tifffile.imwrite(source, case["image"], resolution=(0.5, 0.5), resolutionunit="NONE")
+    out = tmp_path / "r.ome.zarr"
+    assert main(["predict", str(source), "--model", case["model"], "--out", str(out),
+                 *COMMON]) == 0
+    multiscale = _validate(out).ome_attributes.multiscales[0]
+    assert [a.unit for a in multiscale.axes] == [None, None, None]
+    assert multiscale.datasets[0].coordinateTransformations[0].scale == [1.0, 2.0, 2.0]
+    assert open_array(out)[1]["unit"] is None
+
+    from useg.io import read_image
+
+    folder = tmp_path / "tiffs"
+    assert main(["predict", str(source), "--model", case["model"], "--out", str(folder),
+                 "--quiet", "--tile", "92"]) == 0
+    written = sorted(folder.glob("*.tif"))
+    assert written
+    for path in written:
+        meta = read_image(path)[1]
+        assert meta["spacing"] == pytest.approx((2.0, 2.0)) and meta["unit"] is None

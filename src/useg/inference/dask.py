@@ -58,7 +58,7 @@ from useg.io.files import (
     write_error,
     write_json,
 )
-from useg.io.images import read_image
+from useg.io.images import UNIT, read_image
 from useg.io.ome import fill_levels, require_writer
 from useg.labels import class_dtype
 
@@ -265,7 +265,7 @@ def predict_dask(
     zarr_format: int = 3,
     on_block: Callable[[dict[str, Any]], None] | None = None,
     spacing: Sequence[float] | None = None,
-    unit: str | None = "micrometer",
+    unit: str | None = UNIT,
 ) -> dict[str, Any]:
     """Predict a large image block by block with dask, into zarr, resuming unfinished runs.
 
@@ -839,6 +839,7 @@ def predict_to_store(
     if not is_array_spec(source):
         image, info = read_image(source)  # an ordinary image file is read whole
         kwargs.setdefault("spacing", info.get("spacing"))
+        kwargs.setdefault("unit", info.get("unit"))
     cluster = None
     if scheduler is None and workers and workers > 1:
         cluster = scheduler = local_cluster(workers)

@@ -76,7 +76,8 @@ def predict_file(
         raise ModelFileError(f"{getattr(model, 'path', 'model')} on {path}: {exc}") from None
     spacing = meta.get("spacing")
     derived = {kind: fn(probs, spacing) for kind, fn in derive.items()}
-    return write_results(targets, probs, spacing, derived=derived, nifti=meta.get("nifti"))
+    return write_results(targets, probs, spacing, derived=derived, nifti=meta.get("nifti"),
+                         unit=meta.get("unit"))
 
 
 def predict_image(
@@ -112,10 +113,13 @@ def write_results(
     targets: Mapping[str, Path], probs: np.ndarray, spacing: Sequence[float] | None = None, *,
     labels: np.ndarray | None = None, derived: Mapping[str, np.ndarray] | None = None,
     nifti: Any = None,
+    unit: str | None = io.UNIT,
 ) -> dict[str, Path]:
     """Write class probabilities ``(C, *spatial)`` and/or their most likely class into the
     result files ``targets`` (``"probabilities"``, ``"labels"``: see
-    :func:`useg.io.files.result_paths`), with the calibration ``spacing``.
+    :func:`useg.io.files.result_paths`), with the calibration ``spacing`` in ``unit`` (None:
+    unknown, as ``meta["unit"]`` of :func:`useg.io.images.read_image` says of a file that
+    states none).
 
     ``labels`` are the most likely classes when the caller has them already; ``derived`` are
     further label images by kind (written where ``targets`` names them). ``nifti`` is the
@@ -132,7 +136,7 @@ def write_results(
     if "probabilities" in targets:
         target = targets["probabilities"]
         io.write_image(target, probs.astype(np.float32, copy=False), spacing=spacing,
-                       axes="C" + axes, software=io.RESULT_SOFTWARE, reference=nifti)
+                       axes="C" + axes, software=io.RESULT_SOFTWARE, reference=nifti, unit=unit)
         written["probabilities"] = target
     if "labels" in targets:
         if labels is None:
@@ -140,11 +144,11 @@ def write_results(
             most_likely_class(probs, out=labels)
         target = targets["labels"]
         io.write_image(target, labels, spacing=spacing, axes=axes, software=io.RESULT_SOFTWARE,
-                       reference=nifti)
+                       reference=nifti, unit=unit)
         written["labels"] = target
     for kind, array in (derived or {}).items():
         io.write_image(targets[kind], array, spacing=spacing, axes=axes,
-                       software=io.RESULT_SOFTWARE, reference=nifti)
+                       software=io.RESULT_SOFTWARE, reference=nifti, unit=unit)
         written[kind] = targets[kind]
     return written
 

@@ -5,8 +5,10 @@ label images as ``(Y, X)`` or ``(Z, Y, X)``. Every problem with a file a user ga
 :class:`useg.errors.InputError` naming the file. Writers are atomic
 (:func:`useg.io.files.atomic_write`).
 
-Voxel spacing is reported in micrometres when the file states a unit, otherwise in whatever unit
-the file holds (often none, in which case the spacing is ``None``).
+Voxel spacing is reported in micrometres when the file states a unit (``meta["unit"]`` is then
+``"micrometer"``), otherwise as the file's ratios in no named unit (``meta["unit"]`` None), or as
+``None`` when the file holds no spacing. Writers keep that distinction: a spacing of unknown unit
+is written without one, so a result never claims micrometres its input did not state.
 
 NIfTI (``.nii``, ``.nii.gz``; needs nibabel: ``pip install useg[nifti]``) stores its voxels in
 X, Y, Z order (then time and channels); they are read into useg's order (C, Z, Y, X), the
@@ -29,7 +31,13 @@ import numpy as np
 from useg.errors import ConfigError, InputError, input_error, one_line, require
 from useg.io.files import IMAGE_EXTS, NIFTI_EXTS, SOFTWARE, atomic_write, image_ext
 
-__all__ = ["read_image", "read_labels", "write_image"]
+__all__ = ["UNIT", "read_image", "read_labels", "write_image"]
+
+# The unit of every spacing useg reports or writes when the file states one (a UDUNITS-2 name,
+# as OME-Zarr spells it); ``None`` stands for an unknown unit.
+UNIT = "micrometer"
+# How a plain TIFF written here marks a spacing of unknown unit in its description.
+_NO_UNIT = "none"
 
 # Length units found in OME-XML and ImageJ metadata, in micrometres.
 _UNIT_UM = {
@@ -81,9 +89,9 @@ def _nibabel(path: Path) -> Any:
 _NIFTI_UNIT_UM = {"meter": 1e6, "mm": 1e3, "micron": 1.0}
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, str, dict[str, float], str, Any]:
+def _read_nifti(path: Path) -> tuple[np.ndarray, str, dict[str, float], bool, str, Any]:
     """Return (array in the file's X, Y, Z, T, C order, axes letters, spacing by axis letter,
-    original dtype name, header)."""
+    whether its unit is known, original dtype name, header)."""
     nib = _nibabel(path)
     img = nib.load(path)
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
@@ -97,16 +105,19 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, str, dict[str, float], str, Any
     # file is (X, Y, Z, time, vector), whose vector axis (dim 5) holds channels.
     axes = ("XYZC" if arr.ndim == 4 else "XYZTC")[: arr.ndim]
     zooms = [float(z) for z in header.get_zooms()[: min(arr.ndim, 3)]]
+    known = header.get_xyzt_units()[0] in _NIFTI_UNIT_UM
     factor = _NIFTI_UNIT_UM.get(header.get_xyzt_units()[0], 1.0)
     spacing: dict[str, float] = {}
     if all(np.isfinite(z) and z > 0 for z in zooms):
         spacing = {a: z * factor for a, z in zip("XYZ", zooms, strict=False)}
     dtype = str(np.dtype(header.get_data_dtype()).newbyteorder("="))
-    return arr, axes, spacing, dtype, header.copy()
+    return arr, axes, spacing, known, dtype, header.copy()
 
 
-def _read_png(path: Path, *, labels: bool) -> tuple[np.ndarray, str, dict[str, float], str]:
-    """Return (array, axes letters, spacing by axis letter, original dtype name)."""
+def _read_png(path: Path, *, labels: bool
+              ) -> tuple[np.ndarray, str, dict[str, float], bool, str]:
+    """Return (array, axes letters, spacing by axis letter, whether its unit is known (always:
+    Pillow reads only a pHYs chunk in metres), original dtype name)."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -145,7 +156,7 @@ def _read_png(path: Path, *, labels: bool) -> tuple[np.ndarray, str, dict[str, f
     dpi = info.get("dpi")  # Pillow reports pHYs only when its unit is the metre
     if dpi and len(dpi) == 2 and min(dpi) > 0:
         spacing = {"X": 25400.0 / float(dpi[0]), "Y": 25400.0 / float(dpi[1])}
-    return arr, axes, spacing, dtype
+    return arr, axes, spacing, True, dtype
 
 
 def _gray_palette(im: Any) -> bool:
@@ -164,15 +175,16 @@ def _unit_factor(unit: Any) -> float | None:
     return _UNIT_UM.get(u)
 
 
-def _ome_spacing(xml: str) -> dict[str, float]:
+def _ome_spacing(xml: str) -> tuple[dict[str, float], bool]:
+    """Spacing by axis letter in an OME-XML description, and whether every unit is known."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
-        return {}
+        return {}, True
     pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
     if pixels is None:
-        return {}
-    out = {}
+        return {}, True
+    out, known = {}, True
     for ax in "XYZ":
         value = pixels.get(f"PhysicalSize{ax}")
         if value is None:
@@ -184,7 +196,8 @@ def _ome_spacing(xml: str) -> dict[str, float]:
             continue
         if v > 0 and np.isfinite(v):
             out[ax] = v * (factor if factor is not None else 1.0)
-    return out
+            known = known and factor is not None
+    return out, known
 
 
 def _resolution(page: Any) -> tuple[float, float] | None:
@@ -203,11 +216,12 @@ def _resolution(page: Any) -> tuple[float, float] | None:
     return float(x), float(y)
 
 
-def _tiff_spacing(tif: Any, page: Any) -> dict[str, float]:
+def _tiff_spacing(tif: Any, page: Any) -> tuple[dict[str, float], bool]:
+    """Spacing by axis letter, and whether its unit is known (else the file's bare ratios)."""
     if tif.is_ome and tif.ome_metadata:
-        found = _ome_spacing(tif.ome_metadata)
+        found, known = _ome_spacing(tif.ome_metadata)
         if found:
-            return found
+            return found, known
     res = _resolution(page)
     unit_tag = page.tags.get("ResolutionUnit")
     res_unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
@@ -222,25 +236,27 @@ def _tiff_spacing(tif: Any, page: Any) -> dict[str, float]:
             out["Z"] = float(ij["spacing"]) * (factor if factor is not None else 1.0)
         elif factor is not None and out:
             out["Z"] = factor  # ImageJ leaves out spacing=1 (one unit per slice)
-        return out
+        return out, factor is not None
     for meta in tif.shaped_metadata or ():
-        # Written by write_image: the exact spacing of every spatial axis, in micrometres.
+        # Written by write_image: the exact spacing of every spatial axis, in micrometres
+        # unless its unit is marked unknown.
         sp, axes = meta.get("spacing"), meta.get("axes")
         if isinstance(sp, list) and isinstance(axes, str):
             spatial = [a for a in axes if a in "ZYX"]
             if len(sp) == len(spatial):
-                return {a: float(v) for a, v in zip(spatial, sp, strict=True)}
+                return ({a: float(v) for a, v in zip(spatial, sp, strict=True)},
+                        meta.get("unit") != _NO_UNIT)
     if res is None:
-        return {}
+        return {}, True
     if res_unit in _RESUNIT_UM:
         f = _RESUNIT_UM[res_unit]
-        return {"X": f / res[0], "Y": f / res[1]}
+        return {"X": f / res[0], "Y": f / res[1]}, True
     if res != (1.0, 1.0):  # unit "none" but a real ratio: keep it, unit unknown
-        return {"X": 1.0 / res[0], "Y": 1.0 / res[1]}
-    return {}
+        return {"X": 1.0 / res[0], "Y": 1.0 / res[1]}, False
+    return {}, True
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, str, dict[str, float], str]:
+def _read_tiff(path: Path) -> tuple[np.ndarray, str, dict[str, float], bool, str]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -257,14 +273,14 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, dict[str, float], str]:
         if n_alpha and "S" in axes:
             s = axes.index("S")
             arr = np.take(arr, np.arange(arr.shape[s] - n_alpha), axis=s)
-        spacing = _tiff_spacing(tif, page)
-    return arr, axes, spacing, str(arr.dtype)
+        spacing, known = _tiff_spacing(tif, page)
+    return arr, axes, spacing, known, str(arr.dtype)
 
 
 def _read_any(path: Path, *, labels: bool
               ) -> tuple[np.ndarray, str, dict[str, float], str, dict[str, Any]]:
     """Return (array, axes letters, spacing by axis letter, original dtype name, extras of the
-    meta dictionary: the header of a NIfTI file)."""
+    meta dictionary: ``unit`` of the spacing, the header of a NIfTI file)."""
     _check_readable(path)
     ext = image_ext(path)
     extras: dict[str, Any] = {}
@@ -272,11 +288,11 @@ def _read_any(path: Path, *, labels: bool
         _nibabel(path)  # a missing nibabel is one line of its own, not a "corrupt" file
     try:
         if ext == ".png":
-            arr, axes, spacing, dtype = _read_png(path, labels=labels)
+            arr, axes, spacing, known, dtype = _read_png(path, labels=labels)
         elif ext in NIFTI_EXTS:
-            arr, axes, spacing, dtype, extras["nifti"] = _read_nifti(path)
+            arr, axes, spacing, known, dtype, extras["nifti"] = _read_nifti(path)
         else:
-            arr, axes, spacing, dtype = _read_tiff(path)
+            arr, axes, spacing, known, dtype = _read_tiff(path)
     except InputError:
         raise
     except MemoryError:
@@ -293,6 +309,7 @@ def _read_any(path: Path, *, labels: bool
         raise input_error(path, f"unsupported pixel type {arr.dtype}")
     if arr.size == 0:
         raise input_error(path, f"empty image (shape {tuple(arr.shape)})")
+    extras["unit"] = UNIT if known else None
     return arr, axes, spacing, dtype, extras
 
 
@@ -408,7 +425,9 @@ def read_image(
         ``(C, Y, X)`` or ``(C, Z, Y, X)``, C-contiguous, native byte order.
     meta : dict
         ``spacing`` (tuple of floats per spatial axis Z, Y, X in micrometres when the file states
-        a unit, or None when the file holds no spacing), ``axes`` (``"CYX"`` or ``"CZYX"``),
+        a unit, or None when the file holds no spacing), ``unit`` (``"micrometer"``, or None when
+        the file states no unit: the spacing is then its bare ratios), ``axes`` (``"CYX"`` or
+        ``"CZYX"``),
         ``dtype`` (the file's pixel type) and ``path``; for NIfTI also ``nifti``, the file's
         header (its affine: ``meta["nifti"].get_best_affine()``).
 
@@ -439,12 +458,14 @@ def read_image(
         if bad:
             raise input_error(path, f"{bad} pixels are NaN or infinite")
     meta = {
-        "spacing": _spacing_tuple(found, has_z),
         "axes": "CZYX" if has_z else "CYX",
         "dtype": dtype,
         "path": str(path),
         **extras,
     }
+    meta["spacing"] = _spacing_tuple(found, has_z)
+    if meta["spacing"] is None:
+        meta["unit"] = None
     return arr, meta
 
 
@@ -466,7 +487,8 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     labels : ndarray
         ``(Y, X)`` or ``(Z, Y, X)``.
     meta : dict
-        ``spacing`` (per spatial axis or None), ``axes`` (``"YX"`` or ``"ZYX"``), ``dtype`` (the
+        ``spacing`` (per spatial axis or None), ``unit`` (as for :func:`read_image`), ``axes``
+        (``"YX"`` or ``"ZYX"``), ``dtype`` (the
         file's pixel type) and ``path`` (and ``nifti`` as for :func:`read_image`).
 
     Raises
@@ -502,12 +524,14 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         big = max(abs(float(arr.min())), abs(float(arr.max())))
         arr = arr.astype(np.int32 if big < 2**31 else np.int64)
     meta = {
-        "spacing": _spacing_tuple(found, has_z),
         "axes": "ZYX" if has_z else "YX",
         "dtype": dtype,
         "path": str(path),
         **extras,
     }
+    meta["spacing"] = _spacing_tuple(found, has_z)
+    if meta["spacing"] is None:
+        meta["unit"] = None
     return np.ascontiguousarray(arr), meta
 
 
@@ -558,13 +582,14 @@ def write_image(
     compress: bool = True,
     software: str = SOFTWARE,
     reference: Any = None,
+    unit: str | None = UNIT,
 ) -> Path:
     """Write an image or label array to TIFF, PNG or NIfTI, atomically.
 
     TIFF: uint8, uint16 and float32 arrays are written as ImageJ hyperstacks (Fiji opens them with
     their axes and calibration); other pixel types as plain TIFFs whose description holds the axes
     and spacing, which :func:`read_image` restores. The Software tag is ``software``. Spacing
-    (micrometres) also goes into the resolution tags. ``compress`` uses lossless zlib (deflate).
+    also goes into the resolution tags. ``compress`` uses lossless zlib (deflate).
 
     PNG: only 2D uint8 or uint16 arrays (a leading channel axis of size 1 is allowed); the XY
     spacing is stored in the pHYs chunk.
@@ -585,7 +610,7 @@ def write_image(
     array : ndarray
         In the library's axis order, described by ``axes``.
     spacing : sequence of float, optional
-        Spacing of each spatial axis ((Z,) Y, X) in micrometres.
+        Spacing of each spatial axis ((Z,) Y, X) in ``unit``.
     axes : {"YX", "CYX", "ZYX", "CZYX"}, optional
         Axes of ``array``; required for 3D arrays, where channels and Z cannot be told apart.
     compress : bool
@@ -597,6 +622,10 @@ def write_image(
         NIfTI only: the header whose affine, voxel sizes and units the file takes (of the
         image the array was computed from; its spatial shape must match). Ignored for the
         other formats.
+    unit : {"micrometer", None}
+        The unit of ``spacing``; None when it is unknown (``meta["unit"]`` of a file that
+        states none): the file then stores the ratios without a unit (a PNG stores none, since
+        its pHYs chunk names metres or nothing).
 
     Returns
     -------
@@ -629,14 +658,17 @@ def write_image(
         raise input_error(path, f"cannot write pixel type {arr.dtype}")
     if arr.size == 0:
         raise input_error(path, f"cannot write an empty array of shape {arr.shape}")
+    if unit not in (UNIT, None):
+        raise input_error(path, f"unit must be {UNIT!r} or None (unknown), not {unit!r}")
     axes = _check_axes(axes, arr, path)
     sp = _check_spacing(spacing, sum(a in "ZYX" for a in axes), path)
+    known = unit is not None
     if ext == ".png":
-        _write_png(path, arr, axes, sp, compress)
+        _write_png(path, arr, axes, sp if known else [], compress)
     elif ext in NIFTI_EXTS:
-        _write_nifti(path, arr, axes, sp, compress, software, reference)
+        _write_nifti(path, arr, axes, sp, compress, software, reference, known)
     else:
-        _write_tiff(path, arr, axes, sp, compress, software)
+        _write_tiff(path, arr, axes, sp, compress, software, known)
     return path
 
 
@@ -663,7 +695,7 @@ def _write_png(path: Path, arr: np.ndarray, axes: str, sp: list[float], compress
 
 
 def _write_tiff(path: Path, arr: np.ndarray, axes: str, sp: list[float], compress: bool,
-                software: str = SOFTWARE) -> None:
+                software: str = SOFTWARE, known: bool = True) -> None:
     import tifffile
 
     arr = np.ascontiguousarray(arr)
@@ -683,24 +715,29 @@ def _write_tiff(path: Path, arr: np.ndarray, axes: str, sp: list[float], compres
         meta: dict[str, Any] = {"axes": ij_axes}
         if sp:
             kwargs["resolution"] = (1.0 / sp[-1], 1.0 / sp[-2])
-            meta["unit"] = "micron"
+            if known:  # without a unit, ImageJ shows the ratios in pixels
+                meta["unit"] = "micron"
             if "Z" in axes:
                 meta["spacing"] = sp[0]
         kwargs.update(imagej=True, metadata=meta)
     else:
         meta = {"axes": axes}
-        if sp:
+        if sp and known:
             meta["spacing"] = sp
             # Pixels per centimetre, so other software shows the XY calibration too.
             kwargs["resolution"] = (1e4 / sp[-1], 1e4 / sp[-2])
             kwargs["resolutionunit"] = "CENTIMETER"
+        elif sp:
+            meta.update(spacing=sp, unit=_NO_UNIT)
+            kwargs["resolution"] = (1.0 / sp[-1], 1.0 / sp[-2])
+            kwargs["resolutionunit"] = "NONE"
         kwargs.update(metadata=meta)
     with atomic_write(path) as tmp:
         tifffile.imwrite(tmp, np.ascontiguousarray(arr), **kwargs)
 
 
 def _write_nifti(path: Path, arr: np.ndarray, axes: str, sp: list[float], compress: bool,
-                 software: str, reference: Any) -> None:
+                 software: str, reference: Any, known: bool = True) -> None:
     nib = _nibabel(path)
     # useg's (C,) (Z,) Y, X -> NIfTI's X, Y, Z (, C).
     spatial = arr if "C" not in axes else np.moveaxis(arr, 0, -1)
@@ -722,7 +759,7 @@ def _write_nifti(path: Path, arr: np.ndarray, axes: str, sp: list[float], compre
     else:
         img = nib.Nifti1Image(data, np.diag([*(reversed(sp) if sp else [1.0] * n),
                                              *([1.0] * (3 - n)), 1.0]))
-        img.header.set_xyzt_units("micron" if sp else "unknown")
+        img.header.set_xyzt_units("micron" if sp and known else "unknown")
     img.set_data_dtype(data.dtype)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["descrip"] = software.encode()[:79]

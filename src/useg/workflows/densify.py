@@ -399,7 +399,7 @@ def densify_file(
     )
     # The outputs keep the input file's calibration; --spacing only steers the training.
     written = write_results(targets, result.probabilities, meta.get("spacing"),
-                            labels=result.labels, nifti=meta.get("nifti"))
+                            labels=result.labels, nifti=meta.get("nifti"), unit=meta.get("unit"))
     return result, [written[kind] for kind in ("labels", "probabilities") if kind in written]
 
 
