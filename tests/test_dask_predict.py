@@ -314,6 +314,19 @@ def test_another_in_memory_image_of_the_same_shape_does_not_resume_the_run(case3
                         scheduler="synchronous", progress=False)
 
 
+def test_an_input_store_rewritten_since_the_run_began_does_not_resume_it(case3d, tmp_path):
+    # Same spec, shape and type, other values: resuming would join blocks of two images.
+    spec = str(tmp_path / "in.zarr" / "raw")
+    create_array(spec, SHAPE3, np.uint8, (6, 16, 16), axes="ZYX")[:] = case3d["vol"]
+    out = tmp_path / "o.zarr"
+    kw = dict(block=BLOCK3, tile=TILE3, scheduler="synchronous", progress=False)
+    assert dp.predict_dask(case3d["model"], spec, out, **kw)["skipped"] == 0
+    assert dp.predict_dask(case3d["model"], spec, out, **kw)["skipped"] > 0  # untouched: resumed
+    open_array(spec, "r+")[0][:] = 255 - case3d["vol"]
+    with pytest.raises(ConfigError, match="different input"):
+        dp.predict_dask(case3d["model"], spec, out, **kw)
+
+
 def test_workers_with_a_scheduler_that_takes_none_is_refused(case3d, tmp_path):
     with pytest.raises(ConfigError, match="does not take a number of workers"):
         dp.predict_dask(case3d["model"], case3d["vol"], tmp_path / "w.zarr", block=BLOCK3,

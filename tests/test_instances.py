@@ -358,11 +358,25 @@ def test_block_wise_objects_equal_the_whole_image(shape, radius, gap, blocks, ha
     whole = instances_from_probabilities(probs, "instances", params)
     assert whole.max() > ndi.label(fg)[1] > 4  # some objects touch and are split
     for block in blocks:
-        out = np.zeros(shape, np.uint32)
-        n = instances_in_blocks(probs, out, "instances", params, block, halo)
+        out, cut = np.zeros(shape, np.uint32), []
+        n = instances_in_blocks(probs, out, "instances", params, block, halo, on_cut=cut.append)
         assert n == whole.max()
+        assert cut == []  # every object lay within its block's context: nothing to warn of
         assert np.array_equal(np.unique(out), np.arange(n + 1))
         assert same_partition(out, whole), block
+
+
+def test_objects_beyond_the_halo_are_counted_once():
+    # Two bars longer than block + halo: each is cut by several windows, counted once each;
+    # a dot within one block is not.
+    fg = np.zeros((40, 90), bool)
+    fg[5:9, 2:88] = fg[20:24, 2:88] = True
+    fg[30:38, 42:50] = True
+    cut = []
+    n = instances_in_blocks(two_class(fg), np.zeros(fg.shape, np.uint32), "instances",
+                            InstanceParams(seed_distance=1.0), 20, 4, on_cut=cut.append)
+    assert n == 3
+    assert cut == [2]
 
 
 def test_block_wise_three_class_and_store_checks():

@@ -46,7 +46,8 @@ def test_png_uint8_round_trip(tmp_path, rng):
     img, meta = read_image(p)
     assert img.shape == (1, 17, 23) and img.dtype == np.uint8
     np.testing.assert_array_equal(img[0], a)
-    assert meta == {"spacing": None, "axes": "CYX", "dtype": "uint8", "path": str(p)}
+    assert meta == {"spacing": None, "unit": None, "axes": "CYX", "dtype": "uint8",
+                    "path": str(p)}
     # What was written is a genuine PNG that Pillow reads the same way.
     with Image.open(p) as im:
         assert im.format == "PNG"

@@ -1,6 +1,8 @@
 """``useg predict --instances`` and the instance settings chosen on validation (workflows.segment,
 workflows.tune_instances)."""
 
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -182,7 +184,7 @@ def test_choose_instance_params_leaves_unlabeled_pixels_out():
     assert record["fn"] == 0 and record["fp"] == 0 and record["object_f1"] == 1.0
 
 
-def test_dask_instances_equal_one_piece(tmp_path):
+def test_dask_instances_equal_one_piece(tmp_path, capsys):
     pytest.importorskip("dask")
     zarr = pytest.importorskip("zarr")
     rng = np.random.default_rng(0)
@@ -207,6 +209,15 @@ def test_dask_instances_equal_one_piece(tmp_path):
     # The same partition: the pairs of ids map one to one.
     pairs = np.unique(np.stack([blocks.ravel(), whole.ravel()]), axis=1)
     assert pairs.shape[1] == int(whole.max()) + 1
+    assert "reached the edge" not in capsys.readouterr().err  # every blob within its context
+
+    # Nearly all foreground: objects wider than their blocks' context.
+    low = round(float(np.quantile(probs[1], 0.02)), 3)
+    assert main(["predict", str(tmp_path / "a.tif"), "--out", str(tmp_path / "low.zarr"),
+                 *common, "--instances", "--instance-threshold", str(low)]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"low\.zarr/instances: [1-9]\d* object\(s\) reached the edge of their "
+                     r"block's context \(\d+, \d+ voxels on each side\)", err)
 
 
 def test_train_and_tune_stores_the_settings_in_the_model(tmp_path):

@@ -92,6 +92,23 @@ def _content_sha256(array: Any) -> str:
     return h.hexdigest()
 
 
+def _stored_state(spec: str) -> str | None:
+    """The checksum of the names, sizes and modification times of the files that hold the
+    array ``spec`` (its zarr folder, or its HDF5 file): what tells a resumed run that the
+    input was rewritten since, without reading it. None when no local file holds it."""
+    sp = parse_spec(spec)
+    root = sp.container if sp.kind == "hdf5" or not sp.inner else sp.container / sp.inner
+    if not root.exists():
+        return None
+    h = hashlib.sha256()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for path in files:
+        st = path.stat()
+        h.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                 .encode())
+    return h.hexdigest()
+
+
 def _zarr_dir(spec: str) -> Path:
     sp = parse_spec(spec)
     if sp.kind != "zarr":
@@ -559,7 +576,10 @@ def _open_input(image: Any, net, s: _Settings) -> _Input:
         array, meta = open_array(spec)
         axes, spacing, unit, data = meta["axes"], meta["spacing"], meta.get("unit"), None
         view = as_channels_first(array, axes, ndim)
-        described = {"spec": spec, "shape": list(array.shape), "dtype": str(array.dtype)}
+        # The files' state too: a run resumed on an input rewritten since it began would
+        # join blocks of two images.
+        described = {"spec": spec, "shape": list(array.shape), "dtype": str(array.dtype),
+                     "stored": _stored_state(spec)}
     else:
         spec, axes, data = None, None, image
         spacing = None if s.spacing is None else tuple(float(v) for v in s.spacing)

@@ -22,7 +22,7 @@ each window, so it is exact as far as every chain of joined pieces lies within t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ def instances_in_blocks(
     block: int | Sequence[int],
     halo: int | Sequence[int],
     spacing: Sequence[float] | None = None,
+    on_cut: Callable[[int], None] | None = None,
 ) -> int:
     """Label the objects of ``probs`` block by block into ``out``; return their number.
 
@@ -64,6 +65,10 @@ def instances_in_blocks(
         Context added on each side of a block (see the module's note on exactness).
     spacing : sequence of float, optional
         Voxel size per spatial axis (only the ratios count).
+    on_cut : callable, optional
+        Called once, when some objects reached the edge of a window inside the image (their
+        block's context did not hold them whole, so they may be split or joined otherwise
+        than in one whole-image pass), with the number of such objects.
 
     Returns
     -------
@@ -91,7 +96,7 @@ def instances_in_blocks(
     # Pass 1: label each block, give its objects ids unique in the image, pair them with the
     # ids of the blocks before it across its border.
     ids = 0
-    pairs = []
+    pairs, cut = [], []
     for number, core in enumerate(cores):
         window = tuple(slice(max(c.start - h, 0), min(c.stop + h, n))
                        for c, h, n in zip(core, halo, shape, strict=True))
@@ -107,6 +112,7 @@ def instances_in_blocks(
         lut[present] = np.arange(ids + 1, ids + present.size + 1)
         out[core] = lut[labels[inner]].astype(dtype)
         ids += present.size
+        cut.append(lut[np.intersect1d(_on_inner_faces(labels, window, shape), present)])
         ring = tuple(slice(max(c.start - 1, 0), min(c.stop + 1, n))
                      for c, n in zip(core, shape, strict=True))
         before = _earlier_blocks(ring, block, counts, number)
@@ -123,7 +129,22 @@ def instances_in_blocks(
     final = final.astype(dtype)
     for core in cores:
         out[core] = final[np.asarray(out[core]).astype(np.int64)]
+    n_cut = np.unique(final[np.concatenate(cut)]).size if cut else 0
+    if n_cut and on_cut is not None:
+        on_cut(int(n_cut))
     return int(final.max()) if final.size else 0
+
+
+def _on_inner_faces(labels: np.ndarray, window: tuple[slice, ...],
+                    shape: tuple[int, ...]) -> np.ndarray:
+    """The ids on the faces of ``window`` that lie inside the image (not on its border)."""
+    found = [np.zeros(0, labels.dtype)]
+    for axis, (w, n) in enumerate(zip(window, shape, strict=True)):
+        for index, inside in ((0, w.start > 0), (-1, w.stop < n)):
+            if inside:
+                found.append(np.unique(np.take(labels, index, axis=axis)))
+    ids = np.unique(np.concatenate(found))
+    return ids[ids > 0]
 
 
 def _per_axis(value: int | Sequence[int], ndim: int, name: str, least: int) -> tuple[int, ...]:

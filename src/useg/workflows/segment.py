@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from useg.errors import ConfigError, ModelFileError
+from useg.errors import ConfigError, ModelFileError, UsegWarning
 from useg.inference.files import predict_paths
 from useg.nets.checkpoint import model_info, resolve_model
 from useg.postprocess.instances import InstanceParams, instances_from_probabilities
@@ -212,6 +213,14 @@ def _store_instances(out, target, params, summary, options) -> str:
                           spacing=spacing, unit=meta.get("unit"), pyramid=True, overwrite=True)
     relative = instance_spacing(spacing, len(spatial))
     halo = tuple(max(16, b // 2) for b in block)
-    instances_in_blocks(probs, labels, target, params, block, halo, spacing=relative)
+    def said(n: int) -> None:
+        warnings.warn(UsegWarning(
+            f"{paths['instances']}: {n} object(s) reached the edge of their block's context "
+            f"({', '.join(map(str, halo))} voxels on each side), so they may be split or "
+            "joined otherwise than in a whole-image pass; a larger --block gives them more "
+            "context"), stacklevel=2)
+
+    instances_in_blocks(probs, labels, target, params, block, halo, spacing=relative,
+                        on_cut=said)
     fill_levels(str(paths["instances"]), "mode")  # an OME-Zarr label image's lower levels
     return str(paths["instances"])
