@@ -61,7 +61,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "dice_weight": 1.0},
             # bench/flyem_recipe.py's choice on a validation crop of FlyEM with the paper's
             # (5,5,3) annotated slices: cpu-fast's 3D network and tile, trained for longer, its
-            # tiles made in the training process, as the runs it was chosen by were.
+            # tiles made in the training process, as the runs it was chosen by were. (long-15k,
+            # the same with 15000 steps, now ties it there; it stays until that one is tested
+            # and timed on an AVX2-only CPU, docs/sparse3d.md.)
             3: {"width": 8, "depth": 2, "padding": "same", "tile": [44, 44, 44],
                 "iterations": 12000, "augment": None, "workers": 0},
         },
