@@ -74,6 +74,13 @@ in fp32 this candidate's three seeds would not fit a session. Its time holds onl
 bf16 run of long-15k (bench/results/flyem_recipe_long-15k_bf16_run.json) lets one read apart.
 Chosen by the same rule, on validation.
 
+``flips-30k-bf16`` was added after flips-15k-bf16's three validation runs (argmax IoU 0.688, below
+long-15k's 0.712; calibrated 0.718, the best of all; 0.727 on the annotated voxels against
+long-15k's 0.928): with flips the networks no longer overfit the annotated slices but fit them far
+less, as long-flips did at 3750 steps, so they may still gain from steps, which bf16 buys on a CPU
+with bf16 instructions (15000 steps took 25 minutes there; 30000 should take about 50). Chosen by
+the same rule (argmax), on validation.
+
 Every run is in fp32 unless its candidate names a precision (``--precision``): ``auto`` would
 take bf16 on a CPU with bf16 instructions, and the earlier candidates were chosen in fp32 on a
 2-core AMD EPYC with AVX2 only. Runs kept since long-15k record their precision and CPU (the
@@ -129,6 +136,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # Added after long-15k's validation runs (see the module docstring). Its precision is part
     # of it: it needs a CPU with bf16 instructions, where its time was measured.
     "flips-15k-bf16": {"width": 8, "depth": 2, "tile": 44, "steps": 15000, "augment": FLIPS,
+                       "workers": 0, "precision": "bf16"},
+    # Added after flips-15k-bf16's validation runs (see the module docstring).
+    "flips-30k-bf16": {"width": 8, "depth": 2, "tile": 44, "steps": 30000, "augment": FLIPS,
                        "workers": 0, "precision": "bf16"},
 }
 # The issue asks for at least three seeds per candidate before one is chosen.
