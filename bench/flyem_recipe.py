@@ -149,12 +149,18 @@ def crops(args: argparse.Namespace) -> dict[str, tuple[list[int], list[int]]]:
     return QUICK_CROPS if args.quick else CROPS
 
 
-def experiment(args: argparse.Namespace, candidate: dict[str, Any], split: str) -> Experiment:
+def own_precision(candidate: dict[str, Any]) -> str:
+    """The precision a candidate was defined with: fp32 unless it names one."""
+    return candidate.get("precision", "fp32")
+
+
+def experiment(args: argparse.Namespace, candidate: dict[str, Any], split: str,
+               precision: str) -> Experiment:
     # flyem_neurons' settings of the candidate (one place), on this bench's crops.
     exp_args, _ = flyem_neurons.setup(candidate, args.quick)
     exp_args.crop, exp_args.crop_start = crops(args)[split]
     exp_args.workers = candidate.get("workers", exp_args.workers)
-    exp_args.precision = candidate.get("precision", args.precision)
+    exp_args.precision = precision
     if args.quick:
         exp_args.tile3d = [16] * 3
     return Experiment(exp_args)
@@ -170,7 +176,7 @@ def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, An
         identity["precision"] = precision
     # A run in another precision than its candidate's is kept under a name of its own, so
     # that it never replaces (or is taken for) the candidate's run.
-    tag = "" if precision == candidate.get("precision", "fp32") else f"_{precision}"
+    tag = "" if precision == own_precision(candidate) else f"_{precision}"
     path = cache / f"{split}_{name}{tag}_seed{seed}.json"
     kept = kept_run(path, identity)
     if kept is not None:
@@ -180,7 +186,7 @@ def one_run(args, name: str, split: str, seed: int, cache: Path) -> dict[str, An
                          "emulate them (many times slower than fp32)")
     print(f"{split} {name} seed {seed}: training {steps} steps on {args.threads} thread(s)",
           flush=True)
-    exp = experiment(args, candidate, split)
+    exp = experiment(args, candidate, split, precision)
     # A test run's boundary map is what bench/flyem_neurons.py --recipe NAME segments.
     keep_map = split == "test" and not args.quick
     try:
@@ -208,7 +214,7 @@ def table(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         # A candidate's row holds only the runs in its own precision (see one_run).
-        own = CANDIDATES[name].get("precision", "fp32")
+        own = own_precision(CANDIDATES[name])
         mine = [r for r in runs if r["candidate"] == name and r.get("precision", "fp32") == own]
         if not mine:
             continue

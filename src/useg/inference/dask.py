@@ -97,7 +97,7 @@ def _stored_state(spec: str) -> str | None:
     array ``spec`` (its zarr folder, or its HDF5 file): what tells a resumed run that the
     input was rewritten since, without reading it. None when no local file holds it."""
     sp = parse_spec(spec)
-    root = sp.container if sp.kind == "hdf5" or not sp.inner else sp.container / sp.inner
+    root = sp.container if sp.kind == "hdf5" else _zarr_dir(spec)
     if not root.exists():
         return None
     h = hashlib.sha256()

@@ -105,8 +105,9 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, str, dict[str, float], bool, st
     # file is (X, Y, Z, time, vector), whose vector axis (dim 5) holds channels.
     axes = ("XYZC" if arr.ndim == 4 else "XYZTC")[: arr.ndim]
     zooms = [float(z) for z in header.get_zooms()[: min(arr.ndim, 3)]]
-    known = header.get_xyzt_units()[0] in _NIFTI_UNIT_UM
-    factor = _NIFTI_UNIT_UM.get(header.get_xyzt_units()[0], 1.0)
+    space_unit = header.get_xyzt_units()[0]
+    known = space_unit in _NIFTI_UNIT_UM
+    factor = _NIFTI_UNIT_UM.get(space_unit, 1.0)
     spacing: dict[str, float] = {}
     if all(np.isfinite(z) and z > 0 for z in zooms):
         spacing = {a: z * factor for a, z in zip("XYZ", zooms, strict=False)}
@@ -385,11 +386,13 @@ def _normalise_axes(
     return np.ascontiguousarray(arr), bool(stack)
 
 
-def _spacing_tuple(found: dict[str, float], has_z: bool) -> tuple[float, ...] | None:
+def _calibration(found: dict[str, float], has_z: bool, unit: str | None) -> dict[str, Any]:
+    """``spacing`` (per spatial axis, or None unless the file gives every one) and its ``unit``
+    (None without a spacing) for the meta dictionary."""
     keys = "ZYX" if has_z else "YX"
-    if all(k in found for k in keys):
-        return tuple(float(found[k]) for k in keys)
-    return None
+    if not all(k in found for k in keys):
+        return {"spacing": None, "unit": None}
+    return {"spacing": tuple(float(found[k]) for k in keys), "unit": unit}
 
 
 def read_image(
@@ -462,10 +465,8 @@ def read_image(
         "dtype": dtype,
         "path": str(path),
         **extras,
+        **_calibration(found, has_z, extras["unit"]),
     }
-    meta["spacing"] = _spacing_tuple(found, has_z)
-    if meta["spacing"] is None:
-        meta["unit"] = None
     return arr, meta
 
 
@@ -528,10 +529,8 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         "dtype": dtype,
         "path": str(path),
         **extras,
+        **_calibration(found, has_z, extras["unit"]),
     }
-    meta["spacing"] = _spacing_tuple(found, has_z)
-    if meta["spacing"] is None:
-        meta["unit"] = None
     return np.ascontiguousarray(arr), meta
 
 
@@ -722,15 +721,16 @@ def _write_tiff(path: Path, arr: np.ndarray, axes: str, sp: list[float], compres
         kwargs.update(imagej=True, metadata=meta)
     else:
         meta = {"axes": axes}
-        if sp and known:
+        if sp:
             meta["spacing"] = sp
-            # Pixels per centimetre, so other software shows the XY calibration too.
-            kwargs["resolution"] = (1e4 / sp[-1], 1e4 / sp[-2])
-            kwargs["resolutionunit"] = "CENTIMETER"
-        elif sp:
-            meta.update(spacing=sp, unit=_NO_UNIT)
-            kwargs["resolution"] = (1.0 / sp[-1], 1.0 / sp[-2])
-            kwargs["resolutionunit"] = "NONE"
+            if known:
+                # Pixels per centimetre, so other software shows the XY calibration too.
+                kwargs["resolution"] = (1e4 / sp[-1], 1e4 / sp[-2])
+                kwargs["resolutionunit"] = "CENTIMETER"
+            else:
+                meta["unit"] = _NO_UNIT
+                kwargs["resolution"] = (1.0 / sp[-1], 1.0 / sp[-2])
+                kwargs["resolutionunit"] = "NONE"
         kwargs.update(metadata=meta)
     with atomic_write(path) as tmp:
         tifffile.imwrite(tmp, np.ascontiguousarray(arr), **kwargs)
