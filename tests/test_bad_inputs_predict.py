@@ -10,6 +10,7 @@ import tifffile
 import torch
 
 from useg.cli import main
+from useg.io import read_image
 from useg.io.normalize import image_stats, normalize
 from useg.nets import UNet
 from useg.nets.checkpoint import save_model
@@ -226,3 +227,125 @@ def test_report_keeps_to_report_html_inside_the_run(dataset, tmp_path):
     (run / "log.csv").write_text("loss,lr\n0.5,0.001\n")
     code, err = run_cli(["report", run, "--out", tmp_path / "page.html"])
     assert code == 2 and len(err.splitlines()) == 1 and "log.csv: not a training log" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Found by a review: inputs that were taken silently for something else, and options that were
+# accepted and then ignored.
+
+
+@pytest.fixture
+def model3d(tmp_path):
+    torch.manual_seed(0)
+    net = UNet("ronneberger2015", width=2, depth=1, ndim=3)
+    return save_model(net, tmp_path / "m3.safetensors")
+
+
+def test_a_2d_image_is_refused_by_a_3d_model_never_its_channels_as_slices(tmp_path, model3d):
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8),
+                     photometric="rgb")
+    for extra in ([], ["--dask"]):
+        out = tmp_path / ("o.zarr" if extra else "o")
+        code, err = run_cli(["predict", rgb, "--model", model3d, "--out", out, "--quiet",
+                             *extra])
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "rgb.tif" in err and "2D image" in err and "3D model" in err
+        assert not out.exists() or not any(out.rglob("*.tif"))
+
+
+def test_a_tiff_of_several_series_is_refused_not_read_in_part(tmp_path, model):
+    path = tmp_path / "s.tif"
+    for value in range(3):
+        tifffile.imwrite(path, np.full((48, 48), value, np.uint8), append=True)
+    code, err = run_cli(["predict", path, "--model", model, "--out", tmp_path / "o", "--quiet"])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "s.tif" in err and "3 separate images" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    # A single stack, and one image with a reduced-resolution copy, read as before.
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((3, 48, 48), np.uint8),
+                     photometric="minisblack")
+    assert read_image(tmp_path / "one.tif")[0].shape == (1, 3, 48, 48)
+    with tifffile.TiffWriter(tmp_path / "thumb.tif") as tif:
+        tif.write(np.zeros((48, 48), np.uint8))
+        tif.write(np.zeros((12, 12), np.uint8), subfiletype=1)
+    assert read_image(tmp_path / "thumb.tif")[0].shape == (1, 48, 48)
+
+
+def test_dask_names_the_input_file_it_cannot_predict(tmp_path, model):
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.zeros((48, 48, 3), np.uint8), photometric="rgb")
+    code, err = run_cli(["predict", rgb, "--model", model, "--out", tmp_path / "c.zarr",
+                         "--dask", "--quiet"])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "rgb.tif: " in err and "3 channel" in err and "image:" not in err
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((4, 48, 48), np.float32), photometric="minisblack")
+    code, err = run_cli(["predict", stack, "--model", model, "--out", tmp_path / "o.zarr",
+                         "--dask", "--quiet"])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "stack.tif" in err and "2D model" in err and "slice by slice" in err
+
+
+def test_dask_refuses_an_input_with_nan_before_writing_a_run(tmp_path, model):
+    zarr = pytest.importorskip("zarr")
+    store = tmp_path / "in.zarr"
+    data = np.random.default_rng(4).random((48, 48)).astype(np.float32)
+    data[5, 7] = np.nan
+    zarr.open_array(str(store), mode="w", shape=data.shape, dtype="f4")[:] = data
+    out = tmp_path / "o.zarr"
+    for _ in range(2):  # a rerun says the same, never "rerun to resume"
+        code, err = run_cli(["predict", store, "--model", model, "--out", out, "--dask",
+                             "--quiet"])
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "in.zarr" in err and "NaN" in err and "resume" not in err
+    assert not list(out.rglob("run.json")) if out.exists() else True
+
+
+def test_seed_distance_that_would_be_ignored_is_refused(tmp_path, image, model):
+    code, err = run_cli(["predict", image, "--model", model, "--out", tmp_path / "o",
+                         "--instances", "--seed-distance", "5", "--seed-threshold", "0.6",
+                         "--quiet"])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--seed-distance" in err and "--seed-threshold" in err
+    assert not (tmp_path / "o").exists()
+    # A three_class model takes its seeds from its interior class.
+    net = UNet("ronneberger2015", width=4, depth=2, classes=3)
+    three = save_model(net, tmp_path / "three.safetensors",
+                       {"labels": {"mode": "three_class"}})
+    code, err = run_cli(["predict", image, "--model", three, "--out", tmp_path / "o3",
+                         "--instances", "--seed-distance", "5", "--quiet"])
+    assert code == 2 and "three_class" in err and "--seed-distance" in err, err
+
+
+def test_instances_of_a_model_with_other_classes_is_refused_before_predicting(tmp_path, image):
+    net = UNet("ronneberger2015", width=4, depth=2, classes=3)
+    path = save_model(net, tmp_path / "c3.safetensors")  # no label mode: read as binary
+    code, err = run_cli(["predict", image, "--model", path, "--out", tmp_path / "o",
+                         "--instances", "--quiet"])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "c3.safetensors" in err and "3" in err and "binary" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_result_names_drop_the_whole_ome_tif_extension(tmp_path, model):
+    path = tmp_path / "cell.ome.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).random((48, 48)).astype(np.float32))
+    code, err = run_cli(["predict", path, "--model", model, "--out", tmp_path / "o", "--quiet"])
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["cell_labels.tif",
+                                                                  "cell_probs.tif"]
+
+
+def test_an_out_named_like_an_image_is_refused(tmp_path, image, model):
+    code, err = run_cli(["predict", image, "--model", model, "--out", tmp_path / "res.tif",
+                         "--quiet"])
+    assert code == 2 and len(err.splitlines()) == 1 and "res.tif" in err and "folder" in err
+    assert not (tmp_path / "res.tif").exists()
+
+
+def test_export_refuses_a_name_of_the_other_format(tmp_path, model):
+    for fmt, name in (("torchscript", "m.onnx"), ("onnx", "m.pt")):
+        code, err = run_cli(["export", model, "--format", fmt, "--out", tmp_path / name])
+        assert code == 2 and len(err.splitlines()) == 1 and name in err and fmt in err, err
+        assert not (tmp_path / name).exists()

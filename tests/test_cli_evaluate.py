@@ -228,3 +228,43 @@ def test_a_16_bit_probability_file_of_low_values_says_how_it_was_read(tmp_path, 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UsegWarning)
         assert read_probability(path).max() == 1.0  # 8-bit: nothing to say
+
+
+def test_isbi_ground_truth_without_zero_is_refused(tmp_path, capsys):
+    # Coded 1/2 instead of 0/255: read as all interior, it has no membrane to score against.
+    gt = (membrane_gt() > 0).astype(np.uint8) + 1
+    save_png(tmp_path / "gt" / "a.png", gt)
+    save_png(tmp_path / "pred" / "a.png", membrane_gt())
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a.png" in err and "1 and 2" in err, err
+
+
+def test_an_empty_instance_prediction_is_said(tmp_path, capsys):
+    gt = np.zeros((16, 16), np.uint16)
+    gt[4:10, 4:10] = 1
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    tifffile.imwrite(tmp_path / "pred.tif", np.zeros_like(gt))
+    rc = main(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "gt.tif"),
+               "--mode", "instances"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "pred.tif: no object" in err, err
+
+
+def test_a_class_map_of_useg_is_not_scored_as_objects(tmp_path, capsys):
+    from useg.io.files import RESULT_SOFTWARE
+    from useg.io.images import write_image
+
+    gt = np.zeros((16, 16), np.uint16)
+    gt[2:6, 2:6], gt[9:14, 9:14] = 1, 2
+    tifffile.imwrite(tmp_path / "a.tif", gt)
+    classes = write_image(tmp_path / "a_labels.tif", (gt > 0).astype(np.uint8),
+                          software=RESULT_SOFTWARE)
+    assert main(["evaluate", str(classes), str(tmp_path / "a.tif"), "--mode", "instances"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a_labels.tif" in err and "a_instances" in err, err
+    # The same values written by a user (no useg Software tag) are ids like any others.
+    tifffile.imwrite(tmp_path / "mine_labels.tif", gt)
+    assert main(["evaluate", str(tmp_path / "mine_labels.tif"), str(tmp_path / "a.tif"),
+                 "--mode", "instances"]) == 0

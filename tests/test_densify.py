@@ -357,3 +357,24 @@ def test_train_on_sparse_stacks_then_predict_new_stack(tmp_path):
     probs, _ = io.read_image(tmp_path / "pred" / "new_probs.tif")
     assert labels.shape == (16, 40, 40) and meta["axes"] == "ZYX"
     assert probs.shape == (2, 16, 40, 40) and np.array_equal(labels, probs.argmax(0))
+
+
+def test_densify_init_model_with_fewer_classes_than_the_annotation(synthetic, tmp_path, capsys):
+    import torch
+
+    from useg.nets import UNet
+    from useg.nets.checkpoint import save_model
+
+    root, _, cells = synthetic
+    torch.manual_seed(0)
+    model = save_model(UNet("ronneberger2015", width=2, depth=1, ndim=3, classes=2),
+                       tmp_path / "two.safetensors", {"labels": {"mode": "classes"}})
+    classes = tmp_path / "classes.tif"
+    io.write_image(classes, (cells % 5).astype(np.uint16), axes="ZYX")
+    code = main(["densify", str(root / "vol.tif"), "--labels", str(classes), "--label-mode",
+                 "classes", "--init", str(model), "--out", str(tmp_path / "run"), "--tile", "28",
+                 "--workers", "0", "--iterations", "1", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "classes.tif" in err and "5 classes" in err and "two.safetensors" in err
+    assert "changed" not in err  # not the misleading "file changed since" reason

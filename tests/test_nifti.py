@@ -136,11 +136,18 @@ def test_predict_nifti_writes_nifti_with_the_input_affine(tmp_path):
     assert is_result_file(out / "brain_probs.nii.gz")
     assert not is_result_file(src / "brain.nii.gz")
     # the result files are NIfTI label images that useg evaluate reads and pairs (with a copy:
-    # one file on both sides is refused)
+    # one file on both sides is refused); a class map is no objects, as a TIFF one is not
     (tmp_path / "reference").mkdir()
     shutil.copy(out / "brain_labels.nii.gz", tmp_path / "reference" / "brain_labels.nii.gz")
     assert main(["evaluate", str(out / "brain_labels.nii.gz"),
-                 str(tmp_path / "reference" / "brain_labels.nii.gz"), "--mode", "instances"]) == 0
+                 str(tmp_path / "reference" / "brain_labels.nii.gz"), "--mode", "instances"]) == 2
+    objects = tmp_path / "objects"
+    assert main(["predict", str(src), "--model", str(model), "--out", str(objects), "--quiet",
+                 "--device", "cpu", "--precision", "fp32", "--instances", "--no-probs"]) == 0
+    shutil.copy(objects / "brain_instances.nii.gz", tmp_path / "reference")
+    assert main(["evaluate", str(objects / "brain_instances.nii.gz"),
+                 str(tmp_path / "reference" / "brain_instances.nii.gz"), "--mode",
+                 "instances"]) == 0
 
 
 def test_without_nibabel_one_line(tmp_path, monkeypatch, capsys):

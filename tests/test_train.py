@@ -450,3 +450,51 @@ def test_loader_workers_stop_when_training_raises(tmp_path, monkeypatch):
     while mp.active_children() and time.time() < deadline:
         time.sleep(0.1)
     assert not mp.active_children()
+
+
+# ----------------------------------------------------------------------------------------------
+# Options and labels that were accepted and then ignored or misread (found by a review).
+
+
+def _refused(capsys, argv, *needles):
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(n in err for n in needles), err
+    return err
+
+
+def test_a_depth_other_than_the_pool_levels_is_refused(dataset, tmp_path, capsys):
+    argv = _short(dataset, tmp_path / "run", "--pool", "2x2", "--depth", "3")
+    _refused(capsys, argv, "--depth 3", "--pool")
+    assert not (tmp_path / "run").exists()
+    assert main(_short(dataset, tmp_path / "ok", "--pool", "2x2", "--depth", "1")) == 0
+
+
+@pytest.mark.parametrize("mode", ["binary", "instances", "classes"])
+def test_boundary_width_without_a_boundary_class_is_refused(dataset, tmp_path, capsys, mode):
+    argv = _short(dataset, tmp_path / "run", "--label-mode", mode, "--boundary-width", "3")
+    _refused(capsys, argv, "--boundary-width", mode)
+
+
+def test_labels_of_one_class_are_refused(dataset, tmp_path, capsys):
+    import tifffile
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for path in sorted((dataset / "train/labels").iterdir()):
+        tifffile.imwrite(labels / f"{path.stem}.tif", np.zeros((64, 64), np.uint8))
+    argv = ["train", "--images", dataset / "train/images", "--labels", labels, "--out",
+            tmp_path / "run", "--iterations", "2", "--quiet", *TINY]
+    _refused(capsys, argv, "class 0 only", "--unlabeled")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_from_a_state_of_another_network_is_one_line(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_short(dataset, run, "--iterations", "2")) == 0
+    config = json.loads((run / "config.json").read_text())
+    config["net"]["width"] = 3  # edited by hand: the saved state no longer fits
+    (run / "config.json").write_text(json.dumps(config))
+    _refused(capsys, ["train", "--resume", "--out", run, "--iterations", "3", "--quiet"],
+             "state.safetensors", "does not fit", "config.json")

@@ -35,7 +35,7 @@ from useg.evaluation.isbi import DEFAULT_ISBI_THRESHOLDS, isbi_best, isbi_scores
 from useg.evaluation.objects import DEFAULT_IOU_THRESHOLDS, detection_scores, object_scores
 from useg.evaluation.pixel import iou
 from useg.evaluation.rand import adapted_rand_error, variation_of_information
-from useg.io.files import check_output_file, pair_files, write_json
+from useg.io.files import check_output_file, file_stem, is_result_file, pair_files, write_json
 from useg.io.images import read_image, read_labels
 
 __all__ = ["evaluate_folders", "read_probability"]
@@ -98,6 +98,16 @@ def _read_ids(path: Path) -> np.ndarray:
     return labels
 
 
+def _refuse_class_results(path: Path) -> None:
+    """Refuse a result of ``useg predict`` that holds classes or probabilities, not objects:
+    scored as object ids, a class map is one object per class."""
+    stem = file_stem(path)
+    if stem.endswith(("_labels", "_probs")) and is_result_file(path):
+        kind = "class map" if stem.endswith("_labels") else "class probabilities"
+        raise input_error(path, f"useg's {kind}, not objects; --mode instances scores "
+                          f"{stem.rsplit('_', 1)[0]}_instances (useg predict --instances)")
+
+
 def _same_shape(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Path) -> None:
     if pred.shape != gt.shape:
         raise InputError(
@@ -128,10 +138,18 @@ def _score_isbi(pairs, thresholds, channel, membrane, unassigned) -> tuple[list[
         prob = read_probability(pred_path, channel)
         gt = _read_labels(gt_path)
         _same_shape(prob, gt, pred_path, gt_path)
-        if np.unique(gt).size > 2:
+        values = np.unique(gt)
+        if values.size > 2:
             raise InputError(
                 f"{gt_path}: ground truth has more than two values; --mode isbi needs a binary "
                 "map (use --mode instances for label images)"
+            )
+        if values.size == 2 and values[0] != 0:
+            # Two values without 0: coded otherwise than 0 = membrane, and read as all interior
+            # it would score any prediction against a map without membrane.
+            raise InputError(
+                f"{gt_path}: ground truth values {values[0]} and {values[1]}; --mode isbi needs "
+                "0 for membrane and one other value (e.g. 255) for cell interior"
             )
         _check_some_interior(gt, gt_path)
         scores = isbi_scores(prob, gt, thresholds, membrane=membrane, unassigned=unassigned)
@@ -155,9 +173,16 @@ def _mean_row(per_pair: list[dict], threshold: float) -> dict:
 def _score_instances(pairs, iou_thresholds) -> tuple[list[dict], dict]:
     results = []
     for pred_path, gt_path in pairs:
+        _refuse_class_results(pred_path)
         pred = _read_ids(pred_path)
         gt = _read_ids(gt_path)
         _same_shape(pred, gt, pred_path, gt_path)
+        if gt.any() and not pred.any():
+            # The Rand and information scores take 0 for one segment like any other: over a
+            # single reference object an empty prediction would read as perfect there.
+            warnings.warn(f"{pred_path}: no object (every pixel 0); its Rand and VOI scores "
+                          "count the background as one segment: read the object scores",
+                          UsegWarning, stacklevel=2)
         scores = _instance_scores(pred, gt, iou_thresholds)
         results.append({"pred": str(pred_path), "gt": str(gt_path), "scores": scores})
     mean: dict = {}

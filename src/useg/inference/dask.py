@@ -429,6 +429,25 @@ class _Settings:
     unit: str | None
 
 
+def _check_file_axes(source: str, spatial_ndim: int, model: Any) -> None:
+    """Refuse an image file (read channels first) with other spatial axes than the model's:
+    handed over as an array, its channels could pass for slices."""
+    from useg.nets.checkpoint import model_info, resolve_model
+    from useg.nets.unet import UNet
+
+    if isinstance(model, UNet):
+        ndim = model.config.ndim
+    else:
+        ndim = int(model_info(resolve_model(model))["config"]["ndim"])
+    if spatial_ndim == ndim:
+        return
+    if ndim == 3:
+        raise InputError(f"{source}: a 2D image for a 3D model, which needs a 3D stack "
+                         "(Z, Y, X)")
+    raise InputError(f"{source}: a 3D stack for a 2D model; without --dask, useg predict "
+                     "predicts it slice by slice")
+
+
 def _model_for_workers(model: Any, folder: Path) -> tuple[Any, Path, Path | None]:
     """The network, the model file the workers load, and that file again when it is a
     temporary one: a network given in Python is saved in ``folder``, where any worker that can
@@ -505,7 +524,7 @@ def _run(net, model_path: Path, tmp_model: Path | None, image: Any, s: _Settings
             summary = _compute_blocks(job, source.data, geometry, s, started, scheduler)
             _fill_pyramids(s, bool(summary["computed"]))
         except (UsegError, OSError, KeyboardInterrupt) as exc:
-            raise _resumable_failure(exc, s, geometry.blocks) from exc
+            raise _resumable_failure(exc, s, geometry.blocks, source.spec) from exc
     finally:
         _, client, own = scheduler
         if own:
@@ -529,9 +548,13 @@ def _fill_pyramids(s: _Settings, computed_now: bool) -> None:
     write_json(marker, {"levels_filled": filled})
 
 
-def _resumable_failure(exc: BaseException, s: _Settings, blocks: BlockPlan) -> BaseException:
+def _resumable_failure(exc: BaseException, s: _Settings, blocks: BlockPlan,
+                       spec: str | None) -> BaseException:
     """``exc``, of a run stopped after its outputs and record were written, as one line that
-    says how much is done and that the same command resumes the run."""
+    says how much is done and that the same command resumes the run; a fault of the input
+    (``spec``, None for an in-memory array) names it instead, since a rerun would meet it again."""
+    if isinstance(exc, InputError):
+        return InputError(f"{spec or 'image'}: {exc}")
     try:
         done = len(finished_blocks(s.run_dir / "done"))
     except OSError:
@@ -575,7 +598,10 @@ def _open_input(image: Any, net, s: _Settings) -> _Input:
         spec = _absolute(image)
         array, meta = open_array(spec)
         axes, spacing, unit, data = meta["axes"], meta["spacing"], meta.get("unit"), None
-        view = as_channels_first(array, axes, ndim)
+        try:
+            view = as_channels_first(array, axes, ndim)
+        except InputError as exc:
+            raise InputError(f"{spec}: {exc} for this {ndim}D model") from None
         # The files' state too: a run resumed on an input rewritten since it began would
         # join blocks of two images.
         described = {"spec": spec, "shape": list(array.shape), "dtype": str(array.dtype),
@@ -584,7 +610,10 @@ def _open_input(image: Any, net, s: _Settings) -> _Input:
         spec, axes, data = None, None, image
         spacing = None if s.spacing is None else tuple(float(v) for v in s.spacing)
         unit = s.unit if spacing is not None else None
-        view = as_channels_first(image, None, ndim)
+        try:
+            view = as_channels_first(image, None, ndim)
+        except InputError as exc:
+            raise InputError(f"image: {exc} for this {ndim}D model") from None
         # No file names it: its values do, or another image of this shape would resume the
         # run (and be handed the first one's result).
         described = {"spec": None, "shape": list(image.shape), "dtype": str(image.dtype),
@@ -653,6 +682,10 @@ def _prepare_outputs(
         except Exception as exc:  # noqa: BLE001 - the edge: a corrupt chunk, a codec error
             raise InputError(f"{source.spec or 'the image'}: cannot read it "
                              f"({one_line(exc)})") from None
+        if not np.isfinite([*stats["offset"], *stats["scale"]]).all():
+            # Refused before any output or record exists: a record of NaN statistics would
+            # turn every block into NaN probabilities.
+            raise InputError(f"{source.spec or 'image'}: holds NaN or infinite values")
     _create_outputs(net.config, source, g.blocks, s)
     (s.run_dir / "levels.json").unlink(missing_ok=True)
     make_folder(s.run_dir / "done")
@@ -858,6 +891,7 @@ def predict_to_store(
     image: Any = source
     if not is_array_spec(source):
         image, info = read_image(source)  # an ordinary image file is read whole
+        _check_file_axes(source, image.ndim - 1, model)
         kwargs.setdefault("spacing", info.get("spacing"))
         kwargs.setdefault("unit", info.get("unit"))
     cluster = None
@@ -870,6 +904,12 @@ def predict_to_store(
             model, image, results.get("probabilities"), labels=results["labels"],
             scheduler=scheduler, workers=workers, torch_threads=torch_threads, **kwargs,
         )
+    except InputError as exc:
+        # predict_dask names an array it was handed "image": name the file it was read from.
+        text = str(exc)
+        if image is not source and text.startswith("image: "):
+            raise InputError(f"{source}: {text[len('image: '):]}") from None
+        raise
     finally:
         if cluster is not None:
             cluster.close()

@@ -88,12 +88,18 @@ def predict_image(
     **kwargs: Any,
 ) -> np.ndarray:
     """Class probabilities of an image ``(C, *spatial)`` as ``useg predict`` computes them: a 2D
-    model applied to a 3D stack ``(C, Z, Y, X)`` predicts slice by slice.
+    model applied to a 3D stack ``(C, Z, Y, X)`` predicts slice by slice; a 3D model refuses a
+    2D image.
 
     ``progress`` is as for :func:`useg.inference.predict.predict`; a callable receives the tiles
     done and their total over all slices. ``kwargs`` go to
     :func:`useg.inference.predict.predict`.
     """
+    if model.config.ndim == 3 and image.ndim == 3:
+        # A 2D image's channels must not be taken for slices (predict adds a channel axis to
+        # an image with as many axes as the model has spatial ones).
+        raise InputError(f"a 2D image of shape {tuple(image.shape[1:])} for a 3D model, which "
+                         "needs a 3D stack (Z, Y, X)")
     if not (model.config.ndim == 2 and image.ndim == 4):
         return predict(model, image, progress=progress, **kwargs)
     depth = image.shape[1]

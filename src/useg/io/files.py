@@ -720,6 +720,8 @@ def result_paths(
     ['out.zarr/probs']
     >>> [p.name for p in result_paths("out", "brain.nii.gz").values()]
     ['brain_probs.nii.gz', 'brain_labels.nii.gz']
+    >>> [p.name for p in result_paths("out", "cell.ome.tif", labels=False).values()]
+    ['cell_probs.tif']
     >>> [p.as_posix() for p in result_paths("r.ome.zarr", extra=("instances",)).values()]
     ['r.ome.zarr', 'r.ome.zarr/labels/classes', 'r.ome.zarr/labels/instances']
     """
@@ -735,7 +737,7 @@ def result_paths(
     name = Path(name)
     ext = image_ext(name)
     # A NIfTI input gives NIfTI results (with its affine: useg.inference.files.write_results).
-    stem, ext = (file_stem(name), ext) if ext in NIFTI_EXTS else (name.stem, ".tif")
+    stem, ext = file_stem(name), (ext if ext in NIFTI_EXTS else ".tif")
     return {kind: out / name.parent / f"{stem}_{suffix}{ext}"
             for kind, (suffix, keep) in wanted.items() if keep}
 
@@ -779,7 +781,8 @@ def plan_results(
     Raises
     ------
     InputError
-        For a missing input or a folder without images; naming both inputs when two of them
+        For an ``out`` named as an image file (``res.tif``) that is not a folder; a missing
+        input or a folder without images; naming both inputs when two of them
         would write the same file (say ``a/x.png`` and ``b/x.tif`` given as two folders); when a
         result would replace one of the inputs.
     ConfigError
@@ -797,6 +800,10 @@ def plan_results(
     ...
     useg.errors.InputError: .../a/x.png and .../b/x.png: would both write .../out/x_probs.tif; ...
     """
+    if image_ext(out) in IMAGE_EXTS and not Path(out).is_dir():
+        # Taken for a folder, it would hold the results under the image name it was meant as.
+        raise input_error(out, "--out names the folder for the results (<name>_probs.tif, "
+                          "<name>_labels.tif), not an image file; give a folder")
     plan: list[tuple[Path, Path, dict[str, Path]]] = []
     skipped: dict[Path, list[Path]] = {}
     for item in map(Path, inputs):

@@ -263,7 +263,15 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, dict[str, float], bool, str
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise input_error(path, "the TIFF file holds no image")
-        series = tif.series[0]
+        full = [s for s in tif.series if not s.keyframe.is_reduced]  # not thumbnails
+        if len(full) > 1:
+            # Reading the first alone would drop the others' planes or positions silently.
+            shapes = ", ".join(str(tuple(s.shape)) for s in full[:3])
+            raise input_error(path, f"holds {len(full)} separate images (TIFF series) of shapes "
+                              f"{shapes}{', ...' if len(full) > 3 else ''}; useg reads one "
+                              "image per file: save them as one stack, or each in a file "
+                              "of its own")
+        series = full[0] if full else tif.series[0]
         page = series.keyframe
         arr = series.asarray()
         axes = series.axes

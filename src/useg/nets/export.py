@@ -181,6 +181,12 @@ def export_model(model: UNet | str | os.PathLike, out: str | os.PathLike,
     check_choice("format", format, FORMATS)
     source = [] if isinstance(model, UNet) else [resolve_model(model)]
     out = check_output_file(out, overwrite=overwrite, inputs=source)
+    other = {"onnx": (".pt", ".pth", ".ts", ".zip", ".safetensors"),
+             "torchscript": (".onnx", ".safetensors")}[format]
+    if out.suffix.lower() in other:
+        # A tool that goes by the extension would misread the file.
+        raise ConfigError(f"{out}: a {out.suffix} name for a {format} export; name it "
+                          f"{'.onnx' if format == 'onnx' else '.pt'} or choose its format")
     if not isinstance(model, UNet):
         model = load_model(model)
     net = _prepared(model)

@@ -158,6 +158,10 @@ def make_config(
                               f"network comes from the --init model {init}; leave them out")
         start = _start_model(init)
     momentum_given = options.get("momentum") is not None
+    if pool is not None and options.get("depth") not in (None, len(pool)):
+        # The pooling sets the depth (a recipe's depth yields to it); a given one must agree.
+        raise ConfigError(f"--depth {options['depth']} does not match the {len(pool)} pooling "
+                          "level(s) of --pool; give one of the two")
     if recipe is not None:
         tile, options = _with_recipe(recipe, ndim, tile, options)
     optimizer = options.get("optimizer", TrainConfig.optimizer)
@@ -312,7 +316,8 @@ def build_config(
 def refuse_options_without_effect(cfg: TrainConfig, given: Sequence[tuple[str, str]]) -> None:
     """Raise :class:`ConfigError` for an option given explicitly that the new run ``cfg`` would
     ignore: ``--batch-stats`` on a network without batch norm, ``--w0`` or ``--sigma`` in a
-    label mode that builds no border weights (``boundary`` and ``classes``)."""
+    label mode that builds no border weights (``boundary`` and ``classes``), ``--boundary-width``
+    in one without a boundary class (all but ``boundary`` and ``three_class``)."""
     flags = dict(given)
     net_norm = UNetConfig.from_dict(cfg.net).norm
     if "batch_stats" in flags and net_norm != "batch":
@@ -322,6 +327,10 @@ def refuse_options_without_effect(cfg: TrainConfig, given: Sequence[tuple[str, s
         if dest in flags and cfg.label_mode in ("boundary", "classes"):
             raise ConfigError(f"{flags[dest]}: --label-mode {cfg.label_mode} builds no border "
                               "weights between objects; leave --w0 and --sigma out")
+    if "boundary_width" in flags and cfg.label_mode not in ("boundary", "three_class"):
+        raise ConfigError(f"{flags['boundary_width']}: --label-mode {cfg.label_mode} draws no "
+                          "boundary class; it takes effect with --label-mode boundary or "
+                          "three_class")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ from useg.training.run_folder import (
     write_checkpoint,
     write_config,
 )
-from useg.training.samples import Sample
+from useg.training.samples import Sample, check_classes_present
 from useg.training.stream import TileStream
 from useg.training.validation import evaluate_samples
 
@@ -134,6 +134,8 @@ def train(
     the learning-rate schedule is recomputed over the new total; the saved configuration is
     updated.
     """
+    if samples:
+        check_classes_present(samples)  # before anything is written
     out = Path(out_dir)
     before = None if resume else _FolderBefore.of(out)
     try:

@@ -222,9 +222,16 @@ def load_state(path: Path, model: UNet, opt: torch.optim.Optimizer) -> dict[str,
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # any corruption is reported as one line
         raise InputError(f"{path}: cannot resume, trainer state unreadable ({exc})") from None
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt.load_state_dict(_unflatten_optimizer(header["optimizer"], tensors))
-    return header["info"]
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        opt.load_state_dict(_unflatten_optimizer(header["optimizer"], tensors))
+        return header["info"]
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        # The state of another network than the run's configuration describes (config.json
+        # edited, or files of two runs mixed): never resume from part of it.
+        raise InputError(f"{path}: cannot resume, the trainer state does not fit the run's "
+                         f"network in {path.parent / 'config.json'} "
+                         f"({one_line(exc)[:200]})") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ __all__ = [
     "MODE_CLASSES",
     "Sample",
     "boundary_target",
+    "check_classes_present",
     "check_label_values",
     "load_pairs",
     "make_sample",
@@ -326,7 +327,10 @@ def make_sample(
         labels, mode, unlabeled=unlabeled, boundary_width=boundary_width
     )
     if slices:
-        target = sparsify(target, slices)
+        try:
+            target = sparsify(target, slices)
+        except InputError as exc:
+            raise InputError(f"{name or 'labels'}: --slices: {exc}") from None
     labelled = target != IGNORE
     if not labelled.any():
         raise InputError(f"{name}: no labelled pixel (every pixel is unlabeled)")
@@ -434,3 +438,19 @@ def load_pairs(
     if not samples:
         raise InputError(f"{labels}: no labelled pixel in any label image")
     return samples
+
+
+def check_classes_present(samples: Sequence[Sample]) -> None:
+    """Raise :class:`~useg.errors.InputError` when the labelled pixels of all ``samples`` hold
+    one class: a network trained on them learns to answer that class everywhere, which would
+    pass for a finished model (wrong label values, or ``--unlabeled`` set to the other class)."""
+    present: set[int] = set()
+    for sample in samples:
+        present.update(int(c) for c in np.unique(sample.target) if c != IGNORE)
+        if len(present) > 1:
+            return
+    names = ", ".join(s.name or "?" for s in samples[:3]) + (", ..." if len(samples) > 3 else "")
+    held = f"class {present.pop()} only" if present else "no class"
+    raise InputError(f"{names}: the labelled pixels of the training images hold {held}; a "
+                     "network needs examples of at least two classes (check the label values "
+                     "and --unlabeled)")

@@ -433,7 +433,14 @@ def _new_file_config(options: TrainOptions, image: np.ndarray, meta: dict[str, A
     ndim = annotation.ndim
     kwargs = build_config(options, ndim, image.shape[0], meta.get("spacing"))
     if kwargs["label_mode"] == "classes":
-        kwargs["net"]["classes"] = _classes(annotation, kwargs["unlabeled"], labels_path)
+        classes = _classes(annotation, kwargs["unlabeled"], labels_path)
+        init = kwargs.get("init")
+        if init is None:
+            kwargs["net"]["classes"] = classes
+        elif classes > kwargs["net"]["classes"]:
+            # The network is the --init model's: it cannot grow to the annotation's classes.
+            raise ConfigError(f"{labels_path}: the annotation needs {classes} classes; the "
+                              f"--init model {init['file']} has {kwargs['net']['classes']}")
     # Absolute: a run resumed from another working directory must read the same files.
     data = {"volume": str(Path(volume).resolve()), "labels": str(Path(labels_path).resolve()),
             "slices": parse_slices(options.slices, ndim)}

@@ -25,7 +25,7 @@ import numpy as np
 from useg.errors import ConfigError, ModelFileError, UsegWarning
 from useg.inference.files import predict_paths
 from useg.nets.checkpoint import model_info, resolve_model
-from useg.postprocess.instances import InstanceParams, instances_from_probabilities
+from useg.postprocess.instances import TARGETS, InstanceParams, instances_from_probabilities
 from useg.training.samples import relative_spacing
 
 __all__ = ["INSTANCE_FLAGS", "INSTANCE_TARGETS", "instance_settings", "instance_spacing",
@@ -76,6 +76,12 @@ def _settings(path: Path, header: Mapping[str, Any],
         raise ConfigError(f"{path}: --instances needs a model trained with --labels "
                           f"{', '.join(INSTANCE_TARGETS)}; this one was trained with {mode!r}")
     target = INSTANCE_TARGETS[mode]
+    classes = int(header["config"].get("classes", 2))
+    if classes != TARGETS[target]:
+        # Checked before any prediction; a model file without its label mode reads as binary.
+        said = "" if "labels" in header else " (the file does not say; binary assumed)"
+        raise ConfigError(f"{path}: --instances needs {TARGETS[target]} classes for its label "
+                          f"mode {mode!r}{said}; its network has {classes}")
     stored = header.get("instances")
     if stored is not None and not isinstance(stored, dict):
         raise ModelFileError(f"{path}: header field 'instances' must be an object")
@@ -88,6 +94,14 @@ def _settings(path: Path, header: Mapping[str, Any],
     if given:
         params = InstanceParams.from_dict({**base.to_dict(), **given}, source="options",
                                          error=ConfigError)
+        if "seed_distance" in given and target == "three_class":
+            raise ConfigError(f"--seed-distance has no effect on {path}: its three_class "
+                              "target takes its seeds from the interior class")
+        if "seed_distance" in given and params.seed_threshold is not None:
+            whose = ("--seed-threshold" if "seed_threshold" in given
+                     else f"the seed threshold stored in {path}")
+            raise ConfigError(f"--seed-distance has no effect with {whose}: seeds then come "
+                              "from the threshold; give one of the two")
         source += f"; given: {', '.join(f'{k}={v}' for k, v in given.items())}"
     else:
         params = base
@@ -163,7 +177,7 @@ def segment_paths(
     path = resolve_model(model)
     header = model_info(path)
     target, params, source = _settings(path, header, instance_options)
-    line = f"instances: {target} target, {_describe(params)}; {source}"
+    line = f"instances: {target} target, {_describe(target, params)}; {source}"
     if not options.get("dask"):
         ndim = int(header["config"]["ndim"])
         # Said once the inputs and outputs have been checked, not before a refusal.
@@ -180,10 +194,12 @@ def segment_paths(
     return summary
 
 
-def _describe(params: InstanceParams) -> str:
+def _describe(target: str, params: InstanceParams) -> str:
     # A setting that does not take part is not shown: no seed threshold (the default), or the
-    # seed distance when seeds come from the seed threshold.
+    # seed distance when seeds come from the seed threshold or the interior class.
     unused = {"seed_threshold"} if params.seed_threshold is None else {"seed_distance"}
+    if target == "three_class":
+        unused.add("seed_distance")
     if params.merge_below is None:
         unused.add("merge_below")
     return ", ".join(f"{f.name} {getattr(params, f.name)}" for f in dataclasses.fields(params)
