@@ -349,3 +349,15 @@ def test_export_refuses_a_name_of_the_other_format(tmp_path, model):
         code, err = run_cli(["export", model, "--format", fmt, "--out", tmp_path / name])
         assert code == 2 and len(err.splitlines()) == 1 and name in err and fmt in err, err
         assert not (tmp_path / name).exists()
+
+
+def test_results_of_an_earlier_run_that_this_one_does_not_write_are_removed(tmp_path, image,
+                                                                            model):
+    out = tmp_path / "o"
+    assert run_cli(["predict", image, "--model", model, "--out", out, "--quiet"])[0] == 0
+    mine = out / "b_probs.tif"  # a user's file named like a result: never touched
+    tifffile.imwrite(mine, np.zeros((4, 4), np.float32))
+    code, err = run_cli(["predict", image, "--model", model, "--out", out, "--quiet",
+                         "--overwrite", "--no-probs"])
+    assert code == 0 and "a_probs.tif: removed" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "b_probs.tif"]

@@ -289,15 +289,24 @@ def test_densify_resume_extends_the_run_and_refuses_other_changes(synthetic, tmp
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and flag in err, err
     assert (run / "state.safetensors").read_bytes() == state
-    before = io.read_image(run / "vol_probs.tif")[0]
+    assert (run / "vol_probs.tif").is_file()
     # Given as saved, or changing only how or how long the run goes: honoured.
     assert main(["densify", "--resume", "--out", str(run), "--iterations", "4", "--slices", "z=6",
                  "--no-augment", "--quiet", "--device", "cpu", "--no-probs"]) == 0
     assert [s for s, _ in _losses(run)] == [2, 4]
     assert json.loads((run / "config.json").read_text())["iterations"] == 4
-    # The segmentation is written again from the longer-trained model; --no-probs is honoured.
-    assert np.array_equal(io.read_image(run / "vol_probs.tif")[0], before)
+    # The segmentation is written again from the longer-trained model; --no-probs is honoured,
+    # and the probabilities of the earlier model are not left beside it.
+    assert not (run / "vol_probs.tif").exists() and (run / "vol_labels.tif").is_file()
+    assert "vol_probs.tif: removed" in capsys.readouterr().err
     assert load_model(run / "last.safetensors").meta["step"] == 4
+    # The command that started the run, with --resume: its --tile was fitted to the volume.
+    saved_tile = json.loads((run / "config.json").read_text())["tile"]
+    assert saved_tile != [28, 28, 28]
+    assert main(["densify", str(root / "vol.tif"), "--labels", str(root / "cells.tif"),
+                 "--slices", "z=6", "--iterations", "6", "--no-augment", *TINY, "--out",
+                 str(run), "--resume"]) == 0
+    assert json.loads((run / "config.json").read_text())["tile"] == saved_tile
 
 
 def test_densify_bad_inputs(synthetic, tmp_path, capsys):
@@ -318,6 +327,12 @@ def test_densify_bad_inputs(synthetic, tmp_path, capsys):
     err = fails(vol, "--labels", str(root / "cells.tif"), "--slices", "z=24",
                 names="cells.tif")  # index out of range
     assert "out of range" in err
+    # Neither --unlabeled nor --slices, or an --unlabeled value no voxel holds: all annotated.
+    err = fails(vol, "--labels", str(root / "cells.tif"), names="cells.tif")
+    assert "every voxel counts as annotated" in err
+    err = fails(vol, "--labels", str(root / "cells.tif"), "--unlabeled", "65000",
+                names="cells.tif")
+    assert "no voxel holds --unlabeled 65000" in err
     empty = tmp_path / "empty.tif"
     io.write_image(empty, np.full(cells.shape, 7, np.uint16), axes="ZYX")
     err = fails(vol, "--labels", str(empty), "--unlabeled", "7", names="empty.tif")

@@ -76,6 +76,8 @@ def test_segment_array_refuses_in_one_line(tiny_model):
     rgb = np.zeros((64, 48, 3), np.float32)
     with pytest.raises(InputError, match="3 channel.*expects 1"):
         segment_array(rgb, tiny_model, rgb=True, device="cpu")
+    with pytest.raises(InputError, match="complex"):
+        segment_array(np.ones((64, 48), np.complex64) * 1j, tiny_model, device="cpu")
 
 
 def test_sample_data_is_touching_cells():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 
 from useg import io
 from useg.device import check_precision, resolve_device, resolve_precision
-from useg.errors import ConfigError, InputError, ModelFileError
+from useg.errors import ConfigError, InputError, ModelFileError, UsegWarning
 from useg.inference.predict import predict
 from useg.inference.tile_choice import memory_budget, tile_notes_said
 from useg.inference.tiling import check_batch_size
@@ -156,7 +157,29 @@ def write_results(
         io.write_image(targets[kind], array, spacing=spacing, axes=axes,
                        software=io.RESULT_SOFTWARE, reference=nifti, unit=unit)
         written[kind] = targets[kind]
+    _remove_stale_results(written)
     return written
+
+
+def _remove_stale_results(written: Mapping[str, Path]) -> None:
+    """Remove the results of the same image that an earlier run wrote and this one did not
+    (``x_probs.tif`` beside new ``x_labels.tif`` of a run with ``--no-probs``): left there, they
+    would pass for results of the same model. Only files marked as useg results
+    (:func:`useg.io.files.is_result_file`) are removed, each with a warning."""
+    some_kind, some = next(iter(written.items()))
+    ending = "_probs" if some_kind == "probabilities" else f"_{some_kind}"
+    stem = io.file_stem(some)
+    if not stem.endswith(ending):
+        return
+    base, ext = stem[: -len(ending)], some.name[len(stem):]
+    done = {path.name for path in written.values()}
+    for suffix in io.RESULT_SUFFIXES:
+        stale = some.parent / f"{base}{suffix}{ext}"
+        if stale.name not in done and stale.is_file() and io.is_result_file(stale):
+            stale.unlink()
+            warnings.warn(UsegWarning(
+                f"{stale}: removed, a result of an earlier run that this one does not write "
+                f"(it would not match {some.name})"), stacklevel=3)
 
 
 def predict_files(

@@ -111,6 +111,10 @@ def segment_array(
     # Complete, with the defaults of the fields a model file may leave out.
     config = UNetConfig.from_dict(model_info(path)["config"])
     data = np.asarray(image)
+    if np.iscomplexobj(data):
+        # numpy would drop the imaginary part with a warning only.
+        raise InputError(f"the layer holds complex values ({data.dtype}); useg segments real "
+                         "intensities")
     if rgb:
         data = np.moveaxis(data, -1, 0)
     elif config.in_channels == 1:

@@ -291,6 +291,17 @@ def _annotated_sample(image: np.ndarray, labels: np.ndarray, cfg: TrainConfig, n
     slices = check_slices(slices, spatial, labels_name)
     if cfg.spacing is not None and len(cfg.spacing) != len(spatial):
         raise ConfigError(f"spacing {tuple(cfg.spacing)} needs {len(spatial)} values")
+    if not slices:
+        # Densification learns from a sparse annotation: a volume in which every voxel counts
+        # as annotated is most likely a mistaken --unlabeled, and its result just its labels.
+        if cfg.unlabeled is None:
+            raise InputError(f"{labels_name}: every voxel counts as annotated (no --unlabeled, "
+                             "no --slices); give the value of the voxels nobody annotated "
+                             "(--unlabeled V) or the annotated slices (--slices)")
+        if not (labels == cfg.unlabeled).any():
+            raise InputError(f"{labels_name}: no voxel holds --unlabeled {cfg.unlabeled}, so "
+                             "every voxel would count as annotated; give the value of the "
+                             "voxels nobody annotated, or the annotated slices (--slices)")
     sample = make_sample(image, labels, spacing=cfg.spacing, name=labels_name,
                          **cfg.sample_options(slices))
     top = int(sample.target.max())
@@ -414,8 +425,16 @@ def _resumed_file_config(out: Path, volume: str | os.PathLike | None,
         raise ConfigError(f"{out} densifies {data['volume']} with {data['labels']}; "
                           "--resume continues it (omit VOLUME and --labels)")
     # VOLUME and --labels are checked above; --no-probs only chooses the outputs.
-    return resumed_config(saved, given, dataclasses.asdict(options), config_path,
-                          free={"labels", "no_probs"})
+    free = {"labels", "no_probs"}
+    if "tile" in dict(given) and options.tile is not None:
+        # The run saved the tile fitted to the volume (fit_tile): the command that started it
+        # gives the tile it asked for, which fits to the same one.
+        net = UNetConfig.from_dict(saved["net"])
+        shape = io.read_labels(_volume_file(data["labels"]))[0].shape
+        asked = list(options.tile) * net.ndim if len(options.tile) == 1 else list(options.tile)
+        if len(asked) == net.ndim and list(fit_tile(net, asked, shape)) == saved.get("tile"):
+            free.add("tile")
+    return resumed_config(saved, given, dataclasses.asdict(options), config_path, free=free)
 
 
 def _volume_file(path: str | os.PathLike) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from useg import io
-from useg.errors import InputError
+from useg.errors import InputError, UsegWarning
 from useg.evaluation.objects import object_f1
-from useg.inference.predict import predict
+from useg.inference.files import predict_image
 from useg.nets.checkpoint import load_model, update_header
 from useg.postprocess.instances import InstanceParams, instances_from_probabilities
 from useg.report import report_after_training
@@ -115,11 +116,14 @@ def tune_model_instances(
     device: str = "cpu",
     precision: str = "auto",
     grid: Mapping[str, Sequence[Any]] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Choose the instance settings of ``model`` on validation ``images`` and their instance
     ``labels`` (paired by name) and write them into the model file; returns what was written.
 
-    The images are predicted as ``useg predict`` would (whole images, overlap tiles).
+    The images are predicted as ``useg predict`` would (whole images, overlap tiles; a 2D model
+    predicts a stack slice by slice, and its objects are found and scored per slice). When no
+    setting finds any object of the references (object F1 0), nothing is written, a warning
+    says so, and None is returned.
     """
     net = load_model(model, device=device)
     mode = (net.meta.get("labels") or {}).get("mode")
@@ -131,17 +135,35 @@ def tune_model_instances(
     for img_path, lab_path in io.pair_files(images, labels):
         image, meta = io.read_image(img_path)
         ref, _ = io.read_labels(lab_path)
-        p = predict(net, image, device=device, precision=precision, progress=False)
+        try:
+            p = predict_image(net, image, device=device, precision=precision, progress=False)
+        except InputError as exc:
+            raise InputError(f"{img_path}: {exc}") from None
         if p.shape[1:] != ref.shape:
             raise InputError(f"{lab_path}: labels of shape {ref.shape} do not match the "
                              f"prediction of {img_path.name} {p.shape[1:]}")
-        probs.append(p)
-        refs.append(ref)
-        spacings.append(instance_spacing(meta.get("spacing"), ref.ndim))
+        spacing = instance_spacing(meta.get("spacing"), ref.ndim)
+        if net.config.ndim == 2 and ref.ndim == 3:
+            # As useg predict --instances finds them: slice by slice, each slice an image.
+            probs.extend(p[:, z] for z in range(ref.shape[0]))
+            refs.extend(ref)
+            spacings.extend([None if spacing is None else spacing[1:]] * ref.shape[0])
+        else:
+            probs.append(p)
+            refs.append(ref)
+            spacings.append(spacing)
         names.append(Path(img_path).name)
     trained = (net.meta.get("provenance") or {}).get("config") or {}
     params, record = choose_instance_params(probs, refs, target, spacings=spacings, grid=grid,
                                             unlabeled=trained.get("unlabeled"))
+    if record["object_f1"] == 0:
+        # Every candidate ties at 0: the first would pass for a choice made on data.
+        warnings.warn(UsegWarning(
+            f"{net.path}: no instance settings stored: at every candidate setting no object of "
+            f"the validation images ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) "
+            "is found (object F1 0); useg predict --instances will use the defaults"),
+            stacklevel=2)
+        return None
     entry = {
         "target": target,
         "params": params.to_dict(),
