@@ -85,6 +85,9 @@ def test_cli_picks_pools_from_spacing(synthetic, tmp_path):
     assert model.config.batch_stats is True
     assert (run / "vol_labels.tif").exists()
     assert model.downs[0].pool.kernel_size == (1, 2, 2)
+    # The volume states no voxel size: the results carry the one given, without a unit.
+    meta = io.read_labels(run / "vol_labels.tif")[1]
+    assert meta["spacing"] == pytest.approx((50.0, 4.0, 4.0), rel=1e-6) and meta["unit"] is None
     # --pool wins over the spacing rule; the files' spacing counts when --spacing is absent.
     def config(*options, file_spacing=None):
         args = build_parser().parse_args(["densify", "v.tif", "--out", "o", *options])

@@ -408,9 +408,13 @@ def densify_file(
         spacing=spacing, resume=resume, progress=progress, say=say, image_name=str(volume),
         labels_name=str(labels_path),
     )
-    # The outputs keep the input file's calibration; --spacing only steers the training.
-    written = write_results(targets, result.probabilities, meta.get("spacing"),
-                            labels=result.labels, nifti=meta.get("nifti"), unit=meta.get("unit"))
+    # The outputs keep the input file's calibration; --spacing only steers the training, and
+    # is written only into a file that states none (as ratios: it has no unit).
+    out_spacing, unit = meta.get("spacing"), meta.get("unit")
+    if out_spacing is None and cfg.spacing is not None:
+        out_spacing, unit = cfg.spacing, None
+    written = write_results(targets, result.probabilities, out_spacing,
+                            labels=result.labels, nifti=meta.get("nifti"), unit=unit)
     return result, [written[kind] for kind in ("labels", "probabilities") if kind in written]
 
 
