@@ -520,3 +520,17 @@ def test_isbi_scores_with_instances_cut_cells_at_a_gap_in_their_membrane():
     assert quick == {k: v for k, v in plain.items() if not k.startswith("warping")}
     with pytest.raises(InputError, match="InstanceParams"):
         metrics.isbi_scores(prob, gt, thresholds=(0.5,), instances={"seed_distance": 2})
+
+
+def test_isbi_scores_refuse_a_slice_without_interior():
+    # Its Rand and information scores would be 0/0, read as perfect, and raise the stack's mean.
+    from useg.errors import InputError
+    from useg.evaluation.isbi import isbi_scores
+
+    gt = np.ones((3, 8, 8), np.uint8)
+    gt[:, :, 4] = 0
+    gt[1] = 0
+    with pytest.raises(InputError, match="no cell interior in slice 1"):
+        isbi_scores(gt.astype(float), gt, thresholds=(0.5,))
+    assert isbi_scores(gt[[0, 2]].astype(float), gt[[0, 2]], thresholds=(0.5,))["best"][
+        "v_rand"]["value"] == 1.0

@@ -31,7 +31,12 @@ from useg.errors import (
     check_choice,
     input_error,
 )
-from useg.evaluation.isbi import DEFAULT_ISBI_THRESHOLDS, isbi_best, isbi_scores
+from useg.evaluation.isbi import (
+    DEFAULT_ISBI_THRESHOLDS,
+    check_interior,
+    isbi_best,
+    isbi_scores,
+)
 from useg.evaluation.objects import DEFAULT_IOU_THRESHOLDS, detection_scores, object_scores
 from useg.evaluation.pixel import iou
 from useg.evaluation.rand import adapted_rand_error, variation_of_information
@@ -115,23 +120,6 @@ def _same_shape(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Path
         )
 
 
-def _check_some_interior(gt: np.ndarray, gt_path: Path) -> None:
-    """Refuse a ground truth (or a slice of a stack) without cell interior: the Rand and
-    information scores count pairs of interior pixels, so with none they are 0/0, which the
-    metrics report as perfect scores for any prediction."""
-    slices = gt.reshape(-1, *gt.shape[-2:])
-    empty = [i for i, plane in enumerate(slices) if not plane.any()]
-    if not empty:
-        return
-    where = "" if gt.ndim == 2 else (
-        f" in slice{'s' if len(empty) > 1 else ''} "
-        + ", ".join(map(str, empty[:3])) + (", ..." if len(empty) > 3 else ""))
-    raise InputError(
-        f"{gt_path}: ground truth has no cell interior{where} (every pixel 0 = membrane), so "
-        "its Rand and information scores are undefined; --mode isbi needs the interior nonzero"
-    )
-
-
 def _score_isbi(pairs, thresholds, channel, membrane, unassigned) -> tuple[list[dict], dict]:
     results = []
     for pred_path, gt_path in pairs:
@@ -151,7 +139,10 @@ def _score_isbi(pairs, thresholds, channel, membrane, unassigned) -> tuple[list[
                 f"{gt_path}: ground truth values {values[0]} and {values[1]}; --mode isbi needs "
                 "0 for membrane and one other value (e.g. 255) for cell interior"
             )
-        _check_some_interior(gt, gt_path)
+        try:
+            check_interior(gt)
+        except InputError as exc:
+            raise InputError(f"{gt_path}: {exc}") from None
         scores = isbi_scores(prob, gt, thresholds, membrane=membrane, unassigned=unassigned)
         results.append({"pred": str(pred_path), "gt": str(gt_path), "scores": scores})
     rows = [_mean_row([r["scores"]["per_threshold"][i] for r in results], t)

@@ -26,7 +26,7 @@ from useg.evaluation.warping import warping_error
 from useg.postprocess.instances import InstanceParams, instances_from_probabilities
 from useg.postprocess.segments import fill_unassigned
 
-__all__ = ["DEFAULT_ISBI_THRESHOLDS", "isbi_best", "isbi_scores"]
+__all__ = ["DEFAULT_ISBI_THRESHOLDS", "check_interior", "isbi_best", "isbi_scores"]
 
 #: Thresholds swept by :func:`isbi_scores` unless told otherwise.
 DEFAULT_ISBI_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -231,9 +231,28 @@ def _isbi_inputs(
     thresholds = [float(t) for t in thresholds]
     if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
         raise InputError(f"thresholds must be a non-empty list of values in [0, 1]: {thresholds}")
+    check_interior(gt)
     if p.ndim == 2:
         p, gt = p[None], gt[None]
     return p, gt, thresholds
+
+
+def check_interior(gt_binary: np.ndarray) -> None:
+    """Raise :class:`~useg.errors.InputError` for a ground truth (or a slice of a stack) without
+    cell interior: the Rand and information scores count pairs of interior pixels, so with none
+    they are 0/0, which would read as perfect scores for any prediction (and raise a stack's
+    mean)."""
+    slices = np.asarray(gt_binary).reshape(-1, *np.shape(gt_binary)[-2:])
+    empty = [i for i, plane in enumerate(slices) if not plane.any()]
+    if not empty:
+        return
+    where = "" if np.ndim(gt_binary) == 2 else (
+        f" in slice{'s' if len(empty) > 1 else ''} "
+        + ", ".join(map(str, empty[:3])) + (", ..." if len(empty) > 3 else ""))
+    raise InputError(
+        f"ground truth has no cell interior{where} (every pixel 0 = membrane), so its Rand "
+        "and information scores are undefined; the ISBI scores need the interior nonzero"
+    )
 
 
 def _over_slices(per_slice: list[dict]) -> dict:
