@@ -119,6 +119,11 @@ def test_input_from_a_pyramid_level_carries_its_spacing(case, tmp_path):
                  *COMMON]) == 0
     arr, meta = open_array(out)
     assert arr.shape == (2, 100, 120) and meta["spacing"] == (0.5, 0.5)
+    # Level 1's voxel centres lie half a level-0 voxel in: the result is placed where it is.
+    assert open_array(f"{case['source']}/1")[1]["origin"] == (0.125, 0.125)
+    assert meta["origin"] == (0.125, 0.125)
+    assert open_array(f"{out}/1")[1]["origin"] == (0.375, 0.375)
+    assert open_array(f"{out}/labels/classes")[1]["origin"] == (0.125, 0.125)
     level0 = np.asarray(open_array(f"{case['source']}/1")[0])
     np.testing.assert_array_equal(level0, downsample(case["image"], (2, 2), "mean"))
     _validate(out)
@@ -273,3 +278,80 @@ def test_result_of_a_tiff_without_a_unit_claims_none(case, tmp_path):
     for path in written:
         meta = read_image(path)[1]
         assert meta["spacing"] == pytest.approx((2.0, 2.0)) and meta["unit"] is None
+
+
+def _ome_input(path, transforms, axes=("y", "x"), data=None):
+    """A one-level OME-Zarr 0.5 image written by hand, with these transforms of level 0."""
+    data = np.zeros((64, 64), np.float32) if data is None else data
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.create_array("0", shape=data.shape, dtype=data.dtype)[:] = data
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in axes],
+        "datasets": [{"path": "0", "coordinateTransformations": transforms}]}]}
+    return str(path)
+
+
+def test_a_scale_that_does_not_fit_is_refused_naming_the_input(tmp_path):
+    for scale in ([0.5], [0.5, -1.0], [0.5, "a"]):
+        source = _ome_input(tmp_path / "bad.ome.zarr", [{"type": "scale", "scale": scale}])
+        with pytest.raises(InputError, match=r"bad\.ome\.zarr: OME-Zarr scale .* positive"):
+            open_array(source)
+    # No scale at all: the voxel size is unknown, never 1 micrometre.
+    source = _ome_input(tmp_path / "none.ome.zarr", [])
+    assert open_array(source)[1]["spacing"] is None and open_array(source)[1]["unit"] is None
+
+
+def test_the_position_of_an_input_is_carried_to_its_results(case, tmp_path):
+    source = _ome_input(tmp_path / "moved.ome.zarr", [
+        {"type": "scale", "scale": [0.5, 0.25]},
+        {"type": "translation", "translation": [10.0, 20.0]}],
+        data=case["image"][:64, :64].astype(np.float32))
+    assert open_array(source)[1]["origin"] == (10.0, 20.0)
+    out = tmp_path / "r.ome.zarr"
+    assert main(["predict", source, "--model", case["model"], "--out", str(out), *COMMON]) == 0
+    for spec in (out, f"{out}/labels/classes"):
+        meta = open_array(spec)[1]
+        assert meta["origin"] == (10.0, 20.0) and meta["spacing"] == (0.5, 0.25)
+    _validate(out)
+
+
+def test_plain_results_claim_micrometres_only_for_micrometres(case, tmp_path):
+    plain = f"{tmp_path}/in.zarr/raw"
+    create_array(plain, (64, 64), np.uint8, (64, 64), spacing=(2.0, 3.0), unit=None)[:] = (
+        case["image"][:64, :64])
+    assert open_array(plain)[1]["spacing"] == (2.0, 3.0) and open_array(plain)[1]["unit"] is None
+    out = tmp_path / "out.zarr"
+    assert main(["predict", plain, "--model", case["model"], "--out", str(out), *COMMON]) == 0
+    for name in ("probs", "labels"):
+        array, meta = open_array(f"{out}/{name}")
+        assert "element_size_um" not in array.attrs
+        assert meta["spacing"] == (2.0, 3.0) and meta["unit"] is None
+    create_array(f"{tmp_path}/nm.zarr/raw", (4, 4), np.uint8, (4, 4), spacing=(5.0, 5.0),
+                 unit="nanometer")
+    assert open_array(f"{tmp_path}/nm.zarr/raw")[1]["unit"] == "nanometer"
+
+
+def test_xarray_dimension_names_give_the_axes(tmp_path):
+    array = zarr.open_array(str(tmp_path / "x.zarr"), mode="w", shape=(8, 6, 4), dtype="f4",
+                            zarr_format=2)
+    array.attrs["_ARRAY_DIMENSIONS"] = ["y", "x", "z"]
+    assert open_array(str(tmp_path / "x.zarr"))[1]["axes"] == "YXZ"
+
+
+def test_complex_or_misordered_inputs_are_refused_naming_the_file(case, tmp_path, capsys):
+    store = tmp_path / "c.zarr"
+    zarr.open_array(str(store), mode="w", shape=(64, 64), dtype="c8")[:] = 1j
+    assert main(["predict", str(store), "--model", case["model"], "--out",
+                 str(tmp_path / "o1.zarr"), *COMMON]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "c.zarr" in err and "complex" in err, err
+    source = _ome_input(tmp_path / "yx.ome.zarr", [{"type": "scale", "scale": [1.0, 1.0]}])
+    group = zarr.open_group(source, mode="a")
+    ome = group.attrs["ome"]
+    ome["multiscales"][0]["axes"] = [{"name": "x", "type": "space"},
+                                     {"name": "y", "type": "space"}]
+    group.attrs["ome"] = ome
+    assert main(["predict", source, "--model", case["model"], "--out",
+                 str(tmp_path / "o2.zarr"), *COMMON]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "yx.ome.zarr" in err, err

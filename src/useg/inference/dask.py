@@ -582,6 +582,7 @@ class _Input:
     data: Any  # the in-memory array sent to the workers; None for a spec
     view: Any  # channels first
     described: dict[str, Any]  # as the run's record names it
+    origin: tuple[float, ...] | None = None  # of an OME-Zarr input: where its voxel 0 lies
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -598,16 +599,17 @@ def _open_input(image: Any, net, s: _Settings) -> _Input:
         spec = _absolute(image)
         array, meta = open_array(spec)
         axes, spacing, unit, data = meta["axes"], meta["spacing"], meta.get("unit"), None
+        origin = meta.get("origin")
         try:
             view = as_channels_first(array, axes, ndim)
-        except InputError as exc:
+        except (InputError, ConfigError) as exc:  # the axes the file states
             raise InputError(f"{spec}: {exc} for this {ndim}D model") from None
         # The files' state too: a run resumed on an input rewritten since it began would
         # join blocks of two images.
         described = {"spec": spec, "shape": list(array.shape), "dtype": str(array.dtype),
                      "stored": _stored_state(spec)}
     else:
-        spec, axes, data = None, None, image
+        spec, axes, data, origin = None, None, image, None
         spacing = None if s.spacing is None else tuple(float(v) for v in s.spacing)
         unit = s.unit if spacing is not None else None
         try:
@@ -623,8 +625,8 @@ def _open_input(image: Any, net, s: _Settings) -> _Input:
     except InputError as exc:
         raise InputError(f"{spec or 'image'}: {exc}") from None
     if spacing is not None and len(spacing) != ndim:
-        spacing = unit = None
-    return _Input(spec, axes, spacing, unit, data, view, described)
+        spacing = unit = origin = None
+    return _Input(spec, axes, spacing, unit, data, view, described, origin)
 
 
 @dataclass(frozen=True)
@@ -742,11 +744,12 @@ def _create_outputs(cfg, source: _Input, blocks: BlockPlan, s: _Settings) -> Non
         create_array(s.outputs["probabilities"], (classes, *spatial), np.float32,
                      (classes, *blocks.block), source.spacing, axes="C" + spatial_axes,
                      fill_value=float("nan"), zarr_format=s.zarr_format, unit=source.unit,
-                     pyramid=True, overwrite=True)
+                     pyramid=True, overwrite=True, origin=source.origin)
     if s.outputs["labels"]:
         create_array(s.outputs["labels"], spatial, class_dtype(classes), blocks.block,
                      source.spacing, axes=spatial_axes, fill_value=0,
-                     zarr_format=s.zarr_format, unit=source.unit, pyramid=True, overwrite=True)
+                     zarr_format=s.zarr_format, unit=source.unit, pyramid=True, overwrite=True,
+                     origin=source.origin)
 
 
 def _kept_model(model_path: Path, tmp_model: Path | None, run_dir: Path) -> str:

@@ -106,6 +106,10 @@ def check_image(model: UNet, image: Any) -> Any:
     """``image`` as the ``(C, *spatial)`` input of ``model`` (a channel axis is added for a
     one-channel model), or :class:`~useg.errors.InputError` saying why it cannot be one."""
     cfg = model.config
+    if np.dtype(image.dtype).kind == "c":
+        # Cast to float, the imaginary part would be dropped with a NumPy warning only.
+        raise InputError(f"image holds complex values ({image.dtype}); useg segments real "
+                         "intensities")
     if image.ndim == cfg.ndim and cfg.in_channels == 1:
         image = image[None]
     if image.ndim != cfg.ndim + 1:

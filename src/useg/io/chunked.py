@@ -24,9 +24,13 @@ dict with ``format`` (``zarr2``, ``zarr3`` or ``hdf5``), ``axes`` (letters of ``
 when the file does not say), ``spacing`` (voxel size of the spatial axes in micrometres when
 the file states a unit, else in the file's unit; None when absent), ``unit`` (``micrometer``
 when the spacing is in micrometres, the file's unit when useg does not know it, None when the
-file names none) and ``ome`` (level paths and scales of an OME-Zarr image, else None). Plain
-zarr arrays and HDF5 datasets keep the axes in an ``axes`` attribute and the spacing in
-``element_size_um`` (the ilastik / Fiji convention). :func:`create_array` writes these, or an
+file names none), ``origin`` (where voxel 0 of an OME-Zarr level lies, from its translations,
+in the spacing's unit; None when at 0 or unknown) and ``ome`` (level paths and scales of an
+OME-Zarr image, else None). Plain
+zarr arrays and HDF5 datasets keep the axes in an ``axes`` attribute (or xarray's
+``_ARRAY_DIMENSIONS``, or zarr 3's dimension names) and the spacing in ``element_size_um`` (the
+ilastik / Fiji convention), or, in another unit or none, in ``spacing`` and ``unit``.
+:func:`create_array` writes these, or an
 OME-Zarr image (0.4 for zarr format 2, 0.5 for format 3; metadata by ome-zarr-py, the ``ome``
 extra: :mod:`useg.io.ome`) with axes, units, scale, optionally a pyramid of levels, and label
 images in ``image.ome.zarr/labels/<name>``.
@@ -156,11 +160,23 @@ def _ome_multiscale(attrs: dict[str, Any]) -> tuple[str | None, dict[str, Any]] 
     return None
 
 
-def _scale_of(transforms: Any, ndim: int) -> list[float]:
-    scale = [1.0] * ndim
+def _scale_of(transforms: Any, ndim: int, where: Any) -> list[float] | None:
+    """The product of the ``scale`` transforms, None when there is none; a scale that does not
+    fit the ``ndim`` axes or is not positive is refused (read as 1 it would invent a voxel
+    size)."""
+    scale = None
     for t in transforms or []:
-        if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale", [])) == ndim:
-            scale = [a * float(b) for a, b in zip(scale, t["scale"], strict=True)]
+        if isinstance(t, dict) and t.get("type") == "scale":
+            values = t.get("scale")
+            try:
+                values = [float(v) for v in values]
+            except (TypeError, ValueError):
+                values = None
+            if values is None or len(values) != ndim or not all(
+                    np.isfinite(v) and v > 0 for v in values):
+                raise InputError(f"{where}: OME-Zarr scale {t.get('scale')!r} is not {ndim} "
+                                 "positive numbers, one per axis")
+            scale = [a * b for a, b in zip(scale or [1.0] * ndim, values, strict=True)]
     return scale
 
 
@@ -183,11 +199,11 @@ def _ome_level_meta(spec: ArraySpec, version: str | None, ms: dict[str, Any], pa
     paths = [str(d.get("path")) for d in datasets]
     if path not in paths:
         raise InputError(f"{spec}: OME-Zarr level {path!r} not in its multiscales ({paths})")
-    outer = _scale_of(ms.get("coordinateTransformations"), ndim)
+    outer = _scale_of(ms.get("coordinateTransformations"), ndim, spec)
+    own = [_scale_of(d.get("coordinateTransformations"), ndim, spec) for d in datasets]
     scales = [
-        [a * b for a, b in zip(_scale_of(d.get("coordinateTransformations"), ndim), outer,
-                               strict=True)]
-        for d in datasets
+        [a * b for a, b in zip(level_scale or [1.0] * ndim, outer or [1.0] * ndim, strict=True)]
+        for level_scale in own
     ]
     level = paths.index(path)
     spacing = tuple(
@@ -202,13 +218,43 @@ def _ome_level_meta(spec: ArraySpec, version: str | None, ms: dict[str, Any], pa
         unit = "micrometer"
     elif len(space_units) == 1 and None not in space_units:
         unit = space_units.pop()
+    if own[level] is None and outer is None:
+        spacing = ()  # no scale at all: the voxel size is unknown, not 1 in the axes' unit
+    # Where voxel 0 of the level lies: its translation, then the multiscale's scale and
+    # translation (each applied after the ones before it).
+    shift = _translation_of(datasets[level].get("coordinateTransformations"), ndim, spec)
+    outer_shift = _translation_of(ms.get("coordinateTransformations"), ndim, spec)
+    position = [a * b + c for a, b, c in zip(shift, outer or [1.0] * ndim, outer_shift,
+                                              strict=True)]
+    origin = tuple(
+        o * _OME_UNITS_UM.get(str(u).lower(), 1.0) if u else o
+        for o, u, is_space in zip(position, units, space, strict=True) if is_space
+    )
     axes = "".join(letters)
     return {
         "axes": axes if "?" not in axes else None,
         "spacing": spacing or None,
         "unit": unit if spacing else None,
+        "origin": origin if spacing and any(origin) else None,
         "ome": {"version": version, "levels": paths, "level": level, "scales": scales},
     }
+
+
+def _translation_of(transforms: Any, ndim: int, where: Any) -> list[float]:
+    """The sum of the ``translation`` transforms (0 without one); refused unless ``ndim``
+    finite numbers."""
+    total = [0.0] * ndim
+    for t in transforms or []:
+        if isinstance(t, dict) and t.get("type") == "translation":
+            try:
+                values = [float(v) for v in t.get("translation")]
+            except (TypeError, ValueError):
+                values = []
+            if len(values) != ndim or not all(np.isfinite(v) for v in values):
+                raise InputError(f"{where}: OME-Zarr translation {t.get('translation')!r} is "
+                                 f"not {ndim} numbers, one per axis")
+            total = [a + b for a, b in zip(total, values, strict=True)]
+    return total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,17 +267,28 @@ def _plain_meta(attrs: Any, dimension_names: Any = None) -> dict[str, Any]:
         axes = axes.decode()
     if not isinstance(axes, str) and dimension_names and all(dimension_names):
         axes = "".join(str(d) for d in dimension_names)
+    xarray = attrs.get("_ARRAY_DIMENSIONS")  # xarray's names of a zarr v2 array's axes
+    if not isinstance(axes, str) and isinstance(xarray, list) and xarray and all(
+            isinstance(d, str) and len(d) == 1 for d in xarray):
+        axes = "".join(xarray)
     axes = axes.upper() if isinstance(axes, str) else None
     if axes is not None and (len(set(axes)) != len(axes) or not set(axes) <= set(_AXIS_ORDER)):
         axes = None
+    # element_size_um (ilastik, Fiji) is in micrometres; spacing with its unit, what useg
+    # writes for a voxel size in another unit or none.
     spacing = attrs.get("element_size_um")
+    unit = "micrometer"
+    if spacing is None:
+        spacing, unit = attrs.get("spacing"), attrs.get("unit")
+        unit = unit.decode() if isinstance(unit, bytes) else unit
+        unit = unit if isinstance(unit, str) and unit else None
     if spacing is not None:
         try:
             spacing = tuple(float(s) for s in np.ravel(spacing))
         except (TypeError, ValueError):
             spacing = None
-    return {"axes": axes, "spacing": spacing or None, "unit": "micrometer" if spacing else None,
-            "ome": None}
+    return {"axes": axes, "spacing": spacing or None, "unit": unit if spacing else None,
+            "origin": None, "ome": None}
 
 
 def _zarr_format(array: Any) -> str:
@@ -427,6 +484,7 @@ def create_array(
     unit: str | None = "micrometer",
     pyramid: bool = False,
     overwrite: bool = False,
+    origin: Sequence[float] | None = None,
 ) -> Any:
     """Create an empty chunked array (zarr, OME-Zarr image or HDF5 dataset) and return it.
 
@@ -437,7 +495,7 @@ def create_array(
     shape, dtype, chunks
         Of the array; chunks are clipped to the shape.
     spacing : sequence of float, optional
-        Voxel size of the spatial axes in micrometres.
+        Voxel size of the spatial axes, in ``unit``.
     axes : str, optional
         Letters of ``TCZYX`` (default: from the number of dimensions and of spacings, e.g.
         ``CZYX`` for a 4-D array).
@@ -451,7 +509,12 @@ def create_array(
         the inner path is empty or ``labels/<name>``, a label image of the image above, listed
         in its ``labels`` group with ``image-label`` metadata).
     unit : str or None
-        Unit of ``spacing`` for an OME-Zarr image (None: unknown, no unit is written).
+        Unit of ``spacing`` (None: unknown, no unit is written): on the axes of an OME-Zarr
+        image; a plain array stores ``element_size_um`` for micrometres, else ``spacing`` and
+        ``unit`` (what :func:`open_array` reads back).
+    origin : sequence of float, optional
+        For an OME-Zarr image: the position of voxel 0 along the spatial axes, in ``unit``
+        (``meta["origin"]`` of :func:`open_array`), written as each level's translation.
     pyramid : bool
         For an OME-Zarr image, also create the lower levels of
         :func:`useg.io.ome.pyramid_factors` (empty: :func:`useg.io.ome.fill_levels` fills them).
@@ -487,9 +550,10 @@ def create_array(
     if sp.kind == "n5":
         raise InputError(f"{sp}: N5 is not supported (zarr 3 dropped it); write zarr instead")
     if sp.kind == "hdf5":
-        return _create_hdf5(sp, shape, dtype, chunks, spacing, axes, fill_value, overwrite)
+        return _create_hdf5(sp, shape, dtype, chunks, spacing, axes, fill_value, overwrite,
+                            unit)
     return _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_format,
-                        (ome, unit, pyramid), overwrite)
+                        (ome, unit, pyramid, origin), overwrite)
 
 
 def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_format, ome_options,
@@ -498,7 +562,7 @@ def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_forma
 
     from useg.io import ome as ngff
 
-    ome, unit, pyramid = ome_options
+    ome, unit, pyramid, origin = ome_options
 
     existing = _existing_zarr_format(sp.container)
     if zarr_format is None:
@@ -519,7 +583,7 @@ def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_forma
     if axes and not ome:
         attrs["axes"] = axes
     if spacing is not None and not ome:
-        attrs["element_size_um"] = list(spacing)
+        attrs.update(_spacing_attrs(spacing, unit))
     kwargs: dict[str, Any] = dict(
         shape=shape, dtype=dtype, chunks=chunks, fill_value=fill_value, attributes=attrs,
         overwrite=overwrite,
@@ -546,7 +610,7 @@ def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_forma
                                      zip(chunks, level_shape, strict=True))
                 levels.append(group.create_array(
                     str(level), **{**kwargs, "shape": level_shape, "chunks": level_chunks}))
-            ngff.write_image_metadata(group, axes, spacing, unit, factors,
+            ngff.write_image_metadata(group, axes, spacing, unit, factors, origin=origin,
                                       name=sp.inner.rpartition("/")[2] or sp.container.name)
             if sp.inner and ngff.is_label_path(sp.inner):
                 parent, _, name = sp.inner.rpartition("/")
@@ -567,7 +631,16 @@ def _create_zarr(sp, shape, dtype, chunks, spacing, axes, fill_value, zarr_forma
         raise InputError(f"{sp}: cannot create a zarr array here ({one_line(exc)})") from None
 
 
-def _create_hdf5(sp, shape, dtype, chunks, spacing, axes, fill_value, overwrite):
+def _spacing_attrs(spacing: Sequence[float], unit: str | None) -> dict[str, Any]:
+    """The attributes of a plain array's voxel size: ``element_size_um`` when it is in
+    micrometres, else ``spacing`` with its ``unit`` (none when unknown), never micrometres
+    claimed for a voxel size in another unit."""
+    if unit == "micrometer":
+        return {"element_size_um": list(spacing)}
+    return {"spacing": list(spacing), **({"unit": unit} if unit else {})}
+
+
+def _create_hdf5(sp, shape, dtype, chunks, spacing, axes, fill_value, overwrite, unit):
     h5py = require("h5py", "scale", "reading and writing HDF5 files")
 
     inner = sp.inner or "data"
@@ -585,8 +658,8 @@ def _create_hdf5(sp, shape, dtype, chunks, spacing, axes, fill_value, overwrite)
                           compression="gzip", compression_opts=1)
     if axes:
         ds.attrs["axes"] = axes
-    if spacing is not None:
-        ds.attrs["element_size_um"] = np.asarray(spacing, dtype=np.float64)
+    for key, value in (_spacing_attrs(spacing, unit) if spacing is not None else {}).items():
+        ds.attrs[key] = np.asarray(value, dtype=np.float64) if key != "unit" else value
     return ds
 
 

@@ -130,12 +130,14 @@ def level_shape(shape: Sequence[int], factors: Sequence[int]) -> tuple[int, ...]
 def write_image_metadata(
     group: Any, axes: str, spacing: Sequence[float] | None, unit: str | None,
     factors: Sequence[Sequence[int]], name: str | None = None,
+    origin: Sequence[float] | None = None,
 ) -> None:
     """The ``multiscales`` metadata of ``group`` (levels ``0``, ``1``, ...) by ome-zarr-py.
 
     ``spacing`` is the voxel size of level 0 along the spatial axes of ``axes`` (1 when None),
     in ``unit`` (a UDUNITS-2 name such as ``micrometer``; None writes no unit: the scale is then
-    in pixels of level 0 or in the input's own, unnamed unit).
+    in pixels of level 0 or in the input's own, unnamed unit). ``origin`` is where voxel 0 of
+    level 0 lies (0 when None), in the same unit: every level's translation starts from it.
     """
     writer = require_writer(group.store_path)
     space = [a in "ZYX" for a in axes]
@@ -146,14 +148,15 @@ def write_image_metadata(
     units = None
     if unit is not None and unit in KNOWN_SPATIAL_UNITS:
         units = {a.lower(): unit for a in axes if a in "ZYX"}
+    at = [0.0] * n_space if origin is None else [float(o) for o in origin]
     datasets = []
     for level, f in enumerate(factors):
-        it_s, it_f = iter(sp), iter(f)
+        it_s, it_f, it_o = iter(sp), iter(f), iter(at)
         scale, shift = [], []
         for is_space in space:
-            s, k = (next(it_s), next(it_f)) if is_space else (1.0, 1)
+            s, k, o = (next(it_s), next(it_f), next(it_o)) if is_space else (1.0, 1, 0.0)
             scale.append(s * k)
-            shift.append(s * (k - 1) / 2)
+            shift.append(o + s * (k - 1) / 2)
         transforms = [{"type": "scale", "scale": scale}]
         if any(shift):
             transforms.append({"type": "translation", "translation": shift})

@@ -226,7 +226,8 @@ def _store_instances(out, target, params, summary, options) -> str:
     block = tuple(int(b) for b in summary["block"])
     spacing = meta.get("spacing")
     labels = create_array(str(paths["instances"]), spatial, np.uint32, block,
-                          spacing=spacing, unit=meta.get("unit"), pyramid=True, overwrite=True)
+                          spacing=spacing, unit=meta.get("unit"), pyramid=True, overwrite=True,
+                          origin=meta.get("origin"))
     relative = instance_spacing(spacing, len(spatial))
     halo = tuple(max(16, b // 2) for b in block)
     def said(n: int) -> None:
