@@ -361,3 +361,12 @@ def test_results_of_an_earlier_run_that_this_one_does_not_write_are_removed(tmp_
                          "--overwrite", "--no-probs"])
     assert code == 0 and "a_probs.tif: removed" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "b_probs.tif"]
+
+
+def test_an_array_spec_without_dask_says_to_use_dask(tmp_path, model):
+    zarr = pytest.importorskip("zarr")
+    zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=(48, 48), dtype="f4")
+    for spec in (tmp_path / "v.zarr", f"{tmp_path}/g.zarr/raw", f"{tmp_path}/h.h5:/raw"):
+        code, err = run_cli(["predict", spec, "--model", model, "--out", tmp_path / "o",
+                             "--quiet"])
+        assert code == 2 and len(err.splitlines()) == 1 and "--dask" in err, err

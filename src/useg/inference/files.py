@@ -285,7 +285,13 @@ def _planned_results(
     """The images found in ``inputs`` with their result names
     (:func:`useg.io.files.plan_results`); raises :class:`~useg.errors.InputError` for a missing
     input or when there is no image."""
+    from useg.io.chunked import is_array_spec
+
     for item in inputs:
+        if is_array_spec(item):
+            # Without --dask it would read as a missing file or a folder without images.
+            raise InputError(f"{item}: a zarr or HDF5 array; useg predict reads those with "
+                             "--dask")
         if not Path(item).exists():
             raise InputError(f"{item}: no such file or folder")
     plan = io.plan_results(inputs, out_dir, probabilities=write_probabilities, extra=extra,
