@@ -91,6 +91,18 @@ def test_gradient_is_zero_on_ignored_pixels(dice_weight):
     assert (grad[~ignored] != 0).any()
 
 
+@pytest.mark.parametrize("dice_weight", [0.0, 1.0])
+def test_an_overflowed_ignored_pixel_gives_no_nan_gradient(dice_weight):
+    logits = torch.zeros(1, 2, 1, 3)
+    logits[0, 0, 0, 2] = float("inf")
+    logits.requires_grad_(True)
+    target = torch.tensor([[[0, 1, -1]]])
+    loss = SegmentationLoss(dice_weight=dice_weight)(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert (logits.grad[0, :, 0, 2] == 0).all()
+
+
 def test_zero_weight_pixels_get_no_gradient():
     logits, target, weights = case(seed=4, ignore_fraction=0.0)
     weights[:, :2] = 0

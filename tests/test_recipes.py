@@ -412,3 +412,22 @@ def test_a_validation_is_not_taken_for_slow_steps(monkeypatch):
             run.paused += validation_s
         assert not loop._out_of_time(run, 0.0), f"stopped at step {run.step} of {planned}"
     assert clock[0] <= 100.0  # its last validation included, it ended within the budget
+
+
+def test_the_step_estimate_leaves_out_validations_and_checkpoints(dataset, tmp_path, capsys,
+                                                                  one_thread, monkeypatch):
+    # Validations made slow on purpose: counted as step time, they would multiply the estimate.
+    import useg.training.loop as loop
+
+    log = loop._Run.log
+
+    def slow_log(self, *args, **kwargs):
+        time.sleep(0.3)
+        return log(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop._Run, "log", slow_log)
+    assert _train(dataset, tmp_path / "run", "--iterations", "12", "--val-every", "1",
+                  "--checkpoint-every", "1", val=True) == 0
+    found = ESTIMATE.search(capsys.readouterr().out)
+    assert found is not None
+    assert float(found[2]) < 0.3  # a step of this tiny network takes far less than a pause

@@ -5,11 +5,12 @@ image, N-dimensional (2D and 3D share the code). The target names how the model'
 made from instance labels (the label modes of :mod:`useg.training.samples`):
 
 ``"instances"``
-    2 classes, background / foreground, with one-pixel gaps of background between touching
-    objects. The foreground is ``probs[1] > threshold``; the seeds are the maxima of its distance
-    transform (see :class:`InstanceParams` ``seed_distance``), and the objects grow from them
-    over the inverted distance transform within the foreground, so that touching round objects
-    whose gap the network missed are cut at their neck.
+    2 classes, background / foreground, with gaps of background between touching objects
+    (each object's pixels that touch another: two pixels wide). The foreground is
+    ``probs[1] > threshold``; the seeds are the maxima of its distance transform (see
+    :class:`InstanceParams` ``seed_distance``), and the objects grow from them over the inverted
+    distance transform within the foreground, so that touching round objects whose gap the
+    network missed are cut at their neck.
 ``"three_class"``
     3 classes, background / interior / boundary (each object's outer pixels). The seeds are the
     connected pieces of the interior (``probs[1] > threshold``); they grow over the boundary

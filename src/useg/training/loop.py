@@ -650,18 +650,21 @@ class _Timing:
 
     first: int
     start: float = 0.0
+    paused: float = 0.0  # run.paused when timing started
 
     def tick(self, run: _Run) -> float | None:
         """Call after each step: the measured seconds per step once enough steps were timed
-        (averaged over the processes), else None."""
+        (averaged over the processes), else None. The time of the logs, validations and
+        checkpoints between them (``run.paused``) is not a step's: the plan adds it apart."""
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
         now = time.perf_counter()
         done = run.step - self.first
         if done <= _WARMUP_STEPS:
-            self.start = now
+            self.start, self.paused = now, run.paused
             return None
-        timed, seconds = done - _WARMUP_STEPS, now - self.start
+        timed = done - _WARMUP_STEPS
+        seconds = now - self.start - (run.paused - self.paused)
         if run.dist.world > 1:
             if timed < _TIMED_STEPS:
                 return None

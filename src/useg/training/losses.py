@@ -80,7 +80,11 @@ def weighted_cross_entropy(
     dtype = torch.promote_types(logits.dtype, torch.float32)
     labelled = target != ignore_index
     safe_target = torch.where(labelled, target, torch.zeros_like(target)).long()
-    log_prob = F.log_softmax(logits.to(dtype), dim=1)
+    # Ignored pixels' logits are replaced before the softmax: an overflowed (inf) logit there
+    # would give a NaN gradient through log_softmax even with its loss term masked below.
+    logits = logits.to(dtype)
+    logits = torch.where(labelled.unsqueeze(1), logits, torch.zeros_like(logits))
+    log_prob = F.log_softmax(logits, dim=1)
     nll = -log_prob.gather(1, safe_target.unsqueeze(1)).squeeze(1)
     w = labelled.to(dtype)
     if weights is not None:
@@ -125,7 +129,9 @@ def soft_dice_loss(
     dtype = torch.promote_types(logits.dtype, torch.float32)
     classes = logits.shape[1]
     labelled = (target != ignore_index).unsqueeze(1)
-    prob = torch.softmax(logits.to(dtype), dim=1)
+    logits = logits.to(dtype)
+    # As in weighted_cross_entropy: no NaN gradient from an overflowed ignored pixel.
+    prob = torch.softmax(torch.where(labelled, logits, torch.zeros_like(logits)), dim=1)
     prob = torch.where(labelled, prob, torch.zeros_like(prob))
     safe_target = torch.where(labelled.squeeze(1), target, torch.zeros_like(target)).long()
     onehot = F.one_hot(safe_target, classes).movedim(-1, 1).to(dtype) * labelled
