@@ -206,11 +206,12 @@ def _ome_level_meta(spec: ArraySpec, version: str | None, ms: dict[str, Any], pa
         for level_scale in own
     ]
     level = paths.index(path)
-    spacing = tuple(
-        s * _OME_UNITS_UM.get(str(u).lower(), 1.0) if u else s
-        for s, u, is_space in zip(scales[level], units, space, strict=True)
-        if is_space
-    )
+    def spatial_in_um(values: Sequence[float]) -> tuple[float, ...]:
+        # The spatial axes' values, in micrometres where the axis names a unit useg knows.
+        return tuple(v * _OME_UNITS_UM.get(str(u).lower(), 1.0) if u else v
+                     for v, u, is_space in zip(values, units, space, strict=True) if is_space)
+
+    spacing = spatial_in_um(scales[level])
     space_units = {str(u).lower() if u else None for u, is_space in zip(units, space,
                                                                          strict=True) if is_space}
     unit = None  # no unit, or several unknown ones: the scale is in the file's own terms
@@ -226,10 +227,7 @@ def _ome_level_meta(spec: ArraySpec, version: str | None, ms: dict[str, Any], pa
     outer_shift = _translation_of(ms.get("coordinateTransformations"), ndim, spec)
     position = [a * b + c for a, b, c in zip(shift, outer or [1.0] * ndim, outer_shift,
                                               strict=True)]
-    origin = tuple(
-        o * _OME_UNITS_UM.get(str(u).lower(), 1.0) if u else o
-        for o, u, is_space in zip(position, units, space, strict=True) if is_space
-    )
+    origin = spatial_in_um(position)
     axes = "".join(letters)
     return {
         "axes": axes if "?" not in axes else None,
