@@ -51,7 +51,6 @@ import torch
 from _common import RESULTS, ROOT, command_line, keep_run, kept_run, machine_info, publish
 from sparse3d import Experiment, annotated_mask, boundary_iou, slice_positions
 
-from useg.device import resolve_precision
 from useg.evaluation.rand import adapted_rand_error
 from useg.labels import IGNORE
 from useg.postprocess.instances import InstanceParams, instances_from_probabilities
@@ -117,7 +116,9 @@ def setup(candidate: dict[str, Any], quick: bool) -> tuple[argparse.Namespace, i
         depth=candidate["depth"], padding="same", stats="running",
         augment=candidate["augment"], lr=1e-3, workers=1,
         tile3d=[32, 32, 32] if quick else [candidate["tile"]] * 3, tile2d=[128, 128],
-        precision=resolve_precision("auto", "cpu"), tta=candidate.get("tta", False))
+        # The candidate's own precision, as bench/flyem_recipe.py trains it: "auto" would make
+        # a bf16 map on one CPU and an fp32 map on another, and kept maps would not match.
+        precision=candidate.get("precision", "fp32"), tta=candidate.get("tta", False))
     return exp_args, 12 if quick else candidate["steps"]
 
 

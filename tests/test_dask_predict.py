@@ -255,6 +255,12 @@ def test_bad_requests_fail_with_one_line_naming_the_path(case3d, tmp_path):
     with pytest.raises(ConfigError, match="scheduler"):
         dp.predict_dask(case3d["model"], case3d["spec"], tmp_path / "o.zarr",
                         scheduler="gpu-please", tile=TILE3, progress=False)
+    # An in-memory image is "image" in messages unless the caller names it (a file read).
+    with pytest.raises(InputError, match=r"^image: image has 2 channel\(s\)"):
+        dp.predict_dask(case3d["model"], np.zeros((2, *SHAPE3), np.float32), tmp_path / "m.zarr")
+    with pytest.raises(InputError, match=r"^vol\.tif: image has 2 channel\(s\)"):
+        dp.predict_dask(case3d["model"], np.zeros((2, *SHAPE3), np.float32), tmp_path / "m.zarr",
+                        name="vol.tif")
 
 
 def test_cli_dask_writes_probs_and_labels(case3d, tmp_path, capsys):

@@ -33,7 +33,6 @@ from useg.errors import (
 )
 from useg.evaluation.isbi import (
     DEFAULT_ISBI_THRESHOLDS,
-    check_interior,
     isbi_best,
     isbi_scores,
 )
@@ -140,10 +139,10 @@ def _score_isbi(pairs, thresholds, channel, membrane, unassigned) -> tuple[list[
                 "0 for membrane and one other value (e.g. 255) for cell interior"
             )
         try:
-            check_interior(gt)
+            # Its checks (e.g. a ground truth without interior) name no file: name the pair.
+            scores = isbi_scores(prob, gt, thresholds, membrane=membrane, unassigned=unassigned)
         except InputError as exc:
-            raise InputError(f"{gt_path}: {exc}") from None
-        scores = isbi_scores(prob, gt, thresholds, membrane=membrane, unassigned=unassigned)
+            raise InputError(f"{pred_path} against {gt_path}: {exc}") from None
         results.append({"pred": str(pred_path), "gt": str(gt_path), "scores": scores})
     rows = [_mean_row([r["scores"]["per_threshold"][i] for r in results], t)
             for i, t in enumerate(thresholds)]

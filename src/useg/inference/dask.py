@@ -283,6 +283,7 @@ def predict_dask(
     on_block: Callable[[dict[str, Any]], None] | None = None,
     spacing: Sequence[float] | None = None,
     unit: str | None = UNIT,
+    name: str = "image",
 ) -> dict[str, Any]:
     """Predict a large image block by block with dask, into zarr, resuming unfinished runs.
 
@@ -346,6 +347,8 @@ def predict_dask(
     spacing, unit
         Voxel size and its unit of an in-memory image, written to the outputs (an array spec
         brings its own; None: unknown, OME-Zarr outputs then name no unit).
+    name : str
+        What messages call an in-memory image (e.g. the file it was read from).
 
     Returns
     -------
@@ -394,7 +397,7 @@ def predict_dask(
         scheduler=scheduler,
         workers=workers, tta=tta, precision=precision, batch_size=batch_size, stats=stats,
         overwrite=overwrite, progress=progress, torch_threads=torch_threads,
-        zarr_format=zarr_format, on_block=on_block, spacing=spacing, unit=unit,
+        zarr_format=zarr_format, on_block=on_block, spacing=spacing, unit=unit, name=name,
     )
     net, model_path, tmp_model = _model_for_workers(model, run_dir.parent.parent)
     try:
@@ -427,25 +430,17 @@ class _Settings:
     on_block: Callable[[dict[str, Any]], None] | None
     spacing: Sequence[float] | None  # of an in-memory image
     unit: str | None
+    name: str  # of an in-memory image, in messages
 
 
-def _check_file_axes(source: str, spatial_ndim: int, model: Any) -> None:
-    """Refuse an image file (read channels first) with other spatial axes than the model's:
-    handed over as an array, its channels could pass for slices."""
+def _model_ndim(model: Any) -> int:
+    """The spatial dimensionality of a network, or of a model file from its header."""
     from useg.nets.checkpoint import model_info, resolve_model
     from useg.nets.unet import UNet
 
     if isinstance(model, UNet):
-        ndim = model.config.ndim
-    else:
-        ndim = int(model_info(resolve_model(model))["config"]["ndim"])
-    if spatial_ndim == ndim:
-        return
-    if ndim == 3:
-        raise InputError(f"{source}: a 2D image for a 3D model, which needs a 3D stack "
-                         "(Z, Y, X)")
-    raise InputError(f"{source}: a 3D stack for a 2D model; without --dask, useg predict "
-                     "predicts it slice by slice")
+        return model.config.ndim
+    return int(model_info(resolve_model(model))["config"]["ndim"])
 
 
 def _model_for_workers(model: Any, folder: Path) -> tuple[Any, Path, Path | None]:
@@ -615,7 +610,7 @@ def _open_input(image: Any, net, s: _Settings) -> _Input:
         try:
             view = as_channels_first(image, None, ndim)
         except InputError as exc:
-            raise InputError(f"image: {exc} for this {ndim}D model") from None
+            raise InputError(f"{s.name}: {exc} for this {ndim}D model") from None
         # No file names it: its values do, or another image of this shape would resume the
         # run (and be handed the first one's result).
         described = {"spec": None, "shape": list(image.shape), "dtype": str(image.dtype),
@@ -623,7 +618,7 @@ def _open_input(image: Any, net, s: _Settings) -> _Input:
     try:
         check_image(net, view)
     except InputError as exc:
-        raise InputError(f"{spec or 'image'}: {exc}") from None
+        raise InputError(f"{spec or s.name}: {exc}") from None
     if spacing is not None and len(spacing) != ndim:
         spacing = unit = origin = None
     return _Input(spec, axes, spacing, unit, data, view, described, origin)
@@ -893,10 +888,16 @@ def predict_to_store(
     source = str(source)
     image: Any = source
     if not is_array_spec(source):
+        from useg.inference.predict import check_spatial_axes
+
         image, info = read_image(source)  # an ordinary image file is read whole
-        _check_file_axes(source, image.ndim - 1, model)
+        try:
+            check_spatial_axes(_model_ndim(model), image.shape[1:])
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
         kwargs.setdefault("spacing", info.get("spacing"))
         kwargs.setdefault("unit", info.get("unit"))
+        kwargs["name"] = source
     cluster = None
     if scheduler is None and workers and workers > 1:
         cluster = scheduler = local_cluster(workers)
@@ -907,12 +908,6 @@ def predict_to_store(
             model, image, results.get("probabilities"), labels=results["labels"],
             scheduler=scheduler, workers=workers, torch_threads=torch_threads, **kwargs,
         )
-    except InputError as exc:
-        # predict_dask names an array it was handed "image": name the file it was read from.
-        text = str(exc)
-        if image is not source and text.startswith("image: "):
-            raise InputError(f"{source}: {text[len('image: '):]}") from None
-        raise
     finally:
         if cluster is not None:
             cluster.close()

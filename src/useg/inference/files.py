@@ -26,7 +26,7 @@ import numpy as np
 from useg import io
 from useg.device import check_precision, resolve_device, resolve_precision
 from useg.errors import ConfigError, InputError, ModelFileError, UsegWarning
-from useg.inference.predict import predict
+from useg.inference.predict import check_spatial_axes, predict
 from useg.inference.tile_choice import memory_budget, tile_notes_said
 from useg.inference.tiling import check_batch_size
 from useg.labels import class_dtype, most_likely_class
@@ -96,11 +96,9 @@ def predict_image(
     done and their total over all slices. ``kwargs`` go to
     :func:`useg.inference.predict.predict`.
     """
-    if model.config.ndim == 3 and image.ndim == 3:
-        # A 2D image's channels must not be taken for slices (predict adds a channel axis to
-        # an image with as many axes as the model has spatial ones).
-        raise InputError(f"a 2D image of shape {tuple(image.shape[1:])} for a 3D model, which "
-                         "needs a 3D stack (Z, Y, X)")
+    # A 2D image's channels must not be taken for slices (predict adds a channel axis to an
+    # image with as many axes as the model has spatial ones).
+    check_spatial_axes(model.config.ndim, image.shape[1:], slice_by_slice=True)
     if not (model.config.ndim == 2 and image.ndim == 4):
         return predict(model, image, progress=progress, **kwargs)
     depth = image.shape[1]

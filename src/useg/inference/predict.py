@@ -25,7 +25,7 @@ from useg.nets.forward import inference_forward, inference_layers, memory_format
 from useg.nets.geometry import pool_step
 from useg.nets.unet import UNet
 
-__all__ = ["check_image", "make_predictor", "predict"]
+__all__ = ["check_image", "check_real", "check_spatial_axes", "make_predictor", "predict"]
 
 
 def _note_unseen_transforms(model: UNet) -> None:
@@ -102,14 +102,35 @@ def make_predictor(
     return predictor
 
 
+def check_real(image: Any, what: str = "image") -> None:
+    """Refuse complex values: cast to float, their imaginary part would be dropped with a
+    NumPy warning only."""
+    if np.dtype(image.dtype).kind == "c":
+        raise InputError(f"{what} holds complex values ({image.dtype}); useg segments real "
+                         "intensities")
+
+
+def check_spatial_axes(model_ndim: int, spatial_shape: Sequence[int], *,
+                       slice_by_slice: bool = False) -> None:
+    """Refuse an image read channels first whose spatial axes are 2D for a 3D model or 3D for a
+    2D model: handed over as an array, a 2D image's channels would pass for Z slices. A 3D
+    stack for a 2D model passes when it is predicted ``slice_by_slice``; other shapes are
+    left to :func:`check_image`."""
+    spatial = tuple(int(s) for s in spatial_shape)
+    if model_ndim == 3 and len(spatial) == 2:
+        raise InputError(f"a 2D image of shape {spatial} for a 3D model, which needs a 3D stack "
+                         "(Z, Y, X)")
+    if model_ndim == 2 and len(spatial) == 3 and not slice_by_slice:
+        raise InputError(f"a 3D stack of shape {spatial} for a 2D model; prediction block by "
+                         "block takes 2D images (useg predict without --dask predicts a stack "
+                         "slice by slice)")
+
+
 def check_image(model: UNet, image: Any) -> Any:
     """``image`` as the ``(C, *spatial)`` input of ``model`` (a channel axis is added for a
     one-channel model), or :class:`~useg.errors.InputError` saying why it cannot be one."""
     cfg = model.config
-    if np.dtype(image.dtype).kind == "c":
-        # Cast to float, the imaginary part would be dropped with a NumPy warning only.
-        raise InputError(f"image holds complex values ({image.dtype}); useg segments real "
-                         "intensities")
+    check_real(image)
     if image.ndim == cfg.ndim and cfg.in_channels == 1:
         image = image[None]
     if image.ndim != cfg.ndim + 1:

@@ -102,6 +102,7 @@ def segment_array(
     """
     from useg.device import resolve_device
     from useg.inference.files import predict_image
+    from useg.inference.predict import check_real
     from useg.labels import class_dtype, most_likely_class
     from useg.nets.checkpoint import load_model, model_info, resolve_model
     from useg.nets.config import UNetConfig
@@ -111,10 +112,7 @@ def segment_array(
     # Complete, with the defaults of the fields a model file may leave out.
     config = UNetConfig.from_dict(model_info(path)["config"])
     data = np.asarray(image)
-    if np.iscomplexobj(data):
-        # numpy would drop the imaginary part with a warning only.
-        raise InputError(f"the layer holds complex values ({data.dtype}); useg segments real "
-                         "intensities")
+    check_real(data, "the layer")
     if rgb:
         data = np.moveaxis(data, -1, 0)
     elif config.in_channels == 1:
