@@ -198,6 +198,13 @@ def test_densify_synthetic_end_to_end(synthetic, tmp_path):
     err = io_capture(["train", "--resume", "--out", str(run), "--iterations", "6"])
     assert err[0] == 2 and "a 'useg densify' run; resume it with useg densify" in err[1]
     assert len(err[1].splitlines()) == 1
+    # Its report shows the volume it densified, scored on the annotated voxels.
+    page = tmp_path / "page.html"
+    assert main(["report", str(run), "--out", str(page)]) == 0
+    html = page.read_text()
+    assert "The run densified one volume" in html and "records no data files" not in html
+    assert f"{root / 'vol.tif'} / {root / 'cells.tif'}" in html  # what it trained on
+    assert "<td>vol.tif</td><td>training</td>" in html.replace("\n", "")  # its scores' row
 
 
 def io_capture(argv):

@@ -168,7 +168,8 @@ def _summary(record: RunRecord) -> list[tuple[str, str]]:
         ("optimizer", f"{config.get('optimizer')}, lr {format_value(config.get('lr'))}, "
                       f"schedule {config.get('schedule')}, batch {config.get('batch_size')}"),
         ("recipe", f"{recipe['name']} ({recipe.get('why', '')})" if recipe else "none"),
-        ("training data", f"{data.get('images', '-')} / {data.get('labels', '-')}"),
+        ("training data", f"{data.get('images') or data.get('volume') or '-'} / "
+                          f"{data.get('labels') or '-'}"),
         ("validation data", f"{data['val_images']} / {data['val_labels']}"
          if data.get("val_images") else "none"),
     ]

@@ -95,6 +95,12 @@ def gallery(
         split, images, labels = "training", data["images"], data["labels"]
         notes.append("The run had no validation images: these are training images, which "
                      "the network has seen; their scores flatter it.")
+    elif data.get("volume") and data.get("labels"):
+        # A useg densify run: one volume, scored on its annotated voxels.
+        split, images, labels = "training", data["volume"], data["labels"]
+        notes.append("The run densified one volume: shown is that volume, scored on its "
+                     "annotated voxels, which the network trained on; their scores flatter "
+                     "it (the unannotated voxels have no labels to score).")
     else:
         return [], ["The run records no data files (it was not trained from files), so there "
                     "is no gallery."]
