@@ -316,6 +316,14 @@ def test_rotation_planes_follow_spacing():
     aniso = draw_deform_params(g, (20, 40, 40), spacing=(4.0, 1.0, 1.0))
     rot = np.array(aniso.rotation)
     assert rot[0, 0] == 1.0 and np.allclose(rot[0, 1:], 0) and np.allclose(rot[1:, 0], 0)
+    # Z as fine as Y, X coarse: the rotation stays in (Z, Y), never mixing in X.
+    fine_z = np.array(draw_deform_params(g, (40, 40, 20), spacing=(1.0, 1.0, 4.0)).rotation)
+    assert fine_z[2, 2] == 1.0 and np.allclose(fine_z[2, :2], 0) and np.allclose(fine_z[:2, 2], 0)
+    assert abs(fine_z[0, 0]) < 1 - 1e-6
+    unequal = draw_deform_params(g, (20, 30, 40), spacing=(3.0, 2.0, 1.0)).rotation
+    assert np.allclose(unequal, np.eye(3))
+    unknown = np.array(draw_deform_params(g, (20, 40, 40)).rotation)
+    assert unknown[0, 0] == 1.0 and abs(unknown[1, 1]) < 1 - 1e-6
     iso = np.array(draw_deform_params(g, (20, 40, 40), spacing=(1.0, 1.0, 1.0)).rotation)
     assert abs(iso[0, 0]) < 1 - 1e-6
     np.testing.assert_allclose(iso @ iso.T, np.eye(3), atol=1e-12)

@@ -175,8 +175,10 @@ class AugmentConfig:
         Random rotation, uniform in ``[-max_angle, max_angle]`` degrees per rotation plane.
     max_angle : float
     rotation_planes : sequence of (int, int), optional
-        Planes to rotate in. None: all planes for 2D and for 3D with a known isotropic voxel
-        spacing; only the in-plane ``(Y, X)`` rotation for anisotropic or unknown 3D spacing.
+        Planes to rotate in. None: the plane of a 2D image; for 3D with a known voxel
+        spacing, every plane of two axes with the same voxel size (all three when isotropic,
+        ``(Y, X)`` for (4, 1, 1), ``(Z, Y)`` for (1, 1, 4), none when all three differ);
+        ``(Y, X)`` for an unknown spacing.
     flip_axes : sequence of int, optional
         Axes that may be mirrored, each with probability ``flip_probability`` (None: all).
     scale : (float, float)
@@ -732,8 +734,13 @@ def _rotation_planes(config: AugmentConfig, ndim: int, spacing) -> tuple[tuple[i
         return tuple(tuple(p) for p in config.rotation_planes)
     if ndim == 2:
         return ((0, 1),)
-    isotropic = spacing is not None and len(set(float(s) for s in spacing)) == 1
-    return ((0, 1), (0, 2), (1, 2)) if isotropic else ((1, 2),)
+    if spacing is None:  # unknown: the usual stack, coarse in Z
+        return ((1, 2),)
+    # Only planes of equal voxel sizes: on a grid of unequal ones a rotation of the array is
+    # not a rotation of the tissue (spacing (1, 1, 4) rotates in (Z, Y), not in (Y, X)).
+    size = [float(s) for s in spacing]
+    return tuple((a, b) for a in range(ndim) for b in range(a + 1, ndim)
+                 if math.isclose(size[a], size[b], rel_tol=1e-6))
 
 
 def draw_deform_params(
