@@ -66,9 +66,11 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
     "flyem_neurons": (["bench/flyem_neurons.py"], "flyem_neurons.json"),
     # Every candidate that was run (wide-long would not fit the time limit); the runs kept in
-    # bench/results/flyem_recipe_runs are not run again. The later candidates ran on two threads.
+    # bench/results/flyem_recipe_runs are not run again (nor refused: flips-15k-bf16's on a CPU
+    # without bf16). The later candidates ran on two threads.
     "flyem_recipe": (["bench/flyem_recipe.py", "--candidates", "base", "long", "long-flips",
-                      "wide", "long-tta", "longer", "longest", "--threads", "2", "--then-test"],
+                      "wide", "long-tta", "longer", "longest", "long-15k", "flips-15k-bf16",
+                      "--threads", "2", "--then-test"],
                      "flyem_recipe.json"),
     # After flyem_recipe: the test runs of a recipe keep the boundary maps these segment.
     "flyem_neurons_long": (["bench/flyem_neurons.py", "--recipe", "long"],
@@ -77,6 +79,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                              "flyem_neurons_longer.json"),
     "flyem_neurons_longest": (["bench/flyem_neurons.py", "--recipe", "longest"],
                               "flyem_neurons_longest.json"),
+    "flyem_neurons_long-15k": (["bench/flyem_neurons.py", "--recipe", "long-15k"],
+                               "flyem_neurons_long-15k.json"),
     "scale": (["bench/scale.py"], "scale.json"),
     "nuclei": (["bench/nuclei.py"], "nuclei.json"),
     "ovules3d": (["bench/ovules3d.py"], "ovules3d.json"),
@@ -492,6 +496,7 @@ EXTRACT: dict[str, Callable] = {
     "isbi2012": _isbi, "isbi2012_segment": _isbi_segment, "isbi2012_recipe": _isbi_recipe,
     "flyem_neurons": _flyem_neurons, "flyem_neurons_long": _flyem_neurons,
     "flyem_neurons_longer": _flyem_neurons, "flyem_neurons_longest": _flyem_neurons,
+    "flyem_neurons_long-15k": _flyem_neurons,
     "flyem_recipe": _flyem_recipe, "conv_kernels": _conv_kernels,
     "sparse3d": _sparse3d, "scale": _scale,
     "shapes": _shapes, "weightmap": _weightmap, "augment": _augment,
