@@ -126,11 +126,11 @@ def test_cpu_best_is_the_configuration_chosen_on_validation_in_2d_and_3d():
     assert _recipe_line(best).endswith("12000 steps, no augmentation")
     assert "augmentation" not in _recipe_line(fast)
     # 2D: bench/isbi2012_recipe.py's choice on the ISBI 2012 validation slices: the paper's
-    # valid layout at width 16, depth 3, one 316x316 tile per step, the paper's weight map and
+    # valid layout at width 32, depth 3, one 316x316 tile per step, the paper's weight map and
     # the default (elastic) augmentation, and a soft Dice term of weight 1.
     flat = make_config(2, recipe="cpu-best", device="cpu")
     assert (flat.net["width"], flat.net["depth"], flat.net["padding"], flat.tile) == (
-        16, 3, "valid", [316, 316])
+        32, 3, "valid", [316, 316])
     assert (flat.optimizer, flat.lr, flat.schedule, flat.iterations) == ("adam", 1e-3, "poly",
                                                                         3000)
     assert (flat.w0, flat.sigma, flat.class_balance, flat.dice_weight) == (10.0, 5.0, True, 1.0)
@@ -162,6 +162,9 @@ def test_useg_train_prints_the_recipe_the_estimate_and_the_missing_validation(
     # The estimate, from timed steps, before the run goes on.
     match = ESTIMATE.search(out)
     assert match and int(match.group(1)) == 12 and float(match.group(2)) > 0, out
+    # It names the precision the run resolved "auto" to: the pace depends on it.
+    assert match.group(0).endswith(f", {saved['precision']})") and saved["precision"] in (
+        "fp32", "bf16"), out
     # No validation set: said once, and recorded in the model header.
     assert lines.count("no validation images: the model kept is the last one, and no "
                        "checkpoint, threshold or post-processing setting was chosen on data") == 1
