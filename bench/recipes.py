@@ -98,6 +98,8 @@ def run_recipe(name: str, ndim: int, threads: int, tmp: Path, estimate_only: boo
         "data": {"train": DATA[ndim][0], "validation": DATA[ndim][1],
                  "shape": list(DATA[ndim][2])},
         "network": config.get("net"), "tile": config.get("tile"),
+        # What --precision auto resolved to on this CPU (bf16 where it has bf16 instructions).
+        "precision": config.get("precision"),
         "best_validation": best,
         "command": " ".join(["useg", *command[1:]]).replace(str(tmp), "DATA"),
         "notes": done.stdout.strip().splitlines()[-8:],
@@ -140,8 +142,8 @@ def main() -> None:
     lines = ["# Training recipes: wall time", "",
              "Each row with the command that measured it, its date, CPU and torch threads.", "",
              "| recipe | dim | steps run | s/step | wall min | steps alone, min "
-             "| best validation | measured by |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| best validation | precision | measured by |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if "failed" in r:
             lines.append(f"| {r['recipe']} | {r['ndim']}D | failed: {r['failed'][-200:]} |")
@@ -152,7 +154,8 @@ def main() -> None:
         wall = f"{r['wall_s'] / 60:.1f}" if r["whole_run"] else "- (estimate only)"
         scores = json.dumps(r["best_validation"]) if r["whole_run"] else "-"
         lines.append(f"| {r['recipe']} | {r['ndim']}D | {r['steps']} | {rate} | {wall} | "
-                     f"{alone} | {scores} | `{r['bench_command']}`, {r['date']}, {r['cpu']}, "
+                     f"{alone} | {scores} | {r.get('precision') or 'not recorded'} | "
+                     f"`{r['bench_command']}`, {r['date']}, {r['cpu']}, "
                      f"{r['threads']} thread(s) |")
     (RESULTS / "recipes.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -59,8 +59,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "isbi2012": (["bench/isbi2012.py", "--ablations"], "isbi2012.json"),
     # After isbi2012 (whose main run is base's seed 0 and was the packaged model): the recipe
     # chosen over seeds may replace the packaged model, which isbi2012_segment then segments.
-    "isbi2012_recipe": (["bench/isbi2012_recipe.py", "--candidates", "base", "dice",
-                         "--packaged-base-seed0", "--then-test", "--package"],
+    "isbi2012_recipe": (["bench/isbi2012_recipe.py", "--candidates", "base", "dice", "long",
+                         "dice-wide", "--packaged-base-seed0", "--then-test", "--package"],
                         "isbi2012_recipe.json"),
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
