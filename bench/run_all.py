@@ -63,6 +63,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                          "dice-wide", "--packaged-base-seed0", "--then-test", "--package"],
                         "isbi2012_recipe.json"),
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
+    "isbi2012_errors": (["bench/isbi2012_errors.py"], "isbi2012_errors.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
     "flyem_neurons": (["bench/flyem_neurons.py"], "flyem_neurons.json"),
     # Every candidate that was run (wide-long would not fit the time limit); the runs kept in
@@ -360,6 +361,19 @@ def _flyem_recipe(d):
     return rows
 
 
+def _isbi_errors(d):
+    e = d.get("errors", {})
+    share = e.get("share_of_errors_within", {})
+    beyond = e.get("pixel_error_beyond", {})
+    return [(f"ISBI 2012 validation slices, {d.get('model')}: pixel error; share of its errors "
+             "within 1 / 2 / 5 px of a drawn membrane edge; membrane drawn / predicted",
+             f"{_fmt(e.get('pixel_error'))}; {_fmt(share.get('1'))} / {_fmt(share.get('2'))} / "
+             f"{_fmt(share.get('5'))}; {_fmt(e.get('membrane_drawn'))} / "
+             f"{_fmt(e.get('membrane_predicted'))}"),
+            ("  pixel error not counting the errors within 2 px of a drawn edge",
+             _fmt(beyond.get("2")))]
+
+
 def _isbi_segment(d):
     rows = []
     for way, r in _get(d, "ways", default={}).items():
@@ -493,7 +507,8 @@ def _demo(d):
 EXTRACT: dict[str, Callable] = {
     "demo": _demo, "recipes": _recipes,
     "nuclei": _nuclei, "ovules3d": _ovules3d,
-    "isbi2012": _isbi, "isbi2012_segment": _isbi_segment, "isbi2012_recipe": _isbi_recipe,
+    "isbi2012": _isbi, "isbi2012_segment": _isbi_segment,
+    "isbi2012_errors": _isbi_errors, "isbi2012_recipe": _isbi_recipe,
     "flyem_neurons": _flyem_neurons, "flyem_neurons_long": _flyem_neurons,
     "flyem_neurons_longer": _flyem_neurons, "flyem_neurons_longest": _flyem_neurons,
     "flyem_neurons_long-15k": _flyem_neurons,
