@@ -236,6 +236,8 @@ def package(report: dict[str, Any]) -> dict[str, Any]:
                            instances=instances)
     result.update(recipe=chosen, seed=best["seed"], validation=best["validation"],
                   replaced_validation_criterion=old)
+    if not result.get("packaged"):  # refused by package_model (e.g. its size): the old stays
+        result["kept"] = current
     return result
 
 

@@ -254,6 +254,19 @@ def test_a_2d_image_is_refused_by_a_3d_model_never_its_channels_as_slices(tmp_pa
         assert not out.exists() or not any(out.rglob("*.tif"))
 
 
+def test_dask_names_the_file_whose_values_overflow_its_statistics(tmp_path, model3d):
+    # Finite values whose mean and spread overflow: refused before any output, naming the file
+    # read (not "image", what an in-memory array is called).
+    volume = np.full((8, 32, 32), 1.5e308)
+    volume[4:] = -1.5e308
+    tifffile.imwrite(tmp_path / "vol.tif", volume)
+    out = tmp_path / "o.zarr"
+    code, err = run_cli(["predict", tmp_path / "vol.tif", "--model", model3d, "--out", out,
+                         "--dask", "--quiet"])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "vol.tif: holds NaN or infinite values" in err and "image:" not in err
+
+
 def test_a_tiff_of_several_series_is_refused_not_read_in_part(tmp_path, model):
     path = tmp_path / "s.tif"
     for value in range(3):

@@ -268,3 +268,13 @@ def test_a_class_map_of_useg_is_not_scored_as_objects(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "mine_labels.tif", gt)
     assert main(["evaluate", str(tmp_path / "mine_labels.tif"), str(tmp_path / "a.tif"),
                  "--mode", "instances"]) == 0
+
+
+def test_an_empty_threshold_list_is_an_argument_error_not_the_files(tmp_path):
+    from useg.errors import ConfigError
+    from useg.evaluation.files import evaluate_folders
+
+    tifffile.imwrite(tmp_path / "pred.tif", membrane_gt().astype(np.float32) / 255)
+    tifffile.imwrite(tmp_path / "gt.tif", membrane_gt())
+    with pytest.raises(ConfigError, match=r"^--thresholds must be one or more values"):
+        evaluate_folders(tmp_path / "pred.tif", tmp_path / "gt.tif", mode="isbi", thresholds=[])

@@ -353,8 +353,9 @@ def evaluate_folders(
                               ("fill", "singletons"))
     if channel is not None and channel < 0:
         raise ConfigError(f"--channel must be 0 or more (channels count from 0), got {channel}")
-    if mode == "isbi" and any(not 0 <= t <= 1 for t in thresholds):
-        raise ConfigError(f"--thresholds must lie in [0, 1], got {list(thresholds)}")
+    if mode == "isbi" and (not len(thresholds) or any(not 0 <= t <= 1 for t in thresholds)):
+        raise ConfigError(f"--thresholds must be one or more values in [0, 1], got "
+                          f"{list(thresholds)}")
     if mode == "instances" and any(not 0 <= t < 1 for t in iou_thresholds):
         raise ConfigError(f"--iou-thresholds must lie in [0, 1), got {list(iou_thresholds)}")
     if json_path is not None:

@@ -549,7 +549,7 @@ def _resumable_failure(exc: BaseException, s: _Settings, blocks: BlockPlan,
     says how much is done and that the same command resumes the run; a fault of the input
     (``spec``, None for an in-memory array) names it instead, since a rerun would meet it again."""
     if isinstance(exc, InputError):
-        return InputError(f"{spec or 'image'}: {exc}")
+        return InputError(f"{spec or s.name}: {exc}")
     try:
         done = len(finished_blocks(s.run_dir / "done"))
     except OSError:
@@ -677,12 +677,12 @@ def _prepare_outputs(
         except UsegError:
             raise
         except Exception as exc:  # noqa: BLE001 - the edge: a corrupt chunk, a codec error
-            raise InputError(f"{source.spec or 'the image'}: cannot read it "
+            raise InputError(f"{source.spec or s.name}: cannot read it "
                              f"({one_line(exc)})") from None
         if not np.isfinite([*stats["offset"], *stats["scale"]]).all():
             # Refused before any output or record exists: a record of NaN statistics would
             # turn every block into NaN probabilities.
-            raise InputError(f"{source.spec or 'image'}: holds NaN or infinite values")
+            raise InputError(f"{source.spec or s.name}: holds NaN or infinite values")
     _create_outputs(net.config, source, g.blocks, s)
     (s.run_dir / "levels.json").unlink(missing_ok=True)
     make_folder(s.run_dir / "done")
