@@ -296,6 +296,11 @@ def test_a_scale_that_does_not_fit_is_refused_naming_the_input(tmp_path):
         source = _ome_input(tmp_path / "bad.ome.zarr", [{"type": "scale", "scale": scale}])
         with pytest.raises(InputError, match=r"bad\.ome\.zarr: OME-Zarr scale .* positive"):
             open_array(source)
+    for shift in ([1.0], [1.0, float("nan")], None):
+        source = _ome_input(tmp_path / "bad.ome.zarr", [
+            {"type": "scale", "scale": [0.5, 0.5]}, {"type": "translation", "translation": shift}])
+        with pytest.raises(InputError, match=r"bad\.ome\.zarr: OME-Zarr translation .* 2 numbers"):
+            open_array(source)
     # No scale at all: the voxel size is unknown, never 1 micrometre.
     source = _ome_input(tmp_path / "none.ome.zarr", [])
     assert open_array(source)[1]["spacing"] is None and open_array(source)[1]["unit"] is None

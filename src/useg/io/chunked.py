@@ -160,24 +160,30 @@ def _ome_multiscale(attrs: dict[str, Any]) -> tuple[str | None, dict[str, Any]] 
     return None
 
 
-def _scale_of(transforms: Any, ndim: int, where: Any) -> list[float] | None:
-    """The product of the ``scale`` transforms, None when there is none; a scale that does not
-    fit the ``ndim`` axes or is not positive is refused (read as 1 it would invent a voxel
-    size)."""
-    scale = None
+def _transform_vectors(transforms: Any, kind: str, ndim: int, where: Any) -> list[list[float]]:
+    """The vectors of the ``kind`` (``scale`` or ``translation``) coordinate transforms, each
+    refused unless ``ndim`` finite numbers (a scale: positive ones); read as 1 or 0 instead, a
+    malformed one would invent a voxel size or a position."""
+    vectors = []
     for t in transforms or []:
-        if isinstance(t, dict) and t.get("type") == "scale":
-            values = t.get("scale")
+        if isinstance(t, dict) and t.get("type") == kind:
             try:
-                values = [float(v) for v in values]
+                values = [float(v) for v in t.get(kind)]
             except (TypeError, ValueError):
-                values = None
-            if values is None or len(values) != ndim or not all(
-                    np.isfinite(v) and v > 0 for v in values):
-                raise InputError(f"{where}: OME-Zarr scale {t.get('scale')!r} is not {ndim} "
-                                 "positive numbers, one per axis")
-            scale = [a * b for a, b in zip(scale or [1.0] * ndim, values, strict=True)]
-    return scale
+                values = []
+            if len(values) != ndim or not all(
+                    np.isfinite(v) and (v > 0 or kind != "scale") for v in values):
+                raise InputError(f"{where}: OME-Zarr {kind} {t.get(kind)!r} is not {ndim} "
+                                 f"{'positive ' if kind == 'scale' else ''}numbers, one per "
+                                 "axis")
+            vectors.append(values)
+    return vectors
+
+
+def _scale_of(transforms: Any, ndim: int, where: Any) -> list[float] | None:
+    """The product of the ``scale`` transforms, None when there is none."""
+    scales = _transform_vectors(transforms, "scale", ndim, where)
+    return [float(np.prod(v)) for v in zip(*scales, strict=True)] if scales else None
 
 
 def _ome_level_meta(spec: ArraySpec, version: str | None, ms: dict[str, Any], path: str) -> dict:
@@ -239,20 +245,9 @@ def _ome_level_meta(spec: ArraySpec, version: str | None, ms: dict[str, Any], pa
 
 
 def _translation_of(transforms: Any, ndim: int, where: Any) -> list[float]:
-    """The sum of the ``translation`` transforms (0 without one); refused unless ``ndim``
-    finite numbers."""
-    total = [0.0] * ndim
-    for t in transforms or []:
-        if isinstance(t, dict) and t.get("type") == "translation":
-            try:
-                values = [float(v) for v in t.get("translation")]
-            except (TypeError, ValueError):
-                values = []
-            if len(values) != ndim or not all(np.isfinite(v) for v in values):
-                raise InputError(f"{where}: OME-Zarr translation {t.get('translation')!r} is "
-                                 f"not {ndim} numbers, one per axis")
-            total = [a + b for a, b in zip(total, values, strict=True)]
-    return total
+    """The sum of the ``translation`` transforms (0 without one)."""
+    shifts = _transform_vectors(transforms, "translation", ndim, where)
+    return [float(sum(v)) for v in zip(*shifts, strict=True)] if shifts else [0.0] * ndim
 
 
 # ----------------------------------------------------------------------------------------------

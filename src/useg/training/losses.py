@@ -41,6 +41,20 @@ def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Te
     return numerator / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
 
 
+def _labelled(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits in at least float32 with the ignored pixels' set to 0, the mask of labelled
+    pixels ``(B, *S)`` and the target with 0 at ignored pixels (a valid class to index with).
+    An overflowed (inf) logit at an ignored pixel would otherwise give a NaN gradient through
+    the softmax, even with its loss term masked afterwards."""
+    labelled = target != ignore_index
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    logits = torch.where(labelled.unsqueeze(1), logits, torch.zeros_like(logits))
+    safe_target = torch.where(labelled, target, torch.zeros_like(target)).long()
+    return logits, labelled, safe_target
+
+
 def weighted_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -77,13 +91,8 @@ def weighted_cross_entropy(
     0.693147
     """
     _check(logits, target, weights)
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    labelled = target != ignore_index
-    safe_target = torch.where(labelled, target, torch.zeros_like(target)).long()
-    # Ignored pixels' logits are replaced before the softmax: an overflowed (inf) logit there
-    # would give a NaN gradient through log_softmax even with its loss term masked below.
-    logits = logits.to(dtype)
-    logits = torch.where(labelled.unsqueeze(1), logits, torch.zeros_like(logits))
+    logits, labelled, safe_target = _labelled(logits, target, ignore_index)
+    dtype = logits.dtype
     log_prob = F.log_softmax(logits, dim=1)
     nll = -log_prob.gather(1, safe_target.unsqueeze(1)).squeeze(1)
     w = labelled.to(dtype)
@@ -126,14 +135,12 @@ def soft_dice_loss(
     _check(logits, target, None)
     if not smooth > 0:
         raise ConfigError(f"smooth must be > 0 (it avoids 0/0 for absent classes), got {smooth}")
-    dtype = torch.promote_types(logits.dtype, torch.float32)
     classes = logits.shape[1]
-    labelled = (target != ignore_index).unsqueeze(1)
-    logits = logits.to(dtype)
-    # As in weighted_cross_entropy: no NaN gradient from an overflowed ignored pixel.
-    prob = torch.softmax(torch.where(labelled, logits, torch.zeros_like(logits)), dim=1)
+    logits, labelled, safe_target = _labelled(logits, target, ignore_index)
+    dtype = logits.dtype
+    labelled = labelled.unsqueeze(1)
+    prob = torch.softmax(logits, dim=1)
     prob = torch.where(labelled, prob, torch.zeros_like(prob))
-    safe_target = torch.where(labelled.squeeze(1), target, torch.zeros_like(target)).long()
     onehot = F.one_hot(safe_target, classes).movedim(-1, 1).to(dtype) * labelled
     dims = [0, *range(2, logits.ndim)]
     intersection = (prob * onehot).sum(dim=dims)
