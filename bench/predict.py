@@ -98,6 +98,19 @@ def flops_per_pixel(cfg: Any) -> float:
     return 2.0 * macs
 
 
+def one_pass_factor(cfg: Any, shape: Sequence[int]) -> float:
+    """Convolution FLOPs of one pass over a whole image of ``shape`` padded by the network's
+    context (the smallest valid input at least that large, as mirrored context at the border
+    needs), over ``shape``'s pixels times :func:`flops_per_pixel`. Valid convolutions compute
+    the border's context even without tiles, so a prediction of that image reaches at most one
+    tile pass's fraction of the limit divided by this factor."""
+    from useg.nets.geometry import conv_macs, halo, valid_input_shape
+
+    padded = [n + 2 * h for n, h in zip(shape, halo(cfg), strict=True)]
+    inp = valid_input_shape(cfg, padded, mode="up")
+    return 2 * conv_macs(cfg, inp) / (math.prod(shape) * flops_per_pixel(cfg))
+
+
 def layer_flops(module: Any, out_shape: Sequence[int]) -> float:
     """FLOPs (2 per multiply-add) of one convolution or up-convolution module whose output has
     the spatial shape ``out_shape``; an up-convolution's stride spreads its taps, so with stride

@@ -35,7 +35,11 @@ a default tile, run alone (the best of three after a warm-up), against the limit
 measured in the same process, and one whole forward pass of that tile. The FLOPs of all
 convolutions over their summed seconds, as a fraction of the limit, is what a prediction could
 reach if nothing but the convolutions took time; the whole pass over the summed convolutions is
-what the rest (pooling, up-convolutions, copies, ReLU) adds.
+what the rest (pooling, up-convolutions, copies, ReLU) adds. It also gives, by arithmetic on
+the network's shapes, the convolutions of one pass over the whole mirror-padded volume (no
+tiles at all) over the ideal, for the volume shapes of the speed runs: valid convolutions
+compute the mirrored border's context once even then, so one tile pass's fraction divided by
+that factor bounds what any tiling, or an executor that computes no voxel twice, can reach.
 
 ``--budgets 2 4 8 16`` times useg at each memory budget (GiB; ``predict(memory_gib=...)``,
 ``useg predict --memory``), with glibc as it comes and with freed memory kept, in fresh
@@ -370,7 +374,7 @@ def layers_worker(spec: dict) -> dict:
 
     import numpy as np
     import torch
-    from predict import conv_gflops, flops_per_pixel, layer_flops
+    from predict import conv_gflops, flops_per_pixel, layer_flops, one_pass_factor
 
     from useg.inference.predict import predict
     from useg.inference.tile_choice import default_tile
@@ -425,6 +429,8 @@ def layers_worker(spec: dict) -> dict:
     per_voxel = flops_per_pixel(net.config)
     halo_factor = conv_gflop * 1e9 / (math.prod(out) * per_voxel)
     cover_factor = math.prod(-(-size // o) * o for o in out) / size**3
+    one_pass = {"x".join(map(str, shape)): one_pass_factor(net.config, shape)
+                for shape in ((size,) * 3, *ONE_PASS_SHAPES)}
     volume = np.random.default_rng(0).random((size,) * 3, dtype=np.float32)
     t0 = time.perf_counter()
     predict(net, volume, progress=False, precision="fp32")
@@ -444,7 +450,15 @@ def layers_worker(spec: dict) -> dict:
         "volume_predict_seconds": predict_s,
         "volume_fraction_of_limit": size**3 * per_voxel / predict_s / (limit * 1e9),
         "volume_fraction_expected": conv_gflop / whole / limit / halo_factor / cover_factor,
+        "one_volume_pass_factor": one_pass,
+        "one_volume_pass_fraction_bound": {
+            k: conv_gflop / whole / limit / f for k, f in one_pass.items()},
     }
+
+
+
+# Volume shapes (z, y, x) whose one-pass bound --layers reports beside its own cube.
+ONE_PASS_SHAPES = ((128, 512, 512), (512, 512, 512))
 
 
 def print_layers(key: str, part: dict) -> None:
@@ -471,6 +485,12 @@ def print_layers(key: str, part: dict) -> None:
         f"{part['volume_fraction_of_limit']:.2f} of the limit (one pass / halo / cover: "
         f"{part['volume_fraction_expected']:.2f})"
     )
+    for shape, factor in part.get("one_volume_pass_factor", {}).items():
+        print(
+            f"one pass over the whole {shape} volume, no tiles: {factor:.2f}x the ideal's "
+            f"convolutions; the most a prediction of it can reach: "
+            f"{part['one_volume_pass_fraction_bound'][shape]:.2f} of the limit"
+        )
 
 
 def print_profile(key: str, part: dict) -> None:

@@ -115,6 +115,10 @@ def _shapes(d) -> list[tuple[str, str]]:
     for name, t in _get(d, "presets", default={}).items():
         rows.append((f"{name}: parameters, conv layers, halo",
                      f"{t['parameters']:,}, {t['conv_layers']}, {t['halo']}"))
+        if t.get("one_pass_factor"):
+            rows.append((f"{name}: one pass over a whole image ({', '.join(t['one_pass_factor'])}"
+                         "), no tiles: convolutions over the ideal's",
+                         " / ".join(f"{_fmt(v)}x" for v in t["one_pass_factor"].values())))
     for s in _get(d, "seam_test", default=[]):
         rows.append((f"seam test {s['dtype']} ({s['tiles']} tiles of {s['tile']})",
                      f"max abs diff {_fmt(s['max_abs_diff'])}"))

@@ -7,6 +7,11 @@ one forward pass over the whole mirror-padded image (fp32 and fp64), and does th
 narrow ``cicek2016`` (batch norm with running statistics, after a few training-mode passes) with
 several tile shapes through ``useg.inference.predict.predict`` (fp32, probabilities).
 
+For the image sizes of the speed benches, it also gives the convolutions of one pass over the
+whole mirror-padded image over those of the ideal (:func:`predict.one_pass_factor`): the
+valid network's own overhead, which no tiling can remove and which the fraction of the conv
+limit that bench/predict.py and bench/predict3d.py report includes.
+
 Run: ``.venv/bin/python bench/shapes.py [--quick] [--output FILE]`` (default
 bench/results/shapes.json)
 """
@@ -21,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import RESULTS, command_line, machine_info, write_json
+from predict import one_pass_factor
 from torch import nn
 
 from useg.inference.tiling import plan_tiles, predict_tiled
@@ -103,9 +109,11 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     machine = machine_info()
     tables = {}
-    for name, kwargs, requests in [
-        ("ronneberger2015", {"in_channels": 1, "classes": 2}, [188, 256, 512, 572, 1024, 2048]),
-        ("cicek2016", {"in_channels": 3, "classes": 3}, [(116, 132, 132), 128, 256]),
+    for name, kwargs, requests, whole in [
+        ("ronneberger2015", {"in_channels": 1, "classes": 2}, [188, 256, 512, 572, 1024, 2048],
+         [(1024, 1024), (2048, 2048), (16384, 16384)]),
+        ("cicek2016", {"in_channels": 3, "classes": 3}, [(116, 132, 132), 128, 256],
+         [(256, 256, 256), (128, 512, 512), (512, 512, 512)]),
     ]:
         cfg = preset(name, **kwargs)
         net = UNet(cfg)
@@ -121,6 +129,7 @@ def main() -> None:
             "conv_layers": len(convs), "halo": list(halo(cfg)),
             "min_input": list(min_input_shape(cfg)), "pool_step": list(pool_step(cfg)),
             "valid_inputs": rows,
+            "one_pass_factor": {"x".join(map(str, w)): one_pass_factor(cfg, w) for w in whole},
         }
         t = tables[name]
         print(f"\n{name}: {t['parameters']:,} parameters, {t['conv_layers']} conv layers, "
@@ -128,6 +137,9 @@ def main() -> None:
         print(f"{'requested':>18} | {'valid input':>18} | {'output':>15}")
         for r in rows:
             print(f"{str(r['requested']):>18} | {str(r['input']):>18} | {str(r['output']):>15}")
+        print("one pass over a whole image, mirrored context, no tiles: convolutions over the "
+              "ideal's (FLOPs per output pixel without any context) "
+              + ", ".join(f"{k} {v:.3f}x" for k, v in t["one_pass_factor"].items()))
     seams = []
     if not args.quick:
         for dtype in (torch.float32, torch.float64):

@@ -97,10 +97,9 @@ def default_tile(
     :func:`useg.inference.predict.predict` runs) fits the budget wins.
 
     The budget defaults, on CPU, to 1 GiB for 1D and 2D networks and to 4 GiB (at most a
-    quarter of the machine's memory) for 3D ones, where the border costs far more: with 1 GiB
-    the 2D U-Net predicts a 2048x2048 image with 1.13x the convolutions of one pass over the
-    whole image (4 GiB: 1.07x), the 3D U-Net a 256^3 volume with 9.9x (4 GiB: 2.2x). On CUDA it
-    is a quarter of the free memory.
+    quarter of the machine's memory) for 3D ones, where a tile's border costs far more (the
+    work each budget gives is measured by ``bench/predict3d.py --budgets``). On CUDA it is a
+    quarter of the free memory.
 
     A network whose output depends on the tile (:func:`tile_dependence`) gets the tile of one
     pass over the whole image (:func:`whole_image_tile`), whatever the budget: a tile chosen
