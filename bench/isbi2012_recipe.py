@@ -36,7 +36,9 @@ trained in fp32 as the others were.
 border weight map's strength among the ingredients; bench/isbi2012_errors.py found the chosen
 model's membranes thicker than drawn and most errors within two pixels of a drawn edge):
 dice-wide with the border term's w0 at 3 instead of the paper's 10 (sigma and class balance
-unchanged), fixed before any run of it.
+unchanged), fixed before any run of it; ``dice-wide-w0-0`` (no border term, class balance
+kept) completes the ablation of its strength, fixed while dice-wide-w0-3's first seeds were
+training, before any result of either.
 
 ``--package`` (after the test): the chosen recipe's seed with the best validation sum becomes
 the packaged ``em-membrane`` model, with its way's threshold as the operating point, its
@@ -94,6 +96,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "dice-long": {"dice_weight": 1.0, "iterations": 2 * ITERATIONS},
     "dice-wide": {"dice_weight": 1.0, "width": 32},
     "dice-wide-w0-3": {"dice_weight": 1.0, "width": 32, "w0": 3.0},
+    "dice-wide-w0-0": {"dice_weight": 1.0, "width": 32, "w0": 0.0},
 }
 PRECISION = "fp32"  # what bench/isbi2012.py's "auto" is on a CPU without native bf16
 MODELS = ROOT / "runs" / "isbi2012_recipe"
