@@ -260,6 +260,7 @@ def worker(spec: dict) -> dict:
             gib = spec.get("memory_gib")
             budget = None if gib is None else gib * 2**30
             result["tile"] = list(default_tile(net, image.shape[1:], budget_bytes=budget))
+            _record_tile_used(result)
             if prof:
                 prof.__enter__()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -342,6 +343,23 @@ def agreement(reference: Any, probs: Any, slab: int = 32) -> dict:
         max_diff, total = max(max_diff, float(diff.max())), total + float(diff.sum())
     return {"argmax_agreement": same / n, "max_abs_prob_diff": max_diff,
             "mean_abs_prob_diff": total / (n * reference.shape[0])}
+
+
+def _record_tile_used(result: dict) -> None:
+    """Make ``predict`` write the tile it chose into ``result["tile"]``, and whether it kept
+    freed memory for it into ``result["freed_memory_kept"]`` (it halves its default budget
+    then, so the tile is not ``default_tile``'s)."""
+    import useg.inference.predict as module
+
+    choose = module.tile_geometry
+
+    def recorded(*args: Any, **kwargs: Any):
+        geometry = choose(*args, **kwargs)
+        result["tile"] = list(geometry[0])
+        result["freed_memory_kept"] = bool(kwargs.get("freed_kept"))
+        return geometry
+
+    module.tile_geometry = recorded
 
 
 def run_worker(spec: dict, script: Path = Path(__file__), env: dict | None = None,

@@ -138,6 +138,12 @@ def main() -> None:
         help="also time useg with glibc keeping freed memory (set at its start)",
     )
     parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="useg's default (3D on the CPU: freed memory kept, tiles for half the default "
+        "budget) against the previous one (USEG_KEEP_FREED_MEMORY=0), interleaved",
+    )
+    parser.add_argument(
         "--budgets",
         type=float,
         nargs="+",
@@ -199,6 +205,13 @@ def main() -> None:
             result["monai_best"] = monai_sweep(
                 args, 3, "cicek2016", sizes, widths, Path(tmp), BENCH / "predict.py"
             )
+    if args.defaults:
+        with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
+            result["defaults"] = {
+                f"width {w}, {s}^3": defaults_part(w, s, args.repeats, Path(tmp))
+                for s in sizes
+                for w in widths
+            }
     if args.budgets:
         with tempfile.TemporaryDirectory(prefix="useg-bench3d-") as tmp:
             result["budgets"] = {
@@ -224,6 +237,8 @@ def main() -> None:
             print_table(result[part])
     if "monai_best" in result:
         print_sweep(result["monai_best"])
+    for key, part in result.get("defaults", {}).items():
+        print_defaults(key, part)
     for key, part in result.get("budgets", {}).items():
         print_budgets(key, part)
     for key, part in result.get("layers", {}).items():
@@ -243,6 +258,64 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 # The allocator settings of the budget part, each from the worker's start (huge pages in both).
 BUDGET_ALLOCATORS = {"glibc default": {}, "freed memory kept": KEEP_FREED}
+
+
+# useg's default for a 3D prediction on the CPU, and the one before it; glibc's own variables
+# are cleared for both (dask's distributed, once imported, exports one).
+DEFAULTS = {"default": {"USEG_KEEP_FREED_MEMORY": "1"},
+            "previous default (freed memory handed back)": {"USEG_KEEP_FREED_MEMORY": "0"}}
+
+
+def defaults_part(width: int, size: int, repeats: int, tmp: Path) -> dict:
+    """useg fp32 on a ``size``^3 volume with its default tile, as it runs by default and as it
+    ran before it kept freed memory, interleaved over ``repeats`` in fresh processes."""
+    import numpy as np
+    from predict import flops_per_pixel, synthetic_image
+
+    from useg.nets import UNet
+
+    net = UNet("cicek2016", width=width, batch_stats=False)
+    fpp = flops_per_pixel(net.config)
+    image = tmp / f"image_{size}.npy"
+    np.save(image, synthetic_image((size,) * 3))
+    runs: dict[str, list] = {label: [] for label in DEFAULTS}
+    # The workers inherit this process's environment (run_worker), glibc's variables too.
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        os.environ.pop(name, None)
+    for _ in range(repeats):
+        for label, env in DEFAULTS.items():
+            spec = {"kind": "useg", "ndim": 3, "preset": "cicek2016", "width": width,
+                    "image": str(image), "classes": net.config.classes, "precision": "fp32"}
+            r = run_worker(spec, BENCH / "predict.py", env)
+            r["fraction_of_fp32_limit"] = (r["megapixels_per_s"] * 1e6 * fpp
+                                           / (r["conv_gflops_fp32"] * 1e9))
+            runs[label].append(r)
+            print(f"  width {width}, {size}^3, {label:<44} {r['seconds']:7.1f} s  rss "
+                  f"{r['peak_rss_bytes'] / 2**30:5.2f} GiB  tile {r['tile']}  kept "
+                  f"{r['freed_memory_kept']}  {r['fraction_of_fp32_limit']:.3f} of the limit",
+                  flush=True)
+    part: dict[str, Any] = {"flops_per_output_pixel": fpp, "runs": runs}
+    for label, rs in runs.items():
+        part[label] = {
+            "tile": rs[0]["tile"], "freed_memory_kept": rs[0]["freed_memory_kept"],
+            "seconds": summary([r["seconds"] for r in rs]),
+            "peak_rss_bytes": summary([r["peak_rss_bytes"] for r in rs]),
+            "fraction_of_fp32_limit": summary([r["fraction_of_fp32_limit"] for r in rs]),
+        }
+    new, old = (part[label]["seconds"]["median"] for label in DEFAULTS)
+    part["speedup_of_medians"] = old / new
+    return part
+
+
+def print_defaults(key: str, part: dict) -> None:
+    print(f"default against previous default, {key} (fp32; medians)")
+    for label in DEFAULTS:
+        e = part[label]
+        print(f"  {label:<44} tile {'x'.join(map(str, e['tile'])):>12}  "
+              f"{e['seconds']['median']:7.1f} s  peak RSS "
+              f"{e['peak_rss_bytes']['median'] / 2**30:5.2f} GiB  "
+              f"{e['fraction_of_fp32_limit']['median']:.3f} of the limit")
+    print(f"  previous over default: {part['speedup_of_medians']:.2f}x")
 
 
 def budget_part(width: int, size: int, budgets: list[float], repeats: int, tmp: Path) -> dict:

@@ -128,3 +128,111 @@ def test_training_step_bytes_counts_every_convolution_output_four_times():
     outputs = (mid0 * 42**3 + out0 * 40**3 + mid1 * 18**3 + out1 * 16**3 + up * 32**3
                + out0 * 30**3 + out0 * 28**3 + deep.classes * 28**3)
     assert training_step_bytes(deep, (44, 44, 44), itemsize=2) == 4 * 2 * outputs
+
+
+def _clean_malloc_env(monkeypatch):
+    monkeypatch.delenv("USEG_KEEP_FREED_MEMORY", raising=False)
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _spy_geometry(monkeypatch):
+    """Record what ``predict`` asks ``tile_geometry`` for, and whether memory is kept then."""
+    import useg.inference.predict as module
+
+    calls = []
+    real = module.tile_geometry
+
+    def spy(*args, **kwargs):
+        calls.append({"freed_kept": kwargs.get("freed_kept", False), "kept": device._kept})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "tile_geometry", spy)
+    return calls
+
+
+def test_3d_prediction_on_cpu_keeps_freed_memory_where_useg_chooses_the_tile(monkeypatch):
+    from useg.inference.predict import predict
+    from useg.nets import UNet
+
+    from useg.inference import tile_choice
+
+    _clean_malloc_env(monkeypatch)
+    net = UNet("cicek2016", width=2, depth=1, batch_stats=False)
+    volume = np.random.default_rng(0).random((40, 36, 36)).astype(np.float32)
+    # A default budget small enough for several tiles, and any extra work accepted.
+    default = tile_choice._budget
+    monkeypatch.setattr(tile_choice, "_budget", lambda device_, given, ndim: 2.0**20
+                        if given is None else default(device_, given, ndim))
+    monkeypatch.setattr(tile_choice, "KEPT_WORK_LIMIT", 100.0)
+    calls = _spy_geometry(monkeypatch)
+    kept = predict(net, volume, device="cpu", precision="fp32")
+    glibc = device._glibc() is not None
+    assert calls[-1] == {"freed_kept": glibc, "kept": glibc}
+    assert not device._kept  # handed back after the prediction
+    # Where the caller chose the tile or the budget, or asked glibc to be left alone, nothing
+    # changes; the result is the same whichever tiles were used (seamless).
+    for kwargs in ({"tile": 64}, {"memory_gib": 1.0}):
+        again = predict(net, volume, device="cpu", precision="fp32", **kwargs)
+        assert calls[-1] == {"freed_kept": False, "kept": False}
+        np.testing.assert_allclose(again, kept, atol=1e-5)
+    monkeypatch.setenv("USEG_KEEP_FREED_MEMORY", "0")
+    predict(net, volume, device="cpu", precision="fp32")
+    assert calls[-1] == {"freed_kept": False, "kept": False}
+
+
+def test_2d_prediction_and_one_pass_networks_leave_glibc_alone(monkeypatch):
+    from useg.inference.predict import predict
+    from useg.nets import UNet
+
+    _clean_malloc_env(monkeypatch)
+    calls = _spy_geometry(monkeypatch)
+    predict(UNet("ronneberger2015", width=2, depth=1), np.zeros((40, 40), np.float32),
+            device="cpu", precision="fp32")
+    assert calls[-1] == {"freed_kept": False, "kept": False}
+    # Batch statistics make the output depend on the tile: one pass, no next tile to reuse for.
+    one_pass = UNet("cicek2016", width=2, depth=1, batch_stats=True)
+    predict(one_pass, np.zeros((20, 20, 20), np.float32), device="cpu", precision="fp32")
+    assert calls[-1] == {"freed_kept": False, "kept": False}
+
+
+def test_tiles_for_kept_freed_memory_fit_half_the_default_budget(monkeypatch):
+    from useg.inference import tile_choice
+    from useg.nets import UNet
+    from useg.nets.geometry import peak_bytes
+
+    net = UNet("cicek2016", width=4, depth=2, batch_stats=False)
+    shape, cpu = (96, 96, 96), torch.device("cpu")
+    budget = 40 * 2**20  # small enough that a whole-volume tile does not fit
+    default = tile_choice._budget
+    monkeypatch.setattr(tile_choice, "_budget", lambda device_, given, ndim: float(budget)
+                        if given is None else default(device_, given, ndim))
+    plain = tile_choice.tile_geometry(net, shape, None, cpu, False)[0]
+    halved = tile_choice.tile_geometry(net, shape, None, cpu, False, freed_kept=True)[0]
+    assert peak_bytes(net.config, halved) <= budget / 2 < peak_bytes(net.config, plain)
+    # A budget the caller asked for stands as asked.
+    monkeypatch.undo()
+    asked = tile_choice.tile_geometry(net, shape, None, cpu, False, memory_gib=0.04)
+    assert asked == tile_choice.tile_geometry(net, shape, None, cpu, False, memory_gib=0.04,
+                                              freed_kept=True)
+
+
+def test_freed_memory_is_kept_only_where_the_smaller_tiles_cost_little_more_work(monkeypatch):
+    from useg.inference import tile_choice
+    from useg.nets import UNet
+
+    monkeypatch.setattr(tile_choice, "_budget", lambda device_, given, ndim: 4.0 * 2**30
+                        if given is None else float(given))
+    cpu = torch.device("cpu")
+
+    def keeps(width, shape, **kwargs):
+        net = UNet("cicek2016", width=width, batch_stats=False)
+        return tile_choice.keeps_freed_memory(net, shape, cpu, False, **kwargs)
+
+    # Width 16: half the budget still holds tiles of 220^3, about a tenth more work (by the
+    # tile model); width 32 would need four times the tiles.
+    assert keeps(16, (256, 256, 256))
+    assert not keeps(32, (256, 256, 256))
+    assert not keeps(16, (40, 64, 64))  # one tile: nothing to reuse
+    assert not keeps(16, (256, 256, 256), tile=220)
+    assert not keeps(16, (256, 256, 256), memory_gib=4.0)

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from useg.device import autocast, resolve_device, resolve_precision
+from useg.device import autocast, freed_memory_kept, resolve_device, resolve_precision
 from useg.errors import InputError, ModelFileError, UsegWarning
-from useg.inference.tile_choice import tile_geometry
+from useg.inference.tile_choice import keeps_freed_memory, tile_geometry
 from useg.inference.tiling import predict_tiled
 from useg.inference.tta import transforms, turns_commute, unseen_by_training, with_tta
 from useg.io import normalize as norm
@@ -188,7 +188,10 @@ def predict(
         again at every tile edge (faster). Default: 1 GiB for 1D and 2D networks, 4 GiB for 3D
         ones (at most a quarter of the machine's memory), a quarter of the free memory of a
         GPU. Shared by the ``batch_size`` tiles of a pass; a budget too small for any tile
-        raises :class:`~useg.errors.ConfigError`.
+        raises :class:`~useg.errors.ConfigError`. Without a tile or budget, a 3D prediction on
+        the CPU may keep freed memory between tiles instead, with tiles for half the default
+        budget (:func:`~useg.inference.tile_choice.keeps_freed_memory`; about the same peak
+        memory; ``USEG_KEEP_FREED_MEMORY=0`` turns it off).
     device : str
         ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
     precision : {"auto", "fp32", "bf16", "fp16"}
@@ -227,12 +230,16 @@ def predict(
     if stats is None:
         meta = getattr(model, "meta", {}) or {}
         stats = norm.image_stats(image, meta.get("normalization"))
-    tile, h, margin, step = tile_geometry(model, image.shape[1:], tile, device, tta,
-                                          memory_gib=memory_gib, batch_size=batch_size)
-    if tta:
-        _note_unseen_transforms(model)
-    predictor = make_predictor(model, stats, device=device, precision=precision, tta=tta)
-    return predict_tiled(
-        predictor, image, tile=tile, out_channels=cfg.classes, halo=h, margin=margin,
-        step=step, batch_size=batch_size, out=out, progress=progress, region=region,
-    )
+    keep = keeps_freed_memory(model, image.shape[1:], device, tta, tile, memory_gib, batch_size)
+    with freed_memory_kept(keep) as kept:
+        tile, h, margin, step = tile_geometry(model, image.shape[1:], tile, device, tta,
+                                              memory_gib=memory_gib, batch_size=batch_size,
+                                              freed_kept=kept)
+        if tta:
+            _note_unseen_transforms(model)
+        predictor = make_predictor(model, stats, device=device, precision=precision, tta=tta)
+        return predict_tiled(
+            predictor, image, tile=tile, out_channels=cfg.classes, halo=h, margin=margin,
+            step=step, batch_size=batch_size, out=out, progress=progress, region=region,
+        )
+

@@ -41,9 +41,14 @@ from useg.nets.geometry import (
 from useg.nets.unet import UNet
 
 __all__ = [
-    "default_tile", "memory_budget", "tile_dependence", "tile_geometry", "tile_notes_said",
-    "whole_image_tile",
+    "default_tile", "keeps_freed_memory", "memory_budget", "tile_dependence", "tile_geometry",
+    "tile_notes_said", "whole_image_tile",
 ]
+
+#: Kept freed memory spares every tile after the first the kernel's zeroing of its fresh
+#: activations; measured on the same tile (``bench/predict3d.py --budgets``), that gain is
+#: larger than this factor, so tiles for half the budget may cost up to this much more work.
+KEPT_WORK_LIMIT = 1.15
 
 
 def tile_dependence(model: nn.Module) -> str | None:
@@ -214,13 +219,16 @@ def _best_tile(cfg, image_shape: Sequence[int], budget: float, itemsize: int) ->
 def tile_geometry(
     model: UNet, image_shape: Sequence[int], tile: Sequence[int] | int | None,
     device: torch.device, tta: bool, memory_gib: float | None = None, batch_size: int = 1,
+    freed_kept: bool = False,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | int, tuple[int, ...]]:
     """Tile, halo, margin and pooling step that :func:`useg.inference.predict.predict` uses for
     an image shape: ``tile`` (when None, :func:`default_tile` for a budget of ``memory_gib``
     GiB, or the default budget, shared by the ``batch_size`` tiles of a forward pass) rounded up
     to a valid one, for a same-padding network to one whose discarded margin covers its context
     (so that stitching is exact; :func:`useg.nets.geometry.tile_margin`), and square in the
-    (Y, X) plane for test-time augmentation.
+    (Y, X) plane for test-time augmentation. ``freed_kept``: the prediction keeps freed memory
+    (:func:`useg.device.freed_memory_kept`), which about doubles what its tiles hold at the
+    peak, so the default budget is halved for them (an asked budget stands as asked).
 
     A requested tile that had to grow for exactness, or that costs several times the work of
     the default tile, is named in one :class:`~useg.errors.TileWarning` (callers that repeat a
@@ -238,6 +246,8 @@ def tile_geometry(
     budget = memory_budget(memory_gib, tile, device)
     if tile is None:
         share = _budget(device, budget, cfg.ndim) / batch_size
+        if freed_kept and budget is None:
+            share /= 2
         tile = _default_tile_within(model, image_shape, device, share, tta)
     asked = valid_input_shape(cfg, tile, mode="up")
     tile, h, margin = _geometry(cfg, asked, tta)
@@ -262,6 +272,33 @@ def tile_geometry(
     if requested is not None:
         _note_requested_tile(model, image_shape, asked, (tile, h, margin), grown, device, tta)
     return tile, h, margin, pool_step(cfg)
+
+
+def keeps_freed_memory(
+    model: UNet, image_shape: Sequence[int], device: torch.device, tta: bool,
+    tile: Any = None, memory_gib: float | None = None, batch_size: int = 1,
+) -> bool:
+    """Whether a prediction keeps freed memory (:func:`useg.device.freed_memory_kept`) with
+    tiles chosen for half the default budget (``tile_geometry(..., freed_kept=True)``).
+
+    Between two tiles glibc hands their large activations back to the kernel, which zeroes
+    them again on first touch, a large share of a 3D tile's time on a CPU. Kept, the same peak
+    memory holds only smaller tiles, which compute more context again. So: a 3D network on the
+    CPU whose tile useg chooses (a tile or budget the caller gave is left as given), several
+    tiles, and the smaller tiles' convolutions at most :data:`KEPT_WORK_LIMIT` times those of
+    the default ones. A network that predicts in one pass has no next tile to reuse memory for.
+    """
+    if (device.type != "cpu" or model.config.ndim != 3 or tile is not None
+            or memory_gib is not None or tile_dependence(model) is not None):
+        return False
+    works = []
+    for kept in (False, True):
+        tile_, h, margin, step = tile_geometry(model, image_shape, None, device, tta,
+                                               batch_size=batch_size, freed_kept=kept)
+        tiles = len(plan_tiles(image_shape, tile_, h, margin, step))
+        works.append((tiles, tiles * conv_macs(model.config, tile_)))
+    (tiles, work), (_, kept_work) = works
+    return tiles > 1 and kept_work <= KEPT_WORK_LIMIT * work
 
 
 def _default_tile_within(model: UNet, image_shape: Sequence[int], device: torch.device,
