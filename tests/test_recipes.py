@@ -146,6 +146,10 @@ def test_cpu_best_is_the_configuration_chosen_on_validation_in_2d_and_3d():
     given = dice(recipe="cpu-best", dice=0.0)
     assert given["dice_weight"] == 0.0 and "dice_weight" in given["recipe"]["given"]
     assert dice(recipe="cpu-fast", dice=0.5)["dice_weight"] == 0.5
+    # --w0 likewise: the recipe's border weight amplitude unless given, else the paper's 10.
+    assert dice(recipe="cpu-fast")["w0"] == 10.0
+    assert dice(recipe="cpu-fast", w0=2.5)["w0"] == 2.5
+    assert make_config(2, device="cpu").w0 == 10.0
 
 
 def test_useg_train_prints_the_recipe_the_estimate_and_the_missing_validation(

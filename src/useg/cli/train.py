@@ -132,7 +132,8 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
                    help="augmentation without its elastic deformation: rotations, flips, "
                         "scaling and gray values (also for a recipe without augmentation)")
     g.add_argument("--w0", type=_typed("w0"), default=_DEFAULTS.w0,
-                   help="border weight amplitude (0: off)")
+                   help="border weight amplitude (0: off; default: the recipe's, else 10, "
+                   "the paper's)")
     g.add_argument("--sigma", type=_typed("sigma"), default=_DEFAULTS.sigma,
                    help="border weight width, in pixels of the finest axis whatever the files' "
                    "calibration (coarser axes count their spacing relative to it)")

@@ -75,7 +75,7 @@ class TrainConfig:
     boundary_width: int = _CLI.boundary_width
     # The voxel size overriding the files' (recorded in the model header).
     spacing: Sequence[float] | None = _CLI.spacing
-    w0: float = _CLI.w0
+    w0: float = 10.0  # the paper's border weight amplitude
     sigma: float = _CLI.sigma  # pixels of the finest axis (useg.training.samples.make_sample)
     class_balance: bool = True
     normalization: dict[str, Any] = field(default_factory=lambda: dict(norm.DEFAULT))

@@ -305,7 +305,9 @@ def build_config(
         # Neither flag given: the recipe's augmentation, else the default (all of it).
         **({"augment": None if options.no_augment else {"elastic": False}}
            if options.no_augment or options.no_elastic else {}),
-        unlabeled=options.unlabeled, boundary_width=options.boundary_width, w0=options.w0,
+        unlabeled=options.unlabeled, boundary_width=options.boundary_width,
+        # Not given: the recipe's border weight amplitude, else the paper's.
+        **({"w0": options.w0} if options.w0 is not None else {}),
         sigma=options.sigma, class_balance=not options.no_class_balance,
         val_every=options.val_every, checkpoint_every=options.checkpoint_every,
         log_every=options.log_every, seed=options.seed, device=options.device, **net,

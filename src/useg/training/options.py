@@ -132,7 +132,7 @@ class TrainOptions:
     dice: float | None = None  # None: the recipe's (0 when it sets none)
     no_augment: bool = False
     no_elastic: bool = False
-    w0: float = 10.0
+    w0: float | None = None  # None: the recipe's (the paper's 10 when it sets none)
     sigma: float = 5.0
     no_class_balance: bool = False
     label_mode: str | None = None
