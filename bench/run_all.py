@@ -50,6 +50,11 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "predict3d_budgets": (["bench/predict3d.py", "--no-speed", "--budgets", "2", "4", "8",
                            "--repeats", "2", "--output", "bench/results/predict3d_budgets.json"],
                           "predict3d_budgets.json"),
+    # useg's default for 3D on the CPU (freed memory kept, tiles for half the budget) against
+    # the one before it, interleaved.
+    "predict3d_defaults": (["bench/predict3d.py", "--no-speed", "--defaults", "--repeats", "2",
+                            "--output", "bench/results/predict3d_defaults.json"],
+                           "predict3d_defaults.json"),
     "train_throughput": (["bench/train_throughput.py"], "train_throughput.json"),
     "loader_workers": (["bench/loader_workers.py"], "loader_workers.json"),
     # The whole steps and the convolutions taken apart in one run, so that they compare.
@@ -224,10 +229,26 @@ def _budgets(d):
     return rows
 
 
+def _defaults(d):
+    """Rows of the default against the previous default: tile, seconds, peak memory."""
+    rows = []
+    for case, part in _get(d, "defaults", default={}).items():
+        cells = []
+        for label, e in part.items():
+            if isinstance(e, dict) and "seconds" in e:
+                cells.append(f"{label}: {'x'.join(map(str, e['tile']))}, "
+                             f"{_fmt(_get(e, 'seconds', 'median'))} s, "
+                             f"{_fmt(_get(e, 'peak_rss_bytes', 'median', default=0) / 2**30)} GiB")
+        rows.append((f"{case}, fp32, useg's default tile: tile, seconds, peak RSS (medians); "
+                     "previous over default", f"{'; '.join(cells)}; "
+                     f"{_fmt(part.get('speedup_of_medians'))}x"))
+    return rows
+
+
 def _part_cpus(d):
     """Which CPU measured each part (results from before part_machines: the run's machine)."""
-    parts = [k for k in ("speed", "allocator", "profile", "memory", "monai_best", "budgets")
-             if k in d]
+    parts = [k for k in ("speed", "allocator", "profile", "memory", "monai_best", "budgets",
+                         "defaults") if k in d]
     machines = _get(d, "part_machines", default={}) or {}
     by_cpu: dict[str, list[str]] = {}
     for part in parts:
@@ -277,6 +298,7 @@ def _prediction(d):
                                      for r in runs.values())))
     rows += _monai_best(d)
     rows += _budgets(d)
+    rows += _defaults(d)
     for n, m in _get(d, "memory", "sizes", default={}).items():
         rows.append((f"memory {n}² (memmap in and out): peak RSS",
                      f"{_fmt(m['peak_rss_bytes'] / 1e9)} GB"))
@@ -522,6 +544,7 @@ EXTRACT: dict[str, Callable] = {
     "train_throughput": _train_throughput, "loader_workers": _loader_workers,
     "predict": _prediction, "predict3d": _prediction,
     "predict3d_shapes": _prediction, "predict3d_budgets": _prediction,
+    "predict3d_defaults": _prediction,
     "predict_sweep2048": _prediction,
     "predict3d_layers": _layers, "precision": _precision, "precision_bf16_cpu": _precision,
     "train_step": _train_step,
