@@ -65,7 +65,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     # After isbi2012 (whose main run is base's seed 0 and was the packaged model): the recipe
     # chosen over seeds may replace the packaged model, which isbi2012_segment then segments.
     "isbi2012_recipe": (["bench/isbi2012_recipe.py", "--candidates", "base", "dice", "long",
-                         "dice-wide", "--packaged-base-seed0", "--then-test", "--package"],
+                         "dice-wide", "dice-wide-w0-3", "dice-wide-w0-0",
+                         "--packaged-base-seed0", "--then-test", "--package"],
                         "isbi2012_recipe.json"),
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
     "isbi2012_errors": (["bench/isbi2012_errors.py"], "isbi2012_errors.json"),
