@@ -152,10 +152,9 @@ def _spy_geometry(monkeypatch):
 
 
 def test_3d_prediction_on_cpu_keeps_freed_memory_where_useg_chooses_the_tile(monkeypatch):
+    from useg.inference import tile_choice
     from useg.inference.predict import predict
     from useg.nets import UNet
-
-    from useg.inference import tile_choice
 
     _clean_malloc_env(monkeypatch)
     net = UNet("cicek2016", width=2, depth=1, batch_stats=False)
