@@ -242,4 +242,3 @@ def predict(
             predictor, image, tile=tile, out_channels=cfg.classes, halo=h, margin=margin,
             step=step, batch_size=batch_size, out=out, progress=progress, region=region,
         )
-
