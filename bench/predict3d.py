@@ -84,6 +84,8 @@ from predict import (
     speed_comparison,
 )
 
+from useg.device import _MALLOC_ENV
+
 # Operator groups of the profile, by the name of the operator that does the work.
 GROUPS = {
     "aten::mkldnn_convolution": "3x3x3 convolutions and head",
@@ -280,15 +282,11 @@ def defaults_part(width: int, size: int, repeats: int, tmp: Path) -> dict:
     np.save(image, synthetic_image((size,) * 3))
     runs: dict[str, list] = {label: [] for label in DEFAULTS}
     # The workers inherit this process's environment (run_worker), glibc's variables too.
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+    for name in _MALLOC_ENV:
         os.environ.pop(name, None)
     for _ in range(repeats):
         for label, env in DEFAULTS.items():
-            spec = {"kind": "useg", "ndim": 3, "preset": "cicek2016", "width": width,
-                    "image": str(image), "classes": net.config.classes, "precision": "fp32"}
-            r = run_worker(spec, BENCH / "predict.py", env)
-            r["fraction_of_fp32_limit"] = (r["megapixels_per_s"] * 1e6 * fpp
-                                           / (r["conv_gflops_fp32"] * 1e9))
+            r = _timed_useg(width, image, net.config.classes, fpp, env)
             runs[label].append(r)
             print(f"  width {width}, {size}^3, {label:<44} {r['seconds']:7.1f} s  rss "
                   f"{r['peak_rss_bytes'] / 2**30:5.2f} GiB  tile {r['tile']}  kept "
@@ -296,15 +294,31 @@ def defaults_part(width: int, size: int, repeats: int, tmp: Path) -> dict:
                   flush=True)
     part: dict[str, Any] = {"flops_per_output_pixel": fpp, "runs": runs}
     for label, rs in runs.items():
-        part[label] = {
-            "tile": rs[0]["tile"], "freed_memory_kept": rs[0]["freed_memory_kept"],
-            "seconds": summary([r["seconds"] for r in rs]),
-            "peak_rss_bytes": summary([r["peak_rss_bytes"] for r in rs]),
-            "fraction_of_fp32_limit": summary([r["fraction_of_fp32_limit"] for r in rs]),
-        }
+        part[label] = {"tile": rs[0]["tile"], "freed_memory_kept": rs[0]["freed_memory_kept"],
+                       **_run_summaries(rs)}
     new, old = (part[label]["seconds"]["median"] for label in DEFAULTS)
     part["speedup_of_medians"] = old / new
     return part
+
+
+def _timed_useg(width: int, image: Path, classes: int, fpp: float, env: dict,
+                memory_gib: float | None = None) -> dict:
+    """One fp32 prediction of the saved volume by cicek2016 at ``width`` in a fresh process
+    (``env`` added to its environment), with its fraction of the fp32 limit."""
+    spec = {"kind": "useg", "ndim": 3, "preset": "cicek2016", "width": width,
+            "image": str(image), "classes": classes, "precision": "fp32"}
+    if memory_gib is not None:
+        spec["memory_gib"] = memory_gib
+    r = run_worker(spec, BENCH / "predict.py", env)
+    r["fraction_of_fp32_limit"] = r["megapixels_per_s"] * 1e6 * fpp / (r["conv_gflops_fp32"]
+                                                                         * 1e9)
+    return r
+
+
+def _run_summaries(runs: list[dict]) -> dict:
+    """Seconds, peak memory and fraction of the limit of repeated runs of one configuration."""
+    return {key: summary([r[key] for r in runs])
+            for key in ("seconds", "peak_rss_bytes", "fraction_of_fp32_limit")}
 
 
 def print_defaults(key: str, part: dict) -> None:
@@ -350,12 +364,7 @@ def budget_part(width: int, size: int, budgets: list[float], repeats: int, tmp: 
     for _ in range(repeats):
         for gib in budgets:
             for label, env in BUDGET_ALLOCATORS.items():
-                spec = {"kind": "useg", "ndim": 3, "preset": "cicek2016", "width": width,
-                        "image": str(image), "classes": net.config.classes, "precision": "fp32",
-                        "memory_gib": gib}
-                r = run_worker(spec, BENCH / "predict.py", env)
-                r["fraction_of_fp32_limit"] = (r["megapixels_per_s"] * 1e6 * fpp
-                                               / (r["conv_gflops_fp32"] * 1e9))
+                r = _timed_useg(width, image, net.config.classes, fpp, env, memory_gib=gib)
                 part["budgets"][f"{gib:g}"]["runs"].setdefault(label, []).append(r)
                 print(f"  width {width}, {size}^3, {gib:g} GiB, {label:<18} {r['seconds']:7.1f} s"
                       f"  rss {r['peak_rss_bytes'] / 2**30:5.2f} GiB  tile {r['tile']}  "
@@ -363,11 +372,7 @@ def budget_part(width: int, size: int, budgets: list[float], repeats: int, tmp: 
                       f"{r['loadavg_before']:.1f}", flush=True)
     for entry in part["budgets"].values():
         for label, rs in entry["runs"].items():
-            entry[label] = {
-                "seconds": summary([r["seconds"] for r in rs]),
-                "peak_rss_bytes": summary([r["peak_rss_bytes"] for r in rs]),
-                "fraction_of_fp32_limit": summary([r["fraction_of_fp32_limit"] for r in rs]),
-            }
+            entry[label] = _run_summaries(rs)
     return part
 
 

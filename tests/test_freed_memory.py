@@ -14,6 +14,14 @@ import torch
 from useg import device
 
 
+def _clean_malloc_env(monkeypatch):
+    """Neither useg's switch nor glibc's own variables set (importing dask's distributed, in
+    other tests, exports MALLOC_TRIM_THRESHOLD_, which counts as the user's choice)."""
+    monkeypatch.delenv("USEG_KEEP_FREED_MEMORY", raising=False)
+    for name in device._MALLOC_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -22,9 +30,7 @@ def _rss_bytes() -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="glibc's allocator only")
 def test_freed_memory_is_kept_inside_the_block_and_handed_back_after(monkeypatch):
-    monkeypatch.delenv("USEG_KEEP_FREED_MEMORY", raising=False)
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
-        monkeypatch.delenv(name, raising=False)
+    _clean_malloc_env(monkeypatch)
     size = 256 * 2**20
     with device.freed_memory_kept() as kept:
         assert kept
@@ -71,11 +77,7 @@ def test_training_keeps_freed_memory_for_its_steps_and_hands_it_back_to_validate
     from useg.training.samples import make_sample
     from useg.workflows.synthetic import touching_cells
 
-    # Importing dask's distributed (other tests) exports MALLOC_TRIM_THRESHOLD_, which counts
-    # as the user's choice.
-    monkeypatch.delenv("USEG_KEEP_FREED_MEMORY", raising=False)
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
-        monkeypatch.delenv(name, raising=False)
+    _clean_malloc_env(monkeypatch)
     events = []
     real_kept, real_back = loop.freed_memory_kept, loop.freed_memory_handed_back
     real_evaluate = loop.evaluate_samples
@@ -128,12 +130,6 @@ def test_training_step_bytes_counts_every_convolution_output_four_times():
     outputs = (mid0 * 42**3 + out0 * 40**3 + mid1 * 18**3 + out1 * 16**3 + up * 32**3
                + out0 * 30**3 + out0 * 28**3 + deep.classes * 28**3)
     assert training_step_bytes(deep, (44, 44, 44), itemsize=2) == 4 * 2 * outputs
-
-
-def _clean_malloc_env(monkeypatch):
-    monkeypatch.delenv("USEG_KEEP_FREED_MEMORY", raising=False)
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def _spy_geometry(monkeypatch):
