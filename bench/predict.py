@@ -230,7 +230,6 @@ def worker(spec: dict) -> dict:
     import torch
 
     from useg.inference.predict import predict
-    from useg.inference.tile_choice import default_tile
     from useg.io import normalize as norm
 
     result: dict[str, Any] = {"loadavg_before": os.getloadavg()[0]}
@@ -258,8 +257,6 @@ def worker(spec: dict) -> dict:
             net = network_for(spec, spec.get("padding", "valid"))
             # A memory budget (GiB) for the tile, as useg predict --memory; the default else.
             gib = spec.get("memory_gib")
-            budget = None if gib is None else gib * 2**30
-            result["tile"] = list(default_tile(net, image.shape[1:], budget_bytes=budget))
             _record_tile_used(result)
             if prof:
                 prof.__enter__()
@@ -348,7 +345,7 @@ def agreement(reference: Any, probs: Any, slab: int = 32) -> dict:
 def _record_tile_used(result: dict) -> None:
     """Make ``predict`` write the tile it chose into ``result["tile"]``, and whether it kept
     freed memory for it into ``result["freed_memory_kept"]`` (it halves its default budget
-    then, so the tile is not ``default_tile``'s)."""
+    then)."""
     import useg.inference.predict as module
 
     choose = module.tile_geometry
