@@ -40,6 +40,12 @@ unchanged), fixed before any run of it; ``dice-wide-w0-0`` (no border term, clas
 kept) completes the ablation of its strength, fixed while dice-wide-w0-3's first seeds were
 training, before any result of either.
 
+``dice-wide-w0-3-flat`` was added after dice-wide-w0-3 had been chosen and tested: the same
+with the class balance (the weight map's ``w_c``) off, so that membrane and cell pixels weigh
+alike apart from the border term. Why: the chosen model still draws membranes thicker than
+the truth, and ``w_c`` weighs the rarer membrane class up, which pushes the same way. Fixed
+before any run of it.
+
 ``--package`` (after the test): the chosen recipe's seed with the best validation sum becomes
 the packaged ``em-membrane`` model, with its way's threshold as the operating point, its
 instance settings and its test scores in the header, if it beats the packaged model's own
@@ -97,6 +103,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "dice-wide": {"dice_weight": 1.0, "width": 32},
     "dice-wide-w0-3": {"dice_weight": 1.0, "width": 32, "w0": 3.0},
     "dice-wide-w0-0": {"dice_weight": 1.0, "width": 32, "w0": 0.0},
+    "dice-wide-w0-3-flat": {"dice_weight": 1.0, "width": 32, "w0": 3.0, "class_balance": False},
 }
 PRECISION = "fp32"  # what bench/isbi2012.py's "auto" is on a CPU without native bf16
 MODELS = ROOT / "runs" / "isbi2012_recipe"
