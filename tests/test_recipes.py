@@ -99,7 +99,7 @@ def test_cpu_best_is_the_configuration_chosen_on_validation_in_2d_and_3d():
     fast = make_config(3, recipe="cpu-fast", device="cpu")
     # 3D: the same network and tile as cpu-fast's 3D one, trained longer.
     assert (best.net, best.tile, best.optimizer) == (fast.net, fast.tile, fast.optimizer)
-    assert best.iterations == 12000 > fast.iterations
+    assert best.iterations == 15000 > fast.iterations
     # ... with its tiles made in the training process, as when it was chosen; --workers and
     # the other recipes keep theirs (1, the default).
     assert (best.workers, fast.workers) == (0, 1)
@@ -123,7 +123,7 @@ def test_cpu_best_is_the_configuration_chosen_on_validation_in_2d_and_3d():
     assert given["recipe"]["given"] == ["workers"] and cli["recipe"]["given"] == []
     from useg.training.loop import _recipe_line
 
-    assert _recipe_line(best).endswith("12000 steps, no augmentation")
+    assert _recipe_line(best).endswith("15000 steps, no augmentation")
     assert "augmentation" not in _recipe_line(fast)
     # 2D: bench/isbi2012_recipe.py's choice on the ISBI 2012 validation slices: the paper's
     # valid layout at width 32, depth 3, one 316x316 tile per step, the paper's weight map with

@@ -61,12 +61,11 @@ RECIPES: dict[str, dict[str, Any]] = {
             2: {"width": 32, "depth": 3, "tile": [316, 316], "iterations": 3000,
                 "dice_weight": 1.0, "w0": 3.0},
             # bench/flyem_recipe.py's choice on a validation crop of FlyEM with the paper's
-            # (5,5,3) annotated slices: cpu-fast's 3D network and tile, trained for longer, its
-            # tiles made in the training process, as the runs it was chosen by were. (long-15k,
-            # the same with 15000 steps, now ties it there; it stays until that one is tested
-            # and timed on an AVX2-only CPU, docs/sparse3d.md.)
+            # (5,5,3) annotated slices (long-15k): cpu-fast's 3D network and tile, trained for
+            # longer, its tiles made in the training process, as the runs it was chosen by were
+            # (before it longest, the same with 12000 steps, docs/sparse3d.md).
             3: {"width": 8, "depth": 2, "padding": "same", "tile": [44, 44, 44],
-                "iterations": 12000, "augment": None, "workers": 0},
+                "iterations": 15000, "augment": None, "workers": 0},
         },
         "measured": {
             2: "9.9 min wall for the 3000 steps with 2 validation images (6 synthetic 512x512 "
@@ -77,9 +76,13 @@ RECIPES: dict[str, dict[str, Any]] = {
                "another run on the other core (bench/isbi2012_recipe.py, 3 seeds; the same "
                "network with w0 10 took 21.5 min on two threads, quiet); not measured on an "
                "AVX2-only CPU",
-            3: "44.7 min of training for the 12000 steps on two torch threads of an AMD EPYC "
-               "with AVX2 and no bf16 (fp32), no loader worker, mean of 3 seeds (42.8-46.3 "
-               "min; bench/flyem_recipe.py, validation crop)",
+            3: "45.8 min of training for the 15000 steps on two torch threads of an AMD EPYC "
+               "with AVX-512 in fp32, no loader worker, mean of 3 seeds (bench/flyem_recipe.py,"
+               " validation crop; 44.8 min for a test-crop seed on a quiet machine); there "
+               "--precision auto trains in bf16: 26.5 min (one run, the same validation score)."
+               " Not measured on an AVX2-only CPU (fp32), where the same steps took 42.8-46.3 "
+               "min for 12000 (3 seeds), so about 54-58 min estimated for 15000; "
+               "--time-budget 60m caps a run at the budget",
         },
     },
     "gpu-paper": {
