@@ -98,6 +98,12 @@ def flops_per_pixel(cfg: Any) -> float:
     return 2.0 * macs
 
 
+# The image and volume shapes whose one-pass factor bench/shapes.py tabulates (and
+# bench/predict3d.py --layers reports beside its own cube).
+ONE_PASS_IMAGES = ((1024, 1024), (2048, 2048), (16384, 16384))
+ONE_PASS_VOLUMES = ((256, 256, 256), (128, 512, 512), (512, 512, 512))
+
+
 def one_pass_factor(cfg: Any, shape: Sequence[int]) -> float:
     """Convolution FLOPs of one pass over a whole image of ``shape`` padded by the network's
     context (the smallest valid input at least that large, as mirrored context at the border

@@ -452,7 +452,13 @@ def layers_worker(spec: dict) -> dict:
 
     import numpy as np
     import torch
-    from predict import conv_gflops, flops_per_pixel, layer_flops, one_pass_factor
+    from predict import (
+        ONE_PASS_VOLUMES,
+        conv_gflops,
+        flops_per_pixel,
+        layer_flops,
+        one_pass_factor,
+    )
 
     from useg.inference.predict import predict
     from useg.inference.tile_choice import default_tile
@@ -508,7 +514,7 @@ def layers_worker(spec: dict) -> dict:
     halo_factor = conv_gflop * 1e9 / (math.prod(out) * per_voxel)
     cover_factor = math.prod(-(-size // o) * o for o in out) / size**3
     one_pass = {"x".join(map(str, shape)): one_pass_factor(net.config, shape)
-                for shape in ((size,) * 3, *ONE_PASS_SHAPES)}
+                for shape in dict.fromkeys(((size,) * 3, *ONE_PASS_VOLUMES))}
     volume = np.random.default_rng(0).random((size,) * 3, dtype=np.float32)
     t0 = time.perf_counter()
     predict(net, volume, progress=False, precision="fp32")
@@ -534,9 +540,6 @@ def layers_worker(spec: dict) -> dict:
     }
 
 
-
-# Volume shapes (z, y, x) whose one-pass bound --layers reports beside its own cube.
-ONE_PASS_SHAPES = ((128, 512, 512), (512, 512, 512))
 
 
 def print_layers(key: str, part: dict) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import RESULTS, command_line, machine_info, write_json
-from predict import one_pass_factor
+from predict import ONE_PASS_IMAGES, ONE_PASS_VOLUMES, one_pass_factor
 from torch import nn
 
 from useg.inference.tiling import plan_tiles, predict_tiled
@@ -111,9 +111,9 @@ def main() -> None:
     tables = {}
     for name, kwargs, requests, whole in [
         ("ronneberger2015", {"in_channels": 1, "classes": 2}, [188, 256, 512, 572, 1024, 2048],
-         [(1024, 1024), (2048, 2048), (16384, 16384)]),
+         ONE_PASS_IMAGES),
         ("cicek2016", {"in_channels": 3, "classes": 3}, [(116, 132, 132), 128, 256],
-         [(256, 256, 256), (128, 512, 512), (512, 512, 512)]),
+         ONE_PASS_VOLUMES),
     ]:
         cfg = preset(name, **kwargs)
         net = UNet(cfg)
