@@ -127,16 +127,17 @@ def test_cpu_best_is_the_configuration_chosen_on_validation_in_2d_and_3d():
     assert "augmentation" not in _recipe_line(fast)
     # 2D: bench/isbi2012_recipe.py's choice on the ISBI 2012 validation slices: the paper's
     # valid layout at width 32, depth 3, one 316x316 tile per step, the paper's weight map with
-    # its border term at w0 3, the default (elastic) augmentation, and a soft Dice term of
-    # weight 1.
+    # its border term at w0 3 and without its class balance, the default (elastic)
+    # augmentation, and a soft Dice term of weight 1.
     flat = make_config(2, recipe="cpu-best", device="cpu")
     assert (flat.net["width"], flat.net["depth"], flat.net["padding"], flat.tile) == (
         32, 3, "valid", [316, 316])
     assert (flat.optimizer, flat.lr, flat.schedule, flat.iterations) == ("adam", 1e-3, "poly",
                                                                         3000)
-    assert (flat.w0, flat.sigma, flat.class_balance, flat.dice_weight) == (3.0, 5.0, True, 1.0)
+    assert (flat.w0, flat.sigma, flat.class_balance, flat.dice_weight) == (3.0, 5.0, False, 1.0)
     assert augment(2, recipe="cpu-best") == {} and flat.net["dropout"] == 0.5
-    assert _recipe_line(flat).endswith("3000 steps, Dice term 1")
+    assert _recipe_line(flat).endswith(
+        "3000 steps, Dice term 1, border weight w0 3, no class balance")
 
     # --dice is the recipe's unless given; given, it wins and the record says so.
     def dice(**flags):
@@ -154,6 +155,12 @@ def test_cpu_best_is_the_configuration_chosen_on_validation_in_2d_and_3d():
     assert dice(recipe="cpu-best")["w0"] == 3.0
     given = dice(recipe="cpu-best", w0=10.0)
     assert given["w0"] == 10.0 and "w0" in given["recipe"]["given"]
+    # The class balance likewise: the recipe's unless --no-class-balance, else on.
+    assert dice(recipe="cpu-fast")["class_balance"] is True
+    assert dice(recipe="cpu-fast", no_class_balance=True)["class_balance"] is False
+    assert dice(recipe="cpu-best")["class_balance"] is False
+    assert "class_balance" in dice(recipe="cpu-best", no_class_balance=True)["recipe"]["given"]
+    assert "no class balance" not in _recipe_line(fast)
 
 
 def test_useg_train_prints_the_recipe_the_estimate_and_the_missing_validation(

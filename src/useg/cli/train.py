@@ -137,7 +137,9 @@ def add_common_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sigma", type=_typed("sigma"), default=_DEFAULTS.sigma,
                    help="border weight width, in pixels of the finest axis whatever the files' "
                    "calibration (coarser axes count their spacing relative to it)")
-    g.add_argument("--no-class-balance", action="store_true")
+    g.add_argument("--no-class-balance", action="store_true",
+                   help="weigh the classes alike: no class-frequency weights (w_c) in the "
+                   "weight map (default: the recipe's, else they are on)")
     g.add_argument("--label-mode",
                    choices=["binary", "instances", "three_class", "boundary", "classes"],
                    default=_DEFAULTS.label_mode, help="meaning of label values (default: "

@@ -308,7 +308,9 @@ def build_config(
         unlabeled=options.unlabeled, boundary_width=options.boundary_width,
         # Not given: the recipe's border weight amplitude, else the paper's.
         **({"w0": options.w0} if options.w0 is not None else {}),
-        sigma=options.sigma, class_balance=not options.no_class_balance,
+        sigma=options.sigma,
+        # Not given: the recipe's class balance, else on (the paper's w_c).
+        **({"class_balance": False} if options.no_class_balance else {}),
         val_every=options.val_every, checkpoint_every=options.checkpoint_every,
         log_every=options.log_every, seed=options.seed, device=options.device, **net,
     )

@@ -853,6 +853,11 @@ def _recipe_line(cfg: TrainConfig) -> str:
             f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, {cfg.iterations} steps")
     if cfg.dice_weight:
         line += f", Dice term {cfg.dice_weight:g}"
+    if cfg.label_mode not in ("boundary", "classes"):  # the modes that build border weights
+        if cfg.w0 != 10.0:
+            line += f", border weight w0 {cfg.w0:g}"
+        if not cfg.class_balance:
+            line += ", no class balance"
     if cfg.augment is None:
         line += ", no augmentation"
     elif cfg.augment.get("elastic", True) is False:

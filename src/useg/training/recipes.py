@@ -55,11 +55,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         "by_ndim": {
             # bench/isbi2012_recipe.py's choice on ISBI 2012 validation slices (3 seeds per
             # candidate): the paper's 2D layout at half its width, depth 3, one 316x316 tile per
-            # step, the paper's weight map with its border term at w0 3 instead of 10, elastic
-            # deformation (the default), and a soft Dice term beside the weighted cross entropy
-            # (dice-wide-w0-3; before it dice-wide, the same with w0 10, and dice, at width 16).
+            # step, the paper's border weight term at w0 3 instead of 10 and without its class
+            # balance (w_c), elastic deformation (the default), and a soft Dice term beside the
+            # weighted cross entropy (dice-wide-w0-3-flat; before it the same with the class
+            # balance, with w0 10 as well, and at width 16).
             2: {"width": 32, "depth": 3, "tile": [316, 316], "iterations": 3000,
-                "dice_weight": 1.0, "w0": 3.0},
+                "dice_weight": 1.0, "w0": 3.0, "class_balance": False},
             # bench/flyem_recipe.py's choice on a validation crop of FlyEM with the paper's
             # (5,5,3) annotated slices (long-15k): cpu-fast's 3D network and tile, trained for
             # longer, its tiles made in the training process, as the runs it was chosen by were
@@ -70,11 +71,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "measured": {
             2: "9.9 min wall for the 3000 steps with 2 validation images (6 synthetic 512x512 "
                "training images; useg train --recipe cpu-best, bench/recipes.py, measured with "
-               "w0 10, which does not change the work) on an AMD EPYC with 2 cores, AVX-512 "
-               "and bf16 instructions (--precision auto: bf16), 2 torch threads, quiet; in fp32 "
-               "on the same CPU kind 36.9-37.7 min of training on ISBI 2012 on one thread with "
-               "another run on the other core (bench/isbi2012_recipe.py, 3 seeds; the same "
-               "network with w0 10 took 21.5 min on two threads, quiet); not measured on an "
+               "w0 10 and the class balance on, which do not change the work) on an AMD EPYC "
+               "with 2 cores, AVX-512 and bf16 instructions (--precision auto: bf16), 2 torch "
+               "threads, quiet; in fp32 on the same CPU kind 20.3 min of training on ISBI 2012 "
+               "on two threads, quiet, and 36.7 min on one thread with another run on the "
+               "other core (bench/isbi2012_recipe.py, seeds 2 and 0, 1); not measured on an "
                "AVX2-only CPU",
             3: "45.8 min of training for the 15000 steps on two torch threads of an AMD EPYC "
                "with AVX-512 in fp32, no loader worker, mean of 3 seeds (bench/flyem_recipe.py,"
