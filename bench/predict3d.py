@@ -540,8 +540,6 @@ def layers_worker(spec: dict) -> dict:
     }
 
 
-
-
 def print_layers(key: str, part: dict) -> None:
     print(
         f"\nconvolutions alone, {key}, tile {part['tile']}, {part['threads']} thread(s), "

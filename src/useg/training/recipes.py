@@ -80,9 +80,10 @@ RECIPES: dict[str, dict[str, Any]] = {
             3: "45.8 min of training for the 15000 steps on two torch threads of an AMD EPYC "
                "with AVX-512 in fp32, no loader worker, mean of 3 seeds (bench/flyem_recipe.py,"
                " validation crop; 44.8 min for a test-crop seed on a quiet machine); there "
-               "--precision auto trains in bf16: 26.5 min (one run, the same validation score)."
-               " Not measured on an AVX2-only CPU (fp32), where the same steps took 42.8-46.3 "
-               "min for 12000 (3 seeds), so about 54-58 min estimated for 15000; "
+               "--precision auto trains in bf16: 26.5 min (one run, its validation score within"
+               " the fp32 runs' range)."
+               " Not measured on an AVX2-only CPU (fp32), where this network's 12000 steps took "
+               "42.8-46.3 min (3 seeds), so about 54-58 min estimated for 15000; "
                "--time-budget 60m caps a run at the budget",
         },
     },
