@@ -161,6 +161,10 @@ def test_cpu_best_is_the_configuration_chosen_on_validation_in_2d_and_3d():
     assert dice(recipe="cpu-best")["class_balance"] is False
     assert "class_balance" in dice(recipe="cpu-best", no_class_balance=True)["recipe"]["given"]
     assert "no class balance" not in _recipe_line(fast)
+    # ... in every label mode (3D cpu-best trains boundaries, where w0 takes no part).
+    flat3d = make_config(3, recipe="cpu-best", device="cpu", class_balance=False, w0=3.0)
+    assert flat3d.label_mode == "boundary"
+    assert _recipe_line(flat3d).endswith("15000 steps, no class balance, no augmentation")
 
 
 def test_useg_train_prints_the_recipe_the_estimate_and_the_missing_validation(

@@ -43,7 +43,7 @@ from useg.training.options import (
 )
 from useg.training.recipes import choose_recipe, recipe_settings
 from useg.training.run_folder import CONFIG, read_config
-from useg.training.samples import MODE_CLASSES, Sample, load_pairs
+from useg.training.samples import MODE_CLASSES, NO_BORDER_WEIGHT_MODES, Sample, load_pairs
 
 __all__ = [
     "build_config",
@@ -328,7 +328,7 @@ def refuse_options_without_effect(cfg: TrainConfig, given: Sequence[tuple[str, s
         raise ConfigError(f"{flags['batch_stats']}: this network has no batch norm (norm "
                           f"{net_norm!r}); it takes effect with --norm batch")
     for dest in ("w0", "sigma"):
-        if dest in flags and cfg.label_mode in ("boundary", "classes"):
+        if dest in flags and cfg.label_mode in NO_BORDER_WEIGHT_MODES:
             raise ConfigError(f"{flags[dest]}: --label-mode {cfg.label_mode} builds no border "
                               "weights between objects; leave --w0 and --sigma out")
     if "boundary_width" in flags and cfg.label_mode not in ("boundary", "three_class"):

@@ -68,7 +68,7 @@ from useg.training.run_folder import (
     write_checkpoint,
     write_config,
 )
-from useg.training.samples import Sample, check_classes_present
+from useg.training.samples import NO_BORDER_WEIGHT_MODES, Sample, check_classes_present
 from useg.training.stream import TileStream
 from useg.training.validation import evaluate_samples
 
@@ -853,11 +853,10 @@ def _recipe_line(cfg: TrainConfig) -> str:
             f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, {cfg.iterations} steps")
     if cfg.dice_weight:
         line += f", Dice term {cfg.dice_weight:g}"
-    if cfg.label_mode not in ("boundary", "classes"):  # the modes that build border weights
-        if cfg.w0 != 10.0:
-            line += f", border weight w0 {cfg.w0:g}"
-        if not cfg.class_balance:
-            line += ", no class balance"
+    if cfg.w0 != TrainConfig.w0 and cfg.label_mode not in NO_BORDER_WEIGHT_MODES:
+        line += f", border weight w0 {cfg.w0:g}"
+    if not cfg.class_balance:  # weighs the classes in every label mode
+        line += ", no class balance"
     if cfg.augment is None:
         line += ", no augmentation"
     elif cfg.augment.get("elastic", True) is False:

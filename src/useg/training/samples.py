@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 LABEL_MODES = ("binary", "instances", "three_class", "boundary", "classes")
+#: The label modes without objects to separate: no border term in their weight map (w0, sigma).
+NO_BORDER_WEIGHT_MODES = ("boundary", "classes")
 
 #: Number of classes of the label modes that fix it (``classes`` takes it from the labels).
 MODE_CLASSES = {"binary": 2, "instances": 2, "three_class": 3, "boundary": 2}
