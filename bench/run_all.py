@@ -66,7 +66,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     # chosen over seeds may replace the packaged model, which isbi2012_segment then segments.
     "isbi2012_recipe": (["bench/isbi2012_recipe.py", "--candidates", "base", "dice", "long",
                          "dice-wide", "dice-wide-w0-3", "dice-wide-w0-0", "dice-wide-w0-3-flat",
-                         "dice-wide-w0-3-deep",
+                         "dice-wide-w0-3-deep", "dice-wide-w0-3-flat-cubic",
                          "--packaged-base-seed0", "--then-test", "--package"],
                         "isbi2012_recipe.json"),
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
