@@ -116,8 +116,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "dice-wide-w0-0": {"dice_weight": 1.0, "width": 32, "w0": 0.0},
     "dice-wide-w0-3-flat": {"dice_weight": 1.0, "width": 32, "w0": 3.0, "class_balance": False},
     "dice-wide-w0-3-deep": {"dice_weight": 1.0, "width": 32, "w0": 3.0, "depth": 4},
-    "dice-wide-w0-3-flat-cubic": {"dice_weight": 1.0, "width": 32, "w0": 3.0, "class_balance": False,
-                                  "augment": {"interpolation": "cubic"}},
+    "dice-wide-w0-3-flat-cubic": {
+        "dice_weight": 1.0, "width": 32, "w0": 3.0, "class_balance": False,
+        "augment": {"interpolation": "cubic"},
+    },
 }
 PRECISION = "fp32"  # what bench/isbi2012.py's "auto" is on a CPU without native bf16
 MODELS = ROOT / "runs" / "isbi2012_recipe"

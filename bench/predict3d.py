@@ -84,7 +84,7 @@ from predict import (
     speed_comparison,
 )
 
-from useg.device import _MALLOC_ENV
+from useg.device import MALLOC_ENV_VARIABLES
 
 # Operator groups of the profile, by the name of the operator that does the work.
 GROUPS = {
@@ -282,7 +282,7 @@ def defaults_part(width: int, size: int, repeats: int, tmp: Path) -> dict:
     np.save(image, synthetic_image((size,) * 3))
     runs: dict[str, list] = {label: [] for label in DEFAULTS}
     # The workers inherit this process's environment (run_worker), glibc's variables too.
-    for name in _MALLOC_ENV:
+    for name in MALLOC_ENV_VARIABLES:
         os.environ.pop(name, None)
     for _ in range(repeats):
         for label, env in DEFAULTS.items():

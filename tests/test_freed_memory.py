@@ -18,7 +18,7 @@ def _clean_malloc_env(monkeypatch):
     """Neither useg's switch nor glibc's own variables set (importing dask's distributed, in
     other tests, exports MALLOC_TRIM_THRESHOLD_, which counts as the user's choice)."""
     monkeypatch.delenv("USEG_KEEP_FREED_MEMORY", raising=False)
-    for name in device._MALLOC_ENV:
+    for name in device.MALLOC_ENV_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 

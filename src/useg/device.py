@@ -94,7 +94,8 @@ def device_memory(device: torch.device) -> float:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 _KEEP_ALL = 2**31 - 1  # mallopt takes an int
-_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+# glibc malloc variables in the environment: the user chose its behaviour, so useg leaves it alone.
+MALLOC_ENV_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
 def freed_memory_fits(step_bytes: float, device: torch.device) -> bool:
@@ -128,7 +129,7 @@ def freed_memory_kept(keep: bool = True) -> Any:
     global _kept
     libc = None
     if (keep and not _kept and os.environ.get("USEG_KEEP_FREED_MEMORY", "1") != "0"
-            and not any(v in os.environ for v in _MALLOC_ENV)):
+            and not any(v in os.environ for v in MALLOC_ENV_VARIABLES)):
         libc = _glibc()
     if libc is None:
         yield False
