@@ -158,7 +158,9 @@ def one_run(args, name: str, seed: int, root: Path, cache: Path) -> dict[str, An
         return kept
     model_file = MODELS / ("quick" if args.quick else "") / f"{name}_seed{seed}.safetensors"
     run: dict[str, Any] = {"candidate": name, "seed": seed, "threads": args.threads,
-                           "model_file": str(model_file.relative_to(ROOT))}
+                           "model_file": str(model_file.relative_to(ROOT)),
+                           "command": command_line(),
+                           "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     val_images, val_truth, val_labels = _slices(root, VAL_SLICES, args.quick)
     if packaged:
         source = resolve_model("em-membrane")
@@ -215,7 +217,8 @@ def test_run(args, run: dict[str, Any], root: Path, cache: Path) -> dict[str, An
     probs = predict_slices(model, images, tile, PRECISION)
     scores = scores_at(probs, truth, run["settings"])
     result = {"candidate": run["candidate"], "seed": run["seed"], "way": run["way"],
-              "settings": run["settings"], "test": {k: scores[k] for k in SCORES}}
+              "settings": run["settings"], "test": {k: scores[k] for k in SCORES},
+              "command": command_line()}
     keep_run(path, identity, result)
     t = result["test"]
     print(f"  test {run['candidate']} seed {run['seed']}: pixel {t['pixel_error']:.4f}, "
@@ -307,6 +310,10 @@ def _cell(s: dict[str, Any] | None, digits: int = 4) -> str:
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# ISBI 2012 2D recipe: chosen on validation (15..19) over seeds, tested once "
              "(20..24)", "", f"Command: `{report['command']}`; CPU {cpu_line(report['machine'])}.",
+             "", "It publishes the runs kept in isbi2012_recipe_runs/; each was made by its own "
+             "call (`--candidates NAME --seeds S --threads T`, or `--test NAME`), one per seed "
+             "so that seeds can train side by side, recorded with its threads (and its command "
+             "line, for runs made since that was recorded).",
              "", "Each run: its validation-chosen way from map to cells and settings "
              "(bench/isbi2012_segment.py's search, pixel + adapted Rand error at one operating "
              "point). Mean +- sample std over seeds. Test columns only for the tested "
