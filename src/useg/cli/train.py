@@ -47,6 +47,8 @@ def _recipes_help() -> str:
                    if "width" in s else "the preset's network and tile")
             extra = f", Dice term {s['dice_weight']:g}" if s.get("dice_weight") else ""
             extra += ", no augmentation" if "augment" in s and s["augment"] is None else ""
+            extra += (", bicubic resampling" if (s.get("augment") or {}).get("interpolation")
+                      == "cubic" else "")
             parts.append(f"{ndim}D: {net}, {s['optimizer']}, {s['iterations']} steps{extra}")
         lines.append(f"{name}: {recipe['about']} ({'; '.join(parts)})")
     return "; ".join(lines)

@@ -125,7 +125,8 @@ def make_config(
     recipe : str, optional
         A recipe (:data:`useg.training.recipes.RECIPES`), or ``"auto"`` (``cpu-fast`` when
         ``device`` is, or resolves to, the CPU, else ``gpu-paper``): its settings replace the
-        defaults, and the settings given here (not None) replace its. A recipe's learning rate
+        defaults, and the settings given here (not None) replace its (an ``augment`` dict
+        replaces the recipe's option by option). A recipe's learning rate
         goes with its optimizer: another ``optimizer`` without ``lr`` takes its own default.
         The configuration records the recipe (``recipe``). None: no recipe, the papers'
         settings.
@@ -202,6 +203,9 @@ def _with_recipe(
     if "optimizer" in given and given["optimizer"] != settings.get("optimizer"):
         settings.pop("lr", None)  # the recipe's learning rate is for its own optimizer
     merged = {**settings, **given}
+    if isinstance(settings.get("augment"), dict) and isinstance(given.get("augment"), dict):
+        # e.g. --no-elastic keeps the rest of the recipe's augmentation (its resampling)
+        merged["augment"] = {**settings["augment"], **given["augment"]}
     merged["recipe"] = {"name": name, "why": why,
                         "given": sorted(k for k in settings if k in given)}
     return merged.pop("tile", None), merged

@@ -859,8 +859,11 @@ def _recipe_line(cfg: TrainConfig) -> str:
         line += ", no class balance"
     if cfg.augment is None:
         line += ", no augmentation"
-    elif cfg.augment.get("elastic", True) is False:
-        line += ", no elastic deformation"
+    else:
+        if cfg.augment.get("elastic", True) is False:
+            line += ", no elastic deformation"
+        if cfg.augment.get("interpolation") == "cubic":
+            line += ", bicubic resampling"
     if given:
         line += f"; given over it: {', '.join(given)}"
     if cfg.init:

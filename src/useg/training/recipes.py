@@ -56,11 +56,13 @@ RECIPES: dict[str, dict[str, Any]] = {
             # bench/isbi2012_recipe.py's choice on ISBI 2012 validation slices (3 seeds per
             # candidate): the paper's 2D layout at half its width, depth 3, one 316x316 tile per
             # step, the paper's border weight term at w0 3 instead of 10 and without its class
-            # balance (w_c), elastic deformation (the default), and a soft Dice term beside the
-            # weighted cross entropy (dice-wide-w0-3-flat; before it the same with the class
-            # balance, with w0 10 as well, and at width 16).
+            # balance (w_c), the default augmentation (elastic deformation) resampling the
+            # image bicubically, and a soft Dice term beside the weighted cross entropy
+            # (dice-wide-w0-3-flat-cubic; before it the same with bilinear resampling, with the
+            # class balance, with w0 10 as well, and at width 16).
             2: {"width": 32, "depth": 3, "tile": [316, 316], "iterations": 3000,
-                "dice_weight": 1.0, "w0": 3.0, "class_balance": False},
+                "dice_weight": 1.0, "w0": 3.0, "class_balance": False,
+                "augment": {"interpolation": "cubic"}},
             # bench/flyem_recipe.py's choice on a validation crop of FlyEM with the paper's
             # (5,5,3) annotated slices (long-15k): cpu-fast's 3D network and tile, trained for
             # longer, its tiles made in the training process, as the runs it was chosen by were
