@@ -82,7 +82,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                "with AVX-512 in fp32, no loader worker, mean of 3 seeds (bench/flyem_recipe.py,"
                " validation crop; 44.8 min for a test-crop seed on a quiet machine); there "
                "--precision auto trains in bf16: 26.5 min (one run, its validation score within"
-               " the fp32 runs' range)."
+               " the fp32 runs' range); as a whole useg train --recipe cpu-best run in bf16 (4 "
+               "synthetic 64x128x128 training volumes, a validation volume; bench/recipes.py), "
+               "25.3 min wall on 2 threads, quiet."
                " Not measured on an AVX2-only CPU (fp32), where this network's 12000 steps took "
                "42.8-46.3 min (3 seeds), so about 54-58 min estimated for 15000; "
                "--time-budget 60m caps a run at the budget",
