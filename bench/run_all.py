@@ -69,6 +69,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                          "dice-wide-w0-3-deep", "dice-wide-w0-3-flat-cubic",
                          "--packaged-base-seed0", "--then-test", "--package"],
                         "isbi2012_recipe.json"),
+    # Validation only, from isbi2012_recipe's kept models of the current 2D choice.
+    "isbi2012_ensemble": (["bench/isbi2012_ensemble.py"], "isbi2012_ensemble.json"),
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
     "isbi2012_errors": (["bench/isbi2012_errors.py"], "isbi2012_errors.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
@@ -402,6 +404,15 @@ def _isbi_errors(d):
              _fmt(beyond.get("2")))]
 
 
+def _isbi_ensemble(d):
+    return [(f"ISBI 2012 validation, mean map of {d.get('recipe')} seeds "
+             f"{','.join(map(str, r['seeds']))}: pixel error / adapted Rand error (training "
+             "min, summed)",
+             f"{_fmt(r['validation']['pixel_error'])} / "
+             f"{_fmt(r['validation']['adapted_rand_error'])} ({_fmt(r['train_min'])})")
+            for r in d.get("rows", []) if len(r["seeds"]) > 1]
+
+
 def _isbi_segment(d):
     rows = []
     for way, r in _get(d, "ways", default={}).items():
@@ -537,6 +548,7 @@ EXTRACT: dict[str, Callable] = {
     "nuclei": _nuclei, "ovules3d": _ovules3d,
     "isbi2012": _isbi, "isbi2012_segment": _isbi_segment,
     "isbi2012_errors": _isbi_errors, "isbi2012_recipe": _isbi_recipe,
+    "isbi2012_ensemble": _isbi_ensemble,
     "flyem_neurons": _flyem_neurons, "flyem_neurons_long": _flyem_neurons,
     "flyem_neurons_longer": _flyem_neurons, "flyem_neurons_longest": _flyem_neurons,
     "flyem_neurons_long-15k": _flyem_neurons,
