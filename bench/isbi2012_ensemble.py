@@ -18,29 +18,29 @@ Results: bench/results/isbi2012_ensemble.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _common import RESULTS, ROOT, command_line, cpu_line, machine_info, publish
+from _common import RESULTS, ROOT, command_line, cpu_line, kept_run, machine_info, publish
 from isbi2012 import VAL_SLICES, load_slices, predict_slices, prediction_tile
-from isbi2012_recipe import CANDIDATES, PRECISION
+from isbi2012_recipe import CANDIDATES, PRECISION, RUNS_FOLDER, run_identity
 from isbi2012_segment import best_per_way, best_way, search
 
 from useg.io.datasets import dataset
 from useg.nets.checkpoint import load_model
 
-RUNS = RESULTS / "isbi2012_recipe_runs"
-
 
 def kept(recipe: str, seed: int) -> dict[str, Any]:
-    path = RUNS / f"{recipe}_seed{seed}.json"
-    if not path.exists():
-        raise SystemExit(f"{path}: no kept run; train it with bench/isbi2012_recipe.py first")
-    return json.loads(path.read_text())["run"]
+    """The run bench/isbi2012_recipe.py kept for this seed of ``recipe`` as defined now."""
+    path = RESULTS / RUNS_FOLDER / f"{recipe}_seed{seed}.json"
+    run = kept_run(path, run_identity(recipe, seed, quick=False))
+    if run is None:
+        raise SystemExit(f"{path}: no run kept of {recipe} as defined now; train it with "
+                         f"bench/isbi2012_recipe.py --candidates {recipe} --seeds {seed}")
+    return run
 
 
 def markdown(report: dict[str, Any]) -> str:

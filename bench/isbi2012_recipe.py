@@ -123,6 +123,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 PRECISION = "fp32"  # what bench/isbi2012.py's "auto" is on a CPU without native bf16
 MODELS = ROOT / "runs" / "isbi2012_recipe"
+RUNS_FOLDER = "isbi2012_recipe_runs"  # under bench/results (--quick: under runs/)
 # How a run record names base's seed 0 when it is the packaged model (--packaged-base-seed0).
 PACKAGED_RUN = "bench/isbi2012.py main (the packaged em-membrane model), two threads"
 
@@ -148,10 +149,15 @@ def _slices(root: Path, indices: range, quick: bool):
     return images, np.stack([lab > 0 for lab in labels]), labels
 
 
+def run_identity(name: str, seed: int, quick: bool, packaged: bool = False) -> dict[str, Any]:
+    """What a kept run of candidate ``name`` was made with (:func:`_common.kept_run`)."""
+    return {"candidate": CANDIDATES[name], "steps": steps_of(name, quick), "seed": seed,
+            "quick": quick, "packaged_model": packaged}
+
+
 def one_run(args, name: str, seed: int, root: Path, cache: Path) -> dict[str, Any]:
     packaged = args.packaged_base_seed0 and name == "base" and seed == 0 and not args.quick
-    identity = {"candidate": CANDIDATES[name], "steps": steps_of(name, args.quick),
-                "seed": seed, "quick": args.quick, "packaged_model": packaged}
+    identity = run_identity(name, seed, args.quick, packaged)
     path = cache / f"{name}_seed{seed}.json"
     kept = kept_run(path, identity)
     if kept is not None:
@@ -159,8 +165,7 @@ def one_run(args, name: str, seed: int, root: Path, cache: Path) -> dict[str, An
     model_file = MODELS / ("quick" if args.quick else "") / f"{name}_seed{seed}.safetensors"
     run: dict[str, Any] = {"candidate": name, "seed": seed, "threads": args.threads,
                            "model_file": str(model_file.relative_to(ROOT)),
-                           "command": command_line(),
-                           "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                           "command": command_line(), "machine": machine_info()}
     val_images, val_truth, val_labels = _slices(root, VAL_SLICES, args.quick)
     if packaged:
         source = resolve_model("em-membrane")
@@ -313,7 +318,8 @@ def markdown(report: dict[str, Any]) -> str:
              "", "It publishes the runs kept in isbi2012_recipe_runs/; each was made by its own "
              "call (`--candidates NAME --seeds S --threads T`, or `--test NAME`), one per seed "
              "so that seeds can train side by side, recorded with its threads (and its command "
-             "line, for runs made since that was recorded).",
+             "line, for runs made since that was recorded; its CPU and date too, for runs "
+             "made since then).",
              "", "Each run: its validation-chosen way from map to cells and settings "
              "(bench/isbi2012_segment.py's search, pixel + adapted Rand error at one operating "
              "point). Mean +- sample std over seeds. Test columns only for the tested "
@@ -405,7 +411,7 @@ def main() -> None:
     if root is None:
         sys.exit("isbi2012 not found in the shared data folder; set USEG_DATA")
     out = ROOT / "runs" / "isbi2012-recipe-quick" if args.quick else RESULTS
-    cache = out / "isbi2012_recipe_runs"
+    cache = out / RUNS_FOLDER
     if not args.publish_only:
         for name in [args.test] if args.test else args.candidates:
             for seed in args.seeds:

@@ -11,7 +11,7 @@ from typing import Any
 from useg.cli import add_precision_argument, float_range, int_at_least, out_path
 from useg.errors import ConfigError
 from useg.training.options import RANGES, TrainOptions, parse_duration
-from useg.training.recipes import RECIPE_CHOICES, RECIPES, recipe_settings
+from useg.training.recipes import RECIPE_CHOICES, RECIPES, augment_words, recipe_settings
 
 _DEFAULTS = TrainOptions()
 
@@ -46,9 +46,7 @@ def _recipes_help() -> str:
             net = (f"width {s['width']}, depth {s['depth']}, tile {s['tile'][0]}"
                    if "width" in s else "the preset's network and tile")
             extra = f", Dice term {s['dice_weight']:g}" if s.get("dice_weight") else ""
-            extra += ", no augmentation" if "augment" in s and s["augment"] is None else ""
-            extra += (", bicubic resampling" if (s.get("augment") or {}).get("interpolation")
-                      == "cubic" else "")
+            extra += augment_words(s.get("augment", {}))
             parts.append(f"{ndim}D: {net}, {s['optimizer']}, {s['iterations']} steps{extra}")
         lines.append(f"{name}: {recipe['about']} ({'; '.join(parts)})")
     return "; ".join(lines)

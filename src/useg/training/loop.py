@@ -56,6 +56,7 @@ from useg.nets.unet import UNet
 from useg.training.config import SIGMA_UNIT, TrainConfig, lr_factor
 from useg.training.distributed import Dist, all_reduce_sum, init_distributed, shared_precision
 from useg.training.options import format_duration
+from useg.training.recipes import augment_words
 from useg.training.run_folder import (
     CONFIG,
     CURVES,
@@ -857,13 +858,7 @@ def _recipe_line(cfg: TrainConfig) -> str:
         line += f", border weight w0 {cfg.w0:g}"
     if not cfg.class_balance:  # weighs the classes in every label mode
         line += ", no class balance"
-    if cfg.augment is None:
-        line += ", no augmentation"
-    else:
-        if cfg.augment.get("elastic", True) is False:
-            line += ", no elastic deformation"
-        if cfg.augment.get("interpolation") == "cubic":
-            line += ", bicubic resampling"
+    line += augment_words(cfg.augment)
     if given:
         line += f"; given over it: {', '.join(given)}"
     if cfg.init:

@@ -19,7 +19,8 @@ from typing import Any
 
 from useg.errors import check_choice
 
-__all__ = ["PAPER", "RECIPES", "RECIPE_CHOICES", "choose_recipe", "recipe_settings"]
+__all__ = ["PAPER", "RECIPES", "RECIPE_CHOICES", "augment_words", "choose_recipe",
+           "recipe_settings"]
 
 # Per recipe: "about" (one line), "settings" (make_config keywords, any dimension), "by_ndim"
 # (keywords for 2D and 3D networks) and "measured" (what a run took, and where: the figure is a
@@ -143,3 +144,18 @@ def recipe_settings(name: str, ndim: int) -> dict[str, Any]:
     recipe = RECIPES[check_choice("recipe", name, tuple(RECIPES))]
     settings = {**recipe["settings"], **recipe["by_ndim"].get(ndim, {})}
     return {k: list(v) if isinstance(v, list) else v for k, v in settings.items()}
+
+
+def augment_words(augment: dict[str, Any] | None) -> str:
+    """How an ``augment`` setting departs from the default augmentation, in the words the
+    recipe line and ``useg train --help`` use ("" for the default, ``{}``).
+
+    Examples
+    --------
+    >>> augment_words(None), augment_words({"elastic": False, "interpolation": "cubic"})
+    (', no augmentation', ', no elastic deformation, bicubic resampling')
+    """
+    if augment is None:
+        return ", no augmentation"
+    words = ", no elastic deformation" if augment.get("elastic", True) is False else ""
+    return words + (", bicubic resampling" if augment.get("interpolation") == "cubic" else "")
