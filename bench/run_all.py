@@ -67,6 +67,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     "isbi2012_recipe": (["bench/isbi2012_recipe.py", "--candidates", "base", "dice", "long",
                          "dice-wide", "dice-wide-w0-3", "dice-wide-w0-0", "dice-wide-w0-3-flat",
                          "dice-wide-w0-3-deep", "dice-wide-w0-3-flat-cubic",
+                         "dice-wide-w0-3-flat-cubic-4500",
                          "--packaged-base-seed0", "--then-test", "--package"],
                         "isbi2012_recipe.json"),
     # Validation only, from isbi2012_recipe's kept models of the current 2D choice.
