@@ -70,7 +70,8 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                          "dice-wide-w0-3-flat-cubic-4500",
                          "--packaged-base-seed0", "--then-test", "--package"],
                         "isbi2012_recipe.json"),
-    # Validation only, from isbi2012_recipe's kept models of the current 2D choice.
+    # Validation only, from isbi2012_recipe's kept models of dice-wide-w0-3-flat-cubic (the 2D
+    # choice when it was run).
     "isbi2012_ensemble": (["bench/isbi2012_ensemble.py"], "isbi2012_ensemble.json"),
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
     "isbi2012_errors": (["bench/isbi2012_errors.py"], "isbi2012_errors.json"),
