@@ -151,6 +151,14 @@ def train_config(variant: str, iterations: int, precision: str, **overrides: Any
     return cfg
 
 
+def isbi_root() -> Path:
+    """The shared isbi2012 folder; without it, exit with one line saying what is missing."""
+    root = dataset("isbi2012")
+    if root is None:
+        sys.exit("isbi2012 not found in the shared data folder; set USEG_DATA")
+    return root
+
+
 def load_slices(root: Path, indices: range) -> tuple[list[np.ndarray], list[np.ndarray]]:
     images, labels = [], []
     for i in indices:
@@ -416,9 +424,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(THREADS)
-    root = dataset("isbi2012")
-    if root is None:
-        sys.exit("isbi2012 not found in the shared data folder; set USEG_DATA")
+    root = isbi_root()
     precision = resolve_precision(args.precision, "cpu")
     custom = args.quick or args.iterations is not None or args.set or args.out
     iterations = args.iterations or (20 if args.quick else ITERATIONS)

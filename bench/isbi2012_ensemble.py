@@ -19,23 +19,21 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from _common import RESULTS, ROOT, command_line, cpu_line, kept_run, machine_info, publish
-from isbi2012 import VAL_SLICES, load_slices, predict_slices, prediction_tile
-from isbi2012_recipe import CANDIDATES, PRECISION, RUNS_FOLDER, run_identity
+from isbi2012 import VAL_SLICES, isbi_root, load_slices, predict_slices, prediction_tile
+from isbi2012_recipe import CANDIDATES, PRECISION, RUNS_FOLDER, run_file, run_identity
 from isbi2012_segment import best_per_way, best_way, search
 
-from useg.io.datasets import dataset
 from useg.nets.checkpoint import load_model
 
 
 def kept(recipe: str, seed: int) -> dict[str, Any]:
     """The run bench/isbi2012_recipe.py kept for this seed of ``recipe`` as defined now."""
-    path = RESULTS / RUNS_FOLDER / f"{recipe}_seed{seed}.json"
+    path = run_file(RESULTS / RUNS_FOLDER, recipe, seed)
     run = kept_run(path, run_identity(recipe, seed, quick=False))
     if run is None:
         raise SystemExit(f"{path}: no run kept of {recipe} as defined now; train it with "
@@ -72,10 +70,7 @@ def main() -> None:
     subsets = [sorted({int(s) for s in sub.split(",")}) for sub in args.subsets]
     seeds = sorted({s for sub in subsets for s in sub})
     runs = {s: kept(args.recipe, s) for s in seeds}
-    root = dataset("isbi2012")
-    if root is None:
-        raise SystemExit("isbi2012: no shared data folder (../shared/data or USEG_DATA)")
-    images, labels = load_slices(Path(root), VAL_SLICES)
+    images, labels = load_slices(isbi_root(), VAL_SLICES)
     truth = np.stack([lab > 0 for lab in labels])
     maps = {}
     for s in seeds:

@@ -16,15 +16,13 @@ Results: bench/results/isbi2012_errors.json and .md.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
 import torch
 from _common import RESULTS, command_line, cpu_line, machine_info, publish
-from isbi2012 import VAL_SLICES, load_slices, predict_slices, prediction_tile
+from isbi2012 import VAL_SLICES, isbi_root, load_slices, predict_slices, prediction_tile
 from scipy import ndimage as ndi
 
-from useg.io.datasets import dataset
 from useg.nets.checkpoint import load_model, model_info, resolve_model
 
 DISTANCES = (1, 2, 3, 5, 10)  # pixels from the nearest drawn edge
@@ -82,9 +80,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    root = dataset("isbi2012")
-    if root is None:
-        sys.exit("isbi2012 not found in the shared data folder; set USEG_DATA")
+    root = isbi_root()
     path = resolve_model(args.model)
     point = model_info(path).get("operating_point") or {}
     threshold = float(point.get("threshold_on_probabilities_1", 0.5))

@@ -85,7 +85,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +100,7 @@ from isbi2012 import (
     TEST_SLICES,
     TRAIN_SLICES,
     VAL_SLICES,
+    isbi_root,
     load_slices,
     package_model,
     predict_slices,
@@ -111,7 +111,6 @@ from isbi2012 import (
 from isbi2012_segment import best_per_way, best_way, params_of, scores_at, search
 from sparse3d import spread
 
-from useg.io.datasets import dataset
 from useg.nets.checkpoint import load_model, resolve_model
 
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -167,10 +166,15 @@ def run_identity(name: str, seed: int, quick: bool, packaged: bool = False) -> d
             "quick": quick, "packaged_model": packaged}
 
 
+def run_file(cache: Path, name: str, seed: int) -> Path:
+    """Where the run of candidate ``name``'s seed is kept (its test: ``test_`` before it)."""
+    return cache / f"{name}_seed{seed}.json"
+
+
 def one_run(args, name: str, seed: int, root: Path, cache: Path) -> dict[str, Any]:
     packaged = args.packaged_base_seed0 and name == "base" and seed == 0 and not args.quick
     identity = run_identity(name, seed, args.quick, packaged)
-    path = cache / f"{name}_seed{seed}.json"
+    path = run_file(cache, name, seed)
     kept = kept_run(path, identity)
     if kept is not None:
         return kept
@@ -223,7 +227,7 @@ def one_run(args, name: str, seed: int, root: Path, cache: Path) -> dict[str, An
 
 def test_run(args, run: dict[str, Any], root: Path, cache: Path) -> dict[str, Any]:
     """Score a kept run's model on the test slices at its own validation choice."""
-    path = cache / f"test_{run['candidate']}_seed{run['seed']}.json"
+    path = run_file(cache, f"test_{run['candidate']}", run["seed"])
     identity = {"validation_run": run}
     kept = kept_run(path, identity)
     if kept is not None:
@@ -419,9 +423,7 @@ def main() -> None:
                              "bench/results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    root = dataset("isbi2012")
-    if root is None:
-        sys.exit("isbi2012 not found in the shared data folder; set USEG_DATA")
+    root = isbi_root()
     out = ROOT / "runs" / "isbi2012-recipe-quick" if args.quick else RESULTS
     cache = out / RUNS_FOLDER
     if not args.publish_only:

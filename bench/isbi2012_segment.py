@@ -33,17 +33,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from _common import RESULTS, command_line, machine_info, publish
-from isbi2012 import SCORES, load_slices, predict_slices, prediction_tile
+from isbi2012 import SCORES, isbi_root, load_slices, predict_slices, prediction_tile
 
 from useg.evaluation.isbi import isbi_scores
-from useg.io.datasets import dataset
 from useg.nets.checkpoint import load_model, resolve_model, update_header
 from useg.postprocess.instances import InstanceParams
 
@@ -166,9 +164,7 @@ def main() -> None:
     parser.add_argument("--store", action="store_true",
                         help="write the chosen way's settings into the model file's header")
     args = parser.parse_args()
-    root = dataset("isbi2012")
-    if root is None:
-        sys.exit("isbi2012 not found in the shared data folder; set USEG_DATA")
+    root = isbi_root()
     machine = machine_info()
     start = time.perf_counter()
     path = resolve_model(args.model)
