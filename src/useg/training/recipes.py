@@ -76,7 +76,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                "512x512 training images; useg train --recipe cpu-best, bench/recipes.py) on an "
                "AMD EPYC with 2 cores, AVX-512 and bf16 instructions (--precision auto: bf16), "
                "2 torch threads, quiet; in fp32 on the same CPU kind 30.1 min of training on "
-               "ISBI 2012 on two threads, quiet, and 52.7 min on one thread with another run on "
+               "ISBI 2012 on two threads, quiet, and 52.6 min on one thread with another run on "
                "the other core (bench/isbi2012_recipe.py, seeds 2 and 0, 1); not measured on an "
                "AVX2-only CPU",
             3: "45.8 min of training for the 15000 steps on two torch threads of an AMD EPYC "
