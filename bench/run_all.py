@@ -68,6 +68,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                          "dice-wide", "dice-wide-w0-3", "dice-wide-w0-0", "dice-wide-w0-3-flat",
                          "dice-wide-w0-3-deep", "dice-wide-w0-3-flat-cubic",
                          "dice-wide-w0-3-flat-cubic-4500",
+                         "dice-wide-w0-3-flat-cubic-4500-half-dice",
                          "--packaged-base-seed0", "--then-test", "--package"],
                         "isbi2012_recipe.json"),
     # Validation only, from isbi2012_recipe's kept models of dice-wide-w0-3-flat-cubic (the 2D
