@@ -128,17 +128,17 @@ def test_cpu_best_is_the_configuration_chosen_on_validation_in_2d_and_3d():
     # 2D: bench/isbi2012_recipe.py's choice on the ISBI 2012 validation slices: the paper's
     # valid layout at width 32, depth 3, one 316x316 tile per step, the paper's weight map with
     # its border term at w0 3 and without its class balance, the default (elastic)
-    # augmentation resampling bicubically, a soft Dice term of weight 1, and 4500 steps.
+    # augmentation resampling bicubically, a soft Dice term of weight 0.5, and 4500 steps.
     flat = make_config(2, recipe="cpu-best", device="cpu")
     assert (flat.net["width"], flat.net["depth"], flat.net["padding"], flat.tile) == (
         32, 3, "valid", [316, 316])
     assert (flat.optimizer, flat.lr, flat.schedule, flat.iterations) == ("adam", 1e-3, "poly",
                                                                         4500)
-    assert (flat.w0, flat.sigma, flat.class_balance, flat.dice_weight) == (3.0, 5.0, False, 1.0)
+    assert (flat.w0, flat.sigma, flat.class_balance, flat.dice_weight) == (3.0, 5.0, False, 0.5)
     assert augment(2, recipe="cpu-best") == {"interpolation": "cubic"}
     assert flat.net["dropout"] == 0.5
     assert _recipe_line(flat).endswith(
-        "4500 steps, Dice term 1, border weight w0 3, no class balance, bicubic resampling")
+        "4500 steps, Dice term 0.5, border weight w0 3, no class balance, bicubic resampling")
     # --no-elastic drops the deformation and keeps the recipe's resampling; --no-augment all.
     assert augment(2, recipe="cpu-best", no_elastic=True) == {"interpolation": "cubic",
                                                               "elastic": False}
