@@ -151,7 +151,7 @@ def test_cpu_best_is_the_configuration_chosen_on_validation_in_2d_and_3d():
     def dice(**flags):
         return build_config(TrainOptions(device="cpu", **flags), 2, 1)
 
-    assert dice(recipe="cpu-best")["dice_weight"] == 1.0
+    assert dice(recipe="cpu-best")["dice_weight"] == 0.5
     assert dice(recipe="cpu-fast")["dice_weight"] == 0.0
     given = dice(recipe="cpu-best", dice=0.0)
     assert given["dice_weight"] == 0.0 and "dice_weight" in given["recipe"]["given"]
