@@ -121,28 +121,25 @@ from sparse3d import spread
 
 from useg.nets.checkpoint import load_model, resolve_model
 
+# Each later candidate is an earlier one with one change, spelled as that change.
+_WIDE = {"dice_weight": 1.0, "width": 32}
+_W0_3 = {**_WIDE, "w0": 3.0}
+_FLAT = {**_W0_3, "class_balance": False}
+_CUBIC = {**_FLAT, "augment": {"interpolation": "cubic"}}
+_CUBIC_4500 = {**_CUBIC, "iterations": 3 * ITERATIONS // 2}
 CANDIDATES: dict[str, dict[str, Any]] = {
     "base": {},
     "dice": {"dice_weight": 1.0},
     "long": {"iterations": 2 * ITERATIONS},
     "dice-long": {"dice_weight": 1.0, "iterations": 2 * ITERATIONS},
-    "dice-wide": {"dice_weight": 1.0, "width": 32},
-    "dice-wide-w0-3": {"dice_weight": 1.0, "width": 32, "w0": 3.0},
-    "dice-wide-w0-0": {"dice_weight": 1.0, "width": 32, "w0": 0.0},
-    "dice-wide-w0-3-flat": {"dice_weight": 1.0, "width": 32, "w0": 3.0, "class_balance": False},
-    "dice-wide-w0-3-deep": {"dice_weight": 1.0, "width": 32, "w0": 3.0, "depth": 4},
-    "dice-wide-w0-3-flat-cubic": {
-        "dice_weight": 1.0, "width": 32, "w0": 3.0, "class_balance": False,
-        "augment": {"interpolation": "cubic"},
-    },
-    "dice-wide-w0-3-flat-cubic-4500": {
-        "dice_weight": 1.0, "width": 32, "w0": 3.0, "class_balance": False,
-        "augment": {"interpolation": "cubic"}, "iterations": 3 * ITERATIONS // 2,
-    },
-    "dice-wide-w0-3-flat-cubic-4500-half-dice": {
-        "dice_weight": 0.5, "width": 32, "w0": 3.0, "class_balance": False,
-        "augment": {"interpolation": "cubic"}, "iterations": 3 * ITERATIONS // 2,
-    },
+    "dice-wide": _WIDE,
+    "dice-wide-w0-3": _W0_3,
+    "dice-wide-w0-0": {**_WIDE, "w0": 0.0},
+    "dice-wide-w0-3-flat": _FLAT,
+    "dice-wide-w0-3-deep": {**_W0_3, "depth": 4},
+    "dice-wide-w0-3-flat-cubic": _CUBIC,
+    "dice-wide-w0-3-flat-cubic-4500": _CUBIC_4500,
+    "dice-wide-w0-3-flat-cubic-4500-half-dice": {**_CUBIC_4500, "dice_weight": 0.5},
 }
 PRECISION = "fp32"  # what bench/isbi2012.py's "auto" is on a CPU without native bf16
 MODELS = ROOT / "runs" / "isbi2012_recipe"
