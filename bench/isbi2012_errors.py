@@ -27,9 +27,7 @@ from scipy import ndimage as ndi
 from useg.nets.checkpoint import load_model, model_info, resolve_model
 
 DISTANCES = (1, 2, 3, 5, 10)  # pixels from the nearest drawn edge
-# Interior thresholds around the operating point, to show how thickness and pixel error trade
-# (the recipe search's grid, isbi2012_segment.THRESHOLDS, starts higher, so the ones below it
-# were never chosen).
+# Interior thresholds around the operating point, to show how thickness and pixel error trade.
 SWEEP = (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7)
 
 
