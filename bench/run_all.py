@@ -69,7 +69,9 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                          "dice-wide-w0-3-deep", "dice-wide-w0-3-flat-cubic",
                          "dice-wide-w0-3-flat-cubic-4500",
                          "dice-wide-w0-3-flat-cubic-4500-half-dice",
-                         "--packaged-base-seed0", "--then-test", "--package"],
+                         "dice-wide-w0-3-flat-cubic-half-dice-6000-bf16",
+                         "--packaged-base-seed0", "--then-test", "--package",
+                         "--wide-grid", "dice-wide-w0-3-flat-cubic-4500-half-dice"],
                         "isbi2012_recipe.json"),
     # Validation only, from isbi2012_recipe's kept models of dice-wide-w0-3-flat-cubic (the 2D
     # choice when it was run).
