@@ -184,13 +184,14 @@ def steps_of(name: str, quick: bool) -> int:
 def config_of(name: str, seed: int, quick: bool):
     candidate = CANDIDATES[name]
     net_keys = ("width", "depth")
-    overrides = {k: v for k, v in candidate.items() if k not in ("iterations", *net_keys)}
+    overrides = {k: v for k, v in candidate.items()
+                 if k not in ("iterations", "precision", *net_keys)}
     if any(k in candidate for k in net_keys):
         overrides["net"] = {**NET, **{k: candidate[k] for k in net_keys if k in candidate}}
     if quick:
         overrides["tile"] = [188, 188]
-    return train_config("main", steps_of(name, quick), PRECISION, seed=seed, workers=1,
-                        **overrides)
+    return train_config("main", steps_of(name, quick), candidate.get("precision", PRECISION),
+                        seed=seed, workers=1, **overrides)
 
 
 def _slices(root: Path, indices: range, quick: bool):
