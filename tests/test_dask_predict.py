@@ -354,3 +354,19 @@ def test_a_corrupt_chunk_of_the_input_is_one_line(case3d, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "cannot read" in err and "bad.zarr" in err
+
+
+def test_dask_labels_follow_the_model_operating_point(case3d, tmp_path):
+    # A two-class model whose header states an operating point: class 1 wherever its
+    # probability exceeds it, as useg predict writes for image files.
+    model = save_model(case3d["net"], tmp_path / "op.safetensors",
+                       {"operating_point": {"threshold_on_probabilities_1": 0.45}})
+    out = tmp_path / "res.zarr"
+    assert main(["predict", case3d["spec"], "--model", str(model), "--out", str(out), "--dask",
+                 "--scheduler", "threads", "--tile", "32x56x56", "--block", "8x32x32",
+                 "--device", "cpu", "--quiet"]) == 0
+    probs = _read(f"{out}/probs")
+    labels = _read(f"{out}/labels")
+    np.testing.assert_array_equal(labels, probs[1] > 0.45)
+    # The threshold makes a difference here, so the test could fail.
+    assert not np.array_equal(labels, np.argmax(probs, axis=0))

@@ -32,8 +32,9 @@ def class_dtype(classes: int) -> np.dtype:
 
 
 def _classes(p: np.ndarray, dtype: Any, threshold: float | None) -> np.ndarray:
-    if p.shape[0] == 1 and threshold is not None:
-        return (p[0] > threshold).astype(dtype)
+    if threshold is not None:
+        # One channel: a sigmoid output; two: class 1's probability (the last channel).
+        return (p[-1] > threshold).astype(dtype)
     labels = np.zeros(p.shape[1:], dtype=dtype)
     best = p[0]
     for c in range(1, p.shape[0]):
@@ -65,8 +66,11 @@ def most_likely_class(
     dtype : dtype, optional
         Pixel type of the result; default :func:`class_dtype` of ``C`` (``out``'s with ``out``).
     threshold : float, optional
-        Read a single channel as a sigmoid output: class 1 where it exceeds ``threshold``.
-        Without it a single channel is the only class (0 everywhere), as argmax gives.
+        Class 1 where its probability exceeds ``threshold``, class 0 elsewhere: a single
+        channel is read as a sigmoid output (class 1's probability), of two channels the
+        second is class 1's (a two-class model's operating point,
+        :func:`useg.nets.checkpoint.operating_threshold`). Without it a single channel is the
+        only class (0 everywhere), as argmax gives. More than two channels take none.
     out : array-like, optional
         Where to write the result (e.g. a memmap or a zarr array); it is filled ``slab``
         positions of the first spatial axis at a time, so that the temporaries stay small.
@@ -82,12 +86,16 @@ def most_likely_class(
     array([0, 1, 2], dtype=uint8)
     >>> most_likely_class(np.array([[0.2, 0.7]]), threshold=0.5)
     array([0, 1], dtype=uint8)
+    >>> most_likely_class(np.array([[0.6, 0.8], [0.4, 0.2]]), threshold=0.3)
+    array([1, 0], dtype=uint8)
     """
     shape = tuple(probs.shape)
     if len(shape) < 2:
         raise InputError(f"probs must have a channel axis and spatial axes, got shape {shape}")
     if shape[0] == 0:
         raise InputError("probs has no channels")
+    if threshold is not None and shape[0] > 2:
+        raise InputError(f"a threshold applies to one or two classes, not {shape[0]}")
     if out is not None:
         dtype = out.dtype if dtype is None else dtype
         for lo in range(0, shape[1], slab):

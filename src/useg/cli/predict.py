@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="predict probability maps and label masks",
         description="Predict images (PNG/TIFF/NIfTI, 2D or 3D stacks; files or folders) with "
         "overlap tiles. Writes <name>_probs.tif (class probabilities, channels first) and "
-        "<name>_labels.tif (most likely class) into --out, and with --instances "
+        "<name>_labels.tif (most likely class; for a two-class model whose file states an "
+        "operating point chosen on validation, such as em-membrane, class 1 where its "
+        "probability exceeds that threshold) into --out, and with --instances "
         "<name>_instances.tif (one id per object, 0 = background); images found in a folder "
         "keep their path relative to it; a NIfTI input (.nii, .nii.gz) gives NIfTI results "
         "with its affine. Two inputs that would write the same file, and "

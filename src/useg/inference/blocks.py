@@ -259,7 +259,7 @@ def predict_block(job: dict[str, Any], index: tuple[int, ...], image: Any = None
         _worker_array(job["probabilities"], "r+")[(slice(None), *region)] = probs
     if job["labels"]:
         out = _worker_array(job["labels"], "r+")
-        out[region] = most_likely_class(probs, out.dtype)
+        out[region] = most_likely_class(probs, out.dtype, threshold=job.get("threshold"))
     seconds = time.perf_counter() - start
     # Process CPU time: that of this block alone when a worker runs one block at a time.
     cpu = time.process_time() - cpu

@@ -61,6 +61,7 @@ from useg.io.files import (
 from useg.io.images import UNIT, read_image
 from useg.io.ome import fill_levels, require_writer
 from useg.labels import class_dtype
+from useg.nets.checkpoint import operating_threshold
 
 __all__ = ["local_cluster", "plan_blocks", "predict_dask", "predict_to_store"]
 
@@ -513,6 +514,7 @@ def _run(net, model_path: Path, tmp_model: Path | None, image: Any, s: _Settings
             "stats": stats, "done_dir": str(s.run_dir / "done"),
             "probabilities": s.outputs["probabilities"], "labels": s.outputs["labels"],
             "torch_threads": s.torch_threads,
+            "threshold": operating_threshold(getattr(net, "meta", {})),
         }
         remove_stale_temporaries([s.run_dir])  # of a run killed earlier (kill -9)
         try:

@@ -3,7 +3,8 @@
 :func:`predict_files` names every result of a run and checks them against each other, the
 inputs and what exists (:func:`useg.io.files.plan_results`) before the first image is
 predicted; :func:`predict_file` predicts one file and writes ``<stem>_probs.tif`` (class
-probabilities) and ``<stem>_labels.tif`` (most likely class) with :func:`write_results`, and
+probabilities) and ``<stem>_labels.tif`` (most likely class, or class 1 above a two-class
+model's operating point) with :func:`write_results`, and
 results derived from the probabilities by functions the caller passes (``derive``: the
 instances of :mod:`useg.workflows.segment`), so that prediction knows nothing of what comes
 after it.
@@ -30,7 +31,7 @@ from useg.inference.predict import check_spatial_axes, predict
 from useg.inference.tile_choice import memory_budget, tile_notes_said
 from useg.inference.tiling import check_batch_size
 from useg.labels import class_dtype, most_likely_class
-from useg.nets.checkpoint import load_model
+from useg.nets.checkpoint import load_model, operating_threshold
 from useg.nets.unet import UNet
 
 __all__ = ["Derive", "predict_file", "predict_files", "predict_image", "predict_paths",
@@ -78,7 +79,8 @@ def predict_file(
     spacing = meta.get("spacing")
     derived = {kind: fn(probs, spacing) for kind, fn in derive.items()}
     return write_results(targets, probs, spacing, derived=derived, nifti=meta.get("nifti"),
-                         unit=meta.get("unit"))
+                         unit=meta.get("unit"),
+                         threshold=operating_threshold(getattr(model, "meta", {})))
 
 
 def predict_image(
@@ -119,12 +121,17 @@ def write_results(
     labels: np.ndarray | None = None, derived: Mapping[str, np.ndarray] | None = None,
     nifti: Any = None,
     unit: str | None = io.UNIT,
+    threshold: float | None = None,
 ) -> dict[str, Path]:
     """Write class probabilities ``(C, *spatial)`` and/or their most likely class into the
     result files ``targets`` (``"probabilities"``, ``"labels"``: see
     :func:`useg.io.files.result_paths`), with the calibration ``spacing`` in ``unit`` (None:
     unknown, as ``meta["unit"]`` of :func:`useg.io.images.read_image` says of a file that
     states none).
+
+    ``threshold``: a two-class model's operating point
+    (:func:`useg.nets.checkpoint.operating_threshold`); the labels are then class 1 where its
+    probability exceeds it (:func:`useg.labels.most_likely_class`).
 
     ``labels`` are the most likely classes when the caller has them already; ``derived`` are
     further label images by kind (written where ``targets`` names them). ``nifti`` is the
@@ -146,7 +153,7 @@ def write_results(
     if "labels" in targets:
         if labels is None:
             labels = np.empty(probs.shape[1:], dtype=class_dtype(probs.shape[0]))
-            most_likely_class(probs, out=labels)
+            most_likely_class(probs, out=labels, threshold=threshold)
         target = targets["labels"]
         io.write_image(target, labels, spacing=spacing, axes=axes, software=io.RESULT_SOFTWARE,
                        reference=nifti, unit=unit)

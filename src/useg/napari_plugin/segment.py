@@ -2,7 +2,8 @@
 
 :func:`segment_array` applies a model to the data of an image layer as ``useg predict`` applies
 it to a file: :func:`useg.inference.files.predict_image` (a 2D model predicts a stack slice by
-slice), the most likely class by :func:`useg.labels.most_likely_class`, and with ``instances``
+slice), the most likely class by :func:`useg.labels.most_likely_class` (class 1 above a
+two-class model's operating point), and with ``instances``
 the objects by :func:`useg.workflows.segment.instances_of` with the settings that
 :func:`useg.workflows.segment.instance_settings` chooses. :func:`result_layers` turns the result
 into napari's layer data tuples, placed like the input layer, so the widget only moves data
@@ -33,7 +34,8 @@ class Segmentation:
     probabilities : ndarray
         ``(classes, *spatial)`` float32 class probabilities.
     classes : ndarray
-        ``spatial``: the most likely class of every pixel.
+        ``spatial``: the most likely class of every pixel (class 1 where its probability
+        exceeds the operating point of a two-class model that states one).
     instances : ndarray or None
         ``spatial``: one id per object (0 = background), when asked for.
     model : Path
@@ -104,7 +106,7 @@ def segment_array(
     from useg.inference.files import predict_image
     from useg.inference.predict import check_real
     from useg.labels import class_dtype, most_likely_class
-    from useg.nets.checkpoint import load_model, model_info, resolve_model
+    from useg.nets.checkpoint import load_model, model_info, operating_threshold, resolve_model
     from useg.nets.config import UNetConfig
     from useg.workflows.segment import instance_settings, instances_of
 
@@ -133,7 +135,8 @@ def segment_array(
     net = load_model(path, device=torch_device)
     probs = predict_image(net, data, tile=tile or None, tta=tta, device=torch_device,
                           progress=progress or False)
-    classes = most_likely_class(probs, class_dtype(probs.shape[0]))
+    classes = most_likely_class(probs, class_dtype(probs.shape[0]),
+                                threshold=operating_threshold(net.meta))
     objects = None if derive is None else derive(probs, spacing)
     labels = dict(net.meta.get("labels") or {})
     return Segmentation(probs, classes, objects, path, labels, note)

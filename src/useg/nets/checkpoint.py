@@ -28,9 +28,12 @@ from useg.nets.config import UNetConfig
 from useg.nets.unet import UNet
 
 __all__ = ["FOLDER_MODELS", "FORMAT", "check_header", "load_model", "model_info", "model_name",
-           "packaged_models", "resolve_model", "save_model", "update_header"]
+           "operating_threshold", "packaged_models", "resolve_model", "save_model",
+           "update_header"]
 
 FORMAT = "useg-model"
+# The header entry of a two-class model's operating point (``"operating_point"``).
+OPERATING_KEY = "threshold_on_probabilities_1"
 #: The model files a folder given as a model stands for, in order of preference: an exported
 #: or copied model, a training run's best checkpoint, its last one.
 FOLDER_MODELS = ("model.safetensors", "best.safetensors", "last.safetensors")
@@ -289,6 +292,25 @@ def _check_normalization(spec: Any, in_channels: int) -> str | None:
     return None
 
 
+def operating_threshold(header: dict[str, Any]) -> float | None:
+    """The threshold on class 1's probability that a two-class model's header gives as its
+    operating point (chosen on validation data, with the scores measured there), or None.
+
+    ``useg predict`` writes class 1 where the probability exceeds it instead of the most likely
+    class (:func:`useg.labels.most_likely_class`), so that the class map is the one those scores
+    describe. :func:`check_header` has checked the value.
+
+    Examples
+    --------
+    >>> operating_threshold({"operating_point": {"threshold_on_probabilities_1": 0.4}})
+    0.4
+    >>> operating_threshold({}) is None
+    True
+    """
+    point = header.get("operating_point")
+    return None if point is None else float(point[OPERATING_KEY])
+
+
 def _check_extras(header: dict[str, Any]) -> str | None:
     """The problem with the optional entries of a header, or None."""
     spacing = header.get("spacing")
@@ -296,9 +318,18 @@ def _check_extras(header: dict[str, Any]) -> str | None:
             isinstance(spacing, list) and 1 <= len(spacing) <= 3
             and all(_is_number(v) and v > 0 for v in spacing)):
         return f"'spacing' must be null or 1 to 3 positive numbers, got {_short(spacing)}"
-    for name in ("labels", "provenance", "instances"):
+    for name in ("labels", "provenance", "instances", "operating_point"):
         if header.get(name) is not None and not isinstance(header[name], dict):
             return f"{name!r} must be a JSON object, got {_short(header[name])}"
+    point = header.get("operating_point")
+    if point is not None:
+        value = point.get(OPERATING_KEY)
+        if not (_is_number(value) and 0 < value < 1):
+            return (f"operating_point {OPERATING_KEY} must be a number in (0, 1), got "
+                    f"{_short(value)}")
+        classes = (header.get("config") or {}).get("classes", 2)
+        if classes != 2:
+            return f"an operating_point needs a network of two classes, this one has {classes}"
     labels = header.get("labels") or {}
     if labels.get("mode") is not None and not isinstance(labels["mode"], str):
         return f"labels mode must be a string, got {_short(labels['mode'])}"

@@ -342,4 +342,5 @@ def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.nda
     >>> probabilities_to_labels(np.array([[0.7, 0.2, 0.1], [0.3, 0.8, 0.1], [0.0, 0.0, 0.8]]))
     array([0, 1, 2], dtype=uint8)
     """
-    return most_likely_class(np.asarray(probs), threshold=threshold)
+    probs = np.asarray(probs)
+    return most_likely_class(probs, threshold=threshold if probs.shape[:1] == (1,) else None)
