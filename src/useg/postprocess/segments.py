@@ -176,9 +176,9 @@ def watershed_segmentation(
     --------
     >>> b = np.array([[0.1, 0.2, 0.9, 0.3, 0.1],
     ...               [0.1, 0.3, 0.8, 0.2, 0.1]])
-    >>> watershed_segmentation(b)
+    >>> watershed_segmentation(b)  # each ridge pixel goes to the basin of its lower side
     array([[1, 1, 1, 2, 2],
-           [1, 1, 1, 2, 2]], dtype=int32)
+           [1, 1, 2, 2, 2]], dtype=int32)
     """
     b = np.asarray(prob_boundary, dtype=np.float64)
     if b.size == 0:
