@@ -363,13 +363,18 @@ def predict_dask(
     >>> from useg.nets.unet import UNet
     >>> net = UNet("ronneberger2015", width=2, depth=2)
     >>> img = np.random.default_rng(0).random((1, 150, 120), dtype=np.float32)
-    >>> out = os.path.join(tempfile.mkdtemp(), "out.zarr")
-    >>> r = predict_dask(net, img, out + "/probs", block=64, tile=60, progress=False)
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> out = os.path.join(folder.name, "out.zarr")
+    >>> r = predict_dask(net, img, out + "/probs", block=64, tile=60, precision="fp32",
+    ...                  progress=False)
     >>> r["block"], r["blocks"], len(r["computed"])
     ((80, 80), 4, 4)
     >>> from useg.inference.predict import predict
-    >>> bool(np.array_equal(open_array(out + "/probs")[0][:], predict(net, img, tile=60)))
+    >>> whole = predict(net, img, tile=60, precision="fp32")
+    >>> # The same numbers; bit for bit when the torch threads match (they set the sums' order).
+    >>> float(np.abs(open_array(out + "/probs")[0][:] - whole).max()) < 1e-6
     True
+    >>> folder.cleanup()
     """
     started = time.perf_counter()
     if output is None and labels is None:
