@@ -247,11 +247,15 @@ def test_train_and_tune_stores_the_settings_in_the_model(tmp_path, fake_network)
 
 
 def test_packaged_em_model_carries_its_validated_cell_settings():
-    # bench/isbi2012_segment.py chose them on ISBI slices 15..19 and stored them: the shipped
-    # model must keep a readable entry, seeded by confidence.
+    # bench/isbi2012_segment.py chose them on ISBI slices 15..19 and stored them with the
+    # operating point: the shipped model must keep a readable entry whose objects lie where its
+    # class map (useg predict's labels, at the operating point) says interior.
+    from useg.nets.checkpoint import operating_threshold
+
     target, params, source = instance_settings("em-membrane")
-    assert target == "instances" and params.seed_threshold is not None
-    assert 0 < params.threshold < params.seed_threshold < 1
+    assert target == "instances"
+    assert params.threshold == operating_threshold(model_info("em-membrane"))
+    assert params.seed_threshold is None or params.threshold < params.seed_threshold < 1
     assert "chosen on validation" in source and "15..19" in source
 
 
