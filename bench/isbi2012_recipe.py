@@ -264,6 +264,13 @@ def one_run(args, name: str, seed: int, root: Path, cache: Path) -> dict[str, An
     return run
 
 
+def _predicted(model, root: Path, indices: range, quick: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A model's interior maps of the slices ``indices`` (TTA) and their drawn interiors."""
+    images, truth, _ = _slices(root, indices, quick)
+    tile = prediction_tile(model.meta["config"], images[0].shape[1:])
+    return predict_slices(model, images, tile, PRECISION), truth
+
+
 def test_run(args, run: dict[str, Any], root: Path, cache: Path) -> dict[str, Any]:
     """Score a kept run's model on the test slices at its own validation choice."""
     path = run_file(cache, f"test_{run['candidate']}", run["seed"])
@@ -272,9 +279,7 @@ def test_run(args, run: dict[str, Any], root: Path, cache: Path) -> dict[str, An
     if kept is not None:
         return kept
     model = load_model(ROOT / run["model_file"], device="cpu")
-    images, truth, _ = _slices(root, TEST_SLICES, args.quick)
-    tile = prediction_tile(model.meta["config"], images[0].shape[1:])
-    probs = predict_slices(model, images, tile, PRECISION)
+    probs, truth = _predicted(model, root, TEST_SLICES, args.quick)
     scores = scores_at(probs, truth, run["settings"])
     result = {"candidate": run["candidate"], "seed": run["seed"], "way": run["way"],
               "settings": run["settings"], "test": {k: scores[k] for k in SCORES},
@@ -295,15 +300,10 @@ def wide_grid_run(args, run: dict[str, Any], root: Path, cache: Path) -> dict[st
     if kept is not None:
         return kept
     model = load_model(ROOT / run["model_file"], device="cpu")
-    probs, truth = {}, {}
-    for name, indices in (("validation", VAL_SLICES), ("test", TEST_SLICES)):
-        images, truth[name], _ = _slices(root, indices, args.quick)
-        tile = prediction_tile(model.meta["config"], images[0].shape[1:])
-        probs[name] = predict_slices(model, images, tile, PRECISION)
-        if name == "validation":
-            best = best_per_way(search(probs[name], truth[name], THRESHOLDS))
-            chosen = best_way(best)
-    choice = scored(best[chosen], probs["test"], truth["test"])
+    best = best_per_way(search(*_predicted(model, root, VAL_SLICES, args.quick), THRESHOLDS))
+    chosen = best_way(best)
+    # The test slices are predicted only once the choice is made.
+    choice = scored(best[chosen], *_predicted(model, root, TEST_SLICES, args.quick))
     result = {"candidate": run["candidate"], "seed": run["seed"], "thresholds": THRESHOLDS,
               "way": chosen, "settings": choice["settings"],
               "wide_validation": {**choice["validation"],
@@ -370,6 +370,16 @@ def package(report: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+VAL_KEYS = ("pixel_error", "adapted_rand_error", "criterion")
+TEST_KEYS = ("pixel_error", "adapted_rand_error", "rand_error", "warping_error")
+
+
+def _spreads(records: list[dict[str, Any]], part: str, prefix: str,
+             keys: tuple[str, ...]) -> dict[str, Any]:
+    """``{prefix}_{key}``: the spread over ``records`` of each score ``record[part][key]``."""
+    return {f"{prefix}_{key}": spread([r[part][key] for r in records]) for key in keys}
+
+
 def table(runs: list[dict[str, Any]], tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for name in CANDIDATES:
@@ -379,15 +389,13 @@ def table(runs: list[dict[str, Any]], tests: list[dict[str, Any]]) -> list[dict[
         row = {"candidate": name, "settings": CANDIDATES[name], "seeds": sorted(r["seed"]
                                                                                for r in mine),
                "ways": sorted({r["way"] for r in mine})}
-        for key in ("pixel_error", "adapted_rand_error", "criterion"):
-            row[f"val_{key}"] = spread([r["validation"][key] for r in mine])
+        row.update(_spreads(mine, "validation", "val", VAL_KEYS))
         trained = [r["train_s"] / 60 for r in mine if r.get("train_s")]
         row["train_min"] = spread(trained) if trained else None
         row["threads"] = sorted({r["threads"] for r in mine})
         tested = [t for t in tests if t["candidate"] == name]
         if tested:
-            for key in ("pixel_error", "adapted_rand_error", "rand_error", "warping_error"):
-                row[f"test_{key}"] = spread([t["test"][key] for t in tested])
+            row.update(_spreads(tested, "test", "test", TEST_KEYS))
             row["test_seeds"] = sorted(t["seed"] for t in tested)
         rows.append(row)
     return rows
@@ -402,10 +410,8 @@ def wide_table(wide: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         row: dict[str, Any] = {"candidate": name, "seeds": sorted(r["seed"] for r in mine),
                                "thresholds": sorted({r["settings"]["threshold"] for r in mine})}
-        for key in ("pixel_error", "adapted_rand_error", "criterion"):
-            row[f"val_{key}"] = spread([r["wide_validation"][key] for r in mine])
-        for key in ("pixel_error", "adapted_rand_error", "rand_error", "warping_error"):
-            row[f"test_{key}"] = spread([r["wide_test"][key] for r in mine])
+        row.update(_spreads(mine, "wide_validation", "val", VAL_KEYS))
+        row.update(_spreads(mine, "wide_test", "test", TEST_KEYS))
         rows.append(row)
     return rows
 
