@@ -1,0 +1,164 @@
+"""ISBI 2012: how well a recipe's networks fit the slices they were trained on (diagnostic).
+
+Run: .venv/bin/python bench/isbi2012_fit.py [--recipe NAME] [--seeds 0 1 2] [--unregularised]
+
+An exploration for issue #18, not a recipe choice. Every recipe bench/isbi2012_recipe.py tried
+since ``-4500`` stops near the same validation pixel error, and averaging seeds' maps does not
+lower it (bench/isbi2012_ensemble.py), so the spread between networks is not what holds it up.
+This bench asks whether the held-out slices are simply harder to fit than the training slices
+(over-fitting) or whether the networks do not fit their own training slices better either:
+
+* each kept model of ``--recipe`` (bench/isbi2012_recipe.py's runs and models): the pixel error
+  of its interior map (8-fold TTA) on the training slices 0..14 and on the validation slices
+  15..19 at every threshold of a grid. A row gives each set's smallest pixel error with its
+  threshold (a diagnostic, not an operating point: the thresholds differ between sets and are
+  chosen on the slices scored) and the pixel error at 0.5, and the per-slice pixel errors of
+  the training slices at the validation set's best threshold;
+* ``--unregularised``: the same recipe and seed 0 trained again with augmentation and dropout
+  off, scored the same way: does the network fit its training slices when nothing holds it
+  back? Its run is kept in bench/results/isbi2012_fit_runs/ (its model under runs/, not
+  committed), so publishing again does not train it again.
+
+Nothing here looks at the test slices.
+
+Results: bench/results/isbi2012_fit.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import RESULTS, ROOT, command_line, cpu_line, keep_run, kept_run, machine_info, publish
+from isbi2012 import TRAIN_SLICES, VAL_SLICES, isbi_root, load_slices, samples
+from isbi2012_ensemble import kept
+from isbi2012_recipe import CANDIDATES, PRECISION, _predicted, config_of
+
+from useg.nets.checkpoint import load_model
+
+THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(4, 17))  # 0.20 .. 0.80
+DEFAULT_RECIPE = "dice-wide-w0-3-flat-cubic-4500-half-dice"
+# What --unregularised turns off: every augmentation (a tile is cut as it is) and dropout.
+NO_AUGMENT = {"elastic": False, "rotate": False, "flip_probability": 0.0, "scale": [1.0, 1.0],
+              "gray": False}
+FIT_RUNS = RESULTS / "isbi2012_fit_runs"
+FIT_MODELS = ROOT / "runs" / "isbi2012_fit"
+
+
+def pixel_errors(probs: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Pixel error of ``probs > t`` against ``truth`` at every threshold of the grid, the
+    smallest with its threshold, and the value at 0.5."""
+    curve = {t: float(np.mean((probs > t) != truth)) for t in THRESHOLDS}
+    best = min(curve, key=curve.get)
+    return {"best": curve[best], "best_threshold": best, "at_0.5": curve[0.5],
+            "curve": {f"{t:g}": v for t, v in curve.items()}}
+
+
+def fit_row(model, root: Path, label: str) -> dict[str, Any]:
+    """A model's pixel errors on the training and the validation slices."""
+    train_p, train_t = _predicted(model, root, TRAIN_SLICES, quick=False)
+    val_p, val_t = _predicted(model, root, VAL_SLICES, quick=False)
+    row = {"model": label, "checkpoint_step": int(model.meta.get("step", 0)),
+           "train": pixel_errors(train_p, train_t), "validation": pixel_errors(val_p, val_t)}
+    at = row["validation"]["best_threshold"]
+    row["train_per_slice_at_val_best"] = {
+        str(i): float(np.mean((p > at) != t)) for i, p, t in zip(TRAIN_SLICES, train_p, train_t,
+                                                                  strict=True)}
+    print(f"{label}: train {row['train']['best']:.4f} (at {row['train']['best_threshold']:g}), "
+          f"validation {row['validation']['best']:.4f} (at {at:g})", flush=True)
+    return row
+
+
+def unregularised(recipe: str, root: Path) -> dict[str, Any]:
+    """``recipe``'s seed 0 trained with augmentation and dropout off (kept once trained)."""
+    cfg = config_of(recipe, 0, quick=False)
+    cfg.augment = dict(NO_AUGMENT)
+    cfg.net = {**cfg.net, "dropout": 0.0}
+    identity = {"recipe": recipe, "config": cfg.to_dict()}
+    path = FIT_RUNS / f"unregularised_{recipe}_seed0.json"
+    run = kept_run(path, identity)
+    if run is not None:
+        return run
+    images, labels = load_slices(root, TRAIN_SLICES)
+    val_images, val_labels = load_slices(root, VAL_SLICES)
+    folder = FIT_MODELS / f"unregularised_{recipe}_seed0"
+    shutil.rmtree(folder, ignore_errors=True)  # a run interrupted before it was kept
+    from useg.training.loop import train
+
+    print(f"{recipe} seed 0 without augmentation and dropout: training {cfg.iterations} steps",
+          flush=True)
+    t0 = time.perf_counter()
+    train(cfg, samples(images, labels, cfg, [f"train/{i}.png" for i in TRAIN_SLICES]),
+                   folder, progress=False,
+                   val_samples=samples(val_images, val_labels, cfg,
+                                       [f"train/{i}.png" for i in VAL_SLICES]))
+    train_s = time.perf_counter() - t0
+    # The last step's network: the question is how far training gets on its own slices, and the
+    # checkpoint validation would pick answers a different one.
+    last = load_model(folder / "last.safetensors", device="cpu")
+    run = {**fit_row(last, root, f"{recipe} seed 0, no augmentation, no dropout (last step)"),
+           "train_s": train_s, "config": cfg.to_dict(), "command": command_line(),
+           "machine": machine_info()}
+    keep_run(path, identity, run)
+    return run
+
+
+def _cell(scores: dict[str, Any]) -> str:
+    return f"{scores['best']:.4f} ({scores['best_threshold']:g}) / {scores['at_0.5']:.4f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# ISBI 2012: how {report['recipe']}'s networks fit their training slices", "",
+             f"Command: `{report['command']}`; CPU {cpu_line(report['machine'])}.", "",
+             "Pixel error of each network's interior map (8-fold TTA): the smallest over "
+             "thresholds 0.20..0.80 with the threshold in brackets (chosen on the slices scored: "
+             "a diagnostic, not an operating point), then at 0.5. Training slices 0..14, "
+             "validation slices 15..19; no test slices.", "",
+             "| network | checkpoint step | training slices | validation slices |",
+             "|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} | {r['checkpoint_step']} | {_cell(r['train'])} | "
+                     f"{_cell(r['validation'])} |")
+    lines += ["", "Per training slice, at each network's best validation threshold:", "",
+              "| network | " + " | ".join(str(i) for i in TRAIN_SLICES) + " |",
+              "|---|" + "---|" * len(TRAIN_SLICES)]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} | " + " | ".join(
+            f"{v:.3f}" for v in r["train_per_slice_at_val_best"].values()) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(CANDIDATES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--unregularised", action="store_true",
+                        help="also train seed 0 without augmentation and dropout (about as "
+                             "long as the recipe's own training) and score it")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    root = isbi_root()
+    rows = []
+    for seed in args.seeds:
+        run = kept(args.recipe, seed)
+        model = load_model(ROOT / run["model_file"], device="cpu")
+        rows.append(fit_row(model, root, f"{args.recipe} seed {seed} (kept checkpoint)"))
+    if args.unregularised:
+        rows.append(unregularised(args.recipe, root))
+    report = {"benchmark": "isbi2012_fit", "command": command_line(), "machine": machine_info(),
+              "recipe": args.recipe, "candidate": CANDIDATES[args.recipe],
+              "precision": PRECISION, "thresholds": THRESHOLDS, "rows": rows,
+              "unregularised_changes": {"augment": NO_AUGMENT, "dropout": 0.0}
+              if args.unregularised else None}
+    publish(RESULTS, "isbi2012_fit", report, markdown(report))
+
+
+if __name__ == "__main__":
+    main()
