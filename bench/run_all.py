@@ -76,6 +76,9 @@ BENCHES: dict[str, tuple[list[str], str]] = {
     # Validation only, from isbi2012_recipe's kept models of dice-wide-w0-3-flat-cubic (the 2D
     # choice when it was run).
     "isbi2012_ensemble": (["bench/isbi2012_ensemble.py"], "isbi2012_ensemble.json"),
+    # Validation and training slices only, from isbi2012_recipe's kept models of the 2D choice;
+    # its unregularised run is kept in bench/results/isbi2012_fit_runs (trained once).
+    "isbi2012_fit": (["bench/isbi2012_fit.py", "--unregularised"], "isbi2012_fit.json"),
     "isbi2012_segment": (["bench/isbi2012_segment.py"], "isbi2012_segment.json"),
     "isbi2012_errors": (["bench/isbi2012_errors.py"], "isbi2012_errors.json"),
     "sparse3d": (["bench/sparse3d.py"], "sparse3d.json"),
@@ -418,6 +421,13 @@ def _isbi_ensemble(d):
             for r in d.get("rows", []) if len(r["seeds"]) > 1]
 
 
+def _isbi_fit(d):
+    return [(f"ISBI 2012, {r['model']}: smallest pixel error over thresholds, training slices "
+             "0..14 / validation slices 15..19 (diagnostic)",
+             f"{_fmt(r['train']['best'])} / {_fmt(r['validation']['best'])}")
+            for r in d.get("rows", [])]
+
+
 def _isbi_segment(d):
     rows = []
     for way, r in _get(d, "ways", default={}).items():
@@ -553,7 +563,7 @@ EXTRACT: dict[str, Callable] = {
     "nuclei": _nuclei, "ovules3d": _ovules3d,
     "isbi2012": _isbi, "isbi2012_segment": _isbi_segment,
     "isbi2012_errors": _isbi_errors, "isbi2012_recipe": _isbi_recipe,
-    "isbi2012_ensemble": _isbi_ensemble,
+    "isbi2012_ensemble": _isbi_ensemble, "isbi2012_fit": _isbi_fit,
     "flyem_neurons": _flyem_neurons, "flyem_neurons_long": _flyem_neurons,
     "flyem_neurons_longer": _flyem_neurons, "flyem_neurons_longest": _flyem_neurons,
     "flyem_neurons_long-15k": _flyem_neurons,
