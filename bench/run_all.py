@@ -70,6 +70,7 @@ BENCHES: dict[str, tuple[list[str], str]] = {
                          "dice-wide-w0-3-flat-cubic-4500",
                          "dice-wide-w0-3-flat-cubic-4500-half-dice",
                          "dice-wide-w0-3-flat-cubic-half-dice-6000-bf16",
+                         "dice-wide-w0-0-flat-cubic-4500-half-dice-bf16",
                          "--packaged-base-seed0", "--then-test", "--package",
                          "--wide-grid", "dice-wide-w0-3-flat-cubic-4500-half-dice"],
                         "isbi2012_recipe.json"),
