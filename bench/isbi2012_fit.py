@@ -33,7 +33,6 @@ Results: bench/results/isbi2012_fit.json and .md.
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import time
 from pathlib import Path
@@ -47,7 +46,9 @@ from isbi2012_ensemble import kept
 from isbi2012_recipe import CANDIDATES, MODELS, PRECISION, _predicted, config_of
 from scipy import ndimage as ndi
 
+from useg.evaluation.pixel import pixel_error
 from useg.nets.checkpoint import load_model
+from useg.training.run_folder import LOG, read_log
 
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(4, 17))  # 0.20 .. 0.80
 DEFAULT_RECIPE = "dice-wide-w0-3-flat-cubic-4500-half-dice"
@@ -61,7 +62,7 @@ FIT_MODELS = ROOT / "runs" / "isbi2012_fit"
 def pixel_errors(probs: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     """Pixel error of ``probs > t`` against ``truth`` at every threshold of the grid, the
     smallest with its threshold, and the value at 0.5."""
-    curve = {t: float(np.mean((probs > t) != truth)) for t in THRESHOLDS}
+    curve = {t: pixel_error(probs > t, truth) for t in THRESHOLDS}
     best = min(curve, key=curve.get)
     return {"best": curve[best], "best_threshold": best, "at_0.5": curve[0.5],
             "curve": {f"{t:g}": v for t, v in curve.items()}}
@@ -71,20 +72,16 @@ def edge_shift_cost(truth: np.ndarray) -> float:
     """Pixel error of the drawn membranes (``~truth``, slice by slice) dilated by one pixel, and
     eroded by one pixel (4-connected), against themselves: the mean of the two."""
     cross = ndi.generate_binary_structure(2, 1)
-    errors = [np.mean(op(~t, cross) != ~t) for t in truth
+    errors = [pixel_error(op(~t, cross), ~t) for t in truth
               for op in (ndi.binary_dilation, ndi.binary_erosion)]
     return float(np.mean(errors))
 
 
 def loss_at_end(folder: Path) -> float | None:
-    """Mean training loss over the last tenth of the steps logged in ``folder/log.csv`` (the
-    trainer's log), or None without one."""
-    log = folder / "log.csv"
-    if not log.exists():
-        return None
-    with log.open() as f:
-        losses = [float(row["loss"]) for row in csv.DictReader(f) if row["loss"]]
-    return float(np.mean(losses[-max(len(losses) // 10, 1):]))
+    """Mean training loss over the last tenth of the steps logged in the run folder ``folder``
+    (the trainer's log), or None without one."""
+    losses = [row["loss"] for row in read_log(folder / LOG) if "loss" in row]
+    return float(np.mean(losses[-max(len(losses) // 10, 1):])) if losses else None
 
 
 def fit_row(model, root: Path, label: str, folder: Path) -> dict[str, Any]:
@@ -97,8 +94,8 @@ def fit_row(model, root: Path, label: str, folder: Path) -> dict[str, Any]:
            "train": pixel_errors(train_p, train_t), "validation": pixel_errors(val_p, val_t)}
     at = row["validation"]["best_threshold"]
     row["train_per_slice_at_val_best"] = {
-        str(i): float(np.mean((p > at) != t)) for i, p, t in zip(TRAIN_SLICES, train_p, train_t,
-                                                                  strict=True)}
+        str(i): pixel_error(p > at, t) for i, p, t in zip(TRAIN_SLICES, train_p, train_t,
+                                                           strict=True)}
     print(f"{label}: train {row['train']['best']:.4f} (at {row['train']['best_threshold']:g}), "
           f"validation {row['validation']['best']:.4f} (at {at:g})", flush=True)
     return row
@@ -114,9 +111,6 @@ def unregularised(recipe: str, root: Path) -> dict[str, Any]:
     folder = FIT_MODELS / f"unregularised_{recipe}_seed0"
     run = kept_run(path, identity)
     if run is not None:
-        if "train_loss_at_end" not in run:  # kept before the loss was recorded: from its log
-            run["train_loss_at_end"] = loss_at_end(folder)
-            keep_run(path, identity, run)
         return run
     images, labels = load_slices(root, TRAIN_SLICES)
     val_images, val_labels = load_slices(root, VAL_SLICES)
